@@ -4,3 +4,5 @@ from .layout import Layout, make_layout
 from .schedule import Schedule, load_schedule, loads_schedule, remap_steps
 
 __version__ = "0.1.0"
+from .diffusers_api import EcadHandle, apply, cached
+from .engine import CacheEngine, RunStats

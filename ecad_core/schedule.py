@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ScheduleError
+from .errors import ModelMismatchError, ScheduleError
 from .layout import Layout, layout_from_json, make_layout
 
 FORMAT_ID = "comfyui-ecad/schedule"
@@ -83,6 +83,13 @@ class Schedule:
             "recomputed_unit_steps": int(eff.sum()),
             "total_unit_steps": int(eff.size),
         }
+
+    def check_fits(self, layout: Layout, model_desc: str = "this model") -> None:
+        """Raise ModelMismatchError unless this schedule addresses exactly ``layout``'s units."""
+        if layout != self.layout:
+            raise ModelMismatchError(
+                f"schedule {self.name!r} is for {self.layout.describe()}, but {model_desc} is "
+                f"{layout.describe()}; pick a schedule made for this model (or search one)")
 
     def copy(self, **changes) -> "Schedule":
         kw = dict(layout=self.layout, bits=self.bits.copy(), name=self.name, model=self.model,

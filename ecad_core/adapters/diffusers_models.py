@@ -1,0 +1,62 @@
+"""Units of diffusers' DiTs (no diffusers import needed: found by structure)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ModelMismatchError
+from ..layout import Layout, make_layout
+
+
+@dataclass
+class UnitMap:
+    """A model's layout and, in the layout's flat order, the module of each unit."""
+    layout: Layout
+    modules: list[torch.nn.Module]
+    names: list[str]  # dotted module paths, for messages
+    model_kind: str   # e.g. "diffusers PixArtTransformer2DModel"
+
+
+def _pixart_units(tr) -> UnitMap:
+    blocks = tr.transformer_blocks
+    layout = make_layout("pixart", len(blocks))
+    mods, names = [], []
+    for i, blk in enumerate(blocks):
+        for comp in ("attn1", "attn2", "ff"):
+            m = getattr(blk, comp, None)
+            if m is None:
+                raise ModelMismatchError(f"transformer_blocks.{i} has no {comp!r}: not a PixArt block")
+            mods.append(m)
+            names.append(f"transformer_blocks.{i}.{comp}")
+    return UnitMap(layout, mods, names, f"diffusers {type(tr).__name__}")
+
+
+def _flux_units(tr) -> UnitMap:
+    double, single = tr.transformer_blocks, tr.single_transformer_blocks
+    layout = make_layout("flux", len(double), len(single))
+    mods, names = [], []
+    for i, blk in enumerate(double):
+        for comp, attr in (("full_attn", "attn"), ("full_ff", "ff"), ("full_ff_context", "ff_context")):
+            mods.append(getattr(blk, attr))
+            names.append(f"transformer_blocks.{i}.{attr}")
+    for i, blk in enumerate(single):
+        for comp, attr in (("single_attn", "attn"), ("single_proj_mlp", "proj_mlp"), ("single_proj_out", "proj_out")):
+            mods.append(getattr(blk, attr))
+            names.append(f"single_transformer_blocks.{i}.{attr}")
+    return UnitMap(layout, mods, names, f"diffusers {type(tr).__name__}")
+
+
+def find_diffusers_units(transformer: torch.nn.Module) -> UnitMap:
+    """Units of a diffusers PixArt (α/Σ) or FLUX transformer; a clear error for anything else."""
+    cls = type(transformer).__name__
+    if hasattr(transformer, "single_transformer_blocks") and hasattr(transformer, "transformer_blocks"):
+        return _flux_units(transformer)
+    cfg = getattr(transformer, "config", None)
+    norm_type = getattr(cfg, "norm_type", None) if cfg is not None else None
+    if hasattr(transformer, "transformer_blocks") and (cls == "PixArtTransformer2DModel"
+                                                       or norm_type == "ada_norm_single"):
+        return _pixart_units(transformer)
+    raise ModelMismatchError(
+        f"ECAD has no diffusers adapter for {cls}: supported are PixArtTransformer2DModel "
+        f"(PixArt-α/Σ) and FluxTransformer2DModel (FLUX.1)")

@@ -1,0 +1,215 @@
+"""The cache engine: ECAD's reuse semantics, kept in one state object.
+
+A unit (a component module of a block) is called through ``CacheEngine.call``.
+At a step whose bit says "recompute" (and always at step 0) the unit runs and
+its raw output is stored; at a "reuse" step the stored output is returned
+without running the unit. Gates and residual adds live outside the unit, so
+they are always fresh. A reuse with nothing stored, or with a stored output
+whose inputs had another shape/dtype/device, computes instead (counted as a
+fallback): a tensor of another shape is never reused.
+
+Outputs are stored per *branch*: when classifier-free guidance calls the model
+separately for cond and uncond at the same step, each call keeps its own
+outputs. The driver (a diffusers step tracker or a ComfyUI wrapper) tells the
+engine the step and branch; the engine itself knows nothing about models.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .errors import EcadError
+from .schedule import Schedule, remap_steps
+
+log = logging.getLogger("ecad")
+
+
+@dataclass
+class RunStats:
+    """Per-step counts of one sampling run."""
+    steps: int
+    units: int
+    computed: np.ndarray = None  # [steps] unit calls that ran
+    reused: np.ndarray = None    # [steps] unit calls served from the cache
+    fallback: np.ndarray = None  # [steps] reuse wanted, computed instead (nothing valid stored)
+    calls: int = 0               # model calls seen (a step may have several: CFG split, Heun)
+    remapped_from: int | None = None
+    cache_bytes: int = 0         # bytes held by stored outputs at the end of the run
+
+    def __post_init__(self):
+        for k in ("computed", "reused", "fallback"):
+            if getattr(self, k) is None:
+                setattr(self, k, np.zeros(self.steps, np.int64))
+
+    @property
+    def total_computed(self) -> int:
+        return int(self.computed.sum())
+
+    @property
+    def total_reused(self) -> int:
+        return int(self.reused.sum())
+
+    @property
+    def reuse_fraction(self) -> float:
+        n = self.total_computed + self.total_reused
+        return self.total_reused / n if n else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "units_per_step": self.units,
+            "model_calls": self.calls,
+            "computed": self.total_computed,
+            "reused": self.total_reused,
+            "fallback_computed": int(self.fallback.sum()),
+            "reuse_fraction": round(self.reuse_fraction, 6),
+            "computed_per_step": self.computed.tolist(),
+            "reused_per_step": self.reused.tolist(),
+            "remapped_from_steps": self.remapped_from,
+            "cache_bytes": self.cache_bytes,
+        }
+
+    def summary(self) -> str:
+        s = (f"{self.total_reused}/{self.total_computed + self.total_reused} unit calls reused "
+             f"({100 * self.reuse_fraction:.1f}%) over {self.steps} steps, {self.calls} model calls")
+        if self.fallback.sum():
+            s += f", {int(self.fallback.sum())} reuse(s) computed for lack of a valid cached output"
+        if self.remapped_from is not None:
+            s += f" (schedule remapped from {self.remapped_from} steps)"
+        return s
+
+
+def _signature(args, kwargs) -> tuple:
+    sig = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            sig.append((a.shape, a.dtype, a.device))
+    for k, a in kwargs.items():
+        if isinstance(a, torch.Tensor):
+            sig.append((k, a.shape, a.dtype, a.device))
+    return tuple(sig)
+
+
+def _tree_map(fn, x):
+    if isinstance(x, torch.Tensor):
+        return fn(x)
+    if isinstance(x, tuple):
+        return tuple(_tree_map(fn, v) for v in x)
+    if isinstance(x, list):
+        return [_tree_map(fn, v) for v in x]
+    if isinstance(x, dict):
+        return {k: _tree_map(fn, v) for k, v in x.items()}
+    return x
+
+
+def tree_nbytes(x) -> int:
+    total = 0
+
+    def add(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    _tree_map(add, x)
+    return total
+
+
+class CacheEngine:
+    """State of one patched model: the schedule, the stored outputs, the run position."""
+
+    def __init__(self, schedule: Schedule, *, offload_device: str | torch.device | None = None):
+        self.schedule = schedule
+        self.offload_device = torch.device(offload_device) if offload_device is not None else None
+        self.enabled = True
+        self._store: dict[tuple[int, Any], tuple[tuple, Any]] = {}
+        self._remap_cache: dict[tuple[int, float], Schedule] = {}
+        self.last_stats: RunStats | None = None
+        self.peak_cache_bytes = 0
+        self._set_active(schedule, None)
+        self.step = 0
+        self.branch: Any = 0
+        self.in_run = False
+
+    def _set_active(self, sched: Schedule, remapped_from: int | None):
+        self.active = sched
+        # Python lists: the per-call lookup is the hot path.
+        self._bits = sched.effective_bits().tolist()
+        self.stats = RunStats(sched.steps, sched.layout.n_units, remapped_from=remapped_from)
+
+    # -- run control ---------------------------------------------------------
+    def begin_run(self, steps: int | None = None, denoise: float = 1.0) -> None:
+        """Start a sampling run of ``steps`` steps (None: the schedule's own count)."""
+        self._store.clear()
+        sched, src = self.schedule, None
+        if steps is not None and (steps != self.schedule.steps or denoise < 1.0):
+            key = (int(steps), round(float(denoise), 6))
+            if key not in self._remap_cache:
+                self._remap_cache[key] = remap_steps(self.schedule, int(steps), denoise)
+                log.info("ECAD: schedule %r has %d steps; remapped to %d steps (denoise %.3g)",
+                         self.schedule.name, self.schedule.steps, steps, denoise)
+            sched, src = self._remap_cache[key], self.schedule.steps
+        self._set_active(sched, src)
+        self.step, self.branch, self.in_run = 0, 0, True
+
+    def set_position(self, step: int, branch: Any = 0) -> None:
+        if step >= self.active.steps:
+            raise EcadError(
+                f"ECAD: the model was called at sampling step {step + 1}, but schedule "
+                f"{self.schedule.name!r} covers {self.active.steps} steps; run with that many steps or "
+                f"remap the schedule (ecad_core.remap_steps)")
+        self.step, self.branch = step, branch
+        self.stats.calls += 1
+
+    def end_run(self) -> RunStats:
+        """Finish the run: free the stored outputs and return its statistics."""
+        stats = self.stats
+        stats.cache_bytes = self.cache_bytes()
+        self.last_stats = stats
+        self._store.clear()
+        self.in_run = False
+        return stats
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    # -- the unit call ---------------------------------------------------------
+    def call(self, unit: int, fn: Callable, args: tuple, kwargs: dict):
+        if not self.enabled or not self.in_run:
+            return fn(*args, **kwargs)
+        step = self.step
+        key = (unit, self.branch)
+        if step > 0 and not self._bits[step][unit]:
+            entry = self._store.get(key)
+            if entry is not None and entry[0] == _signature(args, kwargs):
+                self.stats.reused[step] += 1
+                out = entry[1]
+                if self.offload_device is not None:
+                    dev = _first_device(args, kwargs)
+                    out = _tree_map(lambda t: t.to(dev, non_blocking=True), out)
+                return out
+            self.stats.fallback[step] += 1
+        out = fn(*args, **kwargs)
+        self.stats.computed[step] += 1
+        stored = out
+        if self.offload_device is not None:
+            stored = _tree_map(lambda t: t.detach().to(self.offload_device, non_blocking=True), out)
+        self._store[key] = (_signature(args, kwargs), stored)
+        return out
+
+    # -- memory ----------------------------------------------------------------
+    def cache_bytes(self) -> int:
+        """Bytes held by stored outputs right now."""
+        n = sum(tree_nbytes(v) for _, v in self._store.values())
+        self.peak_cache_bytes = max(self.peak_cache_bytes, n)
+        return n
+
+
+def _first_device(args, kwargs):
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            return a.device
+    return torch.device("cpu")
