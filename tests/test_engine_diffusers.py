@@ -1,0 +1,266 @@
+"""The cache engine on real diffusers PixArt-α/Σ and FLUX (tiny random weights)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ecad_core import EcadError, ModelMismatchError, Schedule, apply, cached, load_schedule, make_layout
+from ecad_core.adapters import find_diffusers_units
+from ecad_core.engine import CacheEngine
+from ecad_core.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = Path(__file__).resolve().parents[2] / "shared/ecad-reference/schedules/schedules_in_paper"
+STEPS = 6
+
+
+def _kw(pipe, steps=STEPS, **extra):
+    if type(pipe).__name__.startswith("PixArt"):
+        kw = dict(height=256, width=256, guidance_scale=4.5, clean_caption=False)
+    else:
+        kw = dict(height=128, width=128, guidance_scale=3.5, max_sequence_length=64)
+    kw.update(prompt=["a red cat on a mat", "a blue dog"], num_inference_steps=steps, output_type="latent")
+    kw.update(extra)
+    return kw
+
+
+def _run(pipe, seed=0, **extra):
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(**_kw(pipe, **extra), generator=torch.Generator().manual_seed(seed)).images
+
+
+@pytest.fixture(scope="module", params=["pixart-alpha", "pixart-sigma", "flux-dev"])
+def pipe(request):
+    if request.param == "flux-dev":
+        return tiny_flux_pipeline(double=2, single=3)
+    return tiny_pixart_pipeline(request.param.split("-")[1], layers=3)
+
+
+def _layout(pipe):
+    return find_diffusers_units(pipe.transformer).layout
+
+
+def _random_schedule(layout, steps, seed, p=0.5):
+    rng = np.random.default_rng(seed)
+    return Schedule(layout, rng.random((steps, layout.n_units)) < p, name=f"random-{seed}")
+
+
+class ReferenceCache:
+    """The simplest possible re-statement of ECAD's semantics, written independently of
+    the engine: count transformer calls per timestep, keep each unit's last output."""
+
+    def __init__(self, pipe, schedule):
+        self.units = find_diffusers_units(pipe.transformer)
+        self.bits = schedule.effective_bits()
+        self.store, self.step, self.branch, self.last_t = {}, -1, 0, None
+        self.handles = [pipe.transformer.register_forward_pre_hook(self._pre, with_kwargs=True)]
+        for i, m in enumerate(self.units.modules):
+            self.handles.append(m.register_forward_hook(self._post(i)))
+            m.forward = self._make_forward(i, m, m.forward)
+        self.mods = self.units.modules
+
+    def _pre(self, mod, args, kwargs):
+        t = float(kwargs["timestep"].reshape(-1)[0])
+        if self.last_t is None or t > self.last_t:
+            self.step, self.branch, self.store = 0, 0, {}
+        elif t == self.last_t:
+            self.branch += 1
+        else:
+            self.step, self.branch = self.step + 1, 0
+        self.last_t = t
+
+    def _make_forward(self, i, m, orig):
+        def fwd(*a, **k):
+            if self.step > 0 and not self.bits[self.step, i] and (i, self.branch) in self.store:
+                return self.store[(i, self.branch)]
+            return orig(*a, **k)
+        return fwd
+
+    def _post(self, i):
+        def hook(mod, args, out):
+            self.store[(i, self.branch)] = out
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+        for m in self.mods:
+            del m.forward
+
+
+def test_all_recompute_is_bit_identical(pipe):
+    ref = _run(pipe)
+    with cached(pipe, Schedule.full(_layout(pipe), STEPS)) as h:
+        out = _run(pipe)
+        assert h.stats.total_reused == 0 and h.stats.total_computed == STEPS * _layout(pipe).n_units
+    assert torch.equal(ref, out)
+
+
+def test_reuse_schedule_matches_reference_semantics(pipe):
+    sched = _random_schedule(_layout(pipe), STEPS, seed=3)
+    ref_cache = ReferenceCache(pipe, sched)
+    try:
+        ref = _run(pipe)
+    finally:
+        ref_cache.remove()
+    full = _run(pipe)
+    with cached(pipe, sched) as h:
+        out = _run(pipe)
+        stats = h.stats
+    assert torch.equal(ref, out)
+    assert not torch.equal(full, out), "the reuse schedule changed nothing: the test would not catch a no-op"
+    # skip statistics match the schedule exactly (one call per step: CFG batched)
+    eff = sched.effective_bits()
+    assert stats.computed.tolist() == eff.sum(1).tolist()
+    assert stats.reused.tolist() == (~eff).sum(1).tolist()
+    assert stats.fallback.sum() == 0
+
+
+def test_consecutive_runs_identical_and_reset(pipe):
+    sched = _random_schedule(_layout(pipe), STEPS, seed=5)
+    with cached(pipe, sched) as h:
+        a = _run(pipe)
+        s1 = h.stats.as_dict()
+        b = _run(pipe)
+        s2 = h.stats.as_dict()
+        # a different resolution / batch in the next run never reuses old tensors
+        c = _run(pipe, prompt=["one prompt only"], **({"height": 128, "width": 128, "use_resolution_binning": False}
+                                                       if "PixArt" in type(pipe).__name__ else {"height": 64, "width": 64}))
+        s3 = h.stats
+    assert torch.equal(a, b) and s1 == s2
+    assert s3.fallback.sum() == 0 and s3.total_reused == s1["reused"]
+    assert c.shape[0] == 1
+
+
+def test_remove_restores_model(pipe):
+    ref = _run(pipe)
+    h = apply(pipe, _random_schedule(_layout(pipe), STEPS, seed=1))
+    _run(pipe)
+    h.remove()
+    units = find_diffusers_units(pipe.transformer)
+    assert all("forward" not in m.__dict__ for m in units.modules)
+    assert "set_timesteps" not in pipe.scheduler.__dict__
+    assert not pipe.transformer._forward_pre_hooks
+    assert torch.equal(_run(pipe), ref)
+
+
+def test_separate_cfg_calls_keep_their_own_cache():
+    """cond and uncond in two calls per step == one CFG batch, unit by unit."""
+    pipe = tiny_pixart_pipeline("alpha", layers=3)
+    tr = pipe.transformer
+    layout = _layout(pipe)
+    sched = _random_schedule(layout, 5, seed=11)
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 32, 32)
+    ctx = torch.randn(2, 10, 32)
+    ts = [999, 800, 600, 400, 200]
+
+    def run(split):
+        outs = []
+        with cached(tr, sched) as h:
+            for t in ts:
+                tt = torch.tensor([t, t])
+                if split:
+                    o = torch.cat([tr(x[i:i + 1], encoder_hidden_states=ctx[i:i + 1], timestep=tt[i:i + 1],
+                                      added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+                                   for i in range(2)])
+                else:
+                    o = tr(x, encoder_hidden_states=ctx, timestep=tt,
+                           added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+                outs.append(o)
+            stats = h.stats
+        return torch.stack(outs), stats
+
+    with torch.no_grad():
+        joint, sj = run(False)
+        split, ss = run(True)
+    torch.testing.assert_close(split, joint, rtol=1e-5, atol=1e-5)
+    assert ss.total_reused == 2 * sj.total_reused and ss.calls == 2 * sj.calls == 10
+
+
+def test_shape_change_inside_a_run_never_reuses():
+    lay = make_layout("pixart", 1)
+    eng = CacheEngine(Schedule(lay, np.array([[1, 1, 1], [0, 0, 0]], bool)))
+    eng.begin_run()
+    f = lambda x: x * 2
+    eng.set_position(0)
+    eng.call(0, f, (torch.ones(2, 3),), {})
+    eng.set_position(1)
+    out = eng.call(0, f, (torch.ones(4, 3),), {})  # batch changed: must compute
+    assert out.shape == (4, 3)
+    assert eng.stats.fallback[1] == 1 and eng.stats.reused[1] == 0
+    out2 = eng.call(0, f, (torch.ones(4, 3),), {})  # now a valid entry exists
+    assert eng.stats.reused[1] == 1 and out2.shape == (4, 3)
+    eng.end_run()
+    assert eng.cache_bytes() == 0 and eng.last_stats.cache_bytes > 0
+
+
+def test_offload_to_cpu_gives_same_output_and_reports_memory():
+    pipe = tiny_pixart_pipeline("alpha", layers=3)
+    sched = _random_schedule(_layout(pipe), STEPS, seed=2)
+    with cached(pipe, sched) as h:
+        a = _run(pipe)
+        mem = h.cache_bytes()
+    with cached(pipe, sched, offload_device="cpu") as h:
+        b = _run(pipe)
+    assert torch.equal(a, b)
+    assert mem > 0
+
+
+def test_wrong_family_or_block_count_is_refused():
+    pipe = tiny_pixart_pipeline("alpha", layers=3)
+    flux = load_schedule(REPO / "schedules/flux-dev-256-fast.json")
+    with pytest.raises(ModelMismatchError, match="flux-dev-256-fast"):
+        apply(pipe, flux)
+    with pytest.raises(ModelMismatchError, match="28 main blocks"):
+        apply(pipe, REPO / "schedules/pixart-alpha-256-fast.json")
+    with pytest.raises(ModelMismatchError, match="no diffusers adapter"):
+        apply(torch.nn.Linear(2, 2), Schedule.full(make_layout("pixart", 1), 2))
+    # nothing was left attached by the failed attempts
+    assert all("forward" not in m.__dict__ for m in find_diffusers_units(pipe.transformer).modules)
+
+
+def test_too_many_steps_on_a_bare_transformer_is_a_clear_error():
+    pipe = tiny_pixart_pipeline("alpha", layers=2)
+    tr = pipe.transformer
+    sched = Schedule.full(_layout(pipe), 2)
+    x, ctx = torch.randn(1, 4, 32, 32), torch.randn(1, 5, 32)
+    with cached(tr, sched), torch.no_grad():
+        for t in (900, 500):
+            tr(x, encoder_hidden_states=ctx, timestep=torch.tensor([t]),
+               added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+        with pytest.raises(EcadError, match="sampling step 3.*covers 2 steps"):
+            tr(x, encoder_hidden_states=ctx, timestep=torch.tensor([100]),
+               added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+
+
+def test_pipeline_step_count_is_remapped():
+    pipe = tiny_pixart_pipeline("alpha", layers=2)
+    sched = Schedule.every_n(_layout(pipe), 4, 2)
+    with cached(pipe, sched) as h:
+        _run(pipe, steps=8)
+        st = h.stats
+    assert st.steps == 8 and st.remapped_from == 4
+    assert st.computed.tolist() == [6, 0, 0, 0, 6, 0, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def full_depth():
+    return {"pixart": tiny_pixart_pipeline("alpha", layers=28),
+            "flux": tiny_flux_pipeline(double=19, single=38)}
+
+
+@pytest.mark.parametrize("path", sorted(PAPER.glob("*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_paper_schedule_runs_on_matching_structure(full_depth, path):
+    s = load_schedule(path)
+    pipe = full_depth[s.family]
+    with cached(pipe, s) as h:
+        out = _run(pipe, steps=s.steps, prompt=["a lighthouse at dusk"],
+                   **({"height": 64, "width": 64} if s.family == "flux" else
+                      {"height": 64, "width": 64, "use_resolution_binning": False}))
+        st = h.stats
+    assert torch.isfinite(out).all()
+    eff = s.effective_bits()
+    assert st.computed.tolist() == eff.sum(1).tolist()
+    assert st.reused.tolist() == (~eff).sum(1).tolist()
