@@ -57,8 +57,16 @@ def _cmd_macs(a) -> int:
     from .schedule import load_schedule
 
     s = load_schedule(a.file)
-    report = costs.macs_report(s, a.model, height=a.height, width=a.width, batch=a.cfg_batch,
-                               mode=a.mode, text_tokens=a.text_tokens)
+    arch = costs.get_arch(a.model)
+    s.check_fits(arch.layout(), a.model)
+    b = costs.cost_breakdown(s, arch, a.height, a.width, batch=a.cfg_batch or costs.DEFAULT_BATCH,
+                             text_tokens=a.text_tokens, mode=a.mode)
+    report = {"file": str(a.file), "model": b["arch"], "mode": b["mode"], "height": b["height"],
+              "width": b["width"], "batch": b["batch"], "text_tokens": b["text_tokens"], "steps": b["steps"],
+              "total_TMACs": round(b["total_macs"] / 1e12, 4),
+              "no_cache_TMACs": round(b["no_cache_macs"] / 1e12, 4),
+              "speedup_vs_no_cache": round(b["expected_speedup"], 4),
+              "fraction_of_full": round(b["fraction_of_full"], 6)}
     print(json.dumps(report, indent=2))
     return 0
 

@@ -178,27 +178,44 @@ class CacheEngine:
 
     # -- the unit call ---------------------------------------------------------
     def call(self, unit: int, fn: Callable, args: tuple, kwargs: dict):
+        """Run ``fn(*args, **kwargs)`` as unit ``unit`` under the schedule."""
         if not self.enabled or not self.in_run:
             return fn(*args, **kwargs)
-        step = self.step
-        key = (unit, self.branch)
-        if step > 0 and not self._bits[step][unit]:
-            entry = self._store.get(key)
-            if entry is not None and entry[0] == _signature(args, kwargs):
-                self.stats.reused[step] += 1
-                out = entry[1]
-                if self.offload_device is not None:
-                    dev = _first_device(args, kwargs)
-                    out = _tree_map(lambda t: t.to(dev, non_blocking=True), out)
+        sig = _signature(args, kwargs)
+        if self.wants_reuse(unit):
+            out = self.fetch(unit, sig)
+            if out is not None:
                 return out
-            self.stats.fallback[step] += 1
         out = fn(*args, **kwargs)
-        self.stats.computed[step] += 1
-        stored = out
-        if self.offload_device is not None:
-            stored = _tree_map(lambda t: t.detach().to(self.offload_device, non_blocking=True), out)
-        self._store[key] = (_signature(args, kwargs), stored)
+        self.store(unit, sig, out)
         return out
+
+    # Primitives for adapters whose units are not single module calls (FLUX in ComfyUI).
+    def active_for(self) -> bool:
+        return self.enabled and self.in_run
+
+    def wants_reuse(self, unit: int) -> bool:
+        return self.step > 0 and not self._bits[self.step][unit]
+
+    def fetch(self, unit: int, sig: tuple):
+        """The stored output if valid for ``sig`` (counted as reused), else None (counted as fallback)."""
+        entry = self._store.get((unit, self.branch))
+        if entry is not None and entry[0] == sig:
+            self.stats.reused[self.step] += 1
+            out = entry[1]
+            if self.offload_device is not None:
+                dev = _first_device(sig_devices=sig)
+                out = _tree_map(lambda t: t.to(dev, non_blocking=True), out)
+            return out
+        self.stats.fallback[self.step] += 1
+        return None
+
+    def store(self, unit: int, sig: tuple, out) -> None:
+        """Record a freshly computed output of ``unit``."""
+        self.stats.computed[self.step] += 1
+        if self.offload_device is not None:
+            out = _tree_map(lambda t: t.detach().to(self.offload_device, non_blocking=True), out)
+        self._store[(unit, self.branch)] = (sig, out)
 
     # -- memory ----------------------------------------------------------------
     def cache_bytes(self) -> int:
@@ -208,8 +225,14 @@ class CacheEngine:
         return n
 
 
-def _first_device(args, kwargs):
-    for a in list(args) + list(kwargs.values()):
-        if isinstance(a, torch.Tensor):
-            return a.device
+def signature(*tensors) -> tuple:
+    """Signature of a unit's inputs for adapters that call fetch/store themselves."""
+    return _signature(tensors, {})
+
+
+def _first_device(sig_devices: tuple):
+    for entry in sig_devices:
+        for x in entry:
+            if isinstance(x, torch.device):
+                return x
     return torch.device("cpu")

@@ -64,7 +64,8 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0):
                          sample_size=64).eval()
 
 
-def tiny_pixart_pipeline(variant: str = "alpha", *, layers: int = 4, seed: int = 0):
+def tiny_pixart_pipeline(variant: str = "alpha", *, layers: int = 4, heads: int = 2, head_dim: int = 16,
+                         seed: int = 0):
     """A PixArt-α (or Σ with ``variant='sigma'``) pipeline with tiny random weights, 256² native."""
     from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline
     from transformers import T5Config, T5EncoderModel
@@ -74,7 +75,8 @@ def tiny_pixart_pipeline(variant: str = "alpha", *, layers: int = 4, seed: int =
     _seeded(seed + 1)
     te = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
                                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
-    tr = tiny_pixart_transformer(variant, layers=layers, caption_channels=32, seed=seed)
+    tr = tiny_pixart_transformer(variant, layers=layers, heads=heads, head_dim=head_dim, caption_channels=32,
+                                 seed=seed)
     sched = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
                                         num_train_timesteps=1000, prediction_type="epsilon")
     cls = PixArtAlphaPipeline if variant == "alpha" else PixArtSigmaPipeline
