@@ -1,0 +1,382 @@
+"""Which parts of ComfyUI's DiTs are ECAD units, and how they are hooked.
+
+* PixArt-α/Σ (``comfy.ldm.pixart``): no block hook exists, so each component
+  module's ``forward`` (``attn``, ``cross_attn``, ``mlp`` of every block) is
+  wrapped through ``ModelPatcher.add_object_patch`` — ComfyUI sets and restores
+  it with the model; weights, LoRA keys and low-VRAM loading are untouched.
+* FLUX.1 (``comfy.ldm.flux``): ECAD's units need the block internals
+  (attention is inline), so the official ``patches_replace["dit"]`` double and
+  single block hooks run the block: the original block whenever the attention
+  unit computes (its outputs are captured through object-patched ``proj`` /
+  ``linear1`` / ``linear2`` forwards), and a re-statement of the block only when
+  a cached output is reused. The re-statement is checked against the original
+  block the first time it runs; a difference raises SelfCheckError.
+* Other DiTs with ``patches_replace["dit"]`` hooks (SD3/MMDiT, Wan, HunyuanVideo,
+  Qwen-Image, Chroma, LTX-Video): one unit per block that reuses the block's
+  residual (output minus input), family ``dit_blocks``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..ecad_core.engine import signature
+from ..ecad_core.errors import ModelMismatchError, SelfCheckError
+from ..ecad_core.layout import Layout, make_layout
+
+log = logging.getLogger("ecad")
+
+
+def comfy_version() -> str:
+    try:
+        import comfyui_version
+        return comfyui_version.__version__
+    except Exception:  # a ComfyUI without the version module
+        return "unknown"
+
+
+def _mro_names(obj) -> set[str]:
+    return {c.__name__ for c in type(obj).__mro__}
+
+
+@dataclass
+class ComfyAdapter:
+    """How a ComfyUI model is patched: its layout and a function that installs the hooks."""
+    kind: str
+    layout: Layout
+    install: Callable  # (model_patcher, run) -> None
+    arch_hint: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- PixArt
+PIXART_UNITS = (("attn1", "attn"), ("attn2", "cross_attn"), ("ff", "mlp"))
+
+
+def _unit_forward(module, run, unit):
+    cls_forward = type(module).forward
+    engine = run.engine
+
+    def forward(*args, **kwargs):
+        return engine.call(unit, cls_forward, (module,) + args, kwargs)
+
+    return forward
+
+
+def _pixart_adapter(dm) -> ComfyAdapter:
+    n = len(dm.blocks)
+
+    def install(mp, run):
+        unit = 0
+        for i, blk in enumerate(dm.blocks):
+            for _, attr in PIXART_UNITS:
+                mod = getattr(blk, attr, None)
+                if not isinstance(mod, torch.nn.Module):
+                    raise SelfCheckError(
+                        f"ECAD: ComfyUI {comfy_version()}'s PixArt block {i} has no '{attr}' module; this "
+                        f"version of ComfyUI is not supported by this ECAD release")
+                mp.add_object_patch(f"diffusion_model.blocks.{i}.{attr}.forward", _unit_forward(mod, run, unit))
+                unit += 1
+
+        def check_units_ran():
+            # every unit must have been called at step 0, else the block no longer calls these modules
+            if int(run.engine.stats.computed[0]) < unit:
+                raise SelfCheckError(
+                    f"ECAD self-check failed on ComfyUI {comfy_version()}: PixArt blocks did not call their "
+                    f"attn/cross_attn/mlp modules as expected ({int(run.engine.stats.computed[0])} of {unit} "
+                    f"units ran); refusing to produce a silently different image")
+        run.first_eval_checks.append(check_units_ran)
+
+    arch = "pixart-alpha" if getattr(dm, "micro_conditioning", False) else "pixart-sigma"
+    return ComfyAdapter(f"ComfyUI PixArt ({arch}, {n} blocks)", make_layout("pixart", n), install, arch)
+
+
+# --------------------------------------------------------------------------- FLUX
+def _capture_forward(module, run, key):
+    cls_forward = type(module).forward
+
+    def forward(*args, **kwargs):
+        out = cls_forward(module, *args, **kwargs)
+        cap = run.capture
+        if cap is not None:
+            cap[key] = (args, out)
+        return out
+
+    return forward
+
+
+class _FluxBlocks:
+    """FLUX double/single block hooks for one patched model."""
+
+    def __init__(self, dm, run):
+        from comfy.ldm.flux.layers import apply_mod  # noqa: F401 (checked at install)
+        from comfy.ldm.flux.math import attention  # noqa: F401
+        self.dm = dm
+        self.run = run
+        self.nd = len(dm.double_blocks)
+        self.checked = {"double": False, "single": False}
+
+    # units: double block i -> 3i + (attn, ff, ff_context); single j -> 3*nd + 3j + (attn, mlp, proj_out)
+    def double_patch(self, i):
+        blk = self.dm.double_blocks[i]
+        u_attn = 3 * i
+        run = self.run
+
+        def patch(args, extra):
+            eng = run.engine
+            if not eng.active_for():
+                return extra["original_block"](args)
+            if not self.checked["double"]:
+                self._check_double(blk, args, extra)
+            sig = signature(args["img"], args["txt"])
+            cached = eng.fetch(u_attn, sig) if eng.wants_reuse(u_attn) else None
+            if cached is None:
+                out, cap = self._captured(extra["original_block"], args)
+                eng.store(u_attn, sig, (cap["img_proj"][1], cap["txt_proj"][1]))
+                return out
+            return self._double_reuse(blk, args, cached)
+        return patch
+
+    def _captured(self, original, args):
+        run = self.run
+        run.capture = {}
+        try:
+            out = original(args)
+            cap = run.capture
+        finally:
+            run.capture = None
+        return out, cap
+
+    @staticmethod
+    def _double_reuse(blk, args, cached):
+        from comfy.ldm.flux.layers import apply_mod
+        img, txt, vec = args["img"], args["txt"], args["vec"]
+        img_a, txt_a = cached
+        if blk.modulation:
+            img_mod1, img_mod2 = blk.img_mod(vec)
+            txt_mod1, txt_mod2 = blk.txt_mod(vec)
+        else:
+            (img_mod1, img_mod2), (txt_mod1, txt_mod2) = vec
+        img += apply_mod(img_a, img_mod1.gate, None, None)
+        img += apply_mod(blk.img_mlp(apply_mod(blk.img_norm2(img), (1 + img_mod2.scale), img_mod2.shift, None)),
+                         img_mod2.gate, None, None)
+        txt += apply_mod(txt_a, txt_mod1.gate, None, None)
+        txt += apply_mod(blk.txt_mlp(apply_mod(blk.txt_norm2(txt), (1 + txt_mod2.scale), txt_mod2.shift, None)),
+                         txt_mod2.gate, None, None)
+        if txt.dtype == torch.float16:
+            txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
+        return {"img": img, "txt": txt}
+
+    def _check_double(self, blk, args, extra):
+        eng = self.run.engine
+        was = eng.enabled
+        eng.enabled = False  # the check must not touch the cache or the statistics
+        try:
+            a1 = {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}
+            ref, cap = self._captured(extra["original_block"], a1)
+            if "img_proj" not in cap or "txt_proj" not in cap:
+                raise SelfCheckError(
+                    f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block did not call "
+                    f"img_attn.proj / txt_attn.proj; this ComfyUI version is not supported")
+            a2 = {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}
+            mine = self._double_reuse(blk, a2, (cap["img_proj"][1], cap["txt_proj"][1]))
+        finally:
+            eng.enabled = was
+        for k in ("img", "txt"):
+            if not torch.equal(ref[k], mine[k]):
+                raise SelfCheckError(
+                    f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block re-statement "
+                    f"differs from ComfyUI's block ({k}: max abs diff "
+                    f"{(ref[k].float() - mine[k].float()).abs().max().item():.3g}); refusing to run")
+        self.checked["double"] = True
+
+    def single_patch(self, j):
+        blk = self.dm.single_blocks[j]
+        base = 3 * self.nd + 3 * j
+        u_attn, u_mlp, u_proj = base, base + 1, base + 2
+        run = self.run
+
+        def patch(args, extra):
+            eng = run.engine
+            if not eng.active_for():
+                return extra["original_block"](args)
+            if not self.checked["single"]:
+                self._check_single(blk, args, extra)
+            sig = signature(args["img"])
+            vals = {u: (eng.fetch(u, sig) if eng.wants_reuse(u) else None) for u in (u_attn, u_mlp, u_proj)}
+            if all(v is None for v in vals.values()):
+                out, cap = self._captured(extra["original_block"], args)
+                attn, mlp, proj = self._single_parts(blk, cap)
+                eng.store(u_attn, sig, attn)
+                eng.store(u_mlp, sig, mlp)
+                eng.store(u_proj, sig, proj)
+                return out
+            store = {u_attn: lambda v: eng.store(u_attn, sig, v), u_mlp: lambda v: eng.store(u_mlp, sig, v),
+                     u_proj: lambda v: eng.store(u_proj, sig, v)}
+            return self._single_forward(blk, args, vals[u_attn], vals[u_mlp], vals[u_proj],
+                                        store[u_attn], store[u_mlp], store[u_proj])
+        return patch
+
+    @staticmethod
+    def _single_parts(blk, cap):
+        if "linear1" not in cap or "linear2" not in cap:
+            raise SelfCheckError(
+                f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block did not call "
+                f"linear1 / linear2; this ComfyUI version is not supported")
+        h = blk.hidden_size
+        l2_in = cap["linear2"][0][0]
+        return l2_in[..., :h], cap["linear1"][1][..., 3 * h:], cap["linear2"][1]
+
+    @staticmethod
+    def _single_forward(blk, args, attn, mlp, proj, store_attn, store_mlp, store_proj):
+        """The single block with any of its three units served from the cache (None = compute)."""
+        from comfy.ldm.flux.layers import apply_mod
+        from comfy.ldm.flux.math import attention
+        x, vec = args["img"], args["vec"]
+        mod = blk.modulation(vec)[0] if blk.modulation else vec
+        if attn is None or mlp is None:
+            # linear1 fuses q/k/v and the MLP input: it runs whole when either is needed
+            qkv, mlp_new = torch.split(blk.linear1(apply_mod(blk.pre_norm(x), (1 + mod.scale), mod.shift, None)),
+                                       [3 * blk.hidden_size, blk.mlp_hidden_dim_first], dim=-1)
+            if attn is None:
+                q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, blk.num_heads, -1).permute(2, 0, 3, 1, 4)
+                q, k = blk.norm(q, k, v)
+                attn = attention(q, k, v, pe=args["pe"], mask=args.get("attn_mask"),
+                                 transformer_options=args.get("transformer_options", {}))
+                store_attn(attn)
+            if mlp is None:
+                mlp = mlp_new
+                store_mlp(mlp)
+        if proj is None:
+            proj = blk.linear2(torch.cat((attn, blk.mlp_act(mlp)), 2))
+            store_proj(proj)
+        x += apply_mod(proj, mod.gate, None, None)
+        if x.dtype == torch.float16:
+            x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
+        return {"img": x}
+
+    def _check_single(self, blk, args, extra):
+        eng = self.run.engine
+        was = eng.enabled
+        eng.enabled = False
+        noop = lambda v: None  # noqa: E731
+        try:
+            ref, cap = self._captured(extra["original_block"], {**args, "img": args["img"].clone()})
+            self._single_parts(blk, cap)
+            mine = self._single_forward(blk, {**args, "img": args["img"].clone()}, None, None, None, noop, noop, noop)
+        finally:
+            eng.enabled = was
+        if not torch.equal(ref["img"], mine["img"]):
+            raise SelfCheckError(
+                f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block re-statement differs "
+                f"from ComfyUI's block (max abs diff "
+                f"{(ref['img'].float() - mine['img'].float()).abs().max().item():.3g}); refusing to run")
+        self.checked["single"] = True
+
+
+def _flux_adapter(dm) -> ComfyAdapter:
+    nd, ns = len(dm.double_blocks), len(dm.single_blocks)
+
+    def install(mp, run):
+        try:
+            fb = _FluxBlocks(dm, run)
+        except ImportError as e:
+            raise SelfCheckError(f"ECAD: ComfyUI {comfy_version()} lacks the FLUX internals this adapter "
+                                 f"uses ({e})") from None
+        run.capture = None
+        unit = 0
+        for i, blk in enumerate(dm.double_blocks):
+            for attr in ("img_attn.proj", "txt_attn.proj"):
+                m = blk.get_submodule(attr)
+                mp.add_object_patch(f"diffusion_model.double_blocks.{i}.{attr}.forward",
+                                    _capture_forward(m, run, attr.replace("_attn.", "_")))
+            mp.add_object_patch(f"diffusion_model.double_blocks.{i}.img_mlp.forward",
+                                _unit_forward(blk.img_mlp, run, 3 * i + 1))
+            mp.add_object_patch(f"diffusion_model.double_blocks.{i}.txt_mlp.forward",
+                                _unit_forward(blk.txt_mlp, run, 3 * i + 2))
+            mp.set_model_patch_replace(fb.double_patch(i), "dit", "double_block", i)
+        for j, blk in enumerate(dm.single_blocks):
+            for attr in ("linear1", "linear2"):
+                mp.add_object_patch(f"diffusion_model.single_blocks.{j}.{attr}.forward",
+                                    _capture_forward(getattr(blk, attr), run, attr))
+            mp.set_model_patch_replace(fb.single_patch(j), "dit", "single_block", j)
+
+    arch = "flux-dev" if getattr(getattr(dm, "params", None), "guidance_embed", False) else "flux-schnell"
+    return ComfyAdapter(f"ComfyUI FLUX ({arch}, {nd} double + {ns} single blocks)",
+                        make_layout("flux", nd, ns), install, arch)
+
+
+# --------------------------------------------------------------------------- other DiTs, block level
+# class name (anywhere in the MRO) -> (attribute of double-type blocks, attribute of single blocks)
+GENERIC_DITS = {
+    "MMDiT": ("joint_blocks", None),                # SD3 / SD3.5
+    "WanModel": ("blocks", None),                   # Wan 2.x
+    "HunyuanVideo": ("double_blocks", "single_blocks"),
+    "QwenImageTransformer2DModel": ("transformer_blocks", None),
+    "Chroma": ("double_blocks", "single_blocks"),
+    "LTXVModel": ("transformer_blocks", None),
+}
+
+
+def _block_patch(run, unit):
+    def patch(args, extra):
+        eng = run.engine
+        if not eng.active_for():
+            return extra["original_block"](args)
+        keys = [k for k in ("img", "txt") if isinstance(args.get(k), torch.Tensor)]
+        sig = signature(*(args[k] for k in keys))
+        res = eng.fetch(unit, sig) if eng.wants_reuse(unit) else None
+        if res is not None:
+            out = {}
+            for k, r in res.items():
+                out[k] = None if r is None else args[k] + r
+            return out
+        inputs = {k: args[k].clone() for k in keys}  # blocks may update their inputs in place
+        out = extra["original_block"](args)
+        res = {}
+        for k, v in out.items():
+            if v is None:
+                res[k] = None
+            elif k in inputs and v.shape == inputs[k].shape:
+                res[k] = v - inputs[k]
+            else:
+                raise SelfCheckError(f"ECAD: block output {k!r} cannot be expressed as a residual of its input "
+                                     f"(shape {tuple(v.shape)}); block caching is not supported for this model")
+        eng.store(unit, sig, res)
+        return out
+    return patch
+
+
+def _generic_adapter(dm, double_attr, single_attr) -> ComfyAdapter:
+    nd = len(getattr(dm, double_attr))
+    ns = len(getattr(dm, single_attr)) if single_attr else 0
+
+    def install(mp, run):
+        for i in range(nd):
+            mp.set_model_patch_replace(_block_patch(run, i), "dit", "double_block", i)
+        for j in range(ns):
+            mp.set_model_patch_replace(_block_patch(run, nd + j), "dit", "single_block", j)
+
+    return ComfyAdapter(f"ComfyUI {type(dm).__name__} ({nd}{f' + {ns} single' if ns else ''} blocks, "
+                        f"block-level units)", make_layout("dit_blocks", nd, ns), install, None)
+
+
+def adapter_for(model_patcher) -> ComfyAdapter:
+    """The adapter for the diffusion model inside a ComfyUI MODEL; a clear error if none fits."""
+    dm = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
+    if dm is None:
+        raise ModelMismatchError("ECAD: the MODEL input has no diffusion_model (is it a diffusion model?)")
+    names = _mro_names(dm)
+    if "PixArtMS" in names or "PixArt" in names:
+        return _pixart_adapter(dm)
+    if "Flux" in names and "Chroma" not in names and hasattr(dm, "double_blocks") and hasattr(dm, "single_blocks"):
+        return _flux_adapter(dm)
+    for cls, (d, s) in GENERIC_DITS.items():
+        if cls in names and hasattr(dm, d):
+            return _generic_adapter(dm, d, s)
+    raise ModelMismatchError(
+        f"ECAD does not support {type(dm).__name__} models yet: supported are PixArt-α/Σ, FLUX.1, and at "
+        f"block level {', '.join(GENERIC_DITS)}")

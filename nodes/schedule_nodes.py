@@ -1,0 +1,179 @@
+"""The pack's nodes: Apply ECAD Cache Schedule, Load ECAD Schedule, Preview ECAD Schedule.
+
+Written against ComfyUI's classic (V1) node API rather than V3 (``comfy_api.latest``):
+in ComfyUI v0.3.75 ``comfy_api.latest`` is marked unstable (``STABLE = False``),
+while V1 is what every release loads the same way; V1's ``VALIDATE_INPUTS`` also
+lets the preset dropdown accept a saved workflow's value after the label's
+speedup text changes, and resolve it by its stable key.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+import comfy.patcher_extension
+
+from ..ecad_core import costs
+from ..ecad_core.engine import CacheEngine
+from ..ecad_core.errors import EcadError
+from ..ecad_core.schedule import Schedule
+from . import library
+from .comfy_adapters import adapter_for
+from .comfy_run import ComfyRun
+
+log = logging.getLogger("ecad")
+SCHEDULE_TYPE = "ECAD_SCHEDULE"
+OFF = "off"
+
+
+def _expected_speedup(s: Schedule, arch: str | None) -> float | None:
+    res = (s.provenance or {}).get("resolution")
+    try:
+        if arch and isinstance(res, list) and len(res) == 2:
+            return costs.expected_speedup(s, arch, int(res[0]), int(res[1]))
+    except Exception:  # cost model does not cover this model/size: fall back to stored numbers
+        pass
+    return library.speedup_of(s)
+
+
+def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False):
+    """A patched clone of ``model`` running ``schedule``; raises a clear error if it does not fit."""
+    adapter = adapter_for(model)
+    schedule.check_fits(adapter.layout, adapter.kind)
+    if schedule.model and adapter.arch_hint and schedule.model.split("-")[0] != adapter.arch_hint.split("-")[0]:
+        raise EcadError(f"schedule {schedule.name!r} is for {schedule.model}, but the model is {adapter.kind}")
+    m = model.clone()
+    engine = CacheEngine(schedule, offload_device="cpu" if offload_to_cpu else None)
+    run = ComfyRun(engine, label=schedule.name, expected_speedup=_expected_speedup(schedule, adapter.arch_hint))
+    adapter.install(m, run)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "ecad", run.outer_sample_wrapper)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "ecad", run.apply_model_wrapper)
+    m.model_options["transformer_options"]["ecad"] = run
+    log.info("ECAD: applied schedule %r (%d steps, %.1f%% of units recomputed) to %s", schedule.name,
+             schedule.steps, 100 * schedule.recompute_fraction(), adapter.kind)
+    return m
+
+
+class ApplyECADSchedule:
+    DESCRIPTION = ("Makes a diffusion transformer (PixArt-α/Σ, FLUX.1, SD3, Wan, ...) faster by reusing "
+                   "component outputs between sampling steps, following an ECAD cache schedule.")
+    CATEGORY = "ECAD"
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "preset": ([OFF] + library.options(), {
+                    "default": OFF,
+                    "tooltip": "A shipped ECAD preset or one of your schedules (models/ecad_schedules). "
+                               "'off' passes the model through. A connected schedule input wins."}),
+                "offload_cache_to_cpu": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Keep cached outputs in system RAM (less VRAM, some transfer time)."}),
+            },
+            "optional": {
+                "schedule": (SCHEDULE_TYPE, {"tooltip": "From Load ECAD Schedule or Evolve Schedule."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, preset):
+        # Accept values whose speedup text changed since the workflow was saved: match by key.
+        if preset == OFF:
+            return True
+        keys = {library.key_of(o) for o in library.options()}
+        if library.key_of(preset) in keys:
+            return True
+        return f"ECAD preset {library.key_of(preset)!r} not found (shipped presets or models/ecad_schedules)"
+
+    def apply(self, model, preset, offload_cache_to_cpu=False, schedule=None):
+        if schedule is None:
+            if preset == OFF:
+                return (model,)
+            schedule = library.resolve(preset)
+        return (patch_model(model, schedule, offload_cache_to_cpu),)
+
+
+class LoadECADSchedule:
+    DESCRIPTION = "Loads an ECAD schedule file (shipped preset or models/ecad_schedules)."
+    CATEGORY = "ECAD"
+    RETURN_TYPES = (SCHEDULE_TYPE, "STRING")
+    RETURN_NAMES = ("schedule", "info")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        opts = library.options()
+        return {"required": {"schedule_file": (opts, {"default": opts[0] if opts else ""})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, schedule_file):
+        if library.key_of(schedule_file) in {library.key_of(o) for o in library.options()}:
+            return True
+        return f"ECAD schedule {library.key_of(schedule_file)!r} not found"
+
+    @classmethod
+    def IS_CHANGED(cls, schedule_file):
+        return library.key_of(schedule_file)
+
+    def load(self, schedule_file):
+        s = library.resolve(schedule_file)
+        return (s, _info_text(s))
+
+
+def _info_text(s: Schedule) -> str:
+    info = s.summary()
+    sp = library.speedup_of(s)
+    lines = [f"{s.name} ({library.PRETTY.get(s.model or '', s.family)})",
+             f"{info['steps']} steps, {s.layout.describe()}",
+             f"recomputed: {100 * info['recompute_fraction']:.1f}% of unit-steps"]
+    if sp:
+        lines.append(f"speedup: {sp:.2f}x")
+    return "\n".join(lines)
+
+
+# Colour of a recomputed cell per component (reused cells are dark).
+_COLORS = {"attn1": (0.95, 0.55, 0.2), "attn2": (0.3, 0.7, 0.95), "ff": (0.55, 0.85, 0.35),
+           "full_attn": (0.95, 0.55, 0.2), "full_ff": (0.55, 0.85, 0.35), "full_ff_context": (0.3, 0.7, 0.95),
+           "single_attn": (0.95, 0.4, 0.5), "single_proj_mlp": (0.8, 0.75, 0.3),
+           "single_proj_out": (0.6, 0.5, 0.95), "block": (0.9, 0.9, 0.9)}
+
+
+def schedule_image(s: Schedule, cell: int = 4) -> torch.Tensor:
+    """IMAGE [1, H, W, 3]: one row per step, one column per unit; block boundaries as thin gaps."""
+    eff = s.effective_bits()
+    comps = [c for _, c in s.layout.iter_units()]
+    col = np.array([_COLORS.get(c, (0.9, 0.9, 0.9)) for c in comps], np.float32)  # [U,3]
+    grid = np.where(eff[..., None], col[None], np.float32(0.12))                    # [S,U,3]
+    img = np.repeat(np.repeat(grid, cell, axis=0), cell, axis=1)
+    # darken the last column of each block for readability
+    for _, sl in s.layout.block_slices():
+        img[:, sl.stop * cell - 1, :] *= 0.5
+    return torch.from_numpy(np.ascontiguousarray(img))[None]
+
+
+class PreviewECADSchedule:
+    DESCRIPTION = "Shows a schedule as a steps x units grid (bright = recomputed, dark = reused) with statistics."
+    CATEGORY = "ECAD"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "info")
+    FUNCTION = "preview"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"schedule": (SCHEDULE_TYPE,)}}
+
+    def preview(self, schedule):
+        import nodes as comfy_nodes  # ComfyUI's own PreviewImage saves to temp and shows it
+
+        img = schedule_image(schedule)
+        text = _info_text(schedule)
+        ui = comfy_nodes.PreviewImage().save_images(img, filename_prefix="ecad_schedule")["ui"]
+        ui["text"] = [text]
+        return {"ui": ui, "result": (img, text)}

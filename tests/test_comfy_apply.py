@@ -1,0 +1,113 @@
+"""Apply ECAD Cache Schedule in a real ComfyUI v0.3.75 server (tiny stock-detected checkpoints)."""
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+from comfy_harness import make_tiny
+from comfy_harness.server import PromptExecutionError
+from ecad_core import Schedule, make_layout
+from test_comfy_harness import _read_latent, ksampler_prompt
+
+pytestmark = pytest.mark.comfy
+_seeds = itertools.count(5000)
+STEPS = 4
+# tiny checkpoints: PixArt depth 2; FLUX 1 double + 1 single block (make_tiny)
+LAYOUTS = {"ecad_tiny_pixart_alpha": make_layout("pixart", 2), "ecad_tiny_pixart_sigma": make_layout("pixart", 2),
+           "ecad_tiny_flux_dev": make_layout("flux", 1, 1)}
+
+
+@pytest.fixture(scope="module")
+def user_schedules(comfy_server):
+    d = comfy_server.base_dir / "models" / "ecad_schedules"
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for model, lay in LAYOUTS.items():
+        Schedule.full(lay, STEPS, name=f"{model}-full", model=None).save(d / f"{model}-full.json")
+        bits = rng.random((STEPS, lay.n_units)) < 0.4
+        Schedule(lay, bits, name=f"{model}-mixed").save(d / f"{model}-mixed.json")
+    return d
+
+
+def _prompt(model, preset, seed, sampler="euler", denoise=1.0, prefix="ecad"):
+    p = ksampler_prompt(model, prefix, seed)
+    p["5"]["inputs"].update(steps=STEPS, sampler_name=sampler, denoise=denoise)
+    for k in ("7", "8", "9"):  # latents are enough here
+        p.pop(k)
+    if preset is not None:
+        p["20"] = {"class_type": "ApplyECADSchedule",
+                   "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": False}}
+        p["5"]["inputs"]["model"] = ["20", 0]
+    return p
+
+
+def _latent(srv, prompt):
+    entry = srv.run(prompt, timeout=300)
+    return _read_latent(srv.output_files(entry, "latents")[0])
+
+
+def _last_stats(srv):
+    lines = re.findall(r"ECAD (\S+): (\d+)/(\d+) unit calls reused.*?over (\d+) steps, (\d+) model calls(.*)",
+                       srv.log_text())
+    assert lines, "no ECAD statistics in the server log"
+    name, reused, total, steps, calls, rest = lines[-1]
+    return {"name": name, "reused": int(reused), "total": int(total), "steps": int(steps),
+            "calls": int(calls), "rest": rest}
+
+
+def test_nodes_are_registered(comfy_server, user_schedules):
+    info = comfy_server.object_info()
+    for n in ("ApplyECADSchedule", "LoadECADSchedule", "PreviewECADSchedule"):
+        assert n in info, f"{n} missing: pack import failed?\n{comfy_server.log_text()[-3000:]}"
+    opts = info["ApplyECADSchedule"]["input"]["required"]["preset"][0]
+    assert "off" in opts
+    assert any(o.startswith("pixart-alpha-256-fast · PixArt-α · 1.97×") for o in opts), opts[:5]
+    assert any(o.startswith("user/ecad_tiny_flux_dev-mixed") for o in opts), "user folder not listed"
+
+
+@pytest.mark.parametrize("model", list(LAYOUTS))
+def test_all_recompute_equals_unpatched_and_reuse_skips(comfy_server, user_schedules, model):
+    srv = comfy_server
+    seed = next(_seeds)
+    ref = _latent(srv, _prompt(model, None, seed, prefix=f"{model}_ref"))
+    full = _latent(srv, _prompt(model, f"user/{model}-full", seed, prefix=f"{model}_full"))
+    st = _last_stats(srv)
+    assert st["reused"] == 0 and st["steps"] == STEPS
+    assert (full == ref).all(), "all-recompute schedule changed the image"
+    mixed = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_mixed"))
+    st = _last_stats(srv)
+    assert st["reused"] > 0 and st["name"] == f"{model}-mixed"
+    assert np.isfinite(mixed.numpy()).all()
+    assert not (mixed == ref).all()
+    # a second run of the same workflow gives the same image (state reset per run)
+    srv.free()
+    again = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_mixed2"))
+    assert (again == mixed).all()
+    assert _last_stats(srv)["reused"] == st["reused"]
+
+
+def test_wrong_family_schedule_is_a_clear_node_error(comfy_server, user_schedules):
+    p = _prompt("ecad_tiny_pixart_alpha", "flux-dev-256-fast", next(_seeds), prefix="wrong")
+    with pytest.raises(PromptExecutionError) as e:
+        comfy_server.run(p, timeout=120)
+    assert "flux-dev-256-fast" in str(e.value) and "pixart" in str(e.value)
+
+
+def test_heun_and_denoise_and_step_remap(comfy_server, user_schedules):
+    srv = comfy_server
+    model = "ecad_tiny_pixart_sigma"
+    _latent(srv, _prompt(model, f"user/{model}-mixed", next(_seeds), sampler="heun", prefix="heun"))
+    st = _last_stats(srv)
+    # Heun evaluates twice per step except the last: calls > steps, steps still 4
+    assert st["steps"] == STEPS and st["calls"] > STEPS and st["reused"] > 0
+    p = _prompt(model, f"user/{model}-mixed", next(_seeds), denoise=0.5, prefix="denoise")
+    _latent(srv, p)
+    assert "remapped" in _last_stats(srv)["rest"]
+    p = _prompt(model, f"user/{model}-mixed", next(_seeds), prefix="steps7")
+    p["5"]["inputs"]["steps"] = 7
+    _latent(srv, p)
+    st = _last_stats(srv)
+    assert st["steps"] == 7 and "remapped from 4" in st["rest"]
