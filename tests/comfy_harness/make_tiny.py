@@ -1,0 +1,250 @@
+"""Random-weight checkpoints that ComfyUI v0.3.75 detects on its STOCK path.
+
+No detection shim: the DiTs keep the widths that ``comfy/model_detection.py``
+hard-codes (PixArt 1152 wide / 16 heads, Flux 3072 wide / 24 heads) and are only
+made shallow.  Key names come from ComfyUI's own classes, built on the ``meta``
+device, so they always match what ``UNETLoader`` expects.
+
+Files (``<models_root>/<subdir>/<name>.safetensors``):
+
+======================== ================= ===================================================
+name                     subdir            what
+======================== ================= ===================================================
+ecad_tiny_pixart_alpha   diffusion_models  PixArt-alpha, depth 2, micro_condition, 120 tokens, fp16
+ecad_tiny_pixart_sigma   diffusion_models  PixArt-sigma, depth 2, 300 tokens, fp16
+ecad_tiny_flux_dev       diffusion_models  FLUX.1-dev, 1 double + 1 single, guidance, ctx 64, vec 32, bf16
+ecad_tiny_flux_schnell   diffusion_models  FLUX.1-schnell, 1 double + 1 single, ctx 64, vec 32, bf16
+ecad_tiny_taesd_4ch      vae               random TAESD, 4 latent channels (PixArt)
+ecad_tiny_taesd_16ch     vae               random TAESD, 16 latent channels (Flux)
+======================== ================= ===================================================
+
+Conditioning the models need (see ``TestRandomConditioning`` in the support pack):
+PixArt: dim 4096 (stock caption_channels), no pooled; Flux: dim 64, pooled 32.
+
+Every file carries its recipe hash in the safetensors metadata key
+``ecad_tiny_recipe``; a file whose hash matches is not rebuilt.  The check only
+reads the safetensors header (stdlib), so :func:`ensure_models` is cheap and
+does not import torch or ComfyUI.  Building runs in a subprocess by default,
+so that importing ComfyUI never pollutes the caller (e.g. pytest).
+
+Command line::
+
+    python make_tiny.py --comfy-dir .cache/ComfyUI --models-root .cache/tiny-models [names...]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+RECIPE_VERSION = 1
+RECIPE_KEY = "ecad_tiny_recipe"
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+# ECAD_COMFY_DIR overrides where ComfyUI is (default: .cache/ComfyUI from scripts/setup_env.sh)
+DEFAULT_COMFY_DIR = Path(os.environ.get("ECAD_COMFY_DIR") or REPO_ROOT / ".cache" / "ComfyUI")
+DEFAULT_MODELS_ROOT = REPO_ROOT / ".cache" / "tiny-models"
+
+# Conditioning sizes the tiny models expect (used by tests and workflows).
+PIXART_COND_DIM = 4096
+FLUX_CONTEXT_DIM = 64
+FLUX_POOLED_DIM = 32
+
+FLUX_BASE = dict(
+    in_channels=16, out_channels=16, vec_in_dim=FLUX_POOLED_DIM, context_in_dim=FLUX_CONTEXT_DIM,
+    hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1,
+    axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True,
+)
+
+SPECS: dict[str, dict] = {
+    "ecad_tiny_pixart_alpha": dict(
+        subdir="diffusion_models", kind="pixart", dtype="float16", seed=101,
+        kwargs=dict(hidden_size=1152, num_heads=16, depth=2, caption_channels=PIXART_COND_DIM,
+                    model_max_length=120, micro_condition=True, in_channels=4, patch_size=2),
+    ),
+    "ecad_tiny_pixart_sigma": dict(
+        subdir="diffusion_models", kind="pixart", dtype="float16", seed=102,
+        kwargs=dict(hidden_size=1152, num_heads=16, depth=2, caption_channels=PIXART_COND_DIM,
+                    model_max_length=300, micro_condition=False, in_channels=4, patch_size=2),
+    ),
+    "ecad_tiny_flux_dev": dict(
+        subdir="diffusion_models", kind="flux", dtype="bfloat16", seed=103,
+        kwargs=dict(FLUX_BASE, guidance_embed=True),
+    ),
+    "ecad_tiny_flux_schnell": dict(
+        subdir="diffusion_models", kind="flux", dtype="bfloat16", seed=104,
+        kwargs=dict(FLUX_BASE, guidance_embed=False),
+    ),
+    "ecad_tiny_taesd_4ch": dict(
+        subdir="vae", kind="taesd", dtype="float32", seed=105, kwargs=dict(latent_channels=4),
+    ),
+    "ecad_tiny_taesd_16ch": dict(
+        subdir="vae", kind="taesd", dtype="float32", seed=106, kwargs=dict(latent_channels=16),
+    ),
+}
+
+# Weight init: bias 0; 1-D weights and ``.scale`` 1; everything else N(0, WEIGHT_STD).
+WEIGHT_STD = 0.02
+
+
+def recipe_hash(name: str) -> str:
+    spec = SPECS[name]
+    blob = json.dumps({"v": RECIPE_VERSION, "name": name, "std": WEIGHT_STD, **spec}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_name(name: str) -> str:
+    """File name as ComfyUI lists it (e.g. for UNETLoader's ``unet_name``)."""
+    return f"{name}.safetensors"
+
+
+def model_path(models_root: os.PathLike | str, name: str) -> Path:
+    return Path(models_root) / SPECS[name]["subdir"] / file_name(name)
+
+
+def read_safetensors_metadata(path: os.PathLike | str) -> dict:
+    """The ``__metadata__`` of a safetensors file, read with the stdlib only."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            return {}
+        (n,) = struct.unpack("<Q", head)
+        if n > 100_000_000:
+            return {}
+        try:
+            return json.loads(f.read(n)).get("__metadata__", {}) or {}
+        except ValueError:
+            return {}
+
+
+def is_current(models_root: os.PathLike | str, name: str) -> bool:
+    p = model_path(models_root, name)
+    return p.is_file() and read_safetensors_metadata(p).get(RECIPE_KEY) == recipe_hash(name)
+
+
+def ensure_models(models_root: os.PathLike | str = DEFAULT_MODELS_ROOT,
+                  names: list[str] | None = None,
+                  comfy_dir: os.PathLike | str = DEFAULT_COMFY_DIR,
+                  python: str | None = None,
+                  in_process: bool = False) -> dict[str, Path]:
+    """Make sure the named tiny models exist (all by default); return name -> path.
+
+    Missing or outdated files are built in a subprocess running ``python``
+    (default: this interpreter) unless ``in_process`` is true.
+    """
+    names = list(SPECS) if names is None else list(names)
+    for n in names:
+        if n not in SPECS:
+            raise KeyError(f"unknown tiny model {n!r}; known: {sorted(SPECS)}")
+    todo = [n for n in names if not is_current(models_root, n)]
+    if todo:
+        if in_process:
+            build(comfy_dir, models_root, todo)
+        else:
+            cmd = [python or sys.executable, str(Path(__file__).resolve()),
+                   "--comfy-dir", str(comfy_dir), "--models-root", str(models_root), *todo]
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"building tiny models failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
+        missing = [n for n in todo if not is_current(models_root, n)]
+        if missing:
+            raise RuntimeError(f"tiny models still missing after build: {missing}")
+    return {n: model_path(models_root, n) for n in names}
+
+
+# --------------------------------------------------------------------------- building (imports ComfyUI)
+
+def _import_comfy(comfy_dir):
+    comfy_dir = str(Path(comfy_dir).resolve())
+    if comfy_dir not in sys.path:
+        sys.path.insert(0, comfy_dir)
+    from comfy.cli_args import args
+    args.cpu = True  # must happen before anything imports comfy.model_management
+    import comfy.ops  # noqa: F401
+
+
+def _meta_module(spec):
+    import comfy.ops
+    ops = comfy.ops.disable_weight_init
+    kind, kw = spec["kind"], spec["kwargs"]
+    if kind == "pixart":
+        import comfy.ldm.pixart.pixartms as pixartms
+        return pixartms.PixArtMS(device="meta", operations=ops, **kw)
+    if kind == "flux":
+        import comfy.ldm.flux.model as flux_model
+        return flux_model.Flux(device="meta", operations=ops, **kw)
+    if kind == "taesd":
+        import torch
+        import comfy.taesd.taesd as taesd
+        with torch.device("meta"):
+            return taesd.TAESD(**kw)
+    raise ValueError(kind)
+
+
+def random_state_dict(module, seed: int, dtype):
+    """Seeded random tensors for every entry of ``module.state_dict()`` (may live on meta)."""
+    import torch
+    out = {}
+    for key, t in module.state_dict().items():
+        shape = tuple(t.shape)
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf == "bias":
+            v = torch.zeros(shape, dtype=dtype)
+        elif leaf == "scale" or (leaf == "weight" and len(shape) == 1) or key in ("vae_scale",):
+            v = torch.ones(shape, dtype=dtype)
+        elif key == "vae_shift":
+            v = torch.zeros(shape, dtype=dtype)
+        else:
+            g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) & 0x7FFF_FFFF_FFFF)
+            v = torch.randn(shape, generator=g, dtype=torch.float32).mul_(WEIGHT_STD).to(dtype)
+        out[key] = v.contiguous()
+    return out
+
+
+def build(comfy_dir, models_root, names):
+    """Build the named models in this process (imports ComfyUI from ``comfy_dir``)."""
+    _import_comfy(comfy_dir)
+    import torch
+    from safetensors.torch import save_file
+    for name in names:
+        spec = SPECS[name]
+        t0 = time.time()
+        module = _meta_module(spec)
+        sd = random_state_dict(module, spec["seed"], getattr(torch, spec["dtype"]))
+        del module
+        nparams = sum(v.numel() for v in sd.values())
+        dest = model_path(models_root, name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        save_file(sd, str(tmp), metadata={RECIPE_KEY: recipe_hash(name), "ecad_tiny_spec": json.dumps(spec)})
+        del sd
+        os.replace(tmp, dest)
+        print(f"[make_tiny] {name}: {nparams / 1e6:.1f} M params, {dest.stat().st_size / 1e6:.0f} MB, "
+              f"{time.time() - t0:.1f} s -> {dest}", flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--comfy-dir", default=str(DEFAULT_COMFY_DIR))
+    ap.add_argument("--models-root", default=str(DEFAULT_MODELS_ROOT))
+    ap.add_argument("--force", action="store_true", help="rebuild even when current")
+    ap.add_argument("names", nargs="*", help=f"default: all of {list(SPECS)}")
+    a = ap.parse_args(argv)
+    names = a.names or list(SPECS)
+    todo = names if a.force else [n for n in names if not is_current(a.models_root, n)]
+    if todo:
+        build(a.comfy_dir, a.models_root, todo)
+    for n in names:
+        print(f"[make_tiny] {'built' if n in todo else 'cached'}: {model_path(a.models_root, n)}")
+
+
+if __name__ == "__main__":
+    main()
