@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--repeats", type=int, default=3)
     q.add_argument("--out", default=None, help="folder for the demo's images (optional)")
     q.set_defaults(fn=_cmd_demo)
+
+    from .search.cli_commands import register as register_search
+    register_search(sub)
     return p
 
 

@@ -61,7 +61,7 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0):
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                          block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
-                         sample_size=64).eval()
+                         sample_size=64, shift_factor=0.0, scaling_factor=1.0).eval()
 
 
 def tiny_pixart_pipeline(variant: str = "alpha", *, layers: int = 4, heads: int = 2, head_dim: int = 16,

@@ -130,7 +130,9 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto"):
     if getattr(pipe, "transformer", None) is None:
         raise EcadError(f"{model!r}: the pipeline has no transformer (ECAD caches DiT blocks; "
                         f"got {type(pipe).__name__})")
-    pipe = pipe.to(dev, dt)
+    pipe = pipe.to(dev)
+    if pipe.transformer.dtype != dt:
+        pipe = pipe.to(dtype=dt)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe, hint
@@ -236,7 +238,7 @@ def cmd_evolve(a) -> int:
 
 # -- run ------------------------------------------------------------------------------
 def cmd_run(a) -> int:
-    from ..schedule import Schedule, load_schedule
+    from ..schedule import load_schedule
     from .evaluate import diffusers_generate_fn
 
     prompts = _prompts_from_args(a)

@@ -44,7 +44,6 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..layout import Layout
-from ..schedule import Schedule
 from .errors import CheckpointError, EvaluationError, SearchSettingsError
 from .evaluate import Evaluator, Progress, fingerprint
 from .front import FrontPoint, hypervolume, pareto_indices, write_front
