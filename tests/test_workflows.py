@@ -1,0 +1,237 @@
+"""The shipped UI workflows (workflows/ and example_workflows/) in a real ComfyUI v0.3.75.
+
+(a) every node type exists and every widget value is valid against the server's
+    /object_info (model file names excepted; ECAD presets must resolve by key);
+(b) workflows/ and example_workflows/ hold the same files;
+(c) each workflow runs end to end on the tiny checkpoints (loaders, text encoders and
+    the ECAD preset swapped for test stand-ins);
+(d) each loads in the real frontend (headless chromium) with no missing node types.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from comfy_harness import make_tiny
+from comfy_harness.server import _VIRTUAL_TYPES, MODE_BYPASS, MODE_NEVER, _input_specs, _map_widgets, ui_to_api
+from ecad_core import Schedule, make_layout
+
+pytestmark = pytest.mark.comfy
+
+REPO = Path(__file__).resolve().parents[1]
+DIRS = [REPO / "workflows", REPO / "example_workflows"]
+NAMES = ["ecad_pixart_alpha.json", "ecad_pixart_sigma.json", "ecad_flux_dev.json"]
+ALL_FILES = [d / n for d in DIRS for n in NAMES]
+# combo inputs holding model file names: the test server has only the tiny models
+MODEL_FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
+# ECAD combos: values carry a speedup text after " · " that may change; the key must resolve
+ECAD_KEY_INPUTS = {("ApplyECADSchedule", "preset"), ("LoadECADSchedule", "schedule_file")}
+_seeds = itertools.count(9000)
+STEPS = 4
+TINY = {  # workflow -> (tiny unet, layout of the tiny model, vae, is_flux)
+    "ecad_pixart_alpha.json": ("ecad_tiny_pixart_alpha", make_layout("pixart", 2), "ecad_tiny_taesd_4ch", False),
+    "ecad_pixart_sigma.json": ("ecad_tiny_pixart_sigma", make_layout("pixart", 2), "ecad_tiny_taesd_4ch", False),
+    "ecad_flux_dev.json": ("ecad_tiny_flux_dev", make_layout("flux", 1, 1), "ecad_tiny_taesd_16ch", True),
+}
+
+
+def _key(value: str) -> str:
+    return str(value).split(" · ")[0].strip()
+
+
+def workflow_problems(workflow: dict, object_info: dict) -> list[str]:
+    """Everything in a UI workflow the server would not accept (empty list: fine)."""
+    problems = []
+    for node in workflow.get("nodes", []):
+        ntype, nid = node.get("type"), node.get("id")
+        if ntype in _VIRTUAL_TYPES:
+            continue
+        node_def = object_info.get(ntype)
+        if node_def is None:
+            problems.append(f"node {nid}: unknown node type {ntype!r}")
+            continue
+        try:
+            values = _map_widgets(node, node_def)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        specs = {name: (typ, opts) for name, typ, opts in _input_specs(node_def)}
+        for name, value in values.items():
+            typ, opts = specs[name]
+            where = f"node {nid} ({ntype}).{name}={value!r}"
+            if isinstance(typ, list) or typ == "COMBO":
+                options = typ if isinstance(typ, list) else opts.get("options", [])
+                if name in MODEL_FILE_INPUTS:
+                    if not isinstance(value, str) or not value:
+                        problems.append(f"{where}: not a file name")
+                elif (ntype, name) in ECAD_KEY_INPUTS:
+                    if _key(value) not in {_key(o) for o in options}:
+                        problems.append(f"{where}: ECAD preset key {_key(value)!r} not offered")
+                elif value not in options:
+                    problems.append(f"{where}: not one of {options[:8]}...")
+            elif typ in ("INT", "FLOAT"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                        (typ == "INT" and not float(value).is_integer()):
+                    problems.append(f"{where}: not a {typ}")
+                elif ("min" in opts and value < opts["min"]) or ("max" in opts and value > opts["max"]):
+                    problems.append(f"{where}: outside [{opts.get('min')}, {opts.get('max')}]")
+            elif typ == "BOOLEAN" and not isinstance(value, bool):
+                problems.append(f"{where}: not a boolean")
+            elif typ == "STRING" and not isinstance(value, str):
+                problems.append(f"{where}: not a string")
+    return problems
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server):
+    info = comfy_server.object_info()
+    assert "ApplyECADSchedule" in info, "pack failed to import:\n" + comfy_server.log_text()[-3000:]
+    return info
+
+
+# ----------------------------------------------------------------------------- (a) + (b)
+
+def test_same_files_in_both_folders():
+    a = sorted(p.name for p in DIRS[0].glob("*.json"))
+    b = sorted(p.name for p in DIRS[1].glob("*.json"))
+    assert a == b == sorted(NAMES)
+    for n in NAMES:
+        assert (DIRS[0] / n).read_bytes() == (DIRS[1] / n).read_bytes(), n
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_workflow_nodes_and_widgets_valid(object_info, path):
+    wf = _load(path)
+    assert wf["version"] == 0.4
+    assert workflow_problems(wf, object_info) == []
+    types = {n["type"] for n in wf["nodes"]}
+    assert {"ApplyECADSchedule", "LoadECADSchedule", "PreviewECADSchedule", "UNETLoader", "KSampler",
+            "VAELoader", "VAEDecode", "SaveImage", "CLIPTextEncode"} <= types
+    assert ("DualCLIPLoader" if "flux" in path.name else "CLIPLoader") in types
+    expected = {"ecad_pixart_alpha.json": "pixart-alpha-256-fast", "ecad_pixart_sigma.json": "pixart-sigma-256-fast",
+                "ecad_flux_dev.json": "flux-dev-256-fast"}[path.name]
+    apply = next(n for n in wf["nodes"] if n["type"] == "ApplyECADSchedule")
+    assert _key(apply["widgets_values"][0]) == expected
+    ks = next(n for n in wf["nodes"] if n["type"] == "KSampler")
+    assert ui_to_api(wf, object_info)[str(ks["id"])]["inputs"]["steps"] == 20
+
+
+def test_workflow_check_catches_bad_workflows(object_info):
+    wf = _load(DIRS[0] / "ecad_pixart_alpha.json")
+    assert workflow_problems(wf, object_info) == []
+
+    bogus = copy.deepcopy(wf)
+    bogus["nodes"].append({"id": 99, "type": "EcadNoSuchNode", "mode": 0, "inputs": [], "outputs": [],
+                           "widgets_values": []})
+    assert any("EcadNoSuchNode" in p for p in workflow_problems(bogus, object_info))
+
+    bad_preset = copy.deepcopy(wf)
+    next(n for n in bad_preset["nodes"] if n["type"] == "ApplyECADSchedule")["widgets_values"][0] = \
+        "pixart-alpha-999-bogus · PixArt-α · 9.99×"
+    assert any("pixart-alpha-999-bogus" in p for p in workflow_problems(bad_preset, object_info))
+
+    # a changed speedup text still resolves by key
+    relabelled = copy.deepcopy(wf)
+    next(n for n in relabelled["nodes"] if n["type"] == "ApplyECADSchedule")["widgets_values"][0] = \
+        "pixart-alpha-256-fast · PixArt-α · 1.23×"
+    assert workflow_problems(relabelled, object_info) == []
+
+    bad_steps = copy.deepcopy(wf)
+    next(n for n in bad_steps["nodes"] if n["type"] == "KSampler")["widgets_values"][2] = 0
+    assert any("steps" in p for p in workflow_problems(bad_steps, object_info))
+
+    bad_sampler = copy.deepcopy(wf)
+    next(n for n in bad_sampler["nodes"] if n["type"] == "KSampler")["widgets_values"][4] = "no_such_sampler"
+    assert any("sampler_name" in p for p in workflow_problems(bad_sampler, object_info))
+
+    bad_clip_type = copy.deepcopy(wf)
+    next(n for n in bad_clip_type["nodes"] if n["type"] == "CLIPLoader")["widgets_values"][1] = "nope"
+    assert any("type" in p for p in workflow_problems(bad_clip_type, object_info))
+
+
+# ----------------------------------------------------------------------------- (c) runs end to end
+
+@pytest.fixture(scope="module")
+def tiny_schedules(comfy_server):
+    d = comfy_server.base_dir / "models" / "ecad_schedules"
+    d.mkdir(parents=True, exist_ok=True)
+    names = {}
+    for wf_name, (model, layout, _vae, _flux) in TINY.items():
+        name = f"wf_{model}_every2"
+        Schedule.every_n(layout, 20, 2, name=name).save(d / f"{name}.json")
+        names[wf_name] = name
+    return names
+
+
+def tiny_prompt(wf: dict, wf_name: str, object_info: dict, schedule_name: str, seed: int) -> dict:
+    """The workflow's API prompt with the tiny model, random conditioning and a tiny-model schedule."""
+    model, _layout, vae, is_flux = TINY[wf_name]
+    p = ui_to_api(wf, object_info)
+    for nid in [k for k, v in p.items() if v["class_type"] in ("CLIPLoader", "DualCLIPLoader")]:
+        del p[nid]
+    dim, pooled = (make_tiny.FLUX_CONTEXT_DIM, make_tiny.FLUX_POOLED_DIM) if is_flux else (make_tiny.PIXART_COND_DIM, 0)
+    for v in p.values():
+        ct, ins = v["class_type"], v["inputs"]
+        if ct == "CLIPTextEncode":
+            v["class_type"] = "TestRandomConditioning"
+            v["inputs"] = {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": seed,
+                           "zero": "negative" in v["_meta"]["title"].lower()}
+        elif ct == "UNETLoader":
+            ins["unet_name"] = make_tiny.file_name(model)
+        elif ct == "VAELoader":
+            ins["vae_name"] = make_tiny.file_name(vae)
+        elif ct == "ApplyECADSchedule":
+            ins["preset"] = f"user/{schedule_name}"
+        elif ct == "KSampler":
+            ins.update(steps=STEPS, seed=seed)
+        elif ct in ("EmptyLatentImage", "EmptySD3LatentImage"):
+            # PixArt without pos_embed needs (W+H)/2 >= 272 px; the tiny FLUX is fine at 128 px
+            ins.update(width=512, height=32) if not is_flux else ins.update(width=128, height=128)
+        elif ct == "SaveImage":
+            ins["filename_prefix"] = f"wf_{wf_name[:-5]}_{seed}"
+    return p
+
+
+@pytest.mark.parametrize("wf_name", NAMES)
+def test_workflow_runs_on_tiny_model(comfy_server, object_info, tiny_schedules, wf_name):
+    wf = _load(DIRS[0] / wf_name)
+    seed = next(_seeds)
+    p = tiny_prompt(wf, wf_name, object_info, tiny_schedules[wf_name], seed)
+    entry = comfy_server.run(p, timeout=300, extra_data={"extra_pnginfo": {"workflow": wf}})
+    assert entry["status"]["status_str"] == "success"
+    images = comfy_server.output_files(entry, "images")
+    # SaveImage's image plus PreviewECADSchedule's schedule picture
+    saved = [i for i in images if i.name.startswith(f"wf_{wf_name[:-5]}_{seed}")]
+    assert len(saved) == 1 and saved[0].is_file(), images
+    ks = next(k for k, v in p.items() if v["class_type"] == "KSampler")
+    assert p[ks]["inputs"]["model"][0] in {k for k, v in p.items() if v["class_type"] == "ApplyECADSchedule"}
+    log = comfy_server.log_text()
+    assert f"ECAD: applied schedule {tiny_schedules[wf_name]!r}" in log, log[-3000:]
+    assert f"ECAD {tiny_schedules[wf_name]}:" in log, log[-3000:]
+
+
+# ----------------------------------------------------------------------------- (d) browser
+
+@pytest.fixture(scope="module")
+def browser_results(comfy_server, browser_ready, artifacts_dir):
+    jobs = [(_load(p), artifacts_dir / f"workflow_{p.parent.name}_{p.stem}.png") for p in ALL_FILES]
+    return dict(zip(ALL_FILES, browser_ready.load_workflows_in_browser(comfy_server.url, jobs)))
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_workflow_loads_in_browser_without_missing_nodes(browser_results, path):
+    res = browser_results[path]
+    assert res.missing == [], res.raw
+    assert res.raw["reported_missing"] == [], res.raw
+    assert res.graph_node_count == len(_load(path)["nodes"])
+    assert not res.page_errors, res.page_errors
+    assert res.screenshot.is_file() and res.screenshot.stat().st_size > 10_000
