@@ -21,6 +21,8 @@ FOLDER_NAME = "ecad_schedules"
 SEP = " · "
 PRETTY = {"pixart-alpha": "PixArt-α", "pixart-sigma": "PixArt-Σ", "flux-dev": "FLUX.1-dev",
           "flux-schnell": "FLUX.1-schnell"}
+# files an Evolve search keeps beside its schedules (not schedules themselves)
+SEARCH_BOOKKEEPING = ("front.json", "progress.json")
 _cache: dict[str, tuple[float, Schedule | None]] = {}
 
 
@@ -43,7 +45,7 @@ def _files() -> list[tuple[str, Path]]:
     for d in user_dirs():
         if d.is_dir():
             for p in sorted(d.rglob("*.json")):
-                if p.name in ("front.json",) or p.name.startswith("."):
+                if p.name in SEARCH_BOOKKEEPING or any(part.startswith(".") for part in p.relative_to(d).parts):
                     continue
                 rel = p.relative_to(d).with_suffix("").as_posix()
                 out.append((f"user/{rel}", p))

@@ -1,0 +1,304 @@
+"""Evolve ECAD Schedule: the NSGA-II schedule search run inside a ComfyUI workflow.
+
+The node is glue around ``ecad_core.search.run_search``: its ``generate``
+samples the connected MODEL with ComfyUI's own sampler (``comfy.sample``), once
+per calibration sample (prompt x seed), with the candidate schedule applied by
+the same ``patch_model`` as Apply ECAD Cache Schedule. The search folder is
+``models/ecad_schedules/<output_name>/``: checkpoint, reference outputs and the
+front (``front/*.json``, listed by the Apply and Load nodes without a restart).
+
+Cancelling (ComfyUI's Cancel) raises inside an evaluation; the search saves
+its checkpoint before the exception leaves, and running the node again with the
+same settings resumes from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+
+from ..ecad_core.errors import EcadError
+from ..ecad_core.metrics import FIDELITY_SPACES, IMAGE_SPACES
+from ..ecad_core.schedule import Schedule
+from ..ecad_core.search import (LocalEvaluator, SearchSettings, SearchSettingsError, fingerprint, pick,
+                                run_search)
+from ..ecad_core.search.front import FRONT_PLOT
+from ..ecad_core.search.nsga import CHECKPOINT_FILE
+from . import library
+from .comfy_adapters import adapter_for
+from .comfy_costs import cost_for_comfy_model
+from .schedule_nodes import SCHEDULE_TYPE, patch_model
+
+log = logging.getLogger("ecad")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+DEFAULT_PROMPTS = ("A photo of an astronaut riding a horse on the moon\n"
+                   "A cozy cabin in a snowy forest at dusk, warm light in the windows\n"
+                   "A close-up portrait of an old fisherman, dramatic lighting")
+
+
+def search_dir(output_name: str) -> Path:
+    if not isinstance(output_name, str) or not _NAME_RE.match(output_name) or ".." in output_name:
+        raise EcadError(f"output_name {output_name!r}: use 1-80 letters, digits, '.', '_' or '-' (it names "
+                        f"the folder models/{library.FOLDER_NAME}/<output_name>)")
+    return library.user_dirs()[0] / output_name
+
+
+def _prompt_lines(text: str) -> list[str]:
+    return [ln.strip() for ln in (text or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _encode(clip, text: str):
+    tokens = clip.tokenize(text)
+    return clip.encode_from_tokens_scheduled(tokens)
+
+
+def _zero_like(cond):
+    # what ComfyUI's ConditioningZeroOut gives: the empty prompt for models without a negative
+    out = []
+    for t, extra in cond:
+        e = dict(extra)
+        if e.get("pooled_output") is not None:
+            e["pooled_output"] = torch.zeros_like(e["pooled_output"])
+        out.append([torch.zeros_like(t), e])
+    return out
+
+
+def _cond_digest(conds) -> str:
+    h = hashlib.sha256()
+    for cond in conds:
+        for t, extra in cond:
+            h.update(t.detach().float().cpu().numpy().tobytes())
+            p = extra.get("pooled_output")
+            if p is not None:
+                h.update(p.detach().float().cpu().numpy().tobytes())
+            h.update(repr(sorted((k, v) for k, v in extra.items() if isinstance(v, (int, float, str)))).encode())
+    return h.hexdigest()[:16]
+
+
+def _model_digest(model) -> dict:
+    """Cheap identity of the MODEL: its class, a few weights and the patches (LoRAs) on it."""
+    dm = model.model.diffusion_model
+    params = list(dm.parameters())
+    probe = [float(p.detach().float().flatten()[:4096].sum()) for p in (params[:2] + params[-2:])]
+    patches = sorted((k, len(v)) for k, v in getattr(model, "patches", {}).items())
+    return {"class": type(dm).__name__, "n_params": len(params), "probe": [round(v, 6) for v in probe],
+            "patches": fingerprint(patches)}
+
+
+class ComfyGenerate:
+    """``generate(schedule)`` for the search: latents of every (prompt, seed) sample of one setting."""
+
+    def __init__(self, model, positives, negatives, seeds, steps, cfg, sampler_name, scheduler, width, height):
+        self.model = model
+        self.positives = positives
+        self.negatives = negatives
+        self.seeds = list(seeds)
+        self.steps, self.cfg = int(steps), float(cfg)
+        self.sampler_name, self.scheduler = sampler_name, scheduler
+        fmt = model.get_model_object("latent_format")
+        ratio = int(getattr(fmt, "spacial_downscale_ratio", 8))
+        if width % ratio or height % ratio:
+            raise EcadError(f"width {width} and height {height} must be multiples of {ratio} for this model")
+        self.latent_shape = (1, int(fmt.latent_channels), height // ratio, width // ratio)
+        self.description = {"model": _model_digest(model), "conditioning": _cond_digest(positives + negatives),
+                            "samples": len(positives) * len(self.seeds), "seeds": self.seeds, "steps": self.steps,
+                            "cfg": self.cfg, "sampler": sampler_name, "scheduler": scheduler,
+                            "size": [width, height]}
+
+    def __call__(self, schedule: Schedule | None) -> list[torch.Tensor]:
+        m = self.model if schedule is None else patch_model(self.model, schedule)
+        outs = []
+        for pos, neg in zip(self.positives, self.negatives):
+            for seed in self.seeds:
+                latent = comfy.sample.fix_empty_latent_channels(m, torch.zeros(self.latent_shape))
+                noise = comfy.sample.prepare_noise(latent, seed)
+                samples = comfy.sample.sample(m, noise, self.steps, self.cfg, self.sampler_name, self.scheduler,
+                                              pos, neg, latent, denoise=1.0, disable_pbar=True, seed=seed)
+                outs.append(samples[0].float().cpu())
+        return outs
+
+
+class _Progress:
+    """One ComfyUI progress bar over the whole search: generations, and evaluations inside each."""
+
+    SCALE = 1000
+
+    def __init__(self, generations: int | None):
+        self.total_gens = generations + 1 if generations else None  # None: bounded by time only
+        self.bar = comfy.utils.ProgressBar((self.total_gens or 1) * self.SCALE)
+        self.gen = 0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase == "generation":
+            self.gen = done
+            frac = 0.0
+        elif phase == "evaluate" and total:
+            frac = done / total
+        else:
+            frac = 0.0
+        # the server's progress hook raises InterruptProcessingException on Cancel: the search saves
+        total = self.total_gens or self.gen + 1
+        self.bar.update_absolute(int((self.gen + frac) * self.SCALE), total * self.SCALE)
+
+
+def _front_image(front_dir: Path | None) -> torch.Tensor:
+    from PIL import Image
+
+    png = front_dir / FRONT_PLOT if front_dir is not None else None
+    if png is None or not png.is_file():
+        return torch.zeros(1, 64, 64, 3)
+    img = np.asarray(Image.open(png).convert("RGB"), np.float32) / 255.0
+    return torch.from_numpy(img)[None]
+
+
+class EvolveECADSchedule:
+    DESCRIPTION = ("Finds cache schedules for YOUR model, prompts and sampler settings with ECAD's genetic "
+                   "search (NSGA-II): quality loss vs compute. Writes the Pareto front to "
+                   "models/ecad_schedules/<output_name>/front (listed by Apply ECAD Cache Schedule) and outputs "
+                   "the point picked for the target speedup. Cancel keeps a checkpoint; run again to resume.")
+    CATEGORY = "ECAD"
+    RETURN_TYPES = (SCHEDULE_TYPE, "IMAGE", "STRING")
+    RETURN_NAMES = ("schedule", "front", "report")
+    FUNCTION = "evolve"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "prompts": ("STRING", {"multiline": True, "default": DEFAULT_PROMPTS, "tooltip":
+                            "Calibration prompts, one per line (needs the clip input). Ignored when a "
+                            "positive conditioning is connected."}),
+                "seeds_per_prompt": ("INT", {"default": 1, "min": 1, "max": 16}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                                 "tooltip": "First noise seed; seeds are seed, seed+1, ..."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
+                "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+                "width": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
+                "height": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
+                "population": ("INT", {"default": 24, "min": 2, "max": 1024}),
+                "generations": ("INT", {"default": 10, "min": 0, "max": 100000, "tooltip":
+                                        "Evolved generations after the initial population (0: no limit; "
+                                        "stop by the time budget)."}),
+                "time_budget_minutes": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 1.0,
+                                                  "tooltip": "Stop after this much wall time (0: no limit)."}),
+                "quality_metric": (list(FIDELITY_SPACES), {"default": FIDELITY_SPACES[0], "tooltip":
+                                   "Fidelity to full compute on the same prompts and seeds: 'latent' (relative "
+                                   "MSE of the latents, no VAE needed), 'ssim' or 'image-mse' (decoded with the "
+                                   "vae input)."}),
+                "target_speedup": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                                             "tooltip": "Picks the best-quality front point at least this fast "
+                                                        "(0: the knee of the front)."}),
+                "output_name": ("STRING", {"default": "my-model-20steps"}),
+                "search_seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1}),
+                "resume": ("BOOLEAN", {"default": True, "tooltip":
+                           "Continue the search saved under this output name (off: start over)."}),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "Text encoder for the prompts."}),
+                "positive": ("CONDITIONING", {"tooltip": "Use this conditioning as the one calibration prompt."}),
+                "negative": ("CONDITIONING",),
+                "vae": ("VAE", {"tooltip": "Needed by the image-space metrics (ssim, image-mse)."}),
+                "warm_start": (SCHEDULE_TYPE, {"tooltip": "Put this schedule (e.g. a shipped preset) into "
+                                               "the initial population."}),
+            },
+        }
+
+    def evolve(self, model, prompts, seeds_per_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
+               population, generations, time_budget_minutes, quality_metric, target_speedup, output_name,
+               search_seed, resume, clip=None, positive=None, negative=None, vae=None, warm_start=None):
+        adapter = adapter_for(model)
+        out = search_dir(output_name)
+        positives, negatives = self._conditioning(prompts, clip, positive, negative)
+        if quality_metric in IMAGE_SPACES and vae is None:
+            raise SearchSettingsError(f"quality metric {quality_metric!r} compares decoded images: connect a VAE "
+                                      "or choose 'latent'")
+        settings = SearchSettings(population=population, generations=generations or None, seed=search_seed,
+                                  time_budget_s=time_budget_minutes * 60.0 if time_budget_minutes > 0 else None)
+        settings.validate()
+        seeds = [seed + i for i in range(seeds_per_prompt)]
+        gen = ComfyGenerate(model, positives, negatives, seeds, steps, cfg, sampler_name, scheduler, width, height)
+        decode = None
+        if vae is not None and quality_metric in IMAGE_SPACES:
+            def decode(latent):
+                return vae.decode(latent[None])[0].movedim(-1, 0).clamp(0, 1)
+        evaluator = LocalEvaluator(gen, decode=decode, space=quality_metric)
+        tokens = int(positives[0][0][0].shape[1])
+        cost = cost_for_comfy_model(model, adapter.layout, steps, height, width, tokens,
+                                    name=adapter.arch_hint or "comfy-model")
+        if not resume and (out / CHECKPOINT_FILE).exists():
+            log.info("ECAD search: resume is off: starting %s over", out)
+            shutil.rmtree(out)
+        warm = [warm_start] if warm_start is not None else []
+        if warm_start is not None and warm_start.layout != adapter.layout:
+            raise EcadError(f"warm_start schedule {warm_start.name!r} has {warm_start.layout.describe()}, the model "
+                            f"{adapter.layout.describe()}")
+        log.info("ECAD search %r: %s, %d sample(s), %d steps, population %d, %d generation(s), cost: %s",
+                 output_name, adapter.kind, len(positives) * len(seeds), steps, population, generations,
+                 cost.source)
+        result = run_search(evaluator, adapter.layout, steps, out, settings, cost=cost, warm_start=warm,
+                            warm_start_steps="remap", model=adapter.arch_hint, progress=_Progress(settings.generations),
+                            should_stop=comfy.model_management.processing_interrupted, resume=True)
+        # a cancel seen between evaluations: the checkpoint is saved; surface it as ComfyUI's interruption
+        # (not a result, which ComfyUI would cache and so never resume)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        chosen = pick(result.front, target_speedup=target_speedup if target_speedup > 0 else None)
+        report = self._report(output_name, result, chosen, evaluator)
+        log.info("%s", report)
+        img = _front_image(result.front_dir)
+        text = report
+        ui = {"text": [text]}
+        try:
+            import nodes as comfy_nodes  # ComfyUI's PreviewImage shows the plot on the node
+            ui.update(comfy_nodes.PreviewImage().save_images(img, filename_prefix="ecad_front")["ui"])
+        except Exception as e:  # noqa: BLE001 - the preview is a convenience; outputs still flow
+            log.warning("ECAD: cannot preview the front plot (%s)", e)
+        return {"ui": ui, "result": (chosen.schedule, img, text)}
+
+    @staticmethod
+    def _conditioning(prompts, clip, positive, negative):
+        if positive is not None:
+            positives = [positive]
+        else:
+            lines = _prompt_lines(prompts)
+            if not lines:
+                raise SearchSettingsError("no calibration prompts: write at least one prompt (one per line) and "
+                                          "connect a CLIP, or connect a positive CONDITIONING")
+            if clip is None:
+                raise SearchSettingsError(f"{len(lines)} prompt(s) given but no text encoder: connect the clip "
+                                          "input (or a positive CONDITIONING)")
+            positives = [_encode(clip, ln) for ln in lines]
+        if negative is not None:
+            negatives = [negative] * len(positives)
+        elif clip is not None:
+            empty = _encode(clip, "")
+            negatives = [empty] * len(positives)
+        else:
+            negatives = [_zero_like(p) for p in positives]
+        return positives, negatives
+
+    @staticmethod
+    def _report(name, result, chosen, evaluator) -> str:
+        lines = [f"ECAD search {name!r}: generation {result.generation}, {result.evaluations} schedules evaluated"
+                 f" ({evaluator.n_generate} sampling runs here), stopped: {result.stopped}"
+                 + (f", resumed from generation {result.resumed_from}" if result.resumed_from is not None else ""),
+                 f"front: {len(result.front)} point(s) in {result.front_dir}, hypervolume {result.hypervolume:.4f}",
+                 f"picked: {chosen.schedule.name} - expected {chosen.expected_speedup:.2f}x, quality loss "
+                 f"{chosen.quality_loss:.5f}"]
+        for p in sorted(result.front, key=lambda p: p.compute_fraction):
+            lines.append(f"  {p.expected_speedup:5.2f}x  loss {p.quality_loss:.5f}  "
+                         f"{p.path.name if p.path else p.schedule.name}")
+        return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Evolve ECAD Schedule in a real ComfyUI v0.3.75 server, on the tiny stock-detected checkpoints."""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from comfy_harness import make_tiny
+from comfy_harness.server import PromptExecutionError, PromptValidationError
+from test_comfy_harness import ksampler_prompt
+
+pytestmark = pytest.mark.comfy
+STEPS = 4
+PIXART = "ecad_tiny_pixart_alpha"
+FLUX = "ecad_tiny_flux_dev"
+
+
+def _evolve_inputs(**kw):
+    d = {"prompts": "", "seeds_per_prompt": 1, "seed": 7, "steps": STEPS, "cfg": 2.0, "sampler_name": "euler",
+         "scheduler": "normal", "width": 512, "height": 32, "population": 6, "generations": 1,
+         "time_budget_minutes": 0.0, "quality_metric": "latent", "target_speedup": 1.3,
+         "output_name": "tiny-pixart", "search_seed": 0, "resume": True}
+    d.update(kw)
+    return d
+
+
+def _pixart_evolve_prompt(**kw):
+    """Evolve on tiny PixArt-α (conditioning input) -> Apply(schedule) -> KSampler -> SaveLatent."""
+    p = ksampler_prompt(PIXART, kw.pop("prefix", "evolved"), 11)
+    p["5"]["inputs"]["steps"] = STEPS
+    for k in ("7", "8", "9"):
+        p.pop(k)
+    p["30"] = {"class_type": "EvolveECADSchedule",
+               "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], **_evolve_inputs(**kw)}}
+    p["31"] = {"class_type": "ApplyECADSchedule", "inputs": {"model": ["1", 0], "preset": "off",
+                                                             "offload_cache_to_cpu": False, "schedule": ["30", 0]}}
+    p["5"]["inputs"]["model"] = ["31", 0]
+    return p
+
+
+def _report(entry, node="30") -> str:
+    return "\n".join(entry["outputs"][node]["text"])
+
+
+def _search_dir(srv, name):
+    return srv.base_dir / "models" / "ecad_schedules" / name
+
+
+def test_evolve_writes_front_lists_it_and_feeds_apply(comfy_server):
+    srv = comfy_server
+    assert "EvolveECADSchedule" in srv.object_info()
+    entry = srv.run(_pixart_evolve_prompt(), timeout=600)
+    report = _report(entry)
+    assert "generation 1" in report and "stopped: generations" in report, report
+    d = _search_dir(srv, "tiny-pixart")
+    front = json.loads((d / "front" / "front.json").read_text())
+    assert front["points"] and front["generation"] == 1 and front["steps"] == STEPS
+    # analytic MACs of the loaded ComfyUI PixArt, not the uniform fallback
+    assert front["cost"]["source"] == "macs", front["cost"]
+    assert (d / "front" / "front.png").is_file() and (d / "checkpoint.pkl").is_file()
+    # the node shows the front plot and the Apply dropdown lists the front's points without a restart
+    assert entry["outputs"]["30"]["images"], entry["outputs"]["30"]
+    opts = srv.object_info("ApplyECADSchedule")["ApplyECADSchedule"]["input"]["required"]["preset"][0]
+    listed = [o for o in opts if o.startswith("user/tiny-pixart/front/")]
+    assert len(listed) == len(front["points"]), (listed, front["points"])
+    assert not any("progress" in o for o in opts)
+    # the picked point drove the sampler: the picked schedule's statistics are in the log
+    picked = re.search(r"picked: (\S+) - expected ([\d.]+)x", report)
+    assert picked and float(picked.group(2)) >= 1.3, report
+    assert re.search(rf"ECAD {re.escape(picked.group(1))}: (\d+)/\d+ unit calls reused", srv.log_text())
+
+
+def test_rerun_resumes_and_cancel_keeps_checkpoint(comfy_server):
+    srv = comfy_server
+    name = "tiny-pixart-resume"
+    srv.run(_pixart_evolve_prompt(output_name=name, generations=1, prefix="r0"), timeout=600)
+    d = _search_dir(srv, name)
+    assert json.loads((d / "progress.json").read_text())["generation"] == 1
+    # a long search, cancelled after its first evolved generation is checkpointed
+    pid = srv.queue(_pixart_evolve_prompt(output_name=name, generations=500, prefix="r1"))
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if json.loads((d / "progress.json").read_text())["generation"] >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the search made no progress")
+    srv.post_json("/interrupt", {})
+    with pytest.raises(PromptExecutionError) as e:
+        srv.wait(pid, timeout=300)
+    assert e.value.details.get("event") == "execution_interrupted", e.value.details
+    gen = json.loads((d / "progress.json").read_text())["generation"]
+    assert gen >= 2 and (d / "checkpoint.pkl").is_file()
+    # running it again resumes from the checkpoint instead of starting over
+    entry = srv.run(_pixart_evolve_prompt(output_name=name, generations=gen + 1, prefix="r2"), timeout=600)
+    report = _report(entry)
+    assert f"resumed from generation {gen}" in report and f"generation {gen + 1}," in report, report
+    # resume off: starts over
+    entry = srv.run(_pixart_evolve_prompt(output_name=name, generations=1, resume=False, prefix="r3"),
+                    timeout=600)
+    assert "resumed" not in _report(entry) and "generation 1," in _report(entry)
+
+
+def test_flux_prompts_through_a_text_encoder(comfy_server):
+    srv = comfy_server
+    p = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": make_tiny.file_name(FLUX), "weight_dtype": "default"}},
+        "2": {"class_type": "TestTinyCLIP", "inputs": {"hidden": make_tiny.FLUX_CONTEXT_DIM,
+                                                       "projection": make_tiny.FLUX_POOLED_DIM, "seed": 0}},
+        "3": {"class_type": "EvolveECADSchedule", "inputs": {
+            "model": ["1", 0], "clip": ["2", 0],
+            **_evolve_inputs(prompts="a red fox in the snow\n# comment lines are skipped\na blue vase",
+                             cfg=1.0, scheduler="simple", width=128, height=128, population=4, generations=1,
+                             target_speedup=0.0, output_name="tiny-flux")}},
+    }
+    entry = srv.run(p, timeout=600)
+    report = _report(entry, "3")
+    front = json.loads((_search_dir(srv, "tiny-flux") / "front" / "front.json").read_text())
+    assert front["evaluator"]["samples"] == 2, front["evaluator"]   # two prompts x one seed
+    assert front["cost"]["source"] == "macs" and front["model"] == "flux-dev", front["cost"]
+    assert "picked:" in report
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"prompts": "   \n"}, "no calibration prompts"),
+    ({"prompts": "a cat"}, "no text encoder"),
+    ({"output_name": "../escape"}, "output_name"),
+])
+def test_bad_settings_are_clear_node_errors(comfy_server, change, message):
+    p = _pixart_evolve_prompt(output_name="tiny-bad", prefix="bad")
+    inputs = p["30"]["inputs"]
+    del inputs["positive"]
+    if "output_name" in change:
+        inputs["positive"] = ["2", 0]
+    inputs.update(change)
+    with pytest.raises(PromptExecutionError) as e:
+        comfy_server.run(p, timeout=120)
+    assert message in str(e.value), str(e.value)
+
+
+def test_image_metric_without_vae_and_population_below_two(comfy_server):
+    p = _pixart_evolve_prompt(output_name="tiny-bad2", quality_metric="ssim", prefix="bad2")
+    with pytest.raises(PromptExecutionError) as e:
+        comfy_server.run(p, timeout=120)
+    assert "connect a VAE" in str(e.value)
+    p = _pixart_evolve_prompt(output_name="tiny-bad4", generations=0, prefix="bad4")
+    with pytest.raises(PromptExecutionError) as e:
+        comfy_server.run(p, timeout=120)
+    assert "never stop" in str(e.value)
+    p = _pixart_evolve_prompt(output_name="tiny-bad3", population=1, prefix="bad3")
+    with pytest.raises(PromptValidationError) as e:
+        comfy_server.run(p, timeout=120)
+    assert "population" in str(e.value.node_errors)
