@@ -181,8 +181,8 @@ class EvolveECADSchedule:
                             "Calibration prompts, one per line (needs the clip input). Ignored when a "
                             "positive conditioning is connected."}),
                 "seeds_per_prompt": ("INT", {"default": 1, "min": 1, "max": 16}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
-                                 "tooltip": "First noise seed; seeds are seed, seed+1, ..."}),
+                "first_seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                                 "tooltip": "Noise seed of the first sample of each prompt; then +1, +2, ..."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
                 "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
@@ -217,7 +217,7 @@ class EvolveECADSchedule:
             },
         }
 
-    def evolve(self, model, prompts, seeds_per_prompt, seed, steps, cfg, sampler_name, scheduler, width, height,
+    def evolve(self, model, prompts, seeds_per_prompt, first_seed, steps, cfg, sampler_name, scheduler, width, height,
                population, generations, time_budget_minutes, quality_metric, target_speedup, output_name,
                search_seed, resume, clip=None, positive=None, negative=None, vae=None, warm_start=None):
         adapter = adapter_for(model)
@@ -229,7 +229,7 @@ class EvolveECADSchedule:
         settings = SearchSettings(population=population, generations=generations or None, seed=search_seed,
                                   time_budget_s=time_budget_minutes * 60.0 if time_budget_minutes > 0 else None)
         settings.validate()
-        seeds = [seed + i for i in range(seeds_per_prompt)]
+        seeds = [first_seed + i for i in range(seeds_per_prompt)]
         gen = ComfyGenerate(model, positives, negatives, seeds, steps, cfg, sampler_name, scheduler, width, height)
         decode = None
         if vae is not None and quality_metric in IMAGE_SPACES:

@@ -17,7 +17,9 @@ _seeds = itertools.count(5000)
 STEPS = 4
 # tiny checkpoints: PixArt depth 2; FLUX 1 double + 1 single block (make_tiny)
 LAYOUTS = {"ecad_tiny_pixart_alpha": make_layout("pixart", 2), "ecad_tiny_pixart_sigma": make_layout("pixart", 2),
-           "ecad_tiny_flux_dev": make_layout("flux", 1, 1)}
+           "ecad_tiny_flux_dev": make_layout("flux", 1, 1), "ecad_tiny_flux_schnell": make_layout("flux", 1, 1),
+           # block-level adapters (SD3 joint blocks, Wan blocks): one unit per block
+           "ecad_tiny_sd3": make_layout("dit_blocks", 2), "ecad_tiny_wan": make_layout("dit_blocks", 2)}
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +113,30 @@ def test_heun_and_denoise_and_step_remap(comfy_server, user_schedules):
     _latent(srv, p)
     st = _last_stats(srv)
     assert st["steps"] == 7 and "remapped from 4" in st["rest"]
+
+
+def test_two_samplers_in_one_workflow(comfy_server, user_schedules):
+    """A hires-fix-like chain: sampler B refines sampler A's latent; both run the same patched MODEL."""
+    srv = comfy_server
+    model = "ecad_tiny_pixart_alpha"
+    seed = next(_seeds)
+    single = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix="single"))
+    srv.free()  # drops ComfyUI's output cache: sampler A must really run again
+    n_before = len(re.findall(r"unit calls reused", srv.log_text()))
+    p = _prompt(model, f"user/{model}-mixed", seed, prefix="two_a")
+    p["40"] = {"class_type": "KSampler", "inputs": dict(p["5"]["inputs"], latent_image=["5", 0], denoise=0.5,
+                                                         seed=seed + 1)}
+    p["41"] = {"class_type": "SaveLatent", "inputs": {"samples": ["40", 0], "filename_prefix": "latents/two_b"}}
+    entry = srv.run(p, timeout=300)
+    files = srv.output_files(entry, "latents")
+    first = _read_latent(next(f for f in files if f.name.startswith("two_a")))
+    second = _read_latent(next(f for f in files if f.name.startswith("two_b")))
+    # sampler A is unaffected by sampler B sharing the model (state is per run)
+    assert (first == single).all()
+    assert np.isfinite(second.numpy()).all() and not (second == first).all()
+    runs = re.findall(r"ECAD (\S+): (\d+)/(\d+) unit calls reused.*?over (\d+) steps, (\d+) model calls(.*)",
+                      srv.log_text())[n_before:]
+    assert len(runs) == 2, runs
+    assert int(runs[0][1]) > 0 and int(runs[0][3]) == STEPS and "remapped" not in runs[0][5]
+    # B runs the second half of the schedule's time axis: denoise 0.5 is remapped and says so
+    assert "remapped" in runs[1][5] and int(runs[1][1]) > 0

@@ -18,7 +18,7 @@ FLUX = "ecad_tiny_flux_dev"
 
 
 def _evolve_inputs(**kw):
-    d = {"prompts": "", "seeds_per_prompt": 1, "seed": 7, "steps": STEPS, "cfg": 2.0, "sampler_name": "euler",
+    d = {"prompts": "", "seeds_per_prompt": 1, "first_seed": 7, "steps": STEPS, "cfg": 2.0, "sampler_name": "euler",
          "scheduler": "normal", "width": 512, "height": 32, "population": 6, "generations": 1,
          "time_budget_minutes": 0.0, "quality_metric": "latent", "target_speedup": 1.3,
          "output_name": "tiny-pixart", "search_seed": 0, "resume": True}

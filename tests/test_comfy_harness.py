@@ -28,10 +28,12 @@ def _read_latent(path):
 def ksampler_prompt(model: str, prefix: str, seed: int) -> dict:
     """A stock KSampler API workflow for one of the tiny models (SaveLatent + VAEDecode/SaveImage)."""
     is_flux = "flux" in model
-    if is_flux:
+    if is_flux or model in ("ecad_tiny_sd3", "ecad_tiny_wan"):
         dim, pooled, vae = make_tiny.FLUX_CONTEXT_DIM, make_tiny.FLUX_POOLED_DIM, "ecad_tiny_taesd_16ch"
+        if model == "ecad_tiny_wan":  # T5 width, no pooled output; its 3-D latent is made from a 2-D one
+            dim, pooled = make_tiny.PIXART_COND_DIM, 0
         latent = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}}
-        cfg, scheduler = 1.0, "simple"
+        cfg, scheduler = (1.0 if is_flux else 2.0), "simple"
     else:
         dim, pooled, vae = make_tiny.PIXART_COND_DIM, 0, "ecad_tiny_taesd_4ch"
         # PixArt: (W+H)/2 >= 272 px and sides multiples of 16 (see the headless recipe).

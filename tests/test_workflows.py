@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.comfy
 
 REPO = Path(__file__).resolve().parents[1]
 DIRS = [REPO / "workflows", REPO / "example_workflows"]
-NAMES = ["ecad_pixart_alpha.json", "ecad_pixart_sigma.json", "ecad_flux_dev.json"]
+NAMES = ["ecad_pixart_alpha.json", "ecad_pixart_sigma.json", "ecad_flux_dev.json", "ecad_evolve_pixart_alpha.json"]
+EVOLVE = "ecad_evolve_pixart_alpha.json"
 ALL_FILES = [d / n for d in DIRS for n in NAMES]
 # combo inputs holding model file names: the test server has only the tiny models
 MODEL_FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
@@ -36,6 +38,7 @@ TINY = {  # workflow -> (tiny unet, layout of the tiny model, vae, is_flux)
     "ecad_pixart_alpha.json": ("ecad_tiny_pixart_alpha", make_layout("pixart", 2), "ecad_tiny_taesd_4ch", False),
     "ecad_pixart_sigma.json": ("ecad_tiny_pixart_sigma", make_layout("pixart", 2), "ecad_tiny_taesd_4ch", False),
     "ecad_flux_dev.json": ("ecad_tiny_flux_dev", make_layout("flux", 1, 1), "ecad_tiny_taesd_16ch", True),
+    EVOLVE: ("ecad_tiny_pixart_alpha", make_layout("pixart", 2), "ecad_tiny_taesd_4ch", False),
 }
 
 
@@ -113,9 +116,21 @@ def test_workflow_nodes_and_widgets_valid(object_info, path):
     assert wf["version"] == 0.4
     assert workflow_problems(wf, object_info) == []
     types = {n["type"] for n in wf["nodes"]}
-    assert {"ApplyECADSchedule", "LoadECADSchedule", "PreviewECADSchedule", "UNETLoader", "KSampler",
+    assert {"ApplyECADSchedule", "PreviewECADSchedule", "UNETLoader", "KSampler",
             "VAELoader", "VAEDecode", "SaveImage", "CLIPTextEncode"} <= types
     assert ("DualCLIPLoader" if "flux" in path.name else "CLIPLoader") in types
+    if path.name == EVOLVE:
+        api = ui_to_api(wf, object_info)
+        ev = next(v for v in api.values() if v["class_type"] == "EvolveECADSchedule")
+        ap = next(v for v in api.values() if v["class_type"] == "ApplyECADSchedule")
+        ks = next(v for v in api.values() if v["class_type"] == "KSampler")
+        # the searched schedule drives the sampler, with the settings it was searched for
+        assert ap["inputs"]["schedule"][0] == next(k for k, v in api.items() if v is ev)
+        for k in ("steps", "cfg", "sampler_name", "scheduler"):
+            assert ev["inputs"][k] == ks["inputs"][k], k
+        assert ev["inputs"]["clip"] and ev["inputs"]["population"] >= 2 and ev["inputs"]["generations"] >= 1
+        return
+    assert "LoadECADSchedule" in types
     expected = {"ecad_pixart_alpha.json": "pixart-alpha-256-fast", "ecad_pixart_sigma.json": "pixart-sigma-256-fast",
                 "ecad_flux_dev.json": "flux-dev-256-fast"}[path.name]
     apply = next(n for n in wf["nodes"] if n["type"] == "ApplyECADSchedule")
@@ -177,6 +192,10 @@ def tiny_prompt(wf: dict, wf_name: str, object_info: dict, schedule_name: str, s
     p = ui_to_api(wf, object_info)
     for nid in [k for k, v in p.items() if v["class_type"] in ("CLIPLoader", "DualCLIPLoader")]:
         del p[nid]
+    if wf_name == EVOLVE:
+        p["900"] = {"class_type": "TestRandomConditioning",  # the search's calibration prompt stand-in
+                    "inputs": {"tokens": 8, "dim": make_tiny.PIXART_COND_DIM, "pooled_dim": 0, "seed": seed,
+                               "zero": False}}
     dim, pooled = (make_tiny.FLUX_CONTEXT_DIM, make_tiny.FLUX_POOLED_DIM) if is_flux else (make_tiny.PIXART_COND_DIM, 0)
     for v in p.values():
         ct, ins = v["class_type"], v["inputs"]
@@ -190,6 +209,10 @@ def tiny_prompt(wf: dict, wf_name: str, object_info: dict, schedule_name: str, s
             ins["vae_name"] = make_tiny.file_name(vae)
         elif ct == "ApplyECADSchedule":
             ins["preset"] = f"user/{schedule_name}"
+        elif ct == "EvolveECADSchedule":
+            ins.pop("clip")
+            ins.update(positive=["900", 0], steps=STEPS, width=512, height=32, population=4, generations=1,
+                       output_name=f"wf-evolve-{seed}")
         elif ct == "KSampler":
             ins.update(steps=STEPS, seed=seed)
         elif ct in ("EmptyLatentImage", "EmptySD3LatentImage"):
@@ -214,8 +237,13 @@ def test_workflow_runs_on_tiny_model(comfy_server, object_info, tiny_schedules, 
     ks = next(k for k, v in p.items() if v["class_type"] == "KSampler")
     assert p[ks]["inputs"]["model"][0] in {k for k, v in p.items() if v["class_type"] == "ApplyECADSchedule"}
     log = comfy_server.log_text()
-    assert f"ECAD: applied schedule {tiny_schedules[wf_name]!r}" in log, log[-3000:]
-    assert f"ECAD {tiny_schedules[wf_name]}:" in log, log[-3000:]
+    name = tiny_schedules[wf_name]
+    if wf_name == EVOLVE:  # the picked point of the search drove the KSampler
+        ev = next(k for k, v in p.items() if v["class_type"] == "EvolveECADSchedule")
+        name = re.search(r"picked: (\S+) ", "\n".join(entry["outputs"][ev]["text"])).group(1)
+        assert (comfy_server.base_dir / "models" / "ecad_schedules" / f"wf-evolve-{seed}" / "front").is_dir()
+    assert f"ECAD: applied schedule {name!r}" in log, log[-3000:]
+    assert f"ECAD {name}:" in log, log[-3000:]
 
 
 # ----------------------------------------------------------------------------- (d) browser

@@ -14,12 +14,15 @@ ecad_tiny_pixart_alpha   diffusion_models  PixArt-alpha, depth 2, micro_conditio
 ecad_tiny_pixart_sigma   diffusion_models  PixArt-sigma, depth 2, 300 tokens, fp16
 ecad_tiny_flux_dev       diffusion_models  FLUX.1-dev, 1 double + 1 single, guidance, ctx 64, vec 32, bf16
 ecad_tiny_flux_schnell   diffusion_models  FLUX.1-schnell, 1 double + 1 single, ctx 64, vec 32, bf16
+ecad_tiny_sd3            diffusion_models  SD3 (MMDiT), depth 2 (hidden 128), ctx 64, pooled 32, fp16
+ecad_tiny_wan            diffusion_models  Wan 2.1 t2v, 2 blocks, dim 128, text 4096, fp16
 ecad_tiny_taesd_4ch      vae               random TAESD, 4 latent channels (PixArt)
 ecad_tiny_taesd_16ch     vae               random TAESD, 16 latent channels (Flux)
 ======================== ================= ===================================================
 
 Conditioning the models need (see ``TestRandomConditioning`` in the support pack):
-PixArt: dim 4096 (stock caption_channels), no pooled; Flux: dim 64, pooled 32.
+PixArt: dim 4096 (stock caption_channels), no pooled; Flux and SD3: dim 64, pooled 32;
+Wan: dim 4096, no pooled.
 
 Every file carries its recipe hash in the safetensors metadata key
 ``ecad_tiny_recipe``; a file whose hash matches is not rebuilt.  The check only
@@ -82,6 +85,22 @@ SPECS: dict[str, dict] = {
     "ecad_tiny_flux_schnell": dict(
         subdir="diffusion_models", kind="flux", dtype="bfloat16", seed=104,
         kwargs=dict(FLUX_BASE, guidance_embed=False),
+    ),
+    # SD3: MMDiT's width is 64 x depth, so depth 2 is 128 wide (block-level ECAD units)
+    "ecad_tiny_sd3": dict(
+        subdir="diffusion_models", kind="mmdit", dtype="float16", seed=107,
+        kwargs=dict(input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=2,
+                    adm_in_channels=FLUX_POOLED_DIM, pos_embed_max_size=16, num_patches=256,
+                    pos_embed_scaling_factor=None, x_block_self_attn_layers=[],
+                    context_embedder_config={"target": "torch.nn.Linear",
+                                             "params": {"in_features": FLUX_CONTEXT_DIM, "out_features": 128}}),
+    ),
+    # Wan 2.1: num_heads = dim // 128 on the stock detection path
+    "ecad_tiny_wan": dict(
+        subdir="diffusion_models", kind="wan", dtype="float16", seed=108,
+        kwargs=dict(model_type="t2v", patch_size=[1, 2, 2], dim=128, ffn_dim=256, freq_dim=256, text_dim=4096,
+                    in_dim=16, out_dim=16, num_heads=1, num_layers=2, qk_norm=True, cross_attn_norm=True,
+                    eps=1e-6, image_model="wan2.1"),
     ),
     "ecad_tiny_taesd_4ch": dict(
         subdir="vae", kind="taesd", dtype="float32", seed=105, kwargs=dict(latent_channels=4),
@@ -181,6 +200,12 @@ def _meta_module(spec):
     if kind == "flux":
         import comfy.ldm.flux.model as flux_model
         return flux_model.Flux(device="meta", operations=ops, **kw)
+    if kind == "mmdit":
+        import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+        return mmdit.OpenAISignatureMMDITWrapper(device="meta", operations=ops, **kw)
+    if kind == "wan":
+        import comfy.ldm.wan.model as wan
+        return wan.WanModel(device="meta", operations=ops, **dict(kw, patch_size=tuple(kw["patch_size"])))
     if kind == "taesd":
         import torch
         import comfy.taesd.taesd as taesd
