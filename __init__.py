@@ -10,4 +10,7 @@ if importlib.util.find_spec("comfy") is not None:
 else:  # imported outside ComfyUI (e.g. by pytest's package collection): the backend needs no nodes
     NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+# the frontend extension (web/ecad.js): the preset dropdown lists the schedules that fit the connected model
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

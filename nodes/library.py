@@ -99,6 +99,16 @@ def options() -> list[str]:
     return out
 
 
+def options_fitting(layout) -> list[str]:
+    """Dropdown values of the schedules whose layout (family and block counts) is ``layout``."""
+    out = []
+    for key, path in _files():
+        s = _load_cached(path)
+        if s is not None and s.layout == layout:
+            out.append(label(key, s))
+    return out
+
+
 def key_of(value: str) -> str:
     return value.split(SEP)[0].strip()
 

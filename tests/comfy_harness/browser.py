@@ -46,6 +46,7 @@ class BrowserResult:
     console_errors: list[str]
     screenshot: Path | None
     api_prompt: dict | None = None       # app.graphToPrompt().output when to_prompt=True
+    probe: object = None                 # the job's probe expression's value (JSON)
     raw: dict = field(default_factory=dict)
 
 
@@ -85,7 +86,7 @@ def load_workflows_in_browser(base_url: str, jobs, *, timeout: float = 120.0, wi
                               to_prompt: bool = False) -> list[BrowserResult]:
     """Load several UI workflows one after the other in ONE headless chromium session.
 
-    ``jobs``: iterable of ``(workflow, screenshot_path_or_None[, to_prompt])``; a workflow
+    ``jobs``: iterable of ``(workflow, screenshot_path_or_None[, to_prompt[, probe]])``; a workflow
     is a dict or a path to a UI workflow JSON.  Returns one :class:`BrowserResult` per job.
 
     Each workflow goes through ``app.loadGraphData(workflow)``.  ``missing`` is the
@@ -106,6 +107,7 @@ def load_workflows_in_browser(base_url: str, jobs, *, timeout: float = 120.0, wi
         for i, job in enumerate(jobs):
             workflow, screenshot = job[0], job[1]
             job_to_prompt = bool(job[2]) if len(job) > 2 else to_prompt
+            probe = job[3] if len(job) > 3 else None  # a JS expression evaluated after loading
             if isinstance(workflow, (str, os.PathLike)):
                 wf_path = Path(workflow).resolve()
             else:
@@ -116,7 +118,7 @@ def load_workflows_in_browser(base_url: str, jobs, *, timeout: float = 120.0, wi
                 shot = Path(screenshot).resolve()
                 shot.parent.mkdir(parents=True, exist_ok=True)
             cfg_jobs.append({"workflow_path": str(wf_path), "screenshot": str(shot) if shot else None,
-                             "to_prompt": job_to_prompt})
+                             "to_prompt": job_to_prompt, "probe": probe})
         profile = tmp / "profile"
         profile.mkdir()
         cfg = {
@@ -154,6 +156,7 @@ def load_workflows_in_browser(base_url: str, jobs, *, timeout: float = 120.0, wi
             console_errors=one.get("console_errors") or [],
             screenshot=Path(one["screenshot"]) if one.get("screenshot") else None,
             api_prompt=one.get("api_prompt"),
+            probe=one.get("probe"),
             raw=dict(one, failed_requests=raw.get("failed_requests", [])),
         ))
     return results

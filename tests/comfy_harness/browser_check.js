@@ -79,6 +79,14 @@ async function main() {
         return out;
       }, [wf, !!job.to_prompt]));
       await page.waitForTimeout(cfg.settle_ms || 1000);
+      if (job.probe) {
+        // a test's JS expression (may return a promise), evaluated in the page after loading
+        try {
+          one.probe = await page.evaluate(job.probe);
+        } catch (e) {
+          one.probe = { probe_error: String(e && e.stack || e) };
+        }
+      }
       // The missing-nodes dialog ("global-load-workflow-warning"), if shown.
       one.dialogs = await page.evaluate(() => [...document.querySelectorAll('.p-dialog')]
         .map((d) => (d.innerText || '').trim()).filter((t) => t));

@@ -1,0 +1,60 @@
+"""HTTP route for the frontend's preset filter (``web/ecad.js``).
+
+``GET /ecad/presets?loader=<node type>&file=<file name>`` answers
+``{"model": <description or null>, "options": [...]}``: the Apply node's
+dropdown values that fit the model file the loader names ("off" first), or all
+of them when the file cannot be probed (missing, not safetensors, unknown
+architecture). The run-time check in the Apply node stays the authority.
+"""
+from __future__ import annotations
+
+import logging
+
+from . import library
+from ..ecad_core.model_files import layout_of_file
+
+log = logging.getLogger("ecad")
+OFF = "off"
+# loader node type -> (widget holding the file name, folder_paths folder)
+LOADERS = {
+    "UNETLoader": ("unet_name", "diffusion_models"),
+    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+    "CheckpointLoader": ("ckpt_name", "checkpoints"),
+    "ImageOnlyCheckpointLoader": ("ckpt_name", "checkpoints"),
+}
+
+
+def presets_for(loader: str, file_name: str) -> dict:
+    import folder_paths
+
+    everything = {"model": None, "options": [OFF] + library.options()}
+    if loader not in LOADERS or not file_name:
+        return everything
+    path = folder_paths.get_full_path(LOADERS[loader][1], file_name)
+    probed = layout_of_file(path) if path else None
+    if probed is None:
+        return everything
+    layout, family = probed
+    return {"model": f"{family}: {layout.describe()}", "options": [OFF] + library.options_fitting(layout)}
+
+
+def register() -> bool:
+    """Adds the route to ComfyUI's server; False when there is no server (e.g. a script importing nodes)."""
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return False
+    if getattr(PromptServer, "instance", None) is None:
+        return False
+
+    @PromptServer.instance.routes.get("/ecad/presets")
+    async def ecad_presets(request):
+        q = request.rel_url.query
+        try:
+            return web.json_response(presets_for(q.get("loader", ""), q.get("file", "")))
+        except Exception as e:  # noqa: BLE001 - the filter is a convenience: never break the page
+            log.warning("ECAD: /ecad/presets failed (%s)", e)
+            return web.json_response({"model": None, "options": [OFF] + library.options(), "error": str(e)})
+
+    return True

@@ -1,0 +1,120 @@
+"""The Apply node's preset dropdown lists only schedules that fit the connected model.
+
+Three layers: the safetensors-header probe (ecad_core.model_files), the server
+route (GET /ecad/presets) in a real ComfyUI, and the frontend extension
+(web/ecad.js) in headless chromium, re-filtering when the loader's file changes.
+"""
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfy_harness import make_tiny
+from ecad_core import make_layout
+from ecad_core.model_files import layout_of_file, layout_of_keys
+from test_comfy_apply import LAYOUTS, user_schedules  # noqa: F401 (fixture)
+from test_comfy_harness import _ui_node
+
+FAMILY = {"ecad_tiny_pixart_alpha": "pixart", "ecad_tiny_pixart_sigma": "pixart", "ecad_tiny_flux_dev": "flux",
+          "ecad_tiny_flux_schnell": "flux", "ecad_tiny_sd3": "sd3", "ecad_tiny_wan": "wan"}
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("model", sorted(FAMILY))
+def test_header_probe_gives_the_adapter_layout(comfy_models, model):
+    layout, family = layout_of_file(comfy_models[model])
+    assert layout == LAYOUTS[model] and family == FAMILY[model]
+
+
+def test_header_probe_diffusers_and_prefixed_keys_and_junk(tmp_path):
+    from ecad_core.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+
+    px = tiny_pixart_pipeline("alpha", layers=3).transformer
+    assert layout_of_keys(list(px.state_dict())) == (make_layout("pixart", 3), "pixart")
+    fx = tiny_flux_pipeline().transformer
+    n_double, n_single = len(fx.transformer_blocks), len(fx.single_transformer_blocks)
+    assert layout_of_keys(list(fx.state_dict())) == (make_layout("flux", n_double, n_single), "flux")
+    # a full checkpoint: the diffusion model's keys carry a prefix
+    keys = ["model.diffusion_model." + k for k in ("x_embedder.proj.weight", "y_embedder.y_proj.fc1.weight",
+                                                   "blocks.0.attn.qkv.weight", "blocks.11.attn.qkv.weight")]
+    assert layout_of_keys(keys + ["first_stage_model.decoder.conv_in.weight"])[0] == make_layout("pixart", 12)
+    # not a DiT / not safetensors / truncated: None, never an exception
+    save_file({"down_blocks.0.weight": torch.zeros(2)}, str(tmp_path / "unet.safetensors"))
+    assert layout_of_file(tmp_path / "unet.safetensors") is None
+    (tmp_path / "x.ckpt").write_bytes(b"\x80\x04not safetensors")
+    assert layout_of_file(tmp_path / "x.ckpt") is None
+    assert layout_of_file(tmp_path / "missing.safetensors") is None
+
+
+def _presets(srv, loader, file):
+    q = urllib.parse.urlencode({"loader": loader, "file": file})
+    return srv.get_json("/ecad/presets?" + q)
+
+
+@pytest.mark.comfy
+def test_route_filters_by_model_file(comfy_server, user_schedules):  # noqa: F811
+    srv = comfy_server
+    every = srv.object_info("ApplyECADSchedule")["ApplyECADSchedule"]["input"]["required"]["preset"][0]
+    flux = _presets(srv, "UNETLoader", make_tiny.file_name("ecad_tiny_flux_dev"))
+    assert flux["model"].startswith("flux") and flux["options"][0] == "off"
+    keys = {o.split(" · ")[0] for o in flux["options"][1:]}
+    # both tiny FLUX variants share the 1 double + 1 single layout; nothing else fits
+    assert keys == {f"user/{m}-{k}" for m in ("ecad_tiny_flux_dev", "ecad_tiny_flux_schnell")
+                    for k in ("full", "mixed")}, keys
+    wan = _presets(srv, "UNETLoader", make_tiny.file_name("ecad_tiny_wan"))
+    assert {o.split(" · ")[0] for o in wan["options"][1:]} >= {"user/ecad_tiny_wan-full", "user/ecad_tiny_sd3-full"}
+    assert not any("pixart" in o or "flux" in o for o in wan["options"])
+    # unknown file or loader: every schedule (the node still checks at run time)
+    for loader, file in (("UNETLoader", "no-such-file.safetensors"), ("LoraLoader", "x"), ("", "")):
+        assert _presets(srv, loader, file) == {"model": None, "options": every}
+
+
+def _filter_workflow(model):
+    M = {"name": "MODEL", "type": "MODEL", "links": [1], "slot_index": 0}
+    nodes = [_ui_node(1, "UNETLoader", [make_tiny.file_name(model), "default"], outputs=[M]),
+             _ui_node(2, "ApplyECADSchedule", ["off", False], pos=(400, 0),
+                      inputs=[{"name": "model", "type": "MODEL", "link": 1},
+                              {"name": "schedule", "type": "ECAD_SCHEDULE", "link": None, "shape": 7}],
+                      outputs=[{"name": "MODEL", "type": "MODEL", "links": [], "slot_index": 0}])]
+    return {"id": "ecad-filter-test", "revision": 0, "last_node_id": 2, "last_link_id": 1, "nodes": nodes,
+            "links": [[1, 1, 0, 2, 0, "MODEL"]], "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+PROBE = """(async () => {
+  const f = window.__ecadPresetFilter;
+  if (!f) return {probe_error: "web/ecad.js did not load"};
+  const nodes = window.app.graph.nodes;
+  const apply = nodes.find((n) => n.type === "ApplyECADSchedule");
+  const values = () => [...apply.widgets.find((w) => w.name === "preset").options.values];
+  await f.refreshAll();
+  const before = values();
+  const loader = nodes.find((n) => n.type === "UNETLoader");
+  const w = loader.widgets.find((w) => w.name === "unet_name");
+  w.value = "%s";
+  w.callback(w.value);          // what picking a file in the dropdown does
+  await new Promise((r) => setTimeout(r, 500));
+  await f.refreshAll();
+  return {before, after: values(), model: apply.__ecadModel};
+})()""" % make_tiny.file_name("ecad_tiny_pixart_alpha")
+
+
+@pytest.mark.comfy
+@pytest.mark.browser
+def test_frontend_dropdown_follows_the_connected_model(comfy_server, user_schedules, browser_ready,  # noqa: F811
+                                                        artifacts_dir):
+    res = browser_ready.load_workflows_in_browser(
+        comfy_server.url, [(_filter_workflow("ecad_tiny_flux_dev"), artifacts_dir / "preset_filter.png", False,
+                            PROBE)])[0]
+    probe = res.probe
+    assert isinstance(probe, dict) and "probe_error" not in probe, json.dumps(probe)[:2000]
+    before = {o.split(" · ")[0] for o in probe["before"]}
+    after = {o.split(" · ")[0] for o in probe["after"]}
+    assert "off" in before and "user/ecad_tiny_flux_dev-mixed" in before
+    assert not any(k.startswith("pixart") or "pixart" in k for k in before), before
+    assert "user/ecad_tiny_pixart_alpha-mixed" in after and "user/ecad_tiny_flux_dev-mixed" not in after, after
+    assert probe["model"].startswith("pixart")
+    assert not res.page_errors, res.page_errors
