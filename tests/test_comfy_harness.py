@@ -32,6 +32,8 @@ def ksampler_prompt(model: str, prefix: str, seed: int) -> dict:
         dim, pooled, vae = make_tiny.FLUX_CONTEXT_DIM, make_tiny.FLUX_POOLED_DIM, "ecad_tiny_taesd_16ch"
         if model == "ecad_tiny_wan":  # T5 width, no pooled output; its 3-D latent is made from a 2-D one
             dim, pooled = make_tiny.PIXART_COND_DIM, 0
+        elif model == "ecad_tiny_sd3":  # pooled as wide as the context (a tiny ComfyUI CLIP's pooled output)
+            pooled = make_tiny.FLUX_CONTEXT_DIM
         latent = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}}
         cfg, scheduler = (1.0 if is_flux else 2.0), "simple"
     else:

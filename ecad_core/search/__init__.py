@@ -19,12 +19,13 @@ from .front import (FrontPoint, dominates, hypervolume, knee, load_front, pareto
                     write_front)
 from .genome import GenomeSpace, genome_key
 from .nsga import SearchResult, SearchSettings, run_search
+from .ray_backend import RayEvaluator  # imports ray only when one is created
 from .objectives import ComputeCost, cost_for_transformer, macs_cost, uniform_cost
 from .seeds import heuristic_seeds, initial_population, load_warm_start
 
 __all__ = [
     "SearchSettings", "SearchResult", "run_search",
-    "Evaluator", "LocalEvaluator", "DiffusersGenerate", "diffusers_generate_fn", "fingerprint",
+    "Evaluator", "LocalEvaluator", "RayEvaluator", "DiffusersGenerate", "diffusers_generate_fn", "fingerprint",
     "FrontPoint", "pick", "knee", "hypervolume", "pareto_indices", "dominates", "write_front", "load_front",
     "plot_front",
     "GenomeSpace", "genome_key",

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EcadError
@@ -173,13 +174,74 @@ def _text_tokens(pipe, gen) -> int | None:
 
 
 # -- evolve -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvolveSpec:
+    """How ``evolve`` builds its evaluator. Picklable, so that every Ray worker builds the same one."""
+
+    model: str
+    prompts: tuple
+    seeds: tuple
+    steps: int
+    cfg: float
+    height: int
+    width: int
+    batch_size: int | None = None
+    metric: str = "latent"
+    metric_weights: str | None = None
+    cost: str = "macs"
+    cost_mode: str = "ecad"
+    device: str | None = None
+    dtype: str = "auto"
+
+    @classmethod
+    def from_args(cls, a, prompts) -> "EvolveSpec":
+        return cls(model=a.model, prompts=tuple(prompts), seeds=tuple(range(a.seeds_per_prompt)), steps=a.steps,
+                   cfg=a.cfg, height=a.height, width=a.width, batch_size=a.batch_size, metric=a.metric,
+                   metric_weights=a.metric_weights, cost=a.cost, cost_mode=a.cost_mode, device=a.device,
+                   dtype=a.dtype)
+
+    def __call__(self):
+        """Load the pipeline (and a learned metric) and return a ``LocalEvaluator`` on it."""
+        from ..metrics import LEARNED_METRICS, load_metric
+        from .evaluate import LocalEvaluator, diffusers_generate_fn
+
+        pipe, _ = load_pipeline(self.model, self.device, self.dtype)
+        output = "image" if self.metric in ("ssim", "image-mse") + LEARNED_METRICS else "latent"
+        gen = diffusers_generate_fn(pipe, list(self.prompts), list(self.seeds), self.steps, self.cfg, self.height,
+                                    self.width, batch_size=self.batch_size, output=output, model_name=self.model)
+        metric = (load_metric(self.metric, self.metric_weights, gen.pipe.device)
+                  if self.metric in LEARNED_METRICS else None)
+        return LocalEvaluator(gen, space=self.metric, metric=metric)
+
+    def search_inputs(self, evaluator):
+        """(layout, compute cost, model hint for schedules) of the pipeline behind ``evaluator``."""
+        from ..adapters import find_diffusers_units
+        from .objectives import cost_for_transformer, uniform_cost
+
+        gen = evaluator.generate
+        pipe = gen.pipe
+        layout = find_diffusers_units(pipe.transformer).layout
+        if self.cost == "uniform":
+            cost = uniform_cost(layout, self.steps)
+        else:
+            cost = cost_for_transformer(pipe.transformer, layout, self.steps, self.height, self.width,
+                                        text_tokens=_text_tokens(pipe, gen), mode=self.cost_mode)
+        hint = None if self.model.startswith(TINY_PREFIX) else _model_hint(pipe)
+        return layout, cost, hint
+
+
+def _ray_evaluator(a, spec: EvolveSpec):
+    """``--ray``: a RayEvaluator whose workers each build ``spec``'s evaluator."""
+    from .ray_backend import RayEvaluator
+
+    if a.ray_workers is not None and a.ray_workers < 1:
+        raise SearchSettingsError(f"--ray-workers must be >= 1, got {a.ray_workers}")
+    return RayEvaluator(spec, address=a.ray, workers=a.ray_workers, gpus_per_worker=a.ray_gpus_per_worker,
+                        cpus_per_worker=a.ray_cpus_per_worker)
+
+
 def cmd_evolve(a) -> int:
-    from ..adapters import find_diffusers_units
-    from ..metrics import LEARNED_METRICS, load_metric
-    from .evaluate import LocalEvaluator, diffusers_generate_fn
-    from .front import pick
-    from .nsga import SearchSettings, run_search
-    from .objectives import cost_for_transformer, uniform_cost
+    from .nsga import SearchSettings
 
     if a.seeds_per_prompt < 1:
         raise SearchSettingsError(f"--seeds-per-prompt must be >= 1, got {a.seeds_per_prompt}")
@@ -188,26 +250,31 @@ def cmd_evolve(a) -> int:
                               heuristic_seeds=not a.no_heuristic_seeds)
     settings.validate()  # before loading anything heavy
     prompts = _prompts_from_args(a)
-    pipe, hint = load_pipeline(a.model, a.device, a.dtype)
-    layout = find_diffusers_units(pipe.transformer).layout
-    output = "image" if a.metric in ("ssim", "image-mse") + LEARNED_METRICS else "latent"
-    gen = diffusers_generate_fn(pipe, prompts, list(range(a.seeds_per_prompt)), a.steps, a.cfg, a.height,
-                                a.width, batch_size=a.batch_size, output=output, model_name=a.model)
-    metric = load_metric(a.metric, a.metric_weights, gen.pipe.device) if a.metric in LEARNED_METRICS else None
-    evaluator = LocalEvaluator(gen, space=a.metric, metric=metric)
-    if a.cost == "uniform":
-        cost = uniform_cost(layout, a.steps)
-    else:
-        cost = cost_for_transformer(pipe.transformer, layout, a.steps, a.height, a.width,
-                                    text_tokens=_text_tokens(pipe, gen), mode=a.cost_mode)
+    spec = EvolveSpec.from_args(a, prompts)
+    if a.ray:
+        evaluator = _ray_evaluator(a, spec)  # checks that Ray is installed before anything starts
+        try:
+            return _evolve(a, settings, spec, evaluator, *evaluator.on_worker(spec.search_inputs))
+        finally:
+            evaluator.close()
+    evaluator = spec()
+    return _evolve(a, settings, spec, evaluator, *spec.search_inputs(evaluator))
+
+
+def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
+    """Run the search with ``evaluator`` (local or Ray), write picked.json and print the summary."""
+    from .front import pick
+    from .nsga import run_search
+
     t0 = time.monotonic()
     quiet = a.quiet
+    n_samples = len(spec.prompts) * len(spec.seeds)
 
     def progress(phase, done, total):
         if quiet:
             return
         if phase == "reference" and done == 0:
-            print(f"computing full-compute references ({len(gen.sample_prompts)} samples)...", file=sys.stderr)
+            print(f"computing full-compute references ({n_samples} samples)...", file=sys.stderr)
         elif phase == "generation":
             tot = f"/{total - 1}" if total else ""
             print(f"generation {done - 1}{tot} done: {evaluator.n_generate} sampling runs, "
@@ -231,6 +298,9 @@ def cmd_evolve(a) -> int:
         "picked": {"file": str(picked_path), "from": chosen.path.name if chosen.path else None,
                    "quality_loss": chosen.quality_loss, "expected_speedup": round(chosen.expected_speedup, 4)},
     }
+    if a.ray:
+        summary["ray"] = {"workers": evaluator.workers, "lost_workers": evaluator.lost_workers,
+                          "reruns": evaluator.reruns}
     print(json.dumps(summary, indent=2, default=lambda x: None if isinstance(x, float) and not math.isfinite(x)
                      else str(x)))
     return 0
@@ -349,6 +419,15 @@ def register(subparsers) -> None:
     q.add_argument("--max-quality-loss", type=float, default=None,
                    help="pick: fastest front point with at most this loss")
     q.add_argument("--quiet", action="store_true", help="no per-generation lines on stderr")
+    q.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
+                   help="evaluate on Ray workers (pip install 'comfyui-ecad[ray]'): auto (the cluster running on "
+                        "this machine or in RAY_ADDRESS, else a new local one), local, or a cluster address")
+    q.add_argument("--ray-workers", type=int, default=None,
+                   help="number of Ray workers, each holding a loaded pipeline (default: one per GPU of the "
+                        "cluster, or one per CPU without GPUs)")
+    q.add_argument("--ray-gpus-per-worker", type=float, default=None,
+                   help="GPUs per Ray worker (default: 1 if the cluster has GPUs, else 0; 0.5 puts two on a GPU)")
+    q.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs per Ray worker (default 1)")
     q.set_defaults(fn=cmd_evolve)
 
     q = subparsers.add_parser("run", help="generate images with a schedule on a diffusers pipeline",

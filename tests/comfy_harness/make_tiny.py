@@ -14,14 +14,14 @@ ecad_tiny_pixart_alpha   diffusion_models  PixArt-alpha, depth 2, micro_conditio
 ecad_tiny_pixart_sigma   diffusion_models  PixArt-sigma, depth 2, 300 tokens, fp16
 ecad_tiny_flux_dev       diffusion_models  FLUX.1-dev, 1 double + 1 single, guidance, ctx 64, vec 32, bf16
 ecad_tiny_flux_schnell   diffusion_models  FLUX.1-schnell, 1 double + 1 single, ctx 64, vec 32, bf16
-ecad_tiny_sd3            diffusion_models  SD3 (MMDiT), depth 2 (hidden 128), ctx 64, pooled 32, fp16
+ecad_tiny_sd3            diffusion_models  SD3 (MMDiT), depth 2 (hidden 128), ctx 64, pooled 64, fp16
 ecad_tiny_wan            diffusion_models  Wan 2.1 t2v, 2 blocks, dim 128, text 4096, fp16
 ecad_tiny_taesd_4ch      vae               random TAESD, 4 latent channels (PixArt)
 ecad_tiny_taesd_16ch     vae               random TAESD, 16 latent channels (Flux)
 ======================== ================= ===================================================
 
 Conditioning the models need (see ``TestRandomConditioning`` in the support pack):
-PixArt: dim 4096 (stock caption_channels), no pooled; Flux and SD3: dim 64, pooled 32;
+PixArt: dim 4096 (stock caption_channels), no pooled; Flux: dim 64, pooled 32; SD3: dim 64, pooled 64;
 Wan: dim 4096, no pooled.
 
 Every file carries its recipe hash in the safetensors metadata key
@@ -90,7 +90,7 @@ SPECS: dict[str, dict] = {
     "ecad_tiny_sd3": dict(
         subdir="diffusion_models", kind="mmdit", dtype="float16", seed=107,
         kwargs=dict(input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=2,
-                    adm_in_channels=FLUX_POOLED_DIM, pos_embed_max_size=16, num_patches=256,
+                    adm_in_channels=FLUX_CONTEXT_DIM, pos_embed_max_size=16, num_patches=256,
                     pos_embed_scaling_factor=None, x_block_self_attn_layers=[],
                     context_embedder_config={"target": "torch.nn.Linear",
                                              "params": {"in_features": FLUX_CONTEXT_DIM, "out_features": 128}}),

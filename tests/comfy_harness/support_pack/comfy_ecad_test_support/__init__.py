@@ -43,16 +43,16 @@ class TestRandomConditioning:
 class TestTinyCLIP:
     """A real ComfyUI CLIP (SD1 tokenizer + ComfyUI's CLIPTextModel) shrunk to one layer, seeded weights.
 
-    Lets workflows encode text prompts for the tiny FLUX checkpoints: ``hidden`` is
-    the context width (FLUX context_in_dim) and ``projection`` the pooled width
-    (vec_in_dim). Nothing is downloaded: the tokenizer files ship with ComfyUI.
+    Lets workflows encode text prompts for the tiny FLUX and SD3 checkpoints: ``hidden``
+    is the context width and the pooled width (ComfyUI's CLIP text projection is
+    square; FLUX uses the first vec_in_dim values). Nothing is downloaded: the
+    tokenizer files ship with ComfyUI.
     """
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "hidden": ("INT", {"default": 64, "min": 8, "max": 1024}),
-            "projection": ("INT", {"default": 32, "min": 8, "max": 1024}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
         }}
 
@@ -60,7 +60,7 @@ class TestTinyCLIP:
     FUNCTION = "run"
     CATEGORY = "testing"
 
-    def run(self, hidden, projection, seed):
+    def run(self, hidden, seed):
         import functools
 
         import comfy.sd
@@ -69,7 +69,7 @@ class TestTinyCLIP:
 
         config = {"hidden_act": "quick_gelu", "hidden_size": hidden, "intermediate_size": 2 * hidden,
                   "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "num_attention_heads": 2,
-                  "num_hidden_layers": 1, "projection_dim": projection, "vocab_size": 49408,
+                  "num_hidden_layers": 1, "projection_dim": hidden, "vocab_size": 49408,
                   "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1}
 
         class TinyClipL(comfy.sd1_clip.SDClipModel):
