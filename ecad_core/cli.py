@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .search.cli_commands import register as register_search
     register_search(sub)
+    from .evaluation.cli_commands import register as register_eval
+    register_eval(sub)
     return p
 
 

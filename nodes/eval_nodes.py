@@ -1,0 +1,234 @@
+"""Evaluate ECAD Schedule: the ``eval`` command inside a workflow, for a ComfyUI MODEL.
+
+Samples every prompt x seed without a cache and with the schedule (same
+noise), times both, and scores the schedule with ``ecad_core.evaluation``
+(the metrics the search uses). Text comes from a CLIP (text encoder) input,
+one encoding per prompt line; without one, a connected CONDITIONING is used
+for every sample and the prompt lines only label the images (for CLIP score
+and ImageReward). Without a VAE the outputs are latents: fidelity is the
+latent relative MSE and the image metrics are skipped with a note.
+
+Writes ``<prefix>_NNNNN_eval.{json,csv,md}`` and ``<prefix>_NNNNN_grid.png``
+to ComfyUI's output folder; metric weight paths that are not absolute are
+looked up in ``models/ecad_metrics``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+import comfy.samplers
+import comfy.utils
+import folder_paths
+
+from ..ecad_core.errors import EcadError
+from ..ecad_core.evaluation import (MetricSuite, MetricWeights, comparison_grid, cost_function, run_evaluation,
+                                    save_png, to_markdown, write_reports)
+from . import library
+from .comfy_adapters import adapter_for
+from .comfy_costs import cost_for_comfy_model
+from .schedule_nodes import SCHEDULE_TYPE, patch_model
+
+log = logging.getLogger("ecad")
+METRICS_DIR = "ecad_metrics"
+
+
+def _weights_path(value: str) -> str | None:
+    value = (value or "").strip()
+    if not value:
+        return None
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else Path(folder_paths.models_dir) / METRICS_DIR / p)
+
+
+class _ComfyGenerate:
+    """``generate(schedule_or_None)`` for the runner: one KSampler run per sample, decoded when a VAE is given."""
+
+    def __init__(self, model, conds, negative, seeds, steps, cfg, sampler, scheduler, width, height, vae,
+                 offload, progress):
+        self.model, self.conds, self.negative, self.seeds = model, conds, negative, seeds
+        self.steps, self.cfg, self.sampler, self.scheduler = steps, cfg, sampler, scheduler
+        self.width, self.height, self.vae, self.offload = width, height, vae, offload
+        self.progress = progress
+        self._patched: dict[int, object] = {}
+        self._last_run = None
+
+    def _model_for(self, schedule):
+        if schedule is None:
+            return self.model
+        if id(schedule) not in self._patched:
+            self._patched[id(schedule)] = patch_model(self.model, schedule, self.offload)
+        return self._patched[id(schedule)]
+
+    def _sample(self, model, cond, seed) -> torch.Tensor:
+        import nodes as comfy_nodes
+
+        latent = {"samples": torch.zeros(1, 4, self.height // 8, self.width // 8)}
+        out = comfy_nodes.common_ksampler(model, seed, self.steps, self.cfg, self.sampler, self.scheduler, cond,
+                                          self.negative, latent, denoise=1.0)[0]["samples"]
+        if self.vae is None:
+            return out[0].float().cpu()
+        return self.vae.decode(out)[0].permute(2, 0, 1).float().cpu()  # [H, W, 3] -> [3, H, W]
+
+    def warmup(self, schedule) -> None:
+        self._sample(self._model_for(schedule), self.conds[0], self.seeds[0])
+
+    def __call__(self, schedule):
+        model = self._model_for(schedule)
+        run = model.model_options.get("transformer_options", {}).get("ecad") if schedule is not None else None
+        start = len(run.history) if run is not None else 0
+        outs = []
+        for cond, seed in zip(self.conds, self.seeds):
+            outs.append(self._sample(model, cond, seed))
+            self.progress.update(1)
+        self._last_run = run.history[start:] if run is not None else None
+        return outs
+
+    def reuse_fraction(self) -> float | None:
+        if not self._last_run:
+            return None
+        reused = sum(e["reused"] for e in self._last_run)
+        total = reused + sum(e["computed"] for e in self._last_run)
+        return reused / total if total else None
+
+
+def _zero_conditioning(cond):
+    out = []
+    for t, extra in cond:
+        extra = dict(extra)
+        if isinstance(extra.get("pooled_output"), torch.Tensor):
+            extra["pooled_output"] = torch.zeros_like(extra["pooled_output"])
+        out.append([torch.zeros_like(t), extra])
+    return out
+
+
+class EvaluateECADSchedule:
+    DESCRIPTION = ("Compares a schedule with no cache on the same prompts and seeds: latency per image and MACs "
+                   "beside PSNR/SSIM/LPIPS to full compute, CLIP score, ImageReward and FID. Outputs the table, a "
+                   "no cache | schedule | difference grid, and writes JSON/CSV/markdown to the output folder. "
+                   "Metrics without local weights are skipped with a note.")
+    CATEGORY = "ECAD"
+    RETURN_TYPES = ("STRING", "IMAGE")
+    RETURN_NAMES = ("table", "grid")
+    FUNCTION = "evaluate"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        opts = library.options()
+        weights_tip = "Path (absolute, or relative to models/ecad_metrics); empty: the metric is skipped."
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "preset": (opts, {"default": opts[0] if opts else "",
+                                  "tooltip": "Schedule to evaluate; a connected schedule input wins."}),
+                "prompts": ("STRING", {"multiline": True, "default": "a red fox in the snow\na lighthouse at dusk",
+                                       "tooltip": "One prompt per line. Without a CLIP input they only label "
+                                                  "the samples: the positive conditioning is used for all, "
+                                                  "with seeds seed, seed+1, ... across all samples."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff}),
+                "seeds_per_prompt": ("INT", {"default": 1, "min": 1, "max": 64,
+                                             "tooltip": "Images per prompt, seeds seed, seed+1, ... (with CLIP: "
+                                                        "the same seeds for every prompt)."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+                "width": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
+                "height": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
+                "metrics": ("STRING", {"default": "all",
+                                       "tooltip": "all, or a comma-separated subset of psnr, ssim, lpips, clip, "
+                                                  "imagereward, fid."}),
+                "grid_rows": ("INT", {"default": 4, "min": 1, "max": 64}),
+                "filename_prefix": ("STRING", {"default": "ecad_eval/eval"}),
+            },
+            "optional": {
+                "schedule": (SCHEDULE_TYPE, {"tooltip": "From Load ECAD Schedule; overrides the preset."}),
+                "clip": ("CLIP", {"tooltip": "Text encoder: each prompt line is encoded."}),
+                "positive": ("CONDITIONING", {"tooltip": "Used for every sample when no CLIP is connected."}),
+                "negative": ("CONDITIONING", {"tooltip": "Default: the empty prompt (CLIP) or zeroed positive."}),
+                "vae": ("VAE", {"tooltip": "Decodes the samples; without it only latent fidelity is measured."}),
+                "clip_score_weights": ("STRING", {"default": "", "tooltip": "transformers CLIPModel folder. "
+                                                  + weights_tip}),
+                "imagereward_weights": ("STRING", {"default": "", "tooltip": "ImageReward.pt. " + weights_tip}),
+                "lpips_weights": ("STRING", {"default": "", "tooltip": "Folder with alex.pth and "
+                                             "alexnet-owt-7be5be79.pth. " + weights_tip}),
+                "inception_weights": ("STRING", {"default": "", "tooltip": "pt_inception-2015-12-05-6726825d.pth "
+                                                 "(FID). " + weights_tip}),
+                "fid_reference_folder": ("STRING", {"default": "", "tooltip": "Folder of reference images for a "
+                                                    "second FID column (absolute path)."}),
+                "warmup": ("BOOLEAN", {"default": True, "tooltip": "One untimed sample before each timed set."}),
+                "offload_cache_to_cpu": ("BOOLEAN", {"default": False}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, preset):
+        if library.key_of(preset) in {library.key_of(o) for o in library.options()}:
+            return True
+        return f"ECAD preset {library.key_of(preset)!r} not found (shipped presets or models/ecad_schedules)"
+
+    def evaluate(self, model, preset, prompts, seed, seeds_per_prompt, steps, cfg, sampler_name, scheduler, width,
+                 height, metrics, grid_rows, filename_prefix, schedule=None, clip=None, positive=None,
+                 negative=None, vae=None, clip_score_weights="", imagereward_weights="", lpips_weights="",
+                 inception_weights="", fid_reference_folder="", warmup=True, offload_cache_to_cpu=False):
+        if "ecad" in model.model_options.get("transformer_options", {}):
+            raise EcadError("Evaluate ECAD Schedule: the MODEL already has an ECAD schedule applied (Apply ECAD "
+                            "Cache Schedule upstream); connect the model without it, the node applies the schedule "
+                            "itself and compares it with no cache")
+        schedule = schedule if schedule is not None else library.resolve(preset)
+        lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
+        if clip is not None:
+            if not lines:
+                raise EcadError("Evaluate ECAD Schedule: a CLIP input is connected but no prompts are given")
+            encoded = [clip.encode_from_tokens_scheduled(clip.tokenize(p)) for p in lines]
+            if negative is None:
+                negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+        elif positive is not None:
+            lines = lines or [None]
+            encoded = [positive] * len(lines)
+            if negative is None:
+                negative = _zero_conditioning(positive)
+        else:
+            raise EcadError("Evaluate ECAD Schedule: connect a CLIP (text encoder) or a positive CONDITIONING")
+        seeds = [seed + j for j in range(seeds_per_prompt)]
+        conds = [c for c in encoded for _ in seeds]
+        sample_prompts = [p for p in lines for _ in seeds]
+        if clip is not None:  # every prompt with the same seeds, as the eval command does
+            sample_seeds = [s for _ in lines for s in seeds]
+        else:  # one conditioning for all: distinct seeds, or the prompt lines would repeat one image
+            sample_seeds = [seed + i for i in range(len(conds))]
+        fid_ref = (fid_reference_folder or "").strip() or None
+        weights = MetricWeights(clip=_weights_path(clip_score_weights),
+                                imagereward=_weights_path(imagereward_weights),
+                                lpips=_weights_path(lpips_weights), inception=_weights_path(inception_weights))
+        suite = MetricSuite.load(metrics, weights, fid_reference=fid_ref)
+        adapter = adapter_for(model)
+        schedule.check_fits(adapter.layout, adapter.kind)
+        # the search's cost model, so reported MACs match the search's compute objective
+        cost = cost_for_comfy_model(model, adapter.layout, steps, height, width, int(conds[0][0][0].shape[1]),
+                                    name=adapter.arch_hint or "comfy-model")
+        pbar = comfy.utils.ProgressBar(2 * len(conds))
+        gen = _ComfyGenerate(model, conds, negative, sample_seeds, steps, cfg, sampler_name, scheduler, width, height,
+                             vae, offload_cache_to_cpu, pbar)
+        settings = {"schedule": schedule.name, "steps": steps, "cfg": cfg, "sampler": sampler_name,
+                    "scheduler": scheduler, "width": width, "height": height, "seeds": seeds,
+                    "text": "clip" if clip is not None else "conditioning", "warmup": warmup,
+                    "weights": {k: v for k, v in vars(weights).items()}, "fid_reference": fid_ref}
+        res = run_evaluation(gen, [(schedule.name, schedule)], suite, sample_prompts=sample_prompts,
+                             sample_seeds=sample_seeds, cost=cost_function(cost), warmup=warmup,
+                             kind="image" if vae is not None else "latent", settings=settings,
+                             keep_outputs=grid_rows)
+        table = to_markdown(res)
+        grid = comparison_grid(res.rows[0].outputs, [(schedule.name, res.rows[1].outputs)], rows=grid_rows)
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), grid.shape[1], grid.shape[0])
+        stem = f"{name}_{counter:05}_"
+        write_reports(res, folder, stem=stem + "eval")
+        save_png(grid, Path(folder) / f"{stem}grid.png")
+        log.info("ECAD eval of %r:\n%s", schedule.name, table)
+        ui = {"images": [{"filename": f"{stem}grid.png", "subfolder": subfolder, "type": "output"}], "text": [table]}
+        return {"ui": ui, "result": (table, grid[None])}
