@@ -123,3 +123,23 @@ def test_bad_inputs_are_clear_node_errors(comfy_server, eval_setup):
     with pytest.raises(PromptExecutionError) as e:
         comfy_server.run(p, timeout=120)
     assert "flux-dev-256-fast" in str(e.value)
+
+
+def test_prompts_through_a_text_encoder_on_sd3(comfy_server, eval_setup):
+    """Prompt lines encoded by a real (tiny) ComfyUI CLIP; the same seeds for every prompt."""
+    d = comfy_server.base_dir / "models" / "ecad_schedules"
+    lay = make_layout("dit_blocks", 2)  # make_tiny: SD3 depth 2, block-level units
+    Schedule.every_n(lay, STEPS, 2, name="eval-sd3-every2").save(d / "eval-sd3-every2.json")
+    p = _prompt({"preset": "user/eval-sd3-every2", "prompts": "a red fox in the snow\na lighthouse",
+                 "seeds_per_prompt": 2, "metrics": "psnr", "scheduler": "simple", "width": 128, "height": 128,
+                 "warmup": False}, vae=False, model="ecad_tiny_sd3")
+    del p["10"]["inputs"]["positive"]
+    p["2"] = {"class_type": "TestTinyCLIP", "inputs": {"hidden": make_tiny.FLUX_CONTEXT_DIM, "seed": 0}}
+    p["10"]["inputs"]["clip"] = ["2", 0]
+    entry = comfy_server.run(p, timeout=600)
+    table, report, _ = _report(comfy_server, entry)
+    assert [(s["prompt"], s["seed"]) for s in report["samples"]] == [
+        ("a red fox in the snow", 40), ("a red fox in the snow", 41), ("a lighthouse", 40), ("a lighthouse", 41)]
+    row = report["rows"][1]
+    assert row["label"] == "eval-sd3-every2" and 0 < row["reuse_fraction"] < 1
+    assert row["cost_model"] == "uniform", row  # no analytic cost model for SD3: every unit costs the same
