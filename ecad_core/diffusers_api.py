@@ -63,13 +63,30 @@ class StepTracker:
         self.pending_new_run = True
 
     def scheduler_set(self, timesteps) -> None:
-        vals = [float(v) for v in torch.as_tensor(timesteps).reshape(-1).tolist()]
+        ts = torch.as_tensor(timesteps)
+        vals = [float(v) for v in ts.reshape(-1).tolist()]
+        # Pipelines pass views of this tensor as the timestep (PixArt: ``t[None].expand(B)``): those are
+        # identified by their storage offset, without reading the device (no host sync per call).
+        self._ts_tensor = ts if ts.dim() == 1 else None
+        self._ts_values = vals
         distinct = []
         for v in vals:  # Heun-like schedulers repeat timesteps: keep one per step
             if not distinct or v != distinct[-1]:
                 distinct.append(v)
         self.run_timesteps = distinct
         self.pending_new_run = True
+
+    def value_without_sync(self, t) -> float | None:
+        """The timestep's value when ``t`` views the scheduler's timesteps tensor, else None."""
+        ts = getattr(self, "_ts_tensor", None)
+        if ts is None or not isinstance(t, torch.Tensor) or t.dtype != ts.dtype or t.device != ts.device:
+            return None
+        if t.untyped_storage().data_ptr() != ts.untyped_storage().data_ptr():
+            return None
+        i, r = divmod(t.storage_offset() - ts.storage_offset(), ts.stride(0) or 1)
+        if r or not 0 <= i < len(self._ts_values) or (t.numel() > 1 and any(st for st in t.stride())):
+            return None
+        return self._ts_values[i]
 
     def observe(self, t: float) -> None:
         if self.pending_new_run or self.last_t is None or t > self.last_t:
@@ -110,6 +127,12 @@ class EcadHandle:
         self._handles = handles
         self._scheduler = scheduler
         self.removed = False
+        self.graph_mode = None  # ecad_core.cuda_graphs.GraphMode when apply(..., cuda_graphs=True)
+
+    @property
+    def cuda_graphs(self) -> dict | None:
+        """CUDA-graph mode status (active, reason when off, graphs, replays), or None if not asked for."""
+        return self.graph_mode.status() if self.graph_mode is not None else None
 
     @property
     def stats(self) -> RunStats:
@@ -129,6 +152,8 @@ class EcadHandle:
     def remove(self) -> None:
         if self.removed:
             return
+        if self.graph_mode is not None:
+            self.graph_mode.detach()
         for h in self._hooks:
             h.detach()
         for h in self._handles:
@@ -146,10 +171,14 @@ class EcadHandle:
         self.remove()
 
 
-def apply(target, schedule: Schedule | str | Path, *, offload_device=None) -> EcadHandle:
+def apply(target, schedule: Schedule | str | Path, *, offload_device=None, cuda_graphs: bool = False,
+          max_graphs: int = 64) -> EcadHandle:
     """Attach ``schedule`` to a diffusers pipeline (with ``.transformer``) or a transformer.
 
     Returns a handle; ``handle.remove()`` (or ``with``) restores the model.
+    ``cuda_graphs=True`` captures each schedule row's forward once as a CUDA graph and replays it
+    (``ecad_core.cuda_graphs``); where that is impossible it runs eagerly and
+    ``handle.cuda_graphs["reason"]`` (and the log) says why.
     Raises ModelMismatchError when the schedule is for another family or block count.
     """
     if not isinstance(schedule, Schedule):
@@ -174,7 +203,8 @@ def apply(target, schedule: Schedule | str | Path, *, offload_device=None) -> Ec
         raise
 
     def pre_hook(module, args, kwargs):
-        tracker.observe(_timestep_value(args, kwargs))
+        t = tracker.value_without_sync(kwargs.get("timestep"))
+        tracker.observe(t if t is not None else _timestep_value(args, kwargs))
 
     handles = [transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)]
     if scheduler is not None and hasattr(scheduler, "set_timesteps"):
@@ -189,7 +219,11 @@ def apply(target, schedule: Schedule | str | Path, *, offload_device=None) -> Ec
         scheduler.set_timesteps = set_timesteps
     else:
         scheduler = None
-    return EcadHandle(transformer, schedule, engine, hooks, tracker, handles, scheduler)
+    handle = EcadHandle(transformer, schedule, engine, hooks, tracker, handles, scheduler)
+    if cuda_graphs:
+        from .cuda_graphs import GraphMode
+        handle.graph_mode = GraphMode(transformer, engine, max_graphs=max_graphs)
+    return handle
 
 
 @contextlib.contextmanager

@@ -83,14 +83,14 @@ class RunStats:
         return s
 
 
+_Tensor = torch.Tensor
+
+
 def _signature(args, kwargs) -> tuple:
-    sig = []
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            sig.append((a.shape, a.dtype, a.device))
-    for k, a in kwargs.items():
-        if isinstance(a, torch.Tensor):
-            sig.append((k, a.shape, a.dtype, a.device))
+    # On the hot path (every unit call): comprehensions, no helper calls.
+    sig = [(a.shape, a.dtype, a.device) for a in args if isinstance(a, _Tensor)]
+    if kwargs:
+        sig += [(k, a.shape, a.dtype, a.device) for k, a in kwargs.items() if isinstance(a, _Tensor)]
     return tuple(sig)
 
 
@@ -104,6 +104,17 @@ def _tree_map(fn, x):
     if isinstance(x, dict):
         return {k: _tree_map(fn, v) for k, v in x.items()}
     return x
+
+
+def _tree_copy_(dst, src) -> None:
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, (tuple, list)):
+        for d, s in zip(dst, src):
+            _tree_copy_(d, s)
+    elif isinstance(dst, dict):
+        for k in dst:
+            _tree_copy_(dst[k], src[k])
 
 
 def tree_nbytes(x) -> int:
@@ -133,17 +144,38 @@ class CacheEngine:
         self.step = 0
         self.branch: Any = 0
         self.in_run = False
+        # CUDA-graph mode (ecad_core.cuda_graphs): stored outputs are static buffers that captured
+        # graphs read and write, so they are kept across runs and updated in place; ``_fresh`` says
+        # which (unit, branch) were written during the current run.
+        self.keep_store = False
+        self._fresh: set = set()
 
     def _set_active(self, sched: Schedule, remapped_from: int | None):
         self.active = sched
         # Python lists: the per-call lookup is the hot path.
         self._bits = sched.effective_bits().tolist()
-        self.stats = RunStats(sched.steps, sched.layout.n_units, remapped_from=remapped_from)
+        self._stats = RunStats(sched.steps, sched.layout.n_units, remapped_from=remapped_from)
+        # Per-step counters as Python lists (a numpy element update costs ~8x more per unit call);
+        # copied into the RunStats arrays whenever ``stats`` is read.
+        self.n_computed = [0] * sched.steps
+        self.n_reused = [0] * sched.steps
+        self.n_fallback = [0] * sched.steps
+
+    @property
+    def stats(self) -> RunStats:
+        """Statistics of the current run (counters up to date)."""
+        st = self._stats
+        st.computed[:] = self.n_computed
+        st.reused[:] = self.n_reused
+        st.fallback[:] = self.n_fallback
+        return st
 
     # -- run control ---------------------------------------------------------
     def begin_run(self, steps: int | None = None, denoise: float = 1.0) -> None:
         """Start a sampling run of ``steps`` steps (None: the schedule's own count)."""
-        self._store.clear()
+        if not self.keep_store:
+            self._store.clear()
+        self._fresh.clear()
         sched, src = self.schedule, None
         if steps is not None and (steps != self.schedule.steps or denoise < 1.0):
             key = (int(steps), round(float(denoise), 6))
@@ -162,32 +194,47 @@ class CacheEngine:
                 f"{self.schedule.name!r} covers {self.active.steps} steps; run with that many steps or "
                 f"remap the schedule (ecad_core.remap_steps)")
         self.step, self.branch = step, branch
-        self.stats.calls += 1
+        self._stats.calls += 1
 
     def end_run(self) -> RunStats:
         """Finish the run: free the stored outputs and return its statistics."""
         stats = self.stats
         stats.cache_bytes = self.cache_bytes()
         self.last_stats = stats
-        self._store.clear()
+        if not self.keep_store:
+            self._store.clear()
+        self._fresh.clear()
         self.in_run = False
         return stats
 
     def clear(self) -> None:
         self._store.clear()
+        self._fresh.clear()
 
     # -- the unit call ---------------------------------------------------------
     def call(self, unit: int, fn: Callable, args: tuple, kwargs: dict):
         """Run ``fn(*args, **kwargs)`` as unit ``unit`` under the schedule."""
-        if not self.enabled or not self.in_run:
+        if not self.in_run or not self.enabled:
             return fn(*args, **kwargs)
         sig = _signature(args, kwargs)
-        if self.wants_reuse(unit):
-            out = self.fetch(unit, sig)
-            if out is not None:
-                return out
+        step = self.step
+        if step and not self._bits[step][unit]:
+            # fetch(), inlined: this runs for every reused unit of every step
+            key = (unit, self.branch)
+            entry = self._store.get(key)
+            if entry is not None and entry[0] == sig and (not self.keep_store or key in self._fresh):
+                self.n_reused[step] += 1
+                if self.offload_device is None:
+                    return entry[1]
+                dev = _first_device(sig_devices=sig)
+                return _tree_map(lambda t: t.to(dev, non_blocking=True), entry[1])
+            self.n_fallback[step] += 1
         out = fn(*args, **kwargs)
-        self.store(unit, sig, out)
+        if self.keep_store or self.offload_device is not None:
+            self.store(unit, sig, out)
+        else:  # store(), inlined
+            self.n_computed[step] += 1
+            self._store[(unit, self.branch)] = (sig, out)
         return out
 
     # Primitives for adapters whose units are not single module calls (FLUX in ComfyUI).
@@ -199,23 +246,32 @@ class CacheEngine:
 
     def fetch(self, unit: int, sig: tuple):
         """The stored output if valid for ``sig`` (counted as reused), else None (counted as fallback)."""
-        entry = self._store.get((unit, self.branch))
-        if entry is not None and entry[0] == sig:
-            self.stats.reused[self.step] += 1
+        key = (unit, self.branch)
+        entry = self._store.get(key)
+        if entry is not None and entry[0] == sig and (not self.keep_store or key in self._fresh):
+            self.n_reused[self.step] += 1
             out = entry[1]
             if self.offload_device is not None:
                 dev = _first_device(sig_devices=sig)
                 out = _tree_map(lambda t: t.to(dev, non_blocking=True), out)
             return out
-        self.stats.fallback[self.step] += 1
+        self.n_fallback[self.step] += 1
         return None
 
     def store(self, unit: int, sig: tuple, out) -> None:
         """Record a freshly computed output of ``unit``."""
-        self.stats.computed[self.step] += 1
-        if self.offload_device is not None:
+        self.n_computed[self.step] += 1
+        key = (unit, self.branch)
+        if self.keep_store:
+            self._fresh.add(key)
+            entry = self._store.get(key)
+            if entry is not None and entry[0] == sig:
+                _tree_copy_(entry[1], out)  # same buffer, so captured graphs see the new value
+                return
+            out = _tree_map(lambda t: t.detach().clone(), out)
+        elif self.offload_device is not None:
             out = _tree_map(lambda t: t.detach().to(self.offload_device, non_blocking=True), out)
-        self._store[(unit, self.branch)] = (sig, out)
+        self._store[key] = (sig, out)
 
     # -- memory ----------------------------------------------------------------
     def cache_bytes(self) -> int:

@@ -238,9 +238,15 @@ class _FluxBlocks:
         x, vec = args["img"], args["vec"]
         mod = blk.modulation(vec)[0] if blk.modulation else vec
         if attn is None or mlp is None:
-            # linear1 fuses q/k/v and the MLP input: it runs whole when either is needed
-            qkv, mlp_new = torch.split(blk.linear1(apply_mod(blk.pre_norm(x), (1 + mod.scale), mod.shift, None)),
-                                       [3 * blk.hidden_size, blk.mlp_hidden_dim_first], dim=-1)
+            # linear1 fuses q/k/v and the MLP input: when only one of them is needed, only its rows run
+            x_mod = apply_mod(blk.pre_norm(x), (1 + mod.scale), mod.shift, None)
+            h3 = 3 * blk.hidden_size
+            if attn is None and mlp is None:
+                qkv, mlp_new = torch.split(blk.linear1(x_mod), [h3, blk.mlp_hidden_dim_first], dim=-1)
+            elif attn is None:
+                qkv = _linear_rows(blk.linear1, x_mod, 0, h3)
+            else:
+                mlp_new = _linear_rows(blk.linear1, x_mod, h3, h3 + blk.mlp_hidden_dim_first)
             if attn is None:
                 q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, blk.num_heads, -1).permute(2, 0, 3, 1, 4)
                 q, k = blk.norm(q, k, v)
@@ -275,6 +281,20 @@ class _FluxBlocks:
                 f"from ComfyUI's block (max abs diff "
                 f"{(ref['img'].float() - mine['img'].float()).abs().max().item():.3g}); refusing to run")
         self.checked["single"] = True
+
+
+def _linear_rows(lin, x, start: int, stop: int):
+    """Output features start:stop of a ComfyUI linear layer, computing only those rows of its weight.
+
+    Only for a plain resident layer (weights in x's dtype and device, no casting, LoRA weight functions
+    or quantised weights); otherwise the layer runs whole (through ComfyUI's casting) and is sliced.
+    """
+    w, b = lin.weight, lin.bias
+    if (getattr(lin, "comfy_cast_weights", False) or getattr(lin, "weight_function", None)
+            or getattr(lin, "bias_function", None) or type(w) is not torch.nn.Parameter
+            or w.dtype != x.dtype or w.device != x.device):
+        return lin(x)[..., start:stop]
+    return torch.nn.functional.linear(x, w[start:stop], None if b is None else b[start:stop])
 
 
 def _flux_adapter(dm) -> ComfyAdapter:

@@ -1,0 +1,216 @@
+"""Denoising-loop wall time on the ComfyUI path: ComfyUI's own PixArt, no cache / this pack / the ceiling.
+
+The model is ``comfy.ldm.pixart.pixartms.PixArtMS`` built in-process from the
+ComfyUI checkout (``.cache/ComfyUI``) with ``comfy.ops.disable_weight_init``
+(what ComfyUI picks for fp16 weights computed in fp16) and random weights; it is
+called as ``BaseModel._apply_model`` calls it (x, timestep, context, c_size,
+c_ar, all on the device). The pack's units are installed exactly as the Apply
+node's object patches install them (``nodes.comfy_adapters._unit_forward``),
+driven per step as the APPLY_MODEL wrapper drives them. ``--profile`` also
+writes torch.profiler tables of one no-cache loop here and on diffusers'
+PixArt at the same size.
+
+    python -m bench.bench_comfy --res 1024 --presets pixart-alpha-256-fast,... --out r.json
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+from . import models
+from .ceiling import CeilingCache
+from .common import REPO, SCHEDULES, hardware, resolve_dtype, write_json
+from .runner import Variant, run_variants
+
+COMFY_DIR = REPO / ".cache" / "ComfyUI"
+
+
+def import_comfy(device) -> None:
+    """Put ComfyUI on sys.path (CPU mode when the device is the CPU) and import what the bench uses."""
+    if not (COMFY_DIR / "comfy").is_dir():
+        raise SystemExit(f"bench_comfy: no ComfyUI at {COMFY_DIR} (bash scripts/setup_env.sh installs it)")
+    if str(COMFY_DIR) not in sys.path:
+        sys.path.insert(0, str(COMFY_DIR))
+    import comfy.cli_args
+    if torch.device(device).type == "cpu":
+        comfy.cli_args.args.cpu = True
+    import comfy.ldm.pixart.pixartms  # noqa: F401
+    import comfy.ops  # noqa: F401
+
+
+def pack_modules():
+    """This pack's ``nodes.comfy_adapters`` and ``ecad_core.engine`` as ComfyUI loads them (one package)."""
+    name = "comfyui_ecad_bench"
+    if name not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(REPO)]
+        sys.modules[name] = pkg
+        nodes = types.ModuleType(f"{name}.nodes")  # not nodes/__init__: the adapters need no node classes
+        nodes.__path__ = [str(REPO / "nodes")]
+        sys.modules[f"{name}.nodes"] = nodes
+    adapters = importlib.import_module(f"{name}.nodes.comfy_adapters")
+    engine = importlib.import_module(f"{name}.ecad_core.engine")
+    schedule = importlib.import_module(f"{name}.ecad_core.schedule")
+    return adapters, engine, schedule
+
+
+def comfy_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: int = 0):
+    import comfy.ops
+    from comfy.ldm.pixart.pixartms import PixArtMS
+
+    c = models.PIXART_TINY if tiny else models.PIXART_FULL
+    # micro-conditioning embeds size and aspect ratio in hidden/3 channels each: the width must divide by 3
+    hidden = c["heads"] * (24 if tiny else c["head_dim"])
+    L = models.PIXART_TEXT_TOKENS[variant]
+    torch.manual_seed(seed)
+    m = PixArtMS(input_size=res // 8, patch_size=2, in_channels=4, hidden_size=hidden, depth=28, num_heads=c["heads"],
+                 caption_channels=c["caption_channels"], model_max_length=L, micro_condition=variant == "alpha",
+                 pred_sigma=True, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init).eval()
+    with torch.no_grad():  # disable_weight_init leaves weights uninitialised
+        for p in m.parameters():
+            p.normal_(0, 0.02) if p.dim() >= 2 else p.zero_()
+    # A few parameters (the blocks' scale_shift_table) are created without the device/dtype arguments:
+    # fp32 on the CPU. ComfyUI's ModelPatcher moves the whole model to the GPU on load (dtypes kept), so
+    # do the same; left on the CPU they would cost a host-to-device copy in every block call.
+    m.to(device)
+    b = 2
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x0 = torch.randn(b, 4, res // 8, res // 8, generator=g).to(device, dtype)
+    context = torch.randn(b, L, c["caption_channels"], generator=g).to(device, dtype)
+    c_size = torch.tensor([[res, res]] * b, dtype=dtype, device=device)
+    c_ar = torch.tensor([[1.0]] * b, dtype=dtype, device=device)
+    ts = torch.linspace(999, 1, steps).to(device, dtype)
+
+    def call(x, i):
+        kw = {"c_size": c_size, "c_ar": c_ar} if variant == "alpha" else {}
+        return m(x, ts[i].expand(b), context=context, transformer_options={}, **kw)
+
+    units = [getattr(blk, attr) for blk in m.blocks for attr in ("attn", "cross_attn", "mlp")]
+    return models.Denoiser(f"ComfyUI PixArt-{variant} {res}²", m, x0, call, steps, units,
+                           {"tokens": (res // 16) ** 2, "batch": b, "text_tokens": L})
+
+
+def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True):
+    class _Run:  # what the adapter's unit forward reads: the engine of the patched model
+        def __init__(self, engine):
+            self.engine = engine
+
+    layout = importlib.import_module(schedule_mod.__name__.rsplit(".", 1)[0] + ".layout").make_layout("pixart", 28)
+
+    def pack(sched):
+        def setup():
+            eng = engine_mod.CacheEngine(sched)
+            run = _Run(eng)
+            for u, mod in enumerate(den.unit_modules):  # what ModelPatcher's object patches set on load
+                mod.forward = adapters._unit_forward(mod, run, u)
+
+            def pre(i):
+                if i == 0:
+                    eng.begin_run(den.steps)
+                eng.set_position(i, ("cond", "uncond"))
+
+            def teardown():
+                eng.end_run()
+                for mod in den.unit_modules:
+                    del mod.forward
+            return pre, teardown, lambda: eng.last_stats.as_dict() if eng.last_stats else eng.stats.as_dict()
+        return setup
+
+    def ceiling(bits):
+        def setup():
+            c = CeilingCache(den.unit_modules, bits)
+            return (lambda i: setattr(c, "step", i)), c.remove, None
+        return setup
+
+    vs = [Variant("no cache", lambda: (None, lambda: None, None), None, "nocache")]
+    if recompute:
+        full = schedule_mod.Schedule.full(layout, den.steps, name="all-recompute")
+        vs.append(Variant("patched, all recompute", pack(full), None, "recompute"))
+    for s in presets:
+        ps = schedule_mod.load_schedule(SCHEDULES / f"{s}.json")
+        vs.append(Variant(f"pack {s}", pack(ps), s, "engine"))
+        vs.append(Variant(f"ceiling {s}", ceiling(ps.effective_bits()), s, "ceiling"))
+    return vs
+
+
+def profile_loops(dens: list, out_dir: Path, device) -> dict:
+    """torch.profiler tables (top ops by device time) of one no-cache loop of each denoiser."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    summary = {}
+    for den in dens:
+        den.loop()
+        with profile(activities=acts) as prof:
+            den.loop()
+        sort = "self_device_time_total" if len(acts) > 1 else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=sort, row_limit=25)
+        slug = den.name.replace(" ", "_").replace("²", "")
+        (out_dir / f"profile_{slug}.txt").write_text(table)
+        ev = prof.key_averages()
+        summary[den.name] = {
+            "cpu_total_ms": sum(e.self_cpu_time_total for e in ev) / 1e3,
+            "device_total_ms": sum(getattr(e, "self_device_time_total", 0) for e in ev) / 1e3,
+            "launches": sum(e.count for e in ev if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel"))),
+            "top": [(e.key, round(getattr(e, "self_device_time_total", 0) / 1e3, 3), e.count)
+                    for e in sorted(ev, key=lambda e: -getattr(e, "self_device_time_total", 0))[:12]],
+        }
+    return summary
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", default="alpha", choices=("alpha", "sigma"))
+    ap.add_argument("--res", type=int, default=1024)
+    ap.add_argument("--presets", default="pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--profile", help="folder for profiler tables (ComfyUI and diffusers PixArt, no cache)")
+    ap.add_argument("--out")
+    a = ap.parse_args(argv)
+    dtype = resolve_dtype(a.dtype, a.device)
+    import_comfy(a.device)
+    adapters, engine_mod, schedule_mod = pack_modules()
+    presets = [p for p in a.presets.split(",") if p]
+    out = {"bench": "comfy", "model": f"pixart-{a.variant}", "res": a.res, "steps": a.steps, "tiny": a.tiny,
+           "dtype": str(dtype), "device": a.device, "hardware": hardware(a.device), "rounds": a.rounds}
+    with torch.no_grad():
+        den = comfy_pixart(a.variant, a.res, tiny=a.tiny, device=a.device, dtype=dtype, steps=a.steps)
+        print(f"{den.name} ({'tiny' if a.tiny else 'full-size'}, {dtype}, {a.device}), {a.steps} steps", flush=True)
+        out["denoiser"] = den.info
+        out["variants"] = run_variants(den, variants(den, presets, adapters, engine_mod, schedule_mod),
+                                       rounds=a.rounds, device=a.device)
+        if a.out:
+            write_json(a.out, out)
+        if a.profile:
+            pdir = Path(a.profile)
+            pdir.mkdir(parents=True, exist_ok=True)
+            try:
+                dd = models.diffusers_pixart(a.variant, a.res, tiny=a.tiny, device=a.device, dtype=dtype,
+                                             steps=a.steps)
+                out["profile"] = profile_loops([den, dd], pdir, a.device)
+                del dd
+            except Exception as e:  # noqa: BLE001 - the timings above still count
+                out["profile_error"] = f"{type(e).__name__}: {e}"
+                print("  profile failed:", out["profile_error"], flush=True)
+            for k, v in out.get("profile", {}).items():
+                print(f"  profile {k}: cpu {v['cpu_total_ms']:.1f} ms, device {v['device_total_ms']:.1f} ms, "
+                      f"{v['launches']} launches", flush=True)
+    if a.out:
+        write_json(a.out, out)
+    del den
+    if torch.device(a.device).type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

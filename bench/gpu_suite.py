@@ -1,0 +1,133 @@
+"""Every GPU bench in one process, most important first; results rewritten to one JSON after each section.
+
+    python -m bench.gpu_suite --out DIR [--tiny] [--budget-s 420]
+
+A section that fails is recorded with its error and the suite goes on; when the
+time budget is spent the remaining sections are skipped (and listed), so a
+device lease that ends early still returns everything finished so far.
+``--tiny`` runs the same sections on tiny models on the CPU (a smoke run).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from . import bench_comfy, bench_diffusers
+from .common import hardware, write_json
+
+ALPHA = "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest"
+
+
+def sections(tiny: bool, rounds: int):
+    r = ["--rounds", str(rounds)]
+    # (name, runner, argv, estimated seconds on an H100)
+    if tiny:
+        small, comfy_res, steps = ["--res", "64"], ["--res", "512"], ["--steps", "3"]
+        return [
+            ("diffusers_alpha_small", bench_diffusers.main,
+             ["--model", "pixart-alpha", *small, "--presets", ALPHA, "--graphs", "--offload", *r], 0),
+            ("comfy_alpha", bench_comfy.main, ["--variant", "alpha", *comfy_res, *steps, "--presets",
+                                               "pixart-alpha-256-fast", "--rounds", "1", "--profile", "PROFILE"], 0),
+            ("diffusers_flux", bench_diffusers.main,
+             ["--model", "flux-dev", *small, "--presets", "flux-dev-1024-fast,flux-dev-256-faster", *r], 0),
+            ("diffusers_sigma", bench_diffusers.main,
+             ["--model", "pixart-sigma", *small, "--presets", "pixart-sigma-256-fast", *r], 0),
+        ]
+    return [
+        ("diffusers_alpha_256", bench_diffusers.main,
+         ["--model", "pixart-alpha", "--res", "256", "--presets", ALPHA, "--graphs", *r], 45),
+        ("comfy_alpha_1024", bench_comfy.main,
+         ["--variant", "alpha", "--res", "1024", "--presets", ALPHA, *r, "--profile", "PROFILE"], 50),
+        ("diffusers_alpha_1024", bench_diffusers.main,
+         ["--model", "pixart-alpha", "--res", "1024", "--presets", ALPHA, "--offload", "--graphs", *r], 60),
+        ("diffusers_flux_1024", bench_diffusers.main,
+         ["--model", "flux-dev", "--res", "1024", "--presets", "flux-dev-1024-fast,flux-dev-256-faster",
+          "--rounds", "2"], 90),
+        ("comfy_alpha_512", bench_comfy.main, ["--variant", "alpha", "--res", "512", "--presets", ALPHA,
+                                               "--rounds", "5"], 30),
+        ("diffusers_alpha_512", bench_diffusers.main,
+         ["--model", "pixart-alpha", "--res", "512", "--presets", ALPHA, "--graphs", *r], 30),
+        ("diffusers_sigma_1024", bench_diffusers.main,
+         ["--model", "pixart-sigma", "--res", "1024", "--presets", "pixart-sigma-256-fast", *r], 25),
+        ("diffusers_sigma_256", bench_diffusers.main,
+         ["--model", "pixart-sigma", "--res", "256", "--presets", "pixart-sigma-256-fast", "--graphs", *r], 20),
+    ]
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="folder for suite.json")
+    ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU: a smoke run of every section")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="skip sections that would start after this")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", help="comma-separated section names")
+    a = ap.parse_args(argv)
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = "cpu" if a.tiny else "cuda"
+    if not a.tiny and not torch.cuda.is_available():
+        raise SystemExit("gpu_suite: no CUDA device (use --tiny for the CPU smoke run)")
+    start = time.perf_counter()
+    suite = {"hardware": hardware(device), "tiny": a.tiny, "sections": {}, "skipped": [], "errors": {}}
+    todo = sections(a.tiny, 1 if a.tiny else a.rounds)
+    if a.only:
+        keep = set(a.only.split(","))
+        todo = [s for s in todo if s[0] in keep]
+    for name, fn, argv_s, est in todo:
+        elapsed = time.perf_counter() - start
+        if elapsed + est > a.budget_s:
+            suite["skipped"].append(name)
+            print(f"== {name}: skipped (elapsed {elapsed:.0f} s, estimated {est} s, budget {a.budget_s:.0f} s)",
+                  flush=True)
+            continue
+        argv_s = [str(out_dir / f"profile_{name}") if x == "PROFILE" else x for x in argv_s]
+        argv_s += ["--device", device] + (["--tiny"] if a.tiny else [])
+        print(f"== {name} ({elapsed:.0f} s)", flush=True)
+        t0 = time.perf_counter()
+        try:
+            suite["sections"][name] = fn(argv_s)
+            suite["sections"][name]["section_s"] = round(time.perf_counter() - t0, 1)
+        except Exception as e:  # noqa: BLE001 - record and go on: the lease is short
+            traceback.print_exc()
+            suite["errors"][name] = f"{type(e).__name__}: {e}"
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        suite["elapsed_s"] = round(time.perf_counter() - start, 1)
+        write_json(out_dir / "suite.json", suite)
+    print(summary(suite), flush=True)
+    write_json(out_dir / "suite.json", suite)
+    return suite
+
+
+def summary(suite: dict) -> str:
+    """A compact table: per section, each variant's median ms, speedup, share of the ceiling."""
+    lines = [f"hardware: {suite['hardware'].get('gpu', suite['hardware'].get('cpu'))}"]
+    for name, sec in suite["sections"].items():
+        lines.append(f"{name}:")
+        for v, r in sec.get("variants", {}).items():
+            extra = ""
+            if "of_ceiling" in r:
+                extra += f" of-ceiling {r['of_ceiling']:.3f}"
+            if "overhead_pct" in r:
+                extra += f" overhead {r['overhead_pct']:+.1f}%"
+            if r.get("diff_vs_ref") is not None:
+                extra += f" diff {r['diff_vs_ref']:.2g}"
+            if r.get("peak_bytes"):
+                extra += f" peak {r['peak_bytes'] / 2**20:.0f}MiB"
+            lines.append(f"  {v:<34}{r['median_ms']:9.2f} ms x{r.get('speedup', 0):5.2f} ±{r['spread_pct']:.0f}%{extra}")
+        for k, p in sec.get("profile", {}).items():
+            lines.append(f"  profile {k}: cpu {p['cpu_total_ms']:.0f} ms, device {p['device_total_ms']:.0f} ms")
+    for name, err in suite["errors"].items():
+        lines.append(f"{name}: ERROR {err}")
+    if suite["skipped"]:
+        lines.append("skipped: " + ", ".join(suite["skipped"]))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
