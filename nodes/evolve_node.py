@@ -187,8 +187,8 @@ class EvolveECADSchedule:
                 "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
                 "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
-                "width": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
-                "height": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
+                "width": ("INT", {"default": 512, "min": 16, "max": 8192, "step": 16}),
+                "height": ("INT", {"default": 512, "min": 16, "max": 8192, "step": 16}),
                 "population": ("INT", {"default": 24, "min": 2, "max": 1024}),
                 "generations": ("INT", {"default": 10, "min": 0, "max": 100000, "tooltip":
                                         "Evolved generations after the initial population (0: no limit; "

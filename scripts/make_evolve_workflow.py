@@ -1,6 +1,7 @@
 """Writes workflows/ecad_evolve_pixart_alpha.json (and its example_workflows/ copy).
 
-Evolve ECAD Schedule searches a schedule for PixArt-α 256px on the user's own
+Evolve ECAD Schedule searches a schedule for PixArt-α 512px (ComfyUI v0.3.75's PixArt
+cannot sample below 384px) on the user's own
 prompts; its picked point feeds Apply ECAD Cache Schedule, which drives a normal
 KSampler. Run from the repo root: ``python scripts/make_evolve_workflow.py``.
 """
@@ -25,14 +26,14 @@ NOTE = ("Evolve ECAD Schedule runs ECAD's genetic search (NSGA-II) on YOUR model
 
 # (id, type, pos, size, widgets, inputs [(name, type, link)], outputs [(name, type, [links])], title)
 NODES = [
-    (1, "UNETLoader", [0, 0], [340, 82], ["PixArt-XL-2-256x256.safetensors", "default"], [],
+    (1, "UNETLoader", [0, 0], [340, 82], ["PixArt-XL-2-512x512.safetensors", "default"], [],
      [("MODEL", "MODEL", [1, 2])], None),
     (2, "CLIPLoader", [0, 140], [340, 106], ["t5xxl_fp16.safetensors", "pixart", "default"], [],
      [("CLIP", "CLIP", [3, 4, 5])], None),
     (3, "VAELoader", [0, 300], [340, 58], ["vae-ft-ema-560000-ema-pruned.safetensors"], [],
      [("VAE", "VAE", [6, 7])], None),
     (4, "EvolveECADSchedule", [400, 0], [420, 640],
-     [PROMPTS, 1, 0, 20, 4.5, "euler", "normal", 256, 256, 24, 10, 0.0, "latent", 2.0, "pixart-alpha-256-mine",
+     [PROMPTS, 1, 0, 20, 4.5, "euler", "normal", 512, 512, 24, 10, 0.0, "latent", 2.0, "pixart-alpha-512-mine",
       0, True],
      [("model", "MODEL", 1), ("clip", "CLIP", 3), ("positive", "CONDITIONING", None),
       ("negative", "CONDITIONING", None), ("vae", "VAE", 6), ("warm_start", "ECAD_SCHEDULE", None)],
@@ -44,7 +45,7 @@ NODES = [
      [("clip", "CLIP", 4)], [("CONDITIONING", "CONDITIONING", [11])], "CLIP Text Encode (Positive Prompt)"),
     (7, "CLIPTextEncode", [880, 380], [400, 120], [""],
      [("clip", "CLIP", 5)], [("CONDITIONING", "CONDITIONING", [12])], "CLIP Text Encode (Negative Prompt)"),
-    (8, "EmptyLatentImage", [880, 540], [315, 106], [256, 256, 1], [], [("LATENT", "LATENT", [13])], None),
+    (8, "EmptyLatentImage", [880, 540], [315, 106], [512, 512, 1], [], [("LATENT", "LATENT", [13])], None),
     (9, "KSampler", [1320, 0], [315, 262], [42, "fixed", 20, 4.5, "euler", "normal", 1.0],
      [("model", "MODEL", 10), ("positive", "CONDITIONING", 11), ("negative", "CONDITIONING", 12),
       ("latent_image", "LATENT", 13)], [("LATENT", "LATENT", [14])], None),

@@ -5,7 +5,6 @@ the tiny random-weight PixArt-Î± (``tiny:pixart-alpha``), 1 prompt, 4 steps, 64Â
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -17,27 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecad_core import EcadError
 from ecad_core.search import EvaluationError, SearchSettings, SearchSettingsError, run_search
-from ecad_core.search.cli_commands import EvolveSpec, register
+from ecad_core.search.cli_commands import EvolveSpec
+from test_search import cli  # the main CLI's error handling around the search subcommands
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red cat on a mat"
 SEARCH = ["--model", "tiny:pixart-alpha", "--steps", 4, "--height", 64, "--width", 64, "--population", 6,
           "--generations", 2, "--seed", 3, "--quiet"]
-
-
-def cli(argv):
-    """``python -m ecad_core`` as the main CLI runs it: errors -> exit code 2."""
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="cmd", required=True)
-    register(sub)
-    a = p.parse_args([str(x) for x in argv])
-    try:
-        return a.fn(a)
-    except (EcadError, ValueError, OSError) as e:
-        print(f"error: {e}")
-        return 2
 
 
 @pytest.fixture(scope="module")
