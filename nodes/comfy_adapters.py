@@ -68,6 +68,15 @@ def _unit_forward(module, run, unit):
 
 def _pixart_adapter(dm) -> ComfyAdapter:
     n = len(dm.blocks)
+    if getattr(dm, "pe_interpolation", None) == 0 and getattr(dm, "pe_precision", None) is None:
+        # ComfyUI guesses pe_interpolation = input_size // 64 from a stored pos_embed: 0 for 256 px checkpoints
+        # (PixArt-XL-2-256x256); the positional embedding then divides by zero and every image is NaN (black)
+        raise ModelMismatchError(
+            f"ECAD: ComfyUI {comfy_version()} loaded this PixArt checkpoint with pe_interpolation 0 (its stored "
+            "pos_embed is for 256 px, and ComfyUI's guess input_size // 64 rounds to 0), so its positional "
+            "embedding divides by zero and every image comes out NaN/black, with or without ECAD. ECAD refuses "
+            "to cache a model that cannot produce an image: use a PixArt checkpoint for 512 px or 1024 px (the "
+            "256 px presets transfer across sizes)")
 
     def install(mp, run):
         unit = 0

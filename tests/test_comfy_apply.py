@@ -140,3 +140,15 @@ def test_two_samplers_in_one_workflow(comfy_server, user_schedules):
     assert int(runs[0][1]) > 0 and int(runs[0][3]) == STEPS and "remapped" not in runs[0][5]
     # B runs the second half of the schedule's time axis: denoise 0.5 is remapped and says so
     assert "remapped" in runs[1][5] and int(runs[1][1]) > 0
+
+
+def test_pixart_256_checkpoint_is_refused_not_cached_into_a_black_image(comfy_server, user_schedules):
+    """A stored 256 px pos_embed makes ComfyUI v0.3.75 divide by zero in PixArt's positional embedding."""
+    srv = comfy_server
+    model = "ecad_tiny_pixart_256pe"
+    nan = _latent(srv, _prompt(model, None, next(_seeds), prefix="pe256_ref"))
+    assert not np.isfinite(nan.numpy()).any(), "ComfyUI's PixArt no longer yields NaN here: revisit the refusal"
+    p = _prompt(model, "user/ecad_tiny_pixart_alpha-mixed", next(_seeds), prefix="pe256")
+    with pytest.raises(PromptExecutionError) as e:
+        srv.run(p, timeout=120)
+    assert "pe_interpolation 0" in str(e.value) and "512 px" in str(e.value)

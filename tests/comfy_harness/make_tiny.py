@@ -14,6 +14,8 @@ ecad_tiny_pixart_alpha   diffusion_models  PixArt-alpha, depth 2, micro_conditio
 ecad_tiny_pixart_sigma   diffusion_models  PixArt-sigma, depth 2, 300 tokens, fp16
 ecad_tiny_flux_dev       diffusion_models  FLUX.1-dev, 1 double + 1 single, guidance, ctx 64, vec 32, bf16
 ecad_tiny_flux_schnell   diffusion_models  FLUX.1-schnell, 1 double + 1 single, ctx 64, vec 32, bf16
+ecad_tiny_pixart_256pe   diffusion_models  PixArt-alpha 256 layout: depth 2 + a stored pos_embed [1, 256, 1152]
+                                           (ComfyUI then guesses pe_interpolation = 32 // 64 = 0), fp16
 ecad_tiny_sd3            diffusion_models  SD3 (MMDiT), depth 2 (hidden 128), ctx 64, pooled 64, fp16
 ecad_tiny_wan            diffusion_models  Wan 2.1 t2v, 2 blocks, dim 128, text 4096, fp16
 ecad_tiny_taesd_4ch      vae               random TAESD, 4 latent channels (PixArt)
@@ -85,6 +87,13 @@ SPECS: dict[str, dict] = {
     "ecad_tiny_flux_schnell": dict(
         subdir="diffusion_models", kind="flux", dtype="bfloat16", seed=104,
         kwargs=dict(FLUX_BASE, guidance_embed=False),
+    ),
+    # like PixArt-XL-2-256x256: the original checkpoint stores its fixed 16x16 pos_embed
+    "ecad_tiny_pixart_256pe": dict(
+        subdir="diffusion_models", kind="pixart", dtype="float16", seed=109,
+        kwargs=dict(hidden_size=1152, num_heads=16, depth=2, caption_channels=PIXART_COND_DIM,
+                    model_max_length=120, micro_condition=False, in_channels=4, patch_size=2),
+        extra={"pos_embed": [1, 256, 1152]},
     ),
     # SD3: MMDiT's width is 64 x depth, so depth 2 is 128 wide (block-level ECAD units)
     "ecad_tiny_sd3": dict(
@@ -244,6 +253,8 @@ def build(comfy_dir, models_root, names):
         t0 = time.time()
         module = _meta_module(spec)
         sd = random_state_dict(module, spec["seed"], getattr(torch, spec["dtype"]))
+        for key, shape in spec.get("extra", {}).items():  # stored tensors the module itself does not have
+            sd[key] = torch.zeros(shape, dtype=getattr(torch, spec["dtype"]))
         del module
         nparams = sum(v.numel() for v in sd.values())
         dest = model_path(models_root, name)
