@@ -485,6 +485,49 @@ def test_cli_evolve_and_run(tmp_path, capsys):
     assert json.loads((img_dir / "run.json").read_text())["stats"][0]["reused"] > 0
 
 
+def test_measured_latency_cost_times_the_units():
+    from ecad_core.search import measured_latency_cost
+    from ecad_core.tiny import tiny_pixart_pipeline
+
+    pipe = tiny_pixart_pipeline("alpha", layers=2)
+    lay = make_layout("pixart", 2)
+    runs = []
+
+    def full():
+        runs.append(1)
+        pipe("a cat", num_inference_steps=3, height=64, width=64, output_type="latent")
+
+    cost = measured_latency_cost(pipe.transformer, lay, 3, full)
+    assert len(runs) == 2  # warm-up + measured
+    assert cost.source == "latency" and cost.unit.shape == (3, lay.n_units)
+    assert (cost.unit > 0).all() and (cost.fixed >= 0).all() and cost.info["transformer_calls"] == 3
+    # the measured unit times are part of the measured transformer time
+    assert cost.unit[0].sum() + cost.fixed[0] == pytest.approx(cost.info["seconds_per_step"], rel=1e-3)
+    assert cost.fraction(np.ones((3, lay.n_units), bool)) == pytest.approx(1.0)
+    assert cost.fraction(np.zeros((3, lay.n_units), bool)) < 1.0
+    with pytest.raises(SearchSettingsError, match="4 unit modules for 6 units"):
+        measured_latency_cost(pipe.transformer, lay, 3, full, unit_modules=[pipe.transformer] * 4)
+
+
+def test_cli_evolve_latency_objective_is_kept_for_resume(tmp_path, capsys):
+    out = tmp_path / "search"
+    (tmp_path / "p.txt").write_text("a red cat\n")
+    args = ["evolve", "--model", "tiny:pixart-alpha", "--prompts", tmp_path / "p.txt", "--steps", 3, "--height", 64,
+            "--width", 64, "--population", 4, "--generations", 1, "--out", out, "--quiet", "--cost", "latency"]
+    assert cli(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["compute_model"] == "latency"
+    saved = (out / "latency_cost.json").read_text()
+    front = json.loads((out / "front" / "front.json").read_text())
+    assert front["cost"]["source"] == "latency" and front["cost"]["seconds_per_step"] > 0
+    # a resume re-uses the measured costs (a new measurement would change the objective and be refused)
+    args[args.index("--generations") + 1] = 2
+    assert cli(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["resumed_from_generation"] == 1 and summary["generation"] == 2
+    assert (out / "latency_cost.json").read_text() == saved
+
+
 def test_cli_errors(tmp_path, capsys):
     base = ["evolve", "--model", "tiny:pixart-alpha", "--steps", 4, "--out", tmp_path / "o"]
     assert cli(base + ["--population", 1, "--prompts", tmp_path / "p.txt"]) == 2

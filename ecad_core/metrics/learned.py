@@ -119,7 +119,7 @@ class ImageRewardScore:
         try:
             from transformers import CLIPModel, CLIPProcessor
         except ImportError:
-            raise MetricUnavailable("the CLIP score needs the 'transformers' package, which is not "
+            raise MetricUnavailable("the ImageReward metric needs the 'transformers' package, which is not "
                                     "installed (pip install transformers)") from None
         try:
             with _offline():

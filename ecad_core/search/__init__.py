@@ -20,7 +20,7 @@ from .front import (FrontPoint, dominates, hypervolume, knee, load_front, pareto
 from .genome import GenomeSpace, genome_key
 from .nsga import SearchResult, SearchSettings, run_search
 from .ray_backend import RayEvaluator  # imports ray only when one is created
-from .objectives import ComputeCost, cost_for_transformer, macs_cost, uniform_cost
+from .objectives import ComputeCost, cost_for_transformer, macs_cost, measured_latency_cost, uniform_cost
 from .seeds import heuristic_seeds, initial_population, load_warm_start
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
     "FrontPoint", "pick", "knee", "hypervolume", "pareto_indices", "dominates", "write_front", "load_front",
     "plot_front",
     "GenomeSpace", "genome_key",
-    "ComputeCost", "uniform_cost", "macs_cost", "cost_for_transformer",
+    "ComputeCost", "uniform_cost", "macs_cost", "cost_for_transformer", "measured_latency_cost",
     "initial_population", "heuristic_seeds", "load_warm_start",
     "SearchSettingsError", "CheckpointError", "EvaluationError",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ PROMPT_SETS = {
 }
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS_DIR_ENV = "ECAD_PROMPTS_DIR"
+LATENCY_COST_FILE = "latency_cost.json"
 
 
 # -- inputs ---------------------------------------------------------------------------
@@ -213,16 +215,24 @@ class EvolveSpec:
                   if self.metric in LEARNED_METRICS else None)
         return LocalEvaluator(gen, space=self.metric, metric=metric)
 
-    def search_inputs(self, evaluator):
-        """(layout, compute cost, model hint for schedules) of the pipeline behind ``evaluator``."""
+    def search_inputs(self, evaluator, saved_cost=None):
+        """(layout, compute cost, model hint for schedules) of the pipeline behind ``evaluator``.
+
+        ``saved_cost``: a measured latency cost from an earlier run of the same search (reused so that a
+        resume sees the same objective)."""
         from ..adapters import find_diffusers_units
-        from .objectives import cost_for_transformer, uniform_cost
+        from .objectives import cost_for_transformer, measured_latency_cost, uniform_cost
 
         gen = evaluator.generate
         pipe = gen.pipe
         layout = find_diffusers_units(pipe.transformer).layout
         if self.cost == "uniform":
             cost = uniform_cost(layout, self.steps)
+        elif self.cost == "latency":
+            if saved_cost is not None and saved_cost.unit.shape == (self.steps, layout.n_units):
+                cost = saved_cost
+            else:
+                cost = measured_latency_cost(pipe.transformer, layout, self.steps, lambda: gen(None))
         else:
             cost = cost_for_transformer(pipe.transformer, layout, self.steps, self.height, self.width,
                                         text_tokens=_text_tokens(pipe, gen), mode=self.cost_mode)
@@ -251,14 +261,30 @@ def cmd_evolve(a) -> int:
     settings.validate()  # before loading anything heavy
     prompts = _prompts_from_args(a)
     spec = EvolveSpec.from_args(a, prompts)
+    saved = None
+    cost_file = Path(a.out) / LATENCY_COST_FILE
+    if a.cost == "latency" and cost_file.is_file():
+        from .objectives import ComputeCost
+        saved = ComputeCost.load(cost_file)
     if a.ray:
         evaluator = _ray_evaluator(a, spec)  # checks that Ray is installed before anything starts
         try:
-            return _evolve(a, settings, spec, evaluator, *evaluator.on_worker(spec.search_inputs))
+            inputs = evaluator.on_worker(functools.partial(spec.search_inputs, saved_cost=saved))
+            _save_latency(a, inputs[1], cost_file)
+            return _evolve(a, settings, spec, evaluator, *inputs)
         finally:
             evaluator.close()
     evaluator = spec()
-    return _evolve(a, settings, spec, evaluator, *spec.search_inputs(evaluator))
+    inputs = spec.search_inputs(evaluator, saved_cost=saved)
+    _save_latency(a, inputs[1], cost_file)
+    return _evolve(a, settings, spec, evaluator, *inputs)
+
+
+def _save_latency(a, cost, path: Path) -> None:
+    # a measured objective is kept with the search: a resume must see exactly the same costs
+    if a.cost == "latency" and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cost.save(path)
 
 
 def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
@@ -404,9 +430,10 @@ def register(subparsers) -> None:
                         "ssim (1-SSIM of images), image-mse, or the learned clip / imagereward (score drop)")
     q.add_argument("--metric-weights", default=None,
                    help="local weights of a learned metric (CLIP folder, or ImageReward.pt)")
-    q.add_argument("--cost", default="macs", choices=["macs", "uniform"],
-                   help="compute objective: analytic MACs of the model (default; uniform if unknown) or "
-                        "every unit equal")
+    q.add_argument("--cost", default="macs", choices=["macs", "latency", "uniform"],
+                   help="compute objective: analytic MACs of the model (default; uniform if unknown), latency "
+                        "of each unit measured on this device in one full-compute run (kept in "
+                        f"<out>/{LATENCY_COST_FILE} for resumes), or every unit equal")
     q.add_argument("--cost-mode", default="ecad", choices=["ecad", "full"],
                    help="MAC counting: ecad (linear layers, as ECAD measured) or full (with attention products)")
     q.add_argument("--mutation-prob", type=float, default=None,

@@ -8,10 +8,17 @@ whatever the schedule (embedders, modulation, final layer). Costs come from
 ``ecad_core.costs`` (analytic MACs of the real architecture at the search's
 resolution) when the model is known, else every unit costs 1 and the fixed
 part is 0 (``uniform``: the fraction is then the recompute fraction).
+``measured_latency_cost`` instead times each unit's module on this device
+during one full-compute sampling run (seconds; the fixed part is everything
+else the transformer does), for a search that minimises measured latency.
 """
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -61,6 +68,28 @@ class ComputeCost:
     def describe(self) -> dict:
         return {"source": self.source, **self.info}
 
+    def save(self, path: str | Path) -> Path:
+        """JSON with the full tables (a measured cost must be reused as is on resume)."""
+        path = Path(path)
+        d = {"format": "comfyui-ecad/compute-cost", "version": 1, "source": self.source, "info": self.info,
+             "unit": self.unit.tolist(), "fixed": self.fixed.tolist()}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(d) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ComputeCost":
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+            if d.get("format") != "comfyui-ecad/compute-cost":
+                raise ValueError("not a comfyui-ecad compute-cost file")
+            return cls(np.array(d["unit"], np.float64), np.array(d["fixed"], np.float64), source=d["source"],
+                       info=dict(d.get("info") or {}))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SearchSettingsError(f"{path}: cannot read the saved compute cost ({e}); delete it to measure "
+                                      "again") from None
+
 
 def uniform_cost(layout: Layout, steps: int, unit_cost=None, fixed_per_step: float = 0.0) -> ComputeCost:
     """Every unit costs ``unit_cost`` (scalar, [n_units] or [steps, n_units]; default 1) plus a fixed part."""
@@ -98,3 +127,75 @@ def cost_for_transformer(transformer, layout: Layout, steps: int, height: int, w
         cost = uniform_cost(layout, steps)
         return ComputeCost(cost.unit, cost.fixed, source="uniform",
                            info={"why": f"no analytic cost model for this transformer ({e})"})
+
+
+def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Callable[[], object], *,
+                          unit_modules=None, warmup: bool = True) -> ComputeCost:
+    """Unit costs in seconds, timed on this device while ``run_full()`` samples ``steps`` steps with full compute.
+
+    Each unit's module (``find_diffusers_units`` order, or ``unit_modules``) and each call of
+    ``transformer`` are timed with the device synchronised around them; a unit's cost per step is its
+    total time / ``steps``, the fixed cost per step is the transformer's time outside the units / ``steps``.
+    ``warmup`` runs ``run_full`` once untimed first (allocator, kernel selection).
+    """
+    import torch
+
+    if unit_modules is None:
+        from ..adapters import find_diffusers_units
+        um = find_diffusers_units(transformer)
+        if um.layout != layout:
+            raise SearchSettingsError(f"the transformer has {um.layout.describe()}, the search {layout.describe()}")
+        unit_modules = um.modules
+    if len(unit_modules) != layout.n_units:
+        raise SearchSettingsError(f"{len(unit_modules)} unit modules for {layout.n_units} units")
+    try:
+        device = next(transformer.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    unit_s = np.zeros(layout.n_units)
+    call_s = [0.0]
+    calls = [0]
+    starts: dict = {}
+
+    def pre(key):
+        def hook(module, args, kwargs=None):
+            sync()
+            starts[key] = time.perf_counter()
+        return hook
+
+    def post(key, into):
+        def hook(module, args, *rest):
+            sync()
+            into(key, time.perf_counter() - starts.pop(key))
+        return hook
+
+    def add_unit(i, dt):
+        unit_s[i] += dt
+
+    def add_call(_, dt):
+        call_s[0] += dt
+        calls[0] += 1
+
+    if warmup:
+        with torch.no_grad():
+            run_full()
+    handles = []
+    try:
+        for i, m in enumerate(unit_modules):
+            handles.append(m.register_forward_pre_hook(pre(i)))
+            handles.append(m.register_forward_hook(post(i, add_unit)))
+        handles.append(transformer.register_forward_pre_hook(pre("call")))
+        handles.append(transformer.register_forward_hook(post("call", add_call)))
+        with torch.no_grad():
+            run_full()
+    finally:
+        for h in handles:
+            h.remove()
+    if calls[0] == 0:
+        raise SearchSettingsError("measuring latency: the full-compute run never called the transformer")
+    fixed = max(call_s[0] - float(unit_s.sum()), 0.0) / steps
+    unit = np.broadcast_to(unit_s / steps, (steps, layout.n_units)).copy()
+    return ComputeCost(unit, np.full(steps, fixed), source="latency",
+                       info={"device": str(device), "seconds_per_step": round(call_s[0] / steps, 6),
+                             "transformer_calls": calls[0]})
