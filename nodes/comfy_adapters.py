@@ -50,6 +50,9 @@ class ComfyAdapter:
     install: Callable  # (model_patcher, run) -> None
     arch_hint: str | None = None
     notes: list[str] = field(default_factory=list)
+    # the module that computes each unit, in layout order (for measuring unit latency); None where units
+    # are parts of a block rather than modules (FLUX)
+    unit_modules: Callable | None = None
 
 
 # --------------------------------------------------------------------------- PixArt
@@ -100,7 +103,8 @@ def _pixart_adapter(dm) -> ComfyAdapter:
         run.first_eval_checks.append(check_units_ran)
 
     arch = "pixart-alpha" if getattr(dm, "micro_conditioning", False) else "pixart-sigma"
-    return ComfyAdapter(f"ComfyUI PixArt ({arch}, {n} blocks)", make_layout("pixart", n), install, arch)
+    return ComfyAdapter(f"ComfyUI PixArt ({arch}, {n} blocks)", make_layout("pixart", n), install, arch,
+                        unit_modules=lambda: [getattr(b, attr) for b in dm.blocks for _, attr in PIXART_UNITS])
 
 
 # --------------------------------------------------------------------------- FLUX
@@ -390,7 +394,9 @@ def _generic_adapter(dm, double_attr, single_attr) -> ComfyAdapter:
             mp.set_model_patch_replace(_block_patch(run, nd + j), "dit", "single_block", j)
 
     return ComfyAdapter(f"ComfyUI {type(dm).__name__} ({nd}{f' + {ns} single' if ns else ''} blocks, "
-                        f"block-level units)", make_layout("dit_blocks", nd, ns), install, None)
+                        f"block-level units)", make_layout("dit_blocks", nd, ns), install, None,
+                        unit_modules=lambda: list(getattr(dm, double_attr)) +
+                        (list(getattr(dm, single_attr)) if single_attr else []))
 
 
 def adapter_for(model_patcher) -> ComfyAdapter:

@@ -30,8 +30,9 @@ import comfy.utils
 from ..ecad_core.errors import EcadError
 from ..ecad_core.metrics import FIDELITY_SPACES, IMAGE_SPACES
 from ..ecad_core.schedule import Schedule
-from ..ecad_core.search import (LocalEvaluator, SearchSettings, SearchSettingsError, fingerprint, pick,
-                                run_search)
+from ..ecad_core.search import (ComputeCost, LocalEvaluator, SearchSettings, SearchSettingsError, fingerprint,
+                                measured_latency_cost, pick, run_search)
+from ..ecad_core.search.objectives import LATENCY_COST_FILE
 from ..ecad_core.search.front import FRONT_PLOT
 from ..ecad_core.search.nsga import CHECKPOINT_FILE
 from . import library
@@ -199,6 +200,10 @@ class EvolveECADSchedule:
                                    "Fidelity to full compute on the same prompts and seeds: 'latent' (relative "
                                    "MSE of the latents, no VAE needed), 'ssim' or 'image-mse' (decoded with the "
                                    "vae input)."}),
+                "compute_objective": (["macs", "latency"], {"default": "macs", "tooltip":
+                                      "macs: analytic MACs of the loaded model. latency: each unit timed on "
+                                      "this device in one full-compute run (PixArt and block-level models; "
+                                      "kept with the search for resumes)."}),
                 "target_speedup": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 100.0, "step": 0.05,
                                              "tooltip": "Picks the best-quality front point at least this fast "
                                                         "(0: the knee of the front)."}),
@@ -218,7 +223,8 @@ class EvolveECADSchedule:
         }
 
     def evolve(self, model, prompts, seeds_per_prompt, first_seed, steps, cfg, sampler_name, scheduler, width, height,
-               population, generations, time_budget_minutes, quality_metric, target_speedup, output_name,
+               population, generations, time_budget_minutes, quality_metric, compute_objective, target_speedup,
+               output_name,
                search_seed, resume, clip=None, positive=None, negative=None, vae=None, warm_start=None):
         adapter = adapter_for(model)
         out = search_dir(output_name)
@@ -236,12 +242,15 @@ class EvolveECADSchedule:
             def decode(latent):
                 return vae.decode(latent[None])[0].movedim(-1, 0).clamp(0, 1)
         evaluator = LocalEvaluator(gen, decode=decode, space=quality_metric)
-        tokens = int(positives[0][0][0].shape[1])
-        cost = cost_for_comfy_model(model, adapter.layout, steps, height, width, tokens,
-                                    name=adapter.arch_hint or "comfy-model")
         if not resume and (out / CHECKPOINT_FILE).exists():
             log.info("ECAD search: resume is off: starting %s over", out)
             shutil.rmtree(out)
+        if compute_objective == "latency":
+            cost = self._latency_cost(adapter, model, gen, steps, out)
+        else:
+            tokens = int(positives[0][0][0].shape[1])
+            cost = cost_for_comfy_model(model, adapter.layout, steps, height, width, tokens,
+                                        name=adapter.arch_hint or "comfy-model")
         warm = [warm_start] if warm_start is not None else []
         if warm_start is not None and warm_start.layout != adapter.layout:
             raise EcadError(f"warm_start schedule {warm_start.name!r} has {warm_start.layout.describe()}, the model "
@@ -267,6 +276,23 @@ class EvolveECADSchedule:
         except Exception as e:  # noqa: BLE001 - the preview is a convenience; outputs still flow
             log.warning("ECAD: cannot preview the front plot (%s)", e)
         return {"ui": ui, "result": (chosen.schedule, img, text)}
+
+    @staticmethod
+    def _latency_cost(adapter, model, gen, steps, out: Path) -> ComputeCost:
+        """Unit times measured on this device (saved in the search folder: a resume must see the same costs)."""
+        path = out / LATENCY_COST_FILE
+        if path.is_file():
+            saved = ComputeCost.load(path)
+            if saved.unit.shape == (steps, adapter.layout.n_units):
+                return saved
+        if adapter.unit_modules is None:
+            raise SearchSettingsError(f"the latency objective times each unit's module, but the units of "
+                                      f"{adapter.kind} are parts of its blocks: use compute_objective 'macs'")
+        cost = measured_latency_cost(model.model.diffusion_model, adapter.layout, steps, lambda: gen(None),
+                                     unit_modules=adapter.unit_modules())
+        out.mkdir(parents=True, exist_ok=True)
+        cost.save(path)
+        return cost
 
     @staticmethod
     def _conditioning(prompts, clip, positive, negative):

@@ -33,7 +33,7 @@ NODES = [
     (3, "VAELoader", [0, 300], [340, 58], ["vae-ft-ema-560000-ema-pruned.safetensors"], [],
      [("VAE", "VAE", [6, 7])], None),
     (4, "EvolveECADSchedule", [400, 0], [420, 640],
-     [PROMPTS, 1, 0, 20, 4.5, "euler", "normal", 512, 512, 24, 10, 0.0, "latent", 2.0, "pixart-alpha-512-mine",
+     [PROMPTS, 1, 0, 20, 4.5, "euler", "normal", 512, 512, 24, 10, 0.0, "latent", "macs", 2.0, "pixart-alpha-512-mine",
       0, True],
      [("model", "MODEL", 1), ("clip", "CLIP", 3), ("positive", "CONDITIONING", None),
       ("negative", "CONDITIONING", None), ("vae", "VAE", 6), ("warm_start", "ECAD_SCHEDULE", None)],

@@ -20,7 +20,7 @@ FLUX = "ecad_tiny_flux_dev"
 def _evolve_inputs(**kw):
     d = {"prompts": "", "seeds_per_prompt": 1, "first_seed": 7, "steps": STEPS, "cfg": 2.0, "sampler_name": "euler",
          "scheduler": "normal", "width": 512, "height": 32, "population": 6, "generations": 1,
-         "time_budget_minutes": 0.0, "quality_metric": "latent", "target_speedup": 1.3,
+         "time_budget_minutes": 0.0, "quality_metric": "latent", "compute_objective": "macs", "target_speedup": 1.3,
          "output_name": "tiny-pixart", "search_seed": 0, "resume": True}
     d.update(kw)
     return d
@@ -141,6 +141,31 @@ def test_flux_search_costs_analytic_macs(comfy_server):
     front = json.loads((_search_dir(srv, "tiny-flux") / "front" / "front.json").read_text())
     assert front["cost"]["source"] == "macs" and front["cost"]["arch"] == "flux-dev", front["cost"]
     assert front["model"] == "flux-dev" and "picked:" in _report(entry)
+
+
+def test_latency_objective_measured_once_and_kept(comfy_server):
+    srv = comfy_server
+    entry = srv.run(_pixart_evolve_prompt(output_name="tiny-latency", compute_objective="latency",
+                                          prefix="lat"), timeout=600)
+    d = _search_dir(srv, "tiny-latency")
+    front = json.loads((d / "front" / "front.json").read_text())
+    assert front["cost"]["source"] == "latency" and front["cost"]["seconds_per_step"] > 0, front["cost"]
+    saved = (d / "latency_cost.json").read_text()
+    entry = srv.run(_pixart_evolve_prompt(output_name="tiny-latency", compute_objective="latency", generations=2,
+                                          prefix="lat2"), timeout=600)
+    assert "resumed from generation 1" in _report(entry)
+    assert (d / "latency_cost.json").read_text() == saved
+    # FLUX's units are parts of its blocks: no module to time
+    p = ksampler_prompt(FLUX, "flux_lat", 3)
+    for k in ("4", "5", "6", "7", "8", "9"):
+        p.pop(k)
+    p["30"] = {"class_type": "EvolveECADSchedule", "inputs": {
+        "model": ["1", 0], "positive": ["10", 0],
+        **_evolve_inputs(cfg=1.0, steps=2, scheduler="simple", width=128, height=128, population=2,
+                         generations=1, compute_objective="latency", output_name="tiny-flux-lat")}}
+    with pytest.raises(PromptExecutionError) as e:
+        srv.run(p, timeout=300)
+    assert "use compute_objective 'macs'" in str(e.value)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import EcadError
 from .errors import SearchSettingsError
+from .objectives import LATENCY_COST_FILE
 
 TINY_PREFIX = "tiny:"
 PROMPT_SETS = {
@@ -28,7 +29,6 @@ PROMPT_SETS = {
 }
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS_DIR_ENV = "ECAD_PROMPTS_DIR"
-LATENCY_COST_FILE = "latency_cost.json"
 
 
 # -- inputs ---------------------------------------------------------------------------

@@ -25,6 +25,9 @@ import numpy as np
 from ..layout import Layout
 from .errors import SearchSettingsError
 
+# where a search keeps a measured latency cost (reused on resume)
+LATENCY_COST_FILE = "latency_cost.json"
+
 
 @dataclass(frozen=True)
 class ComputeCost:
@@ -152,7 +155,8 @@ def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Cal
         device = next(transformer.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # ComfyUI may move the weights to the GPU only inside run_full(): synchronise whenever CUDA is there
+    sync = torch.cuda.synchronize if (device.type == "cuda" or torch.cuda.is_available()) else (lambda: None)
     unit_s = np.zeros(layout.n_units)
     call_s = [0.0]
     calls = [0]
