@@ -102,6 +102,17 @@ def _pixart_adapter(dm) -> ComfyAdapter:
                     f"units ran); refusing to produce a silently different image")
         run.first_eval_checks.append(check_units_ran)
 
+        def check_size(latent):
+            # ComfyUI's PixArt: base_size = round(((H + W) // 2) / 64) * 64 // patch in latent pixels; 0 below
+            # (W+H)/2 = 384 px, where it raises ZeroDivisionError deep in its positional embedding
+            if getattr(latent, "ndim", 0) == 4 and round(((latent.shape[-2] + latent.shape[-1]) // 2) / 64) == 0:
+                h, w = latent.shape[-2] * 8, latent.shape[-1] * 8
+                raise ModelMismatchError(
+                    f"ECAD: ComfyUI {comfy_version()}'s PixArt cannot sample {w}x{h}: its positional embedding "
+                    f"needs (width + height) / 2 >= 384 px (it divides by zero below, with or without ECAD); "
+                    f"use e.g. 512x512 (the 256 px ECAD presets transfer across sizes)")
+        run.pre_run_checks.append(check_size)
+
     arch = "pixart-alpha" if getattr(dm, "micro_conditioning", False) else "pixart-sigma"
     return ComfyAdapter(f"ComfyUI PixArt ({arch}, {n} blocks)", make_layout("pixart", n), install, arch,
                         unit_modules=lambda: [getattr(b, attr) for b in dm.blocks for _, attr in PIXART_UNITS])

@@ -47,12 +47,15 @@ class ComfyRun:
         self.sigmas: torch.Tensor | None = None
         self.callback_seen = False
         self.first_eval_checks = []  # callables run once after the first model evaluation
+        self.pre_run_checks = []     # callables(latent_image) run before each sampling run
         self.capture = None          # FLUX adapter: outputs captured while the original block runs
         self.history: list[dict] = []
 
     # -- OUTER_SAMPLE ------------------------------------------------------------
     def outer_sample_wrapper(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None,
                              callback=None, disable_pbar=False, seed=None, *args, **kwargs):
+        for check in self.pre_run_checks:
+            check(latent_image)
         guider = executor.class_obj
         steps = max(len(sigmas) - 1, 1)
         ms = guider.model_patcher.model.model_sampling

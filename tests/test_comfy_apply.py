@@ -152,3 +152,11 @@ def test_pixart_256_checkpoint_is_refused_not_cached_into_a_black_image(comfy_se
     with pytest.raises(PromptExecutionError) as e:
         srv.run(p, timeout=120)
     assert "pe_interpolation 0" in str(e.value) and "512 px" in str(e.value)
+
+
+def test_pixart_too_small_for_comfyui_is_a_clear_error(comfy_server, user_schedules):
+    p = _prompt("ecad_tiny_pixart_alpha", "user/ecad_tiny_pixart_alpha-mixed", next(_seeds), prefix="small")
+    p["4"]["inputs"].update(width=256, height=256)
+    with pytest.raises(PromptExecutionError) as e:
+        comfy_server.run(p, timeout=120)
+    assert "cannot sample 256x256" in str(e.value) and ">= 384 px" in str(e.value)
