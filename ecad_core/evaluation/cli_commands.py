@@ -102,6 +102,7 @@ def cmd_eval(a) -> int:
 def register(subparsers) -> None:
     """Add ``eval`` to ``python -m ecad_core``'s subparsers."""
     from .prompt_sets import PROMPT_SETS
+    from ..search.cli_commands import add_sampling_args
     from .suite import METRICS
 
     q = subparsers.add_parser(
@@ -122,12 +123,7 @@ def register(subparsers) -> None:
     q.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
     q.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds per prompt (default: 0)")
     q.add_argument("--steps", type=int, default=None, help="default: the first schedule's steps")
-    q.add_argument("--cfg", type=float, default=4.5, help="guidance scale (default 4.5)")
-    q.add_argument("--height", type=int, default=256)
-    q.add_argument("--width", type=int, default=256)
-    q.add_argument("--batch-size", type=int, default=None, help="prompts per pipeline call (default: all)")
-    q.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    q.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    add_sampling_args(q)
     q.add_argument("--metrics", default="all",
                    help=f"comma-separated subset of {', '.join(METRICS)} (default: all; those without weights "
                         "are skipped with a note)")

@@ -395,6 +395,11 @@ def _common(q, schedule_steps_default=None):
     q.add_argument("--prompts-set", default=None, choices=sorted(PROMPT_SETS),
                    help="a prompt set shipped with the repository (ecad-calibration: ImageReward's 100 prompts)")
     q.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
+    add_sampling_args(q)
+
+
+def add_sampling_args(q) -> None:
+    """Options every pipeline-driving subcommand shares (evolve, run, eval)."""
     q.add_argument("--cfg", type=float, default=4.5, help="guidance scale (default 4.5)")
     q.add_argument("--height", type=int, default=256)
     q.add_argument("--width", type=int, default=256)
