@@ -1,14 +1,15 @@
-"""Denoising-loop wall time on the ComfyUI path: ComfyUI's own PixArt, no cache / this pack / the ceiling.
+"""Denoising-loop wall time on the ComfyUI path: ComfyUI's own PixArt and FLUX, no cache / this pack / the ceiling.
 
-The model is ``comfy.ldm.pixart.pixartms.PixArtMS`` built in-process from the
-ComfyUI checkout (``.cache/ComfyUI``) with ``comfy.ops.disable_weight_init``
-(what ComfyUI picks for fp16 weights computed in fp16) and random weights; it is
-called as ``BaseModel._apply_model`` calls it (x, timestep, context, c_size,
-c_ar, all on the device). The pack's units are installed exactly as the Apply
-node's object patches install them (``nodes.comfy_adapters._unit_forward``),
-driven per step as the APPLY_MODEL wrapper drives them. ``--profile`` also
-writes torch.profiler tables of one no-cache loop here and on diffusers'
-PixArt at the same size.
+The model is ``comfy.ldm.pixart.pixartms.PixArtMS`` or ``comfy.ldm.flux.model.Flux``
+(FLUX.1-dev) built in-process from the ComfyUI checkout (``.cache/ComfyUI``) with
+``comfy.ops.disable_weight_init`` (what ComfyUI picks for weights computed in
+their own dtype) and random weights; it is called as ``BaseModel._apply_model``
+calls it (all inputs on the device). The pack's hooks are installed by the
+adapter's own ``install`` (object patches applied as ModelPatcher applies them,
+FLUX block hooks passed in ``transformer_options["patches_replace"]``), driven
+per step as the APPLY_MODEL wrapper drives them. ``--profile`` also writes
+torch.profiler tables of one no-cache loop here and on diffusers' PixArt at the
+same size.
 
     python -m bench.bench_comfy --res 1024 --presets pixart-alpha-256-fast,... --out r.json
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import models
-from .ceiling import CeilingCache
+from .ceiling import CeilingCache, ComfyFluxCeiling
 from .common import REPO, SCHEDULES, hardware, resolve_dtype, write_json
 from .runner import Variant, run_variants
 
@@ -96,19 +97,83 @@ def comfy_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps: in
                            {"tokens": (res // 16) ** 2, "batch": b, "text_tokens": L})
 
 
+def comfy_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: int = 0):
+    """ComfyUI's FLUX.1-dev (19 double + 38 single blocks, guidance embedding) at ``res``², batch 1."""
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    c = models.FLUX_TINY if tiny else models.FLUX_FULL
+    torch.manual_seed(seed)
+    m = Flux(in_channels=16, out_channels=16, vec_in_dim=c["pooled_dim"], context_in_dim=c["joint_dim"],
+             hidden_size=c["heads"] * c["head_dim"], mlp_ratio=4.0, num_heads=c["heads"], depth=19,
+             depth_single_blocks=38, axes_dim=list(c["axes"]), theta=10000, patch_size=2, qkv_bias=True,
+             guidance_embed=True, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init).eval()
+    with torch.no_grad():  # uninitialised weights; norms' scales 1 so activations stay finite over 57 blocks
+        for name, p in m.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.02)
+            else:
+                p.fill_(1.0 if name.endswith(("scale", "norm.weight")) else 0.0)
+    m.to(device)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    L = c["text_tokens"]
+    x0 = torch.randn(1, 16, res // 8, res // 8, generator=g).to(device, dtype)
+    context = torch.randn(1, L, c["joint_dim"], generator=g).to(device, dtype)
+    pooled = torch.randn(1, c["pooled_dim"], generator=g).to(device, dtype)
+    guidance = torch.full((1,), 3.5, device=device, dtype=torch.float32)
+    sigmas = torch.linspace(1.0, 1.0 / steps, steps).to(device)  # flow matching: the model sees t = sigma
+    opts = {"patches_replace": {}}
+
+    def call(x, i):
+        return m(x, sigmas[i].expand(1), context, y=pooled, guidance=guidance,
+                 transformer_options={"patches_replace": opts["patches_replace"]})
+
+    den = models.Denoiser(f"ComfyUI FLUX.1-dev {res}²", m, x0, call, steps, [],
+                          {"tokens": (res // 16) ** 2, "batch": 1, "text_tokens": L})
+    den.transformer_options = opts
+    return den
+
+
+class _Patcher:
+    """What the adapters' ``install`` needs from a ModelPatcher, applied at once (as ComfyUI does on load)."""
+
+    def __init__(self, model, options: dict):
+        self.model, self.options, self.patched = model, options, []
+
+    def add_object_patch(self, name: str, obj) -> None:
+        path, attr = name.removeprefix("diffusion_model.").rsplit(".", 1)
+        mod = self.model.get_submodule(path)
+        setattr(mod, attr, obj)
+        self.patched.append((mod, attr))
+
+    def set_model_patch_replace(self, patch, name: str, block_name: str, number: int) -> None:
+        self.options.setdefault("patches_replace", {}).setdefault(name, {})[(block_name, number)] = patch
+
+    def unpatch(self) -> None:
+        for mod, attr in self.patched:
+            delattr(mod, attr)
+        self.patched = []
+        self.options["patches_replace"] = {}
+
+
 def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True):
-    class _Run:  # what the adapter's unit forward reads: the engine of the patched model
+    class _Run:  # what the adapters' hooks read: the engine of the patched model, FLUX's capture slot
         def __init__(self, engine):
             self.engine = engine
+            self.capture = None
+            self.first_eval_checks, self.pre_run_checks = [], []
 
-    layout = importlib.import_module(schedule_mod.__name__.rsplit(".", 1)[0] + ".layout").make_layout("pixart", 28)
+    flux = hasattr(den.model, "double_blocks")
+    adapter = adapters._flux_adapter(den.model) if flux else adapters._pixart_adapter(den.model)
+    layout = adapter.layout
+    options = getattr(den, "transformer_options", {})
 
     def pack(sched):
         def setup():
             eng = engine_mod.CacheEngine(sched)
             run = _Run(eng)
-            for u, mod in enumerate(den.unit_modules):  # what ModelPatcher's object patches set on load
-                mod.forward = adapters._unit_forward(mod, run, u)
+            mp = _Patcher(den.model, options)
+            adapter.install(mp, run)
 
             def pre(i):
                 if i == 0:
@@ -117,13 +182,20 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True):
 
             def teardown():
                 eng.end_run()
-                for mod in den.unit_modules:
-                    del mod.forward
+                mp.unpatch()
             return pre, teardown, lambda: eng.last_stats.as_dict() if eng.last_stats else eng.stats.as_dict()
         return setup
 
     def ceiling(bits):
         def setup():
+            if flux:
+                c = ComfyFluxCeiling(den.model, bits, adapters._FluxBlocks)
+                options["patches_replace"] = {"dit": c.patches}
+
+                def remove():
+                    c.remove()
+                    options["patches_replace"] = {}
+                return (lambda i: setattr(c, "step", i)), remove, None
             c = CeilingCache(den.unit_modules, bits)
             return (lambda i: setattr(c, "step", i)), c.remove, None
         return setup
@@ -135,7 +207,8 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True):
     for s in presets:
         ps = schedule_mod.load_schedule(SCHEDULES / f"{s}.json")
         vs.append(Variant(f"pack {s}", pack(ps), s, "engine"))
-        vs.append(Variant(f"ceiling {s}", ceiling(ps.effective_bits()), s, "ceiling"))
+        bits = (ps if ps.steps == den.steps else schedule_mod.remap_steps(ps, den.steps)).effective_bits()
+        vs.append(Variant(f"ceiling {s}", ceiling(bits), s, "ceiling"))
     return vs
 
 
@@ -165,7 +238,7 @@ def profile_loops(dens: list, out_dir: Path, device) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variant", default="alpha", choices=("alpha", "sigma"))
+    ap.add_argument("--variant", default="alpha", choices=("alpha", "sigma", "flux"))
     ap.add_argument("--res", type=int, default=1024)
     ap.add_argument("--presets", default="pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest")
     ap.add_argument("--steps", type=int, default=20)
@@ -177,13 +250,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     dtype = resolve_dtype(a.dtype, a.device)
+    if a.variant == "flux" and a.dtype == "auto" and torch.device(a.device).type == "cuda":
+        dtype = torch.bfloat16  # FLUX ships in bf16; fp16 overflows
     import_comfy(a.device)
     adapters, engine_mod, schedule_mod = pack_modules()
     presets = [p for p in a.presets.split(",") if p]
-    out = {"bench": "comfy", "model": f"pixart-{a.variant}", "res": a.res, "steps": a.steps, "tiny": a.tiny,
+    out = {"bench": "comfy", "model": "flux-dev" if a.variant == "flux" else f"pixart-{a.variant}", "res": a.res, "steps": a.steps, "tiny": a.tiny,
            "dtype": str(dtype), "device": a.device, "hardware": hardware(a.device), "rounds": a.rounds}
     with torch.no_grad():
-        den = comfy_pixart(a.variant, a.res, tiny=a.tiny, device=a.device, dtype=dtype, steps=a.steps)
+        if a.variant == "flux":
+            den = comfy_flux(a.res, tiny=a.tiny, device=a.device, dtype=dtype, steps=a.steps)
+        else:
+            den = comfy_pixart(a.variant, a.res, tiny=a.tiny, device=a.device, dtype=dtype, steps=a.steps)
         print(f"{den.name} ({'tiny' if a.tiny else 'full-size'}, {dtype}, {a.device}), {a.steps} steps", flush=True)
         out["denoiser"] = den.info
         out["variants"] = run_variants(den, variants(den, presets, adapters, engine_mod, schedule_mod),

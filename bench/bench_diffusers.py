@@ -22,7 +22,7 @@ from ecad_core.diffusers_api import apply
 
 from . import models
 from .ceiling import CeilingCache
-from .common import SCHEDULES, hardware, resolve_dtype, write_json
+from .common import SCHEDULES, hardware, replay_bits, resolve_dtype, write_json
 from .runner import Variant, run_variants
 
 
@@ -47,7 +47,7 @@ def engine_variant(den, sched: Schedule, kind: str, name: str, preset, **apply_k
 
 
 def ceiling_variant(den, sched: Schedule, name: str, preset) -> Variant:
-    bits = sched.effective_bits()
+    bits = replay_bits(sched, den.steps)
 
     def setup():
         c = CeilingCache(den.unit_modules, bits)

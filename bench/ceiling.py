@@ -59,3 +59,110 @@ class CeilingCache:
 
     def __exit__(self, *exc):
         self.remove()
+
+
+class ComfyFluxCeiling:
+    """The simplest cache for ComfyUI's FLUX, whose attention unit is inline in its blocks.
+
+    ComfyUI's FLUX offers block hooks only, so any cache must re-state the block
+    around a reused attention output; this one uses the pack's own re-statements
+    (``_FluxBlocks._double_reuse`` / ``_single_forward``: the arithmetic a cached
+    FLUX block cannot avoid) and keeps everything else minimal: outputs in a list,
+    no signatures, branches, checks or statistics. The MLP units of the double
+    blocks are plain module-output closures, as in ``CeilingCache``.
+    ``patches`` goes to ``transformer_options["patches_replace"]["dit"]``.
+    """
+
+    def __init__(self, dm, bits: np.ndarray, flux_blocks_cls):
+        bits = np.asarray(bits, dtype=bool)
+        nd, ns = len(dm.double_blocks), len(dm.single_blocks)
+        if bits.ndim != 2 or bits.shape[1] != 3 * (nd + ns):
+            raise ValueError(f"ComfyFluxCeiling: bits must be [steps, {3 * (nd + ns)}], got shape {bits.shape}")
+        self.rows = [row.tolist() for row in bits]
+        self.rows[0] = [True] * bits.shape[1]
+        self.step = 0
+        self.out: list = [None] * bits.shape[1]
+        self.cap: dict = {}
+        self.capturing = False
+        self.fb = flux_blocks_cls
+        self.patched: list[torch.nn.Module] = []
+        self.patches = {}
+        for i, blk in enumerate(dm.double_blocks):
+            self._wrap(blk.img_attn.proj, lambda o, a: self._record("img_proj", a, o))
+            self._wrap(blk.txt_attn.proj, lambda o, a: self._record("txt_proj", a, o))
+            self._wrap_unit(blk.img_mlp, 3 * i + 1)
+            self._wrap_unit(blk.txt_mlp, 3 * i + 2)
+            self.patches[("double_block", i)] = self._double(blk, 3 * i)
+        for j, blk in enumerate(dm.single_blocks):
+            self._wrap(blk.linear1, lambda o, a: self._record("linear1", a, o))
+            self._wrap(blk.linear2, lambda o, a: self._record("linear2", a, o))
+            self.patches[("single_block", j)] = self._single(blk, 3 * (nd + j))
+
+    def _record(self, key, args, out):
+        if self.capturing:
+            self.cap[key] = (args, out)
+
+    def _wrap(self, m, on_out):
+        original = m.forward
+
+        def forward(*args, **kwargs):
+            o = original(*args, **kwargs)
+            on_out(o, args)
+            return o
+
+        m.forward = forward
+        self.patched.append(m)
+
+    def _wrap_unit(self, m, u):
+        original, rows, out, this = m.forward, self.rows, self.out, self
+
+        def forward(*args, **kwargs):
+            if not rows[this.step][u]:
+                return out[u]
+            o = out[u] = original(*args, **kwargs)
+            return o
+
+        m.forward = forward
+        self.patched.append(m)
+
+    def _run_original(self, extra, args):
+        self.cap.clear()
+        self.capturing = True
+        try:
+            return extra["original_block"](args)
+        finally:
+            self.capturing = False
+
+    def _double(self, blk, u):
+        def patch(args, extra):
+            if self.rows[self.step][u]:
+                o = self._run_original(extra, args)
+                self.out[u] = (self.cap["img_proj"][1], self.cap["txt_proj"][1])
+                return o
+            return self.fb._double_reuse(blk, args, self.out[u])
+        return patch
+
+    def _single(self, blk, u):
+        out = self.out
+
+        def setter(k):
+            def s(v):
+                out[k] = v
+            return s
+        setters = (setter(u), setter(u + 1), setter(u + 2))
+
+        def patch(args, extra):
+            row = self.rows[self.step]
+            if row[u] and row[u + 1] and row[u + 2]:
+                o = self._run_original(extra, args)
+                out[u], out[u + 1], out[u + 2] = self.fb._single_parts(blk, self.cap)
+                return o
+            return self.fb._single_forward(blk, args, None if row[u] else out[u], None if row[u + 1] else out[u + 1],
+                                           None if row[u + 2] else out[u + 2], *setters)
+        return patch
+
+    def remove(self) -> None:
+        for m in self.patched:
+            del m.forward
+        self.patched = []
+        self.out = []

@@ -88,3 +88,9 @@ def resolve_dtype(name: str, device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if torch.device(device).type == "cuda" else torch.float32
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def replay_bits(sched, steps: int):
+    """The bits a cache replays for ``sched`` over ``steps`` steps: remapped as the engine remaps them."""
+    from ecad_core.schedule import remap_steps
+    return (sched if sched.steps == steps else remap_steps(sched, steps)).effective_bits()

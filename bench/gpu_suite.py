@@ -21,6 +21,7 @@ from . import bench_comfy, bench_diffusers
 from .common import hardware, write_json
 
 ALPHA = "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest"
+DEFAULT_SECTIONS = 7  # the rest run by --only
 
 
 def sections(tiny: bool, rounds: int):
@@ -33,27 +34,36 @@ def sections(tiny: bool, rounds: int):
              ["--model", "pixart-alpha", *small, "--presets", ALPHA, "--graphs", "--offload", *r], 0),
             ("comfy_alpha", bench_comfy.main, ["--variant", "alpha", *comfy_res, *steps, "--presets",
                                                "pixart-alpha-256-fast", "--rounds", "1", "--profile", "PROFILE"], 0),
+            ("comfy_flux", bench_comfy.main, ["--variant", "flux", *small, *steps, "--presets",
+                                              "flux-dev-1024-fast", "--rounds", "1"], 0),
             ("diffusers_flux", bench_diffusers.main,
              ["--model", "flux-dev", *small, "--presets", "flux-dev-1024-fast,flux-dev-256-faster", *r], 0),
             ("diffusers_sigma", bench_diffusers.main,
              ["--model", "pixart-sigma", *small, "--presets", "pixart-sigma-256-fast", *r], 0),
         ]
+    flux = "flux-dev-1024-fast,flux-dev-256-faster"
+    r5 = ["--rounds", str(max(rounds, 5))]  # more rounds where the all-recompute overhead is judged
     return [
+        ("diffusers_alpha_1024", bench_diffusers.main,
+         ["--model", "pixart-alpha", "--res", "1024", "--presets", ALPHA, "--offload", "--graphs", *r5], 80),
+        ("comfy_alpha_1024", bench_comfy.main, ["--variant", "alpha", "--res", "1024", "--presets", ALPHA, *r5], 60),
+        ("comfy_flux_1024", bench_comfy.main, ["--variant", "flux", "--res", "1024", "--presets", flux,
+                                               "--rounds", "2"], 100),
+        ("diffusers_flux_1024", bench_diffusers.main,
+         ["--model", "flux-dev", "--res", "1024", "--presets", flux, "--rounds", "2"], 90),
         ("diffusers_alpha_256", bench_diffusers.main,
          ["--model", "pixart-alpha", "--res", "256", "--presets", ALPHA, "--graphs", *r], 45),
-        ("comfy_alpha_1024", bench_comfy.main,
-         ["--variant", "alpha", "--res", "1024", "--presets", ALPHA, *r, "--profile", "PROFILE"], 50),
-        ("diffusers_alpha_1024", bench_diffusers.main,
-         ["--model", "pixart-alpha", "--res", "1024", "--presets", ALPHA, "--offload", "--graphs", *r], 60),
-        ("diffusers_flux_1024", bench_diffusers.main,
-         ["--model", "flux-dev", "--res", "1024", "--presets", "flux-dev-1024-fast,flux-dev-256-faster",
-          "--rounds", "2"], 90),
+        ("comfy_sigma_1024", bench_comfy.main, ["--variant", "sigma", "--res", "1024", "--presets",
+                                                "pixart-sigma-256-fast", *r], 30),
+        ("diffusers_sigma_1024", bench_diffusers.main,
+         ["--model", "pixart-sigma", "--res", "1024", "--presets", "pixart-sigma-256-fast", *r], 25),
+        # earlier sections, by --only: profiles and the 512² / Σ 256² tables
+        ("comfy_alpha_1024_profile", bench_comfy.main,
+         ["--variant", "alpha", "--res", "1024", "--presets", "", "--rounds", "1", "--profile", "PROFILE"], 40),
         ("comfy_alpha_512", bench_comfy.main, ["--variant", "alpha", "--res", "512", "--presets", ALPHA,
                                                "--rounds", "5"], 30),
         ("diffusers_alpha_512", bench_diffusers.main,
          ["--model", "pixart-alpha", "--res", "512", "--presets", ALPHA, "--graphs", *r], 30),
-        ("diffusers_sigma_1024", bench_diffusers.main,
-         ["--model", "pixart-sigma", "--res", "1024", "--presets", "pixart-sigma-256-fast", *r], 25),
         ("diffusers_sigma_256", bench_diffusers.main,
          ["--model", "pixart-sigma", "--res", "256", "--presets", "pixart-sigma-256-fast", "--graphs", *r], 20),
     ]
@@ -65,7 +75,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU: a smoke run of every section")
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip sections that would start after this")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", help="comma-separated section names")
+    ap.add_argument("--only", help="comma-separated section names (default: all but the ones after the first 7)")
     a = ap.parse_args(argv)
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +88,8 @@ def main(argv=None) -> dict:
     if a.only:
         keep = set(a.only.split(","))
         todo = [s for s in todo if s[0] in keep]
+    elif not a.tiny:
+        todo = todo[:DEFAULT_SECTIONS]
     for name, fn, argv_s, est in todo:
         elapsed = time.perf_counter() - start
         if elapsed + est > a.budget_s:

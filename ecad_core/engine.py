@@ -4,7 +4,9 @@ A unit (a component module of a block) is called through ``CacheEngine.call``.
 At a step whose bit says "recompute" (and always at step 0) the unit runs and
 its raw output is stored; at a "reuse" step the stored output is returned
 without running the unit. Gates and residual adds live outside the unit, so
-they are always fresh. A reuse with nothing stored, or with a stored output
+they are always fresh. An output is kept only while a later call can reuse it
+(the unit's next step, or this step, reuses): a schedule that recomputes a unit
+at the next step holds no memory for it, and all-recompute stores nothing. A reuse with nothing stored, or with a stored output
 whose inputs had another shape/dtype/device, computes instead (counted as a
 fallback): a tensor of another shape is never reused.
 
@@ -153,7 +155,13 @@ class CacheEngine:
     def _set_active(self, sched: Schedule, remapped_from: int | None):
         self.active = sched
         # Python lists: the per-call lookup is the hot path.
-        self._bits = sched.effective_bits().tolist()
+        bits = sched.effective_bits()
+        self._bits = bits.tolist()
+        # _keep[step][unit]: store a computed output (reused later this step, as by Heun's second call or a
+        # fallback, or at the next step); otherwise its previous entry is dropped, never served stale
+        keep = ~bits
+        keep[:-1] |= ~bits[1:]
+        self._keep = keep.tolist()
         self._stats = RunStats(sched.steps, sched.layout.n_units, remapped_from=remapped_from)
         # Per-step counters as Python lists (a numpy element update costs ~8x more per unit call);
         # copied into the RunStats arrays whenever ``stats`` is read.
@@ -216,10 +224,11 @@ class CacheEngine:
         """Run ``fn(*args, **kwargs)`` as unit ``unit`` under the schedule."""
         if not self.in_run or not self.enabled:
             return fn(*args, **kwargs)
-        sig = _signature(args, kwargs)
         step = self.step
+        sig = None
         if step and not self._bits[step][unit]:
             # fetch(), inlined: this runs for every reused unit of every step
+            sig = _signature(args, kwargs)
             key = (unit, self.branch)
             entry = self._store.get(key)
             if entry is not None and entry[0] == sig and (not self.keep_store or key in self._fresh):
@@ -229,6 +238,14 @@ class CacheEngine:
                 dev = _first_device(sig_devices=sig)
                 return _tree_map(lambda t: t.to(dev, non_blocking=True), entry[1])
             self.n_fallback[step] += 1
+        elif not (self.keep_store or self._keep[step][unit]):
+            # the next step recomputes this unit: nothing to keep (and no signature to take)
+            out = fn(*args, **kwargs)
+            self.n_computed[step] += 1
+            self._store.pop((unit, self.branch), None)
+            return out
+        if sig is None:
+            sig = _signature(args, kwargs)
         out = fn(*args, **kwargs)
         if self.keep_store or self.offload_device is not None:
             self.store(unit, sig, out)
@@ -259,9 +276,12 @@ class CacheEngine:
         return None
 
     def store(self, unit: int, sig: tuple, out) -> None:
-        """Record a freshly computed output of ``unit``."""
+        """Record a freshly computed output of ``unit`` (dropped when no later call can reuse it)."""
         self.n_computed[self.step] += 1
         key = (unit, self.branch)
+        if not (self.keep_store or self._keep[self.step][unit]):
+            self._store.pop(key, None)
+            return
         if self.keep_store:
             self._fresh.add(key)
             entry = self._store.get(key)

@@ -196,6 +196,59 @@ def test_shape_change_inside_a_run_never_reuses():
     assert eng.cache_bytes() == 0 and eng.last_stats.cache_bytes > 0
 
 
+def test_outputs_are_kept_only_while_a_later_call_can_reuse_them():
+    lay = make_layout("pixart", 1)  # 3 units
+    bits = np.array([[1, 1, 1],
+                     [0, 1, 1],   # unit 0 reused at step 1
+                     [1, 1, 0],   # unit 2 reused at step 2
+                     [1, 1, 1]], bool)
+    f = lambda x: x + 1
+    x = torch.ones(2, 3)
+
+    def step(eng, s, units=range(3)):
+        eng.set_position(s)
+        for u in units:
+            eng.call(u, f, (x,), {})
+        return {u for (u, _b) in eng._store}
+
+    eng = CacheEngine(Schedule(lay, bits))
+    eng.begin_run()
+    assert step(eng, 0) == {0}          # only unit 0 is reused next step
+    assert step(eng, 1) == {0, 2}       # unit 0 stays stored (a second call of this step may reuse it)
+    assert step(eng, 2) == {2}
+    assert step(eng, 3) == set() and eng.cache_bytes() == 0
+    st = eng.end_run()
+    assert st.reused.tolist() == [0, 1, 1, 0] and st.fallback.sum() == 0 and st.computed.sum() == 10
+
+    # all recompute stores nothing at all (no memory, no bookkeeping beyond the counters)
+    full = CacheEngine(Schedule.full(lay, 4))
+    full.begin_run()
+    for s in range(4):
+        assert step(full, s) == set()
+    assert full.end_run().total_computed == 12
+
+    # a step whose model call never happens (e.g. skipped by a sampler) never leaves a stale output behind:
+    # unit 2 computed at step 1 was not kept (step 2 recomputes); with step 2 skipped, step 3 finds nothing
+    b2 = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]], bool)
+    eng = CacheEngine(Schedule(lay, b2))
+    eng.begin_run()
+    step(eng, 0)
+    step(eng, 1)
+    step(eng, 3)
+    st = eng.end_run()
+    assert st.fallback[3] == 1 and st.reused.sum() == 0
+
+    # a fallback compute at a reuse step is kept for the step's next call (Heun's second evaluation)
+    eng = CacheEngine(Schedule(lay, bits))
+    eng.begin_run()
+    step(eng, 0)
+    eng.set_position(1)
+    eng.call(0, f, (torch.ones(4, 3),), {})   # batch changed: fallback
+    eng.call(0, f, (torch.ones(4, 3),), {})   # same step again: reuses that output
+    st = eng.end_run()
+    assert st.fallback[1] == 1 and st.reused[1] == 1
+
+
 def test_offload_to_cpu_gives_same_output_and_reports_memory():
     pipe = tiny_pixart_pipeline("alpha", layers=3)
     sched = _random_schedule(_layout(pipe), STEPS, seed=2)

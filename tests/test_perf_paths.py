@@ -196,6 +196,20 @@ def test_bench_comfy_smoke_on_comfyui_pixart(tmp_path, comfy_dir):
     assert len(list((tmp_path / "prof").glob("profile_*.txt"))) == 2
 
 
+def test_bench_comfy_smoke_on_comfyui_flux(comfy_dir):
+    # ComfyUI's own FLUX.1-dev (57 tiny blocks): pack and ceiling replay the same remapped schedule through the
+    # block hooks, bit-identical to each other, and all-recompute equals no cache
+    res = bench_comfy.main(["--tiny", "--device", "cpu", "--variant", "flux", "--res", "64", "--steps", "3",
+                            "--rounds", "1", "--presets", "flux-dev-1024-fast"])
+    v = res["variants"]
+    assert res["model"] == "flux-dev"
+    assert v["patched, all recompute"]["diff_vs_ref"] == 0.0
+    assert v["pack flux-dev-1024-fast"]["diff_vs_ref"] == 0.0
+    assert v["pack flux-dev-1024-fast"]["ref"] == "ceiling flux-dev-1024-fast"
+    st = v["pack flux-dev-1024-fast"]["stats"]
+    assert st["remapped_from_steps"] == 20 and st["reused"] > 0 and st["computed"] + st["reused"] == 3 * 171
+
+
 def test_bench_search_smoke_splits_the_time(tmp_path):
     res = bench_search.main(["--layers", "2", "--steps", "3", "--size", "64", "--prompts", "1", "--population", "4",
                              "--generations", "1", "--out", str(tmp_path / "s.json")])
