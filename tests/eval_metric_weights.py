@@ -2,8 +2,8 @@
 
 The evaluation loads metric models only from disk; these builders write files
 that the real loading code then reads (FID Inception state dict, LPIPS's two
-weight files, a transformers CLIP folder). Random weights exercise the code
-path, not the metric's meaning.
+weight files, a transformers CLIP folder, a tiny ImageReward checkpoint). Random
+weights exercise the code path, not the metric's meaning.
 """
 from __future__ import annotations
 
@@ -76,3 +76,11 @@ def write_clip(folder: Path, seed: int = 0) -> Path:
     CLIPModel(cfg).save_pretrained(folder)
     proc.save_pretrained(folder)
     return folder
+
+
+def write_imagereward(folder: Path) -> Path:
+    """A tiny ImageReward in the official layout (``ImageReward.pt``, ``med_config.json``, ``tokenizer/``);
+    returns the checkpoint path. Its scores are checked against the official code in test_imagereward.py."""
+    from imagereward_fixture import write_tiny_imagereward
+
+    return write_tiny_imagereward(folder)

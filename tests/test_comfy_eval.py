@@ -11,7 +11,7 @@ from PIL import Image
 from comfy_harness import make_tiny
 from comfy_harness.server import PromptExecutionError
 from ecad_core import Schedule, make_layout
-from eval_metric_weights import write_clip, write_lpips
+from eval_metric_weights import write_clip, write_imagereward, write_lpips
 
 pytestmark = pytest.mark.comfy
 STEPS = 4
@@ -28,7 +28,8 @@ def eval_setup(comfy_server, tmp_path_factory):
     Schedule.full(LAYOUT, STEPS, name="eval-full").save(d / "eval-full.json")
     Schedule.full(make_layout("flux", 1, 1), STEPS, name="eval-flux-full").save(d / "eval-flux-full.json")
     w = tmp_path_factory.mktemp("metric-weights")
-    return {"lpips": str(write_lpips(w / "lpips")), "clip": str(write_clip(w / "clip"))}
+    return {"lpips": str(write_lpips(w / "lpips")), "clip": str(write_clip(w / "clip")),
+            "imagereward": str(write_imagereward(w / "imagereward"))}
 
 
 def _prompt(inputs: dict, vae: bool = True, schedule_input: str | None = None, model: str = MODEL) -> dict:
@@ -64,20 +65,21 @@ def _report(srv, entry) -> tuple[str, dict, list]:
 def test_evaluate_node_table_files_and_skipped_metrics(comfy_server, eval_setup):
     srv = comfy_server
     assert "EvaluateECADSchedule" in srv.object_info()
-    entry = srv.run(_prompt({"lpips_weights": eval_setup["lpips"], "clip_score_weights": eval_setup["clip"]}),
-                    timeout=600)
+    entry = srv.run(_prompt({"lpips_weights": eval_setup["lpips"], "clip_score_weights": eval_setup["clip"],
+                             "imagereward_weights": eval_setup["imagereward"]}), timeout=600)
     table, report, grids = _report(srv, entry)
     assert "| no cache |" in table and "| eval-mixed |" in table, table
-    # no Inception weights given, no image-reward package: skipped with their reason, shown as n/a
+    # no Inception weights given: skipped with its reason, shown as n/a
     assert "fid skipped: FID needs local Inception weights" in table, table
-    assert "imagereward skipped:" in table
+    assert "imagereward skipped:" not in table and set(report["skipped"]) == {"fid"}, report["skipped"]
     nocache, mixed = report["rows"]
     # fidelity of the no-cache row to itself does not apply; a skipped metric is n/a, never 0
     assert nocache["metrics"]["psnr"] == "—" and nocache["metrics"]["fid"] == "—"
     m = mixed["metrics"]
     assert isinstance(m["psnr"], float) and 0 < m["ssim"] <= 1 and m["lpips"] >= 0 and m["fid"] == "n/a"
     assert isinstance(m["clip"], float) and isinstance(nocache["metrics"]["clip"], float)
-    assert m["imagereward"] == "n/a" and "image-reward" in report["skipped"]["imagereward"]
+    # ImageReward (tiny local checkpoint) scored for both rows
+    assert isinstance(m["imagereward"], float) and isinstance(nocache["metrics"]["imagereward"], float)
     # the schedule really reused units; MACs from the search's analytic cost model of the loaded model
     assert 0 < mixed["reuse_fraction"] < 1 and mixed["cost_model"] == "macs"
     assert mixed["compute_fraction"] < 1 and mixed["tmacs"] < nocache["tmacs"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval_metric_weights import cached_inception, write_clip, write_lpips
+from eval_metric_weights import cached_inception, write_clip, write_imagereward, write_lpips
 from ecad_core.evaluation import (MetricSuite, MetricWeights, comparison_grid, load_eval_prompts, parse_metrics,
                                   to_csv, to_json_dict, to_markdown)
 from ecad_core.evaluation.runner import run_evaluation
@@ -120,6 +120,24 @@ def test_clip_score_from_local_folder(tmp_path):
     assert s.shape == (2,) and ((s >= 0) & (s <= 100)).all()
 
 
+def test_imagereward_in_the_suite(tmp_path):
+    """ImageReward from a local checkpoint (tiny, official layout) through the evaluation suite."""
+    from ecad_core.metrics import ImageRewardScore
+
+    path = write_imagereward(tmp_path / "imagereward")
+    suite = MetricSuite.load("psnr,imagereward", MetricWeights(imagereward=path))
+    assert suite.skipped == {}
+    ref, out = _images(2, 11, 40, 56), _images(2, 12, 40, 56)
+    prompts = ["a red fox in the snow", "a lighthouse at night"]
+    means, per = suite.score(list(out), list(ref), prompts)
+    direct = ImageRewardScore(path).score(out, prompts)
+    assert means["imagereward"] == pytest.approx(float(direct.mean()), abs=1e-9)
+    # without the prompt text it is skipped with the reason, never scored as 0
+    suite = MetricSuite.load("imagereward", MetricWeights(imagereward=path))
+    means, _ = suite.score(list(out), list(ref), None)
+    assert "imagereward" not in means and "prompt" in suite.skipped["imagereward"]
+
+
 # -- the suite: optional metrics, skipped with a reason ------------------------------------
 def test_parse_metrics():
     assert parse_metrics(None) == parse_metrics("all") == ("psnr", "ssim", "lpips", "clip", "imagereward", "fid")
@@ -132,6 +150,7 @@ def test_missing_weights_are_skipped_with_reasons_never_zero():
     suite = MetricSuite.load("all", MetricWeights())
     assert set(suite.skipped) == {"lpips", "clip", "imagereward", "fid"}
     assert all(len(why) > 20 for why in suite.skipped.values())
+    assert "ImageReward.pt" in suite.skipped["imagereward"] and "nothing is downloaded" in suite.skipped["imagereward"]
     ref, out = _images(2, 8), _images(2, 9)
     means, _ = suite.score(list(out), list(ref), ["a", "b"])
     assert set(means) == {"psnr", "ssim"}

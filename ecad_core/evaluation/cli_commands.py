@@ -128,7 +128,9 @@ def register(subparsers) -> None:
                    help=f"comma-separated subset of {', '.join(METRICS)} (default: all; those without weights "
                         "are skipped with a note)")
     q.add_argument("--clip-weights", default=None, help="transformers CLIPModel folder (CLIP score)")
-    q.add_argument("--imagereward-weights", default=None, help="ImageReward.pt, med_config.json beside it")
+    q.add_argument("--imagereward-weights", default=None,
+                   help="THUDM/ImageReward's ImageReward.pt (or its folder), with med_config.json and a "
+                        "tokenizer/ folder (bert-base-uncased) beside it")
     q.add_argument("--lpips-weights", default=None,
                    help="folder with the lpips package's alex.pth and torchvision's alexnet-owt-7be5be79.pth")
     q.add_argument("--inception-weights", default=None,

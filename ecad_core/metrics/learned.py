@@ -94,50 +94,32 @@ class ClipScore:
 class ImageRewardScore:
     """ImageReward (Xu et al. 2023), ECAD's fitness metric, from local files only.
 
-    ``path``: the ``ImageReward.pt`` checkpoint; ``med_config.json`` must lie
-    beside it. Needs the ``image-reward`` package, whose BLIP text encoder also
-    loads the ``bert-base-uncased`` tokenizer from the local Hugging Face cache.
+    ``path``: the official ``ImageReward.pt`` (THUDM/ImageReward), or its folder.
+    Beside it: ``med_config.json`` (else BLIP's default text config, used only if
+    it fits the checkpoint). The ``bert-base-uncased`` tokenizer: the folder
+    ``tokenizer`` if given, else a ``tokenizer/`` or ``bert-base-uncased/`` folder
+    beside the checkpoint, else the local Hugging Face cache. A self-contained
+    port of the official scoring code (``ecad_core.metrics.imagereward``), checked
+    against it; needs ``transformers`` for the tokenizer only, not the
+    ``image-reward`` package. Images are scored in batches of ``batch_size``.
     """
 
     name = "imagereward"
 
-    def __init__(self, path: str | Path | None, device: str | torch.device = "cpu"):
-        try:
-            import ImageReward as RM  # noqa: N813
-        except ImportError:
-            raise MetricUnavailable("the ImageReward metric needs the 'image-reward' package, which is not "
-                                    "installed (pip install image-reward)") from None
+    def __init__(self, path: str | Path | None, device: str | torch.device = "cpu",
+                 tokenizer: str | Path | None = None, batch_size: int = 16):
         if path is None:
             raise MetricUnavailable("the ImageReward metric needs its local checkpoint file ImageReward.pt "
-                                    "(with med_config.json beside it); nothing is downloaded")
-        p = Path(path)
-        med = p.parent / "med_config.json"
-        for f in (p, med):
-            if not f.is_file():
-                raise MetricUnavailable(f"ImageReward weights not found: {f} does not exist (nothing is "
-                                        "downloaded)")
-        try:
-            from transformers import CLIPModel, CLIPProcessor
-        except ImportError:
-            raise MetricUnavailable("the ImageReward metric needs the 'transformers' package, which is not "
-                                    "installed (pip install transformers)") from None
-        try:
-            with _offline():
-                self.model = RM.load(str(p), device=str(device), med_config=str(med))
-        except Exception as e:  # noqa: BLE001 - any loader failure means the metric is unusable here
-            raise MetricUnavailable(f"cannot load ImageReward from {p}: {str(e).splitlines()[0] if str(e) else e!r}"
-                                    " (it also needs the bert-base-uncased tokenizer in the local Hugging "
-                                    "Face cache)") from None
+                                    "(THUDM/ImageReward, with med_config.json and the bert-base-uncased "
+                                    "tokenizer beside it); nothing is downloaded")
+        from .imagereward import ImageReward
 
-    @torch.no_grad()
+        self._model = ImageReward(path, device, tokenizer=tokenizer, batch_size=batch_size)
+        self.device = self._model.device
+
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        from PIL import Image
-
-        vals = []
-        for img, prompt in zip(images.clamp(0, 1), prompts):
-            arr = (img.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8")
-            vals.append(float(self.model.score(prompt, [Image.fromarray(arr)])))
-        return torch.tensor(vals, dtype=torch.float64)
+        """Official ImageReward score per image (float64 [N]); images [N, 3, H, W] in [0, 1]."""
+        return self._model.score(images, prompts)
 
 
 def load_metric(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu"
