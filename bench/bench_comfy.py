@@ -189,7 +189,7 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True):
     def ceiling(bits):
         def setup():
             if flux:
-                c = ComfyFluxCeiling(den.model, bits, adapters._FluxBlocks)
+                c = ComfyFluxCeiling(den.model, bits, adapters._FluxBlocks, adapters.compact)
                 options["patches_replace"] = {"dit": c.patches}
 
                 def remove():

@@ -73,7 +73,7 @@ class ComfyFluxCeiling:
     ``patches`` goes to ``transformer_options["patches_replace"]["dit"]``.
     """
 
-    def __init__(self, dm, bits: np.ndarray, flux_blocks_cls):
+    def __init__(self, dm, bits: np.ndarray, flux_blocks_cls, compact):
         bits = np.asarray(bits, dtype=bool)
         nd, ns = len(dm.double_blocks), len(dm.single_blocks)
         if bits.ndim != 2 or bits.shape[1] != 3 * (nd + ns):
@@ -85,6 +85,7 @@ class ComfyFluxCeiling:
         self.cap: dict = {}
         self.capturing = False
         self.fb = flux_blocks_cls
+        self.compact = compact  # parts of fused tensors are stored as copies, as the pack stores them
         self.patched: list[torch.nn.Module] = []
         self.patches = {}
         for i, blk in enumerate(dm.double_blocks):
@@ -147,7 +148,7 @@ class ComfyFluxCeiling:
 
         def setter(k):
             def s(v):
-                out[k] = v
+                out[k] = self.compact(v)
             return s
         setters = (setter(u), setter(u + 1), setter(u + 2))
 
@@ -155,7 +156,7 @@ class ComfyFluxCeiling:
             row = self.rows[self.step]
             if row[u] and row[u + 1] and row[u + 2]:
                 o = self._run_original(extra, args)
-                out[u], out[u + 1], out[u + 2] = self.fb._single_parts(blk, self.cap)
+                out[u], out[u + 1], out[u + 2] = map(self.compact, self.fb._single_parts(blk, self.cap))
                 return o
             return self.fb._single_forward(blk, args, None if row[u] else out[u], None if row[u + 1] else out[u + 1],
                                            None if row[u + 2] else out[u + 2], *setters)
@@ -165,4 +166,7 @@ class ComfyFluxCeiling:
         for m in self.patched:
             del m.forward
         self.patched = []
-        self.out = []
+        # the hook closures and ``patches`` refer to this object (a cycle): free the outputs now, not at gc
+        self.out[:] = [None] * len(self.out)
+        self.patches.clear()
+        self.cap.clear()

@@ -10,6 +10,7 @@ device lease that ends early still returns everything finished so far.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 import traceback
@@ -57,7 +58,11 @@ def sections(tiny: bool, rounds: int):
                                                 "pixart-sigma-256-fast", *r], 30),
         ("diffusers_sigma_1024", bench_diffusers.main,
          ["--model", "pixart-sigma", "--res", "1024", "--presets", "pixart-sigma-256-fast", *r], 25),
-        # earlier sections, by --only: profiles and the 512² / Σ 256² tables
+        # earlier sections, by --only: the all-recompute overhead alone (many rounds), profiles, 512² / Σ 256²
+        ("overhead_alpha_1024", bench_diffusers.main,
+         ["--model", "pixart-alpha", "--res", "1024", "--presets", "", "--rounds", "15"], 30),
+        ("overhead_alpha_256", bench_diffusers.main,
+         ["--model", "pixart-alpha", "--res", "256", "--presets", "", "--rounds", "15"], 20),
         ("comfy_alpha_1024_profile", bench_comfy.main,
          ["--variant", "alpha", "--res", "1024", "--presets", "", "--rounds", "1", "--profile", "PROFILE"], 40),
         ("comfy_alpha_512", bench_comfy.main, ["--variant", "alpha", "--res", "512", "--presets", ALPHA,
@@ -107,6 +112,7 @@ def main(argv=None) -> dict:
         except Exception as e:  # noqa: BLE001 - record and go on: the lease is short
             traceback.print_exc()
             suite["errors"][name] = f"{type(e).__name__}: {e}"
+        gc.collect()  # a section's models and caches may sit in reference cycles
         if device == "cuda":
             torch.cuda.empty_cache()
         suite["elapsed_s"] = round(time.perf_counter() - start, 1)

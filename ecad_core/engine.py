@@ -258,6 +258,10 @@ class CacheEngine:
     def active_for(self) -> bool:
         return self.enabled and self.in_run
 
+    def keeps(self, unit: int) -> bool:
+        """Whether an output of ``unit`` computed now will be stored (a later call can reuse it)."""
+        return self.keep_store or self._keep[self.step][unit]
+
     def wants_reuse(self, unit: int) -> bool:
         return self.step > 0 and not self._bits[self.step][unit]
 

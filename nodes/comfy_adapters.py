@@ -233,15 +233,14 @@ class _FluxBlocks:
             vals = {u: (eng.fetch(u, sig) if eng.wants_reuse(u) else None) for u in (u_attn, u_mlp, u_proj)}
             if all(v is None for v in vals.values()):
                 out, cap = self._captured(extra["original_block"], args)
-                attn, mlp, proj = self._single_parts(blk, cap)
-                eng.store(u_attn, sig, attn)
-                eng.store(u_mlp, sig, mlp)
-                eng.store(u_proj, sig, proj)
+                for u, part in zip((u_attn, u_mlp, u_proj), self._single_parts(blk, cap)):
+                    eng.store(u, sig, compact(part) if eng.keeps(u) else part)
                 return out
-            store = {u_attn: lambda v: eng.store(u_attn, sig, v), u_mlp: lambda v: eng.store(u_mlp, sig, v),
-                     u_proj: lambda v: eng.store(u_proj, sig, v)}
+
+            def store(u):
+                return lambda v: eng.store(u, sig, compact(v) if eng.keeps(u) else v)
             return self._single_forward(blk, args, vals[u_attn], vals[u_mlp], vals[u_proj],
-                                        store[u_attn], store[u_mlp], store[u_proj])
+                                        store(u_attn), store(u_mlp), store(u_proj))
         return patch
 
     @staticmethod
@@ -305,6 +304,14 @@ class _FluxBlocks:
                 f"from ComfyUI's block (max abs diff "
                 f"{(ref['img'].float() - mine['img'].float()).abs().max().item():.3g}); refusing to run")
         self.checked["single"] = True
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or a copy when it is a view into a larger tensor: a kept part of FLUX's fused linear1
+    output (or linear2 input) would otherwise hold the whole fused tensor alive, twice the cache memory."""
+    if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        return t.contiguous() if not t.is_contiguous() else t.clone()
+    return t
 
 
 def _linear_rows(lin, x, start: int, stop: int):
