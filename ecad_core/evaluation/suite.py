@@ -55,7 +55,7 @@ def parse_metrics(text: str | Sequence[str] | None) -> tuple[str, ...]:
 class MetricWeights:
     """Local weights of the model-based metrics (None: not given, the metric is skipped with a note)."""
     clip: str | Path | None = None          # transformers CLIPModel folder
-    imagereward: str | Path | None = None   # ImageReward.pt (med_config.json beside it)
+    imagereward: str | Path | None = None   # ImageReward.pt or its folder (med_config.json, tokenizer beside)
     lpips: str | Path | None = None         # folder: alex.pth + alexnet-owt-7be5be79.pth
     inception: str | Path | None = None     # pt_inception-2015-12-05-6726825d.pth (or its folder)
 
