@@ -61,6 +61,11 @@ def pack_modules():
     return adapters, engine, schedule
 
 
+def graphs_module():
+    """This pack's ``nodes.comfy_graphs`` (after ``pack_modules``)."""
+    return importlib.import_module("comfyui_ecad_bench.nodes.comfy_graphs")
+
+
 def comfy_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: int = 0):
     import comfy.ops
     from comfy.ldm.pixart.pixartms import PixArtMS
@@ -93,8 +98,10 @@ def comfy_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps: in
         return m(x, ts[i].expand(b), context=context, transformer_options={}, **kw)
 
     units = [getattr(blk, attr) for blk in m.blocks for attr in ("attn", "cross_attn", "mlp")]
-    return models.Denoiser(f"ComfyUI PixArt-{variant} {res}²", m, x0, call, steps, units,
-                           {"tokens": (res // 16) ** 2, "batch": b, "text_tokens": L})
+    den = models.Denoiser(f"ComfyUI PixArt-{variant} {res}²", m, x0, call, steps, units,
+                          {"tokens": (res // 16) ** 2, "batch": b, "text_tokens": L})
+    den.inputs = {"context": context, "timesteps": ts}
+    return den
 
 
 def comfy_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: int = 0):
@@ -135,15 +142,18 @@ def comfy_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: in
 
 
 class _Patcher:
-    """What the adapters' ``install`` needs from a ModelPatcher, applied at once (as ComfyUI does on load)."""
+    """What the pack's installers need from a ModelPatcher, applied at once (as ComfyUI does on load)."""
 
-    def __init__(self, model, options: dict):
-        self.model, self.options, self.patched = model, options, []
+    def __init__(self, dm, options: dict):
+        self.model = types.SimpleNamespace(diffusion_model=dm)
+        self.dm, self.options, self.patched = dm, options, []
+        self.object_patches: dict = {}
 
     def add_object_patch(self, name: str, obj) -> None:
-        path, attr = name.removeprefix("diffusion_model.").rsplit(".", 1)
-        mod = self.model.get_submodule(path)
+        path, _, attr = name.removeprefix("diffusion_model").lstrip(".").rpartition(".")
+        mod = self.dm.get_submodule(path)
         setattr(mod, attr, obj)
+        self.object_patches[name] = obj
         self.patched.append((mod, attr))
 
     def set_model_patch_replace(self, patch, name: str, block_name: str, number: int) -> None:
@@ -153,10 +163,11 @@ class _Patcher:
         for mod, attr in self.patched:
             delattr(mod, attr)
         self.patched = []
+        self.object_patches = {}
         self.options["patches_replace"] = {}
 
 
-def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True):
+def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, graphs=False, graphs_mod=None):
     class _Run:  # what the adapters' hooks read: the engine of the patched model, FLUX's capture slot
         def __init__(self, engine):
             self.engine = engine
@@ -168,12 +179,14 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True):
     layout = adapter.layout
     options = getattr(den, "transformer_options", {})
 
-    def pack(sched):
+    def pack(sched, graphs=False):
         def setup():
             eng = engine_mod.CacheEngine(sched)
             run = _Run(eng)
             mp = _Patcher(den.model, options)
             adapter.install(mp, run)
+            if graphs:  # as the Apply node's cuda_graphs option installs it
+                gm = graphs_mod.install_graphs(mp, run, adapter)
 
             def pre(i):
                 if i == 0:
@@ -183,7 +196,15 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True):
             def teardown():
                 eng.end_run()
                 mp.unpatch()
-            return pre, teardown, lambda: eng.last_stats.as_dict() if eng.last_stats else eng.stats.as_dict()
+                if graphs and gm is not None:
+                    gm.detach()
+
+            def stats():
+                st = (eng.last_stats or eng.stats).as_dict()
+                if graphs:
+                    st["cuda_graphs"] = gm.status() if gm is not None else None
+                return st
+            return pre, teardown, stats
         return setup
 
     def ceiling(bits):
@@ -209,6 +230,12 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True):
         vs.append(Variant(f"pack {s}", pack(ps), s, "engine"))
         bits = (ps if ps.steps == den.steps else schedule_mod.remap_steps(ps, den.steps)).effective_bits()
         vs.append(Variant(f"ceiling {s}", ceiling(bits), s, "ceiling"))
+    if graphs:
+        full = schedule_mod.Schedule.full(layout, den.steps, name="all-recompute")
+        vs.append(Variant("graphs, no cache", pack(full, graphs=True), None, "graphs", persistent=True))
+        for s in presets:
+            ps = schedule_mod.load_schedule(SCHEDULES / f"{s}.json")
+            vs.append(Variant(f"graphs {s}", pack(ps, graphs=True), s, "graphs", persistent=True))
     return vs
 
 
@@ -246,6 +273,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--graphs", action="store_true", help="also the Apply node's CUDA-graph mode (PixArt)")
     ap.add_argument("--profile", help="folder for profiler tables (ComfyUI and diffusers PixArt, no cache)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
@@ -264,7 +292,9 @@ def main(argv=None) -> dict:
             den = comfy_pixart(a.variant, a.res, tiny=a.tiny, device=a.device, dtype=dtype, steps=a.steps)
         print(f"{den.name} ({'tiny' if a.tiny else 'full-size'}, {dtype}, {a.device}), {a.steps} steps", flush=True)
         out["denoiser"] = den.info
-        out["variants"] = run_variants(den, variants(den, presets, adapters, engine_mod, schedule_mod),
+        vs = variants(den, presets, adapters, engine_mod, schedule_mod, graphs=a.graphs,
+                      graphs_mod=graphs_module() if a.graphs else None)
+        out["variants"] = run_variants(den, vs,
                                        rounds=a.rounds, device=a.device)
         if a.out:
             write_json(a.out, out)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import bench_comfy, bench_diffusers
+from . import bench_comfy, bench_diffusers, comfy_graphs_check
 from .common import hardware, write_json
 
 ALPHA = "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest"
@@ -37,6 +37,7 @@ def sections(tiny: bool, rounds: int):
                                                "pixart-alpha-256-fast", "--rounds", "1", "--profile", "PROFILE"], 0),
             ("comfy_flux", bench_comfy.main, ["--variant", "flux", *small, *steps, "--presets",
                                               "flux-dev-1024-fast", "--rounds", "1"], 0),
+            ("comfy_graphs_check", comfy_graphs_check.main, ["--res", "384", *steps], 0),
             ("diffusers_flux", bench_diffusers.main,
              ["--model", "flux-dev", *small, "--presets", "flux-dev-1024-fast,flux-dev-256-faster", *r], 0),
             ("diffusers_sigma", bench_diffusers.main,
@@ -58,7 +59,13 @@ def sections(tiny: bool, rounds: int):
                                                 "pixart-sigma-256-fast", *r], 30),
         ("diffusers_sigma_1024", bench_diffusers.main,
          ["--model", "pixart-sigma", "--res", "1024", "--presets", "pixart-sigma-256-fast", *r], 25),
-        # earlier sections, by --only: the all-recompute overhead alone (many rounds), profiles, 512² / Σ 256²
+        # by --only: ComfyUI CUDA graphs (safety checks, then timings), the all-recompute overhead alone
+        # (many rounds), profiles, 512² / Σ 256²
+        ("comfy_graphs_check", comfy_graphs_check.main, ["--res", "512"], 30),
+        ("comfy_alpha_512_graphs", bench_comfy.main, ["--variant", "alpha", "--res", "512", "--presets", ALPHA,
+                                                      "--graphs", "--rounds", "5"], 40),
+        ("comfy_alpha_1024_graphs", bench_comfy.main, ["--variant", "alpha", "--res", "1024", "--presets", ALPHA,
+                                                       "--graphs", *r], 50),
         ("overhead_alpha_1024", bench_diffusers.main,
          ["--model", "pixart-alpha", "--res", "1024", "--presets", "", "--rounds", "15"], 30),
         ("overhead_alpha_256", bench_diffusers.main,

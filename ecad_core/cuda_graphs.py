@@ -22,6 +22,13 @@ operation that synchronises with the host, say), or dynamic shapes (more
 distinct signatures than ``max_graphs``). The first call at a new input
 signature and any call whose reused outputs were not written in the current
 run (a branch first seen mid-run) also run eagerly; they are counted.
+
+Hosts that load weights only when sampling starts (ComfyUI) create the mode
+with ``defer_checks=True``: the checks then run at the first call of every
+sampling run (``run_check`` adds the host's own), a failing check makes that
+run eager, and graphs captured against weights that have since moved (other
+storage, as after a LoRA re-patch) are dropped and captured again, never
+replayed against stale memory.
 """
 from __future__ import annotations
 
@@ -63,16 +70,33 @@ class _Graph:
 class GraphMode:
     """Captures and replays the transformer's forward of an ``EcadHandle`` (see the module doc)."""
 
-    def __init__(self, transformer: torch.nn.Module, engine, max_graphs: int = 64):
+    def __init__(self, transformer: torch.nn.Module, engine, max_graphs: int = 64, *, original=None,
+                 key_kwargs: tuple | None = None, defer_checks: bool = False, run_check=None, prepare=None):
+        """``original``: the callable to run and capture (default: the transformer's forward, which is then
+        replaced by ``self.forward``; with ``original`` the caller installs ``self.forward`` itself).
+        ``key_kwargs``: only these keyword arguments are graph inputs; the others are passed through to
+        eager and captured calls and ignored by replays (only for models whose forward ignores them)."""
         self.transformer = transformer
         self.engine = engine
         self.max_graphs = int(max_graphs)
+        self.key_kwargs = None if key_kwargs is None else tuple(key_kwargs)
+        self.defer_checks = defer_checks
+        self.run_check = run_check
+        self.prepare = prepare
         self.graphs: dict = {}
         self.warm: set = set()
         self.replays = 0
         self.captures = 0
         self.eager_calls = 0
-        self.reason: str | None = unsupported_reason(transformer, engine)
+        self.recaptures = 0
+        self.run_reason: str | None = None  # why the current run is eager (deferred checks)
+        self._run_seen = None
+        self._weights = None
+        if defer_checks:
+            self.reason = None if torch.cuda.is_available() else \
+                "CUDA graphs need a CUDA device and this PyTorch has none; running eagerly"
+        else:
+            self.reason = unsupported_reason(transformer, engine)
         self._original = None
         self._pool = None
         if self.reason is not None:
@@ -80,8 +104,11 @@ class GraphMode:
             return
         self._pool = torch.cuda.graph_pool_handle()
         engine.keep_store = True
-        self._original = transformer.forward
-        transformer.forward = self.forward
+        if original is None:
+            self._original = transformer.forward
+            transformer.forward = self.forward
+        else:
+            self._original = original
 
     @property
     def active(self) -> bool:
@@ -93,7 +120,7 @@ class GraphMode:
         log.warning("ECAD CUDA graphs off: %s", reason)
 
     def detach(self) -> None:
-        """Restore the transformer's own forward and free the graphs."""
+        """Restore the transformer's own forward (if this mode replaced it) and free the graphs."""
         if self._original is not None and self.transformer.__dict__.get("forward") == self.forward:
             del self.transformer.forward
         self._original = None
@@ -102,8 +129,34 @@ class GraphMode:
         self.engine.clear()
 
     def status(self) -> dict:
-        return {"active": self.active, "reason": self.reason, "graphs": len(self.graphs),
-                "captures": self.captures, "replays": self.replays, "eager_calls": self.eager_calls}
+        return {"active": self.active, "reason": self.reason or self.run_reason, "graphs": len(self.graphs),
+                "captures": self.captures, "replays": self.replays, "eager_calls": self.eager_calls,
+                "recaptures": self.recaptures}
+
+    def _weights_key(self) -> tuple:
+        return tuple(t.data_ptr() for t in self.transformer.parameters()) + \
+            tuple(t.data_ptr() for t in self.transformer.buffers())
+
+    def _start_run(self) -> None:
+        """Deferred checks, once per sampling run."""
+        eng = self.engine
+        self._run_seen = eng.run_id
+        reason = unsupported_reason(self.transformer, eng)
+        if reason is None and self.run_check is not None:
+            reason = self.run_check()
+        if reason != self.run_reason and reason is not None:
+            log.warning("ECAD CUDA graphs off for this run: %s", reason)
+        self.run_reason = reason
+        if reason is not None:
+            return
+        key = self._weights_key()
+        if key != self._weights:
+            if self.graphs:  # captured against other weight storage: never replay those
+                log.info("ECAD CUDA graphs: the model's weights moved since capture; capturing again")
+                self.recaptures += 1
+            self.graphs.clear()
+            self.warm.clear()
+            self._weights = key
 
     # -- the forward ---------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -111,6 +164,17 @@ class GraphMode:
         if self.reason is not None or not eng.active_for():
             self.eager_calls += 1
             return self._original(*args, **kwargs)
+        if self.defer_checks and self._run_seen != eng.run_id:
+            self._start_run()
+        if self.run_reason is not None:
+            self.eager_calls += 1
+            return self._original(*args, **kwargs)
+        if self.prepare is not None:
+            args, kwargs = self.prepare(args, kwargs)
+        passed = {}
+        if self.key_kwargs is not None:
+            passed = {k: v for k, v in kwargs.items() if k not in self.key_kwargs}
+            kwargs = {k: v for k, v in kwargs.items() if k in self.key_kwargs}
         leaves, spec = pytree.tree_flatten((args, kwargs))
         sig = tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else _hashable(t) for t in leaves)
         step, branch = eng.step, eng.branch
@@ -119,20 +183,20 @@ class GraphMode:
         g = self.graphs.get(key)
         if g is None:
             if (branch, sig) not in self.warm or not self._reuse_ready(row, branch):
-                return self._eager_warm(branch, sig, args, kwargs)
+                return self._eager_warm(branch, sig, args, {**kwargs, **passed})
             if len(self.graphs) >= self.max_graphs:
                 self._disable(f"dynamic shapes: more than {self.max_graphs} graphs were needed (input shapes, "
                               f"non-tensor arguments or the schedule's rows vary too much); running eagerly "
                               f"from here")
                 self.eager_calls += 1
-                return self._original(*args, **kwargs)
-            g = self._capture(key, leaves, spec, row)
+                return self._original(*args, **kwargs, **passed)
+            g = self._capture(key, leaves, spec, row, passed)
             if g is None:
                 self.eager_calls += 1
-                return self._original(*args, **kwargs)
+                return self._original(*args, **kwargs, **passed)
         elif not self._reuse_ready(row, branch):
             self.eager_calls += 1
-            return self._original(*args, **kwargs)
+            return self._original(*args, **kwargs, **passed)
         for s, t in zip(g.static_inputs, leaves):
             if s is not None and s.data_ptr() != t.data_ptr():
                 s.copy_(t)
@@ -162,7 +226,7 @@ class GraphMode:
         self.warm.add((branch, sig))
         return out
 
-    def _capture(self, key, leaves, spec, row):
+    def _capture(self, key, leaves, spec, row, passed=None):
         eng = self.engine
         static_inputs = [t.clone() if isinstance(t, torch.Tensor) else None for t in leaves]
         sargs, skwargs = pytree.tree_unflatten([s if s is not None else t for s, t in zip(static_inputs, leaves)],
@@ -174,7 +238,7 @@ class GraphMode:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=self._pool):
-                out = self._original(*sargs, **skwargs)
+                out = self._original(*sargs, **skwargs, **(passed or {}))
         except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly, say why
             self._disable(f"capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); running eagerly")
             return None

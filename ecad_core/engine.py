@@ -146,6 +146,7 @@ class CacheEngine:
         self.step = 0
         self.branch: Any = 0
         self.in_run = False
+        self.run_id = 0  # counts begin_run calls (hosts that check things once per run compare it)
         # CUDA-graph mode (ecad_core.cuda_graphs): stored outputs are static buffers that captured
         # graphs read and write, so they are kept across runs and updated in place; ``_fresh`` says
         # which (unit, branch) were written during the current run.
@@ -194,6 +195,7 @@ class CacheEngine:
             sched, src = self._remap_cache[key], self.schedule.steps
         self._set_active(sched, src)
         self.step, self.branch, self.in_run = 0, 0, True
+        self.run_id += 1
 
     def set_position(self, step: int, branch: Any = 0) -> None:
         if step >= self.active.steps:

@@ -53,6 +53,10 @@ class ComfyAdapter:
     # the module that computes each unit, in layout order (for measuring unit latency); None where units
     # are parts of a block rather than modules (FLUX)
     unit_modules: Callable | None = None
+    # keyword arguments of the diffusion model's forward that are graph inputs, when its forward uses
+    # nothing else (CUDA-graph mode, nodes/comfy_graphs.py); None: graphs not offered
+    graph_kwargs: tuple | None = None
+    graph_prepare: Callable | None = None  # (args, kwargs) -> (args, kwargs): inputs made from host data
 
 
 # --------------------------------------------------------------------------- PixArt
@@ -115,7 +119,28 @@ def _pixart_adapter(dm) -> ComfyAdapter:
 
     arch = "pixart-alpha" if getattr(dm, "micro_conditioning", False) else "pixart-sigma"
     return ComfyAdapter(f"ComfyUI PixArt ({arch}, {n} blocks)", make_layout("pixart", n), install, arch,
-                        unit_modules=lambda: [getattr(b, attr) for b in dm.blocks for _, attr in PIXART_UNITS])
+                        unit_modules=lambda: [getattr(b, attr) for b in dm.blocks for _, attr in PIXART_UNITS],
+                        # PixArtMS.forward(x, timesteps, context, c_size, c_ar, **ignored)
+                        graph_kwargs=("context", "c_size", "c_ar"), graph_prepare=_pixart_microconds(dm))
+
+
+def _pixart_microconds(dm):
+    """PixArt-α's fallback size/aspect conditioning, made before the forward (as PixArtMS.forward makes it)
+    so that a CUDA-graph capture does not copy host data; the model then sees the same tensors."""
+    def prepare(args, kwargs):
+        if not getattr(dm, "micro_conditioning", False) or not args:
+            return args, kwargs
+        if kwargs.get("c_size") is not None and kwargs.get("c_ar") is not None:
+            return args, kwargs
+        x = args[0]
+        B, _, H, W = x.shape
+        kwargs = dict(kwargs)
+        if kwargs.get("c_size") is None:
+            kwargs["c_size"] = torch.tensor([H * 8, W * 8], dtype=x.dtype, device=x.device).repeat(B, 1)
+        if kwargs.get("c_ar") is None:
+            kwargs["c_ar"] = torch.tensor([H / W], dtype=x.dtype, device=x.device).repeat(B, 1)
+        return args, kwargs
+    return prepare
 
 
 # --------------------------------------------------------------------------- FLUX

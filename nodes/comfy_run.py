@@ -49,6 +49,8 @@ class ComfyRun:
         self.first_eval_checks = []  # callables run once after the first model evaluation
         self.pre_run_checks = []     # callables(latent_image) run before each sampling run
         self.capture = None          # FLUX adapter: outputs captured while the original block runs
+        self.graph_mode = None       # ecad_core.cuda_graphs.GraphMode when CUDA graphs are on
+        self.graph_status: dict | None = None
         self.history: list[dict] = []
 
     # -- OUTER_SAMPLE ------------------------------------------------------------
@@ -78,8 +80,16 @@ class ComfyRun:
             elapsed = time.perf_counter() - start
             stats = self.engine.end_run()
             entry = {"seconds": elapsed, **stats.as_dict()}
+            if self.graph_mode is not None:
+                entry["cuda_graphs"] = self.graph_mode.status()
+            elif self.graph_status is not None:
+                entry["cuda_graphs"] = self.graph_status
             self.history.append(entry)
             exp = f", expected ~{self.expected_speedup:.2f}x fewer MACs" if self.expected_speedup else ""
+            g = entry.get("cuda_graphs")
+            if g:
+                exp += (f"; CUDA graphs: {g.get('replays', 0)} replays, {g.get('captures', 0)} captures"
+                        if g.get("active") and not g.get("reason") else f"; CUDA graphs off ({g.get('reason')})")
             log.info("ECAD %s: %s; denoising took %.3f s%s", self.label, stats.summary(), elapsed, exp)
 
     # -- APPLY_MODEL ---------------------------------------------------------------

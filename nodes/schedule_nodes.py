@@ -21,6 +21,7 @@ from ..ecad_core.errors import EcadError
 from ..ecad_core.schedule import Schedule
 from . import library
 from .comfy_adapters import adapter_for
+from .comfy_graphs import install_graphs
 from .comfy_run import ComfyRun
 
 log = logging.getLogger("ecad")
@@ -38,7 +39,7 @@ def _expected_speedup(s: Schedule, arch: str | None) -> float | None:
     return library.speedup_of(s)
 
 
-def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False):
+def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False, cuda_graphs: bool = False):
     """A patched clone of ``model`` running ``schedule``; raises a clear error if it does not fit."""
     adapter = adapter_for(model)
     schedule.check_fits(adapter.layout, adapter.kind)
@@ -48,6 +49,11 @@ def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False):
     engine = CacheEngine(schedule, offload_device="cpu" if offload_to_cpu else None)
     run = ComfyRun(engine, label=schedule.name, expected_speedup=_expected_speedup(schedule, adapter.arch_hint))
     adapter.install(m, run)
+    if cuda_graphs:
+        if offload_to_cpu:
+            raise EcadError("ECAD: CUDA graphs and offloading the cache to the CPU exclude each other (a graph "
+                            "cannot copy between devices); turn one of them off")
+        install_graphs(m, run, adapter)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "ecad", run.outer_sample_wrapper)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "ecad", run.apply_model_wrapper)
     m.model_options["transformer_options"]["ecad"] = run
@@ -78,6 +84,13 @@ class ApplyECADSchedule:
             },
             "optional": {
                 "schedule": (SCHEDULE_TYPE, {"tooltip": "From Load ECAD Schedule or Evolve Schedule."}),
+                "cuda_graphs": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "PixArt on an NVIDIA GPU: capture each step once as a CUDA graph and replay it "
+                               "(same image, much faster at small sizes). Falls back to normal execution, "
+                               "with the reason in the log, where it cannot be used (CPU, low-VRAM loading, "
+                               "weight casting, LoRA applied on the fly, other models). Keeps the cache "
+                               "between runs."}),
             },
         }
 
@@ -91,12 +104,12 @@ class ApplyECADSchedule:
             return True
         return f"ECAD preset {library.key_of(preset)!r} not found (shipped presets or models/ecad_schedules)"
 
-    def apply(self, model, preset, offload_cache_to_cpu=False, schedule=None):
+    def apply(self, model, preset, offload_cache_to_cpu=False, schedule=None, cuda_graphs=False):
         if schedule is None:
             if preset == OFF:
                 return (model,)
             schedule = library.resolve(preset)
-        return (patch_model(model, schedule, offload_cache_to_cpu),)
+        return (patch_model(model, schedule, offload_cache_to_cpu, cuda_graphs),)
 
 
 class LoadECADSchedule:

@@ -34,14 +34,14 @@ def user_schedules(comfy_server):
     return d
 
 
-def _prompt(model, preset, seed, sampler="euler", denoise=1.0, prefix="ecad"):
+def _prompt(model, preset, seed, sampler="euler", denoise=1.0, prefix="ecad", **apply_inputs):
     p = ksampler_prompt(model, prefix, seed)
     p["5"]["inputs"].update(steps=STEPS, sampler_name=sampler, denoise=denoise)
     for k in ("7", "8", "9"):  # latents are enough here
         p.pop(k)
     if preset is not None:
         p["20"] = {"class_type": "ApplyECADSchedule",
-                   "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": False}}
+                   "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": False, **apply_inputs}}
         p["5"]["inputs"]["model"] = ["20", 0]
     return p
 
@@ -89,6 +89,26 @@ def test_all_recompute_equals_unpatched_and_reuse_skips(comfy_server, user_sched
     again = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_mixed2"))
     assert (again == mixed).all()
     assert _last_stats(srv)["reused"] == st["reused"]
+
+
+def test_cuda_graphs_option_falls_back_with_the_reason_and_the_same_image(comfy_server, user_schedules):
+    # No GPU here: the option must leave the image exactly as the eager engine makes it and say why in the
+    # log (the captured path itself is checked on a GPU by bench_comfy --graphs: bit-identical to eager).
+    srv = comfy_server
+    for model, why in (("ecad_tiny_pixart_alpha", "CUDA graphs off: CUDA graphs need a CUDA device"),
+                       ("ecad_tiny_flux_dev", "CUDA graphs: not offered for ComfyUI FLUX")):
+        seed = next(_seeds)
+        eager = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_eager"))
+        graphs = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_graphs",
+                                      cuda_graphs=True))
+        assert (graphs == eager).all()
+        assert why in srv.log_text()
+        assert "CUDA graphs off" in _last_stats(srv)["rest"]
+    p = _prompt("ecad_tiny_pixart_alpha", "user/ecad_tiny_pixart_alpha-mixed", next(_seeds), prefix="g_off",
+                cuda_graphs=True)
+    p["20"]["inputs"]["offload_cache_to_cpu"] = True
+    with pytest.raises(PromptExecutionError, match="CUDA graphs and offloading"):
+        srv.run(p, timeout=120)
 
 
 def test_wrong_family_schedule_is_a_clear_node_error(comfy_server, user_schedules):
