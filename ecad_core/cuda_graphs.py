@@ -156,6 +156,8 @@ class GraphMode:
                 self.recaptures += 1
             self.graphs.clear()
             self.warm.clear()
+            # a fresh memory pool: capturing into the pool of freed graphs trips the caching allocator
+            self._pool = torch.cuda.graph_pool_handle()
             self._weights = key
 
     # -- the forward ---------------------------------------------------------
