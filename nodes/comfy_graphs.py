@@ -29,17 +29,17 @@ log = logging.getLogger("ecad")
 
 def comfy_run_check(dm) -> str | None:
     """Why ComfyUI's current loading of ``dm`` cannot be captured (None if it can)."""
+    for name, m in dm.named_modules():
+        if getattr(m, "weight_function", None) or getattr(m, "bias_function", None):
+            return (f"ComfyUI applies weight functions during the forward ({name}: e.g. LoRA on the fly); "
+                    f"running eagerly")
+        if getattr(m, "comfy_cast_weights", False):
+            return (f"ComfyUI casts this model's weights on every call ({name or 'model'}: manual cast, fp8 or "
+                    f"offloaded weights); running eagerly")
     for name, p in dm.named_parameters():
         if p.device.type != "cuda":
             return (f"ComfyUI has part of the model off the GPU ({name} on {p.device}: low-VRAM partial "
                     f"loading moves weights during the forward); running eagerly")
-    for name, m in dm.named_modules():
-        if getattr(m, "comfy_cast_weights", False):
-            return (f"ComfyUI casts this model's weights on every call ({name or 'model'}: manual cast, fp8 or "
-                    f"offloaded weights); running eagerly")
-        if getattr(m, "weight_function", None) or getattr(m, "bias_function", None):
-            return (f"ComfyUI applies weight functions during the forward ({name}: e.g. LoRA on the fly); "
-                    f"running eagerly")
     return None
 
 

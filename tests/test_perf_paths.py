@@ -210,6 +210,37 @@ def test_bench_comfy_smoke_on_comfyui_flux(comfy_dir):
     assert st["remapped_from_steps"] == 20 and st["reused"] > 0 and st["computed"] + st["reused"] == 3 * 171
 
 
+def test_comfy_graph_mode_checks_and_microconds(comfy_dir):
+    # The safety checks the Apply node's cuda_graphs option runs at each sampling run, on ComfyUI's own PixArt
+    # (the capture itself needs a GPU: bench.comfy_graphs_check), and PixArt-α's size/aspect conditioning made
+    # before the forward: the model must give exactly what it gives when it makes them itself.
+    bench_comfy.import_comfy("cpu")
+    adapters, _, _ = bench_comfy.pack_modules()
+    graphs = bench_comfy.graphs_module()
+    with torch.no_grad():
+        den = bench_comfy.comfy_pixart("alpha", 384, tiny=True, device="cpu", dtype=torch.float32, steps=2)
+        dm = den.model
+        assert "off the GPU" in graphs.comfy_run_check(dm)
+        lin = dm.blocks[1].attn.qkv
+        lin.weight_function = [lambda w, **kw: w]
+        assert "weight functions" in graphs.comfy_run_check(dm) and "blocks.1.attn.qkv" in graphs.comfy_run_check(dm)
+        lin.weight_function = []
+        lin.comfy_cast_weights = True
+        assert "casts this model's weights" in graphs.comfy_run_check(dm)
+        lin.comfy_cast_weights = False
+
+        ad = adapters._pixart_adapter(dm)
+        assert ad.graph_kwargs == ("context", "c_size", "c_ar")
+        x, ctx = den.x0, den.inputs["context"]
+        t = den.inputs["timesteps"][0].expand(x.shape[0])
+        own = dm(x, t, context=ctx, transformer_options={})          # PixArt makes c_size / c_ar itself
+        args, kw = ad.graph_prepare((x, t), {"context": ctx, "transformer_options": {}})
+        assert kw["c_size"].shape == (2, 2) and kw["c_ar"].shape == (2, 1)
+        assert torch.equal(dm(*args, **kw), own)
+        given = {"context": ctx, "c_size": kw["c_size"] * 2, "c_ar": kw["c_ar"]}
+        assert ad.graph_prepare((x, t), given)[1] is given          # given conditioning is left alone
+
+
 def test_bench_search_smoke_splits_the_time(tmp_path):
     res = bench_search.main(["--layers", "2", "--steps", "3", "--size", "64", "--prompts", "1", "--population", "4",
                              "--generations", "1", "--out", str(tmp_path / "s.json")])
