@@ -38,9 +38,13 @@ def engine_variant(den, sched: Schedule, kind: str, name: str, preset, **apply_k
     def setup():
         h = apply(den.model, sched, **apply_kw)
 
+        h.tracker.step_hooked = True  # the loop below plays the pipeline's scheduler
+
         def pre(i):
             if i == 0 and den.timesteps is not None:  # what a pipeline's scheduler.set_timesteps tells it
                 h.tracker.scheduler_set(den.timesteps)
+            elif i > 0:  # and its scheduler.step after each step
+                h.tracker.scheduler_stepped()
         stats = lambda: {**h.stats.as_dict(), **({"cuda_graphs": h.cuda_graphs} if h.cuda_graphs else {})}  # noqa
         return pre, h.remove, stats
     return Variant(name, setup, preset, kind, persistent=kind == "graphs")

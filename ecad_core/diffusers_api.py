@@ -61,6 +61,12 @@ class StepTracker:
         self.branch = 0
         self.run_timesteps: list[float] | None = None
         self.pending_new_run = True
+        # Counting mode: pipelines that pass a converted timestep (FLUX: t.to(dtype) / 1000) are followed by
+        # counting scheduler.step calls (apply() wraps it), reading the timestep only at a run's first call.
+        self.step_hooked = False
+        self.sched_steps = 0
+        self._count_at_call: int | None = None
+        self._countable = False
 
     def scheduler_set(self, timesteps) -> None:
         ts = torch.as_tensor(timesteps)
@@ -75,6 +81,32 @@ class StepTracker:
                 distinct.append(v)
         self.run_timesteps = distinct
         self.pending_new_run = True
+        # one scheduler.step per sampling step only when no timestep repeats (not Heun-like schedulers)
+        self._countable = len(distinct) == len(vals)
+        self._count_at_call = None
+
+    def scheduler_stepped(self) -> None:
+        """The scheduler finished a step (called by the wrapped ``scheduler.step``)."""
+        self.sched_steps += 1
+
+    def can_count(self) -> bool:
+        return self.step_hooked and self._countable
+
+    def observe_counted(self, read_t) -> None:
+        """Step from the number of scheduler steps since the last call; ``read_t()`` (a device read) only at
+        the run's first call, or when the count runs past the schedule (a run begun without set_timesteps)."""
+        n = self.sched_steps
+        last = self._count_at_call
+        if self.pending_new_run or last is None or (n > last and self.step + n - last >= self.engine.active.steps):
+            self._start(read_t())
+        elif n > last:
+            self.step += n - last
+            self.branch = 0
+        else:
+            self.branch += 1
+        self._count_at_call = n
+        self.last_t = None
+        self.engine.set_position(self.step, self.branch)
 
     def value_without_sync(self, t) -> float | None:
         """The timestep's value when ``t`` views the scheduler's timesteps tensor, else None."""
@@ -158,8 +190,9 @@ class EcadHandle:
             h.detach()
         for h in self._handles:
             h.remove()
-        if self._scheduler is not None and "set_timesteps" in self._scheduler.__dict__:
-            del self._scheduler.set_timesteps
+        for attr in ("set_timesteps", "step"):
+            if self._scheduler is not None and attr in self._scheduler.__dict__:
+                delattr(self._scheduler, attr)
         self.engine.end_run()
         self.engine.clear()
         self.removed = True
@@ -204,7 +237,12 @@ def apply(target, schedule: Schedule | str | Path, *, offload_device=None, cuda_
 
     def pre_hook(module, args, kwargs):
         t = tracker.value_without_sync(kwargs.get("timestep"))
-        tracker.observe(t if t is not None else _timestep_value(args, kwargs))
+        if t is not None:
+            tracker.observe(t)
+        elif tracker.can_count():
+            tracker.observe_counted(lambda: _timestep_value(args, kwargs))
+        else:
+            tracker.observe(_timestep_value(args, kwargs))
 
     handles = [transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)]
     if scheduler is not None and hasattr(scheduler, "set_timesteps"):
@@ -217,6 +255,17 @@ def apply(target, schedule: Schedule | str | Path, *, offload_device=None, cuda_
             return out
 
         scheduler.set_timesteps = set_timesteps
+        if callable(getattr(scheduler, "step", None)):
+            original_step = scheduler.step
+
+            @functools.wraps(original_step)
+            def step(*a, **kw):
+                out = original_step(*a, **kw)
+                tracker.scheduler_stepped()
+                return out
+
+            scheduler.step = step
+            tracker.step_hooked = True
     else:
         scheduler = None
     handle = EcadHandle(transformer, schedule, engine, hooks, tracker, handles, scheduler)

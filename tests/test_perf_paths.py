@@ -16,7 +16,7 @@ from ecad_core import diffusers_api
 from ecad_core.adapters import find_diffusers_units
 from ecad_core.cuda_graphs import GraphMode, unsupported_reason
 from ecad_core.engine import CacheEngine
-from ecad_core.tiny import tiny_pixart_pipeline
+from ecad_core.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,35 @@ def test_tiny_pipeline_run_tracks_steps_from_scheduler_views(monkeypatch):
              generator=torch.Generator().manual_seed(0))
         st = h.finish_run()
     assert st.computed.tolist() == [6, 0, 6, 0] and st.reused.tolist() == [0, 6, 0, 6]
+
+
+def test_flux_pipeline_steps_are_counted_from_the_scheduler_with_one_device_read_per_run(monkeypatch):
+    # FLUX pipelines pass timestep.to(dtype) / 1000 (no view of scheduler.timesteps): the tracker counts
+    # scheduler.step calls instead of reading the value each call; it reads it once, at the run's first call
+    pipe = tiny_flux_pipeline(double=1, single=1)
+    lay = make_layout("flux", 1, 1)
+    bits = np.zeros((4, lay.n_units), bool)
+    bits[::2] = True
+    sched = Schedule(lay, bits, name="every-2")
+    reads = []
+    original = diffusers_api._timestep_value
+    monkeypatch.setattr(diffusers_api, "_timestep_value", lambda a, k: reads.append(1) or original(a, k))
+    kw = dict(num_inference_steps=4, height=64, width=64, output_type="latent", max_sequence_length=16)
+    with cached(pipe, sched) as h:
+        pipe.set_progress_bar_config(disable=True)
+        for run in range(2):
+            out = pipe("a red cube", generator=torch.Generator().manual_seed(0), **kw).images
+            st = h.finish_run()
+            assert st.computed.tolist() == [6, 0, 6, 0] and st.reused.tolist() == [0, 6, 0, 6]
+            assert st.calls == 4 and len(reads) == run + 1
+        assert "step" in pipe.scheduler.__dict__ and h.tracker.can_count()
+    assert "step" not in pipe.scheduler.__dict__ and "set_timesteps" not in pipe.scheduler.__dict__
+    # the counted run equals a run whose steps come from reading every timestep
+    monkeypatch.setattr(diffusers_api.StepTracker, "can_count", lambda self: False)
+    with cached(pipe, sched) as h:
+        ref = pipe("a red cube", generator=torch.Generator().manual_seed(0), **kw).images
+        assert h.finish_run().reused.tolist() == [0, 6, 0, 6]
+    assert torch.equal(out, ref)
 
 
 def test_keep_store_mode_matches_the_plain_engine_and_never_reads_last_runs_buffers():
