@@ -38,7 +38,7 @@ NODES = [
      [("model", "MODEL", 1), ("clip", "CLIP", 3), ("positive", "CONDITIONING", None),
       ("negative", "CONDITIONING", None), ("vae", "VAE", 6), ("warm_start", "ECAD_SCHEDULE", None)],
      [("schedule", "ECAD_SCHEDULE", [8, 9]), ("front", "IMAGE", []), ("report", "STRING", [])], None),
-    (5, "ApplyECADSchedule", [880, 0], [380, 106], ["off", False],
+    (5, "ApplyECADSchedule", [880, 0], [380, 130], ["off", False, False],
      [("model", "MODEL", 2), ("schedule", "ECAD_SCHEDULE", 8)], [("MODEL", "MODEL", [10])], None),
     (6, "CLIPTextEncode", [880, 160], [400, 160],
      ["a photograph of a red fox sitting in a snowy forest, golden hour, highly detailed"],
