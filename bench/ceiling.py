@@ -89,26 +89,24 @@ class ComfyFluxCeiling:
         self.patched: list[torch.nn.Module] = []
         self.patches = {}
         for i, blk in enumerate(dm.double_blocks):
-            self._wrap(blk.img_attn.proj, lambda o, a: self._record("img_proj", a, o))
-            self._wrap(blk.txt_attn.proj, lambda o, a: self._record("txt_proj", a, o))
+            self._wrap(blk.img_attn.proj, "img_proj")
+            self._wrap(blk.txt_attn.proj, "txt_proj")
             self._wrap_unit(blk.img_mlp, 3 * i + 1)
             self._wrap_unit(blk.txt_mlp, 3 * i + 2)
             self.patches[("double_block", i)] = self._double(blk, 3 * i)
         for j, blk in enumerate(dm.single_blocks):
-            self._wrap(blk.linear1, lambda o, a: self._record("linear1", a, o))
-            self._wrap(blk.linear2, lambda o, a: self._record("linear2", a, o))
+            self._wrap(blk.linear1, "linear1")
+            self._wrap(blk.linear2, "linear2")
             self.patches[("single_block", j)] = self._single(blk, 3 * (nd + j))
 
-    def _record(self, key, args, out):
-        if self.capturing:
-            self.cap[key] = (args, out)
-
-    def _wrap(self, m, on_out):
+    def _wrap(self, m, key):
+        """``m``'s (args, output) go to ``cap[key]`` while the original block runs, as the pack captures them."""
         original = m.forward
 
         def forward(*args, **kwargs):
             o = original(*args, **kwargs)
-            on_out(o, args)
+            if self.capturing:
+                self.cap[key] = (args, o)
             return o
 
         m.forward = forward

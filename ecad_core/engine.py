@@ -6,9 +6,10 @@ its raw output is stored; at a "reuse" step the stored output is returned
 without running the unit. Gates and residual adds live outside the unit, so
 they are always fresh. An output is kept only while a later call can reuse it
 (the unit's next step, or this step, reuses): a schedule that recomputes a unit
-at the next step holds no memory for it, and all-recompute stores nothing. A reuse with nothing stored, or with a stored output
-whose inputs had another shape/dtype/device, computes instead (counted as a
-fallback): a tensor of another shape is never reused.
+at the next step holds no memory for it, and all-recompute stores nothing. A
+reuse with nothing stored, or with a stored output whose inputs had another
+shape/dtype/device, computes instead (counted as a fallback): a tensor of
+another shape is never reused.
 
 Outputs are stored per *branch*: when classifier-free guidance calls the model
 separately for cond and uncond at the same step, each call keeps its own
@@ -285,7 +286,7 @@ class CacheEngine:
         """Record a freshly computed output of ``unit`` (dropped when no later call can reuse it)."""
         self.n_computed[self.step] += 1
         key = (unit, self.branch)
-        if not (self.keep_store or self._keep[self.step][unit]):
+        if not self.keeps(unit):
             self._store.pop(key, None)
             return
         if self.keep_store:

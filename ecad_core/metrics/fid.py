@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .learned import MetricUnavailable
+from .learned import MetricUnavailable, read_state_dict
 
 FID_SIZE = 299
 FEATURE_DIM = 2048
@@ -168,12 +168,7 @@ class InceptionFeatures:
             raise MetricUnavailable(f"FID Inception weights not found: {p} does not exist (expected pytorch-fid's "
                                     f"{WEIGHTS_FILE}; nothing is downloaded)")
         net = build_fid_inception()
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file means the metric cannot run
-            raise MetricUnavailable(f"cannot read FID Inception weights {p}: {e}") from None
-        if not isinstance(state, dict):
-            raise MetricUnavailable(f"FID Inception weights {p}: expected a state dict, got {type(state).__name__}")
+        state = read_state_dict(p, "FID Inception weights")
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:

@@ -24,6 +24,18 @@ class MetricUnavailable(EcadError, RuntimeError):
     """A chosen metric cannot run here: its package or its local weights are missing."""
 
 
+def read_state_dict(file: Path, what: str) -> dict:
+    """A state dict from a local weights file (``torch.load``, weights only); MetricUnavailable naming
+    ``what`` and the file when it cannot be read or is not a state dict."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file means the metric cannot run
+        raise MetricUnavailable(f"cannot read {what} {file}: {e}") from None
+    if not isinstance(state, dict):
+        raise MetricUnavailable(f"{what} {file}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
 class LearnedMetric(Protocol):
     name: str
 

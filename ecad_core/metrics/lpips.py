@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .learned import MetricUnavailable
+from .learned import MetricUnavailable, read_state_dict
 
 LIN_FILE = "alex.pth"
 BACKBONE_GLOB = "alexnet*.pth"
@@ -63,13 +63,7 @@ def _find_files(path: Path) -> tuple[Path, Path]:
 
 
 def _load(file: Path) -> dict:
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file means the metric cannot run
-        raise MetricUnavailable(f"cannot read LPIPS weights {file}: {e}") from None
-    if not isinstance(state, dict):
-        raise MetricUnavailable(f"LPIPS weights {file}: expected a state dict, got {type(state).__name__}")
-    return state
+    return read_state_dict(file, "LPIPS weights")
 
 
 class Lpips:
