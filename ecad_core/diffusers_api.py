@@ -18,7 +18,7 @@ import torch
 
 from .adapters import find_diffusers_units
 from .engine import CacheEngine, RunStats
-from .hooks import UnitHook
+from .hooks import FirstUseCheck, PixArtBlockHook, UnitHook
 from .schedule import Schedule, load_schedule
 
 log = logging.getLogger("ecad")
@@ -204,6 +204,32 @@ class EcadHandle:
         self.remove()
 
 
+def _attach_hooks(units, engine: CacheEngine) -> list:
+    """PixArt blocks get the block re-statement (a reused unit's norm + modulation is skipped) where they
+    are the configuration it covers; every other unit is hooked at its module."""
+    n = 3  # PixArt units per block
+    whole = [PixArtBlockHook.unfit_reason(b) is None for b in units.blocks] if units.blocks is not None else []
+    unfit = [i for i, ok in enumerate(whole) if not ok]
+    if unfit:
+        log.info("ECAD: %d PixArt blocks (first: transformer_blocks.%d, %s) are hooked at their modules",
+                 len(unfit), unfit[0], PixArtBlockHook.unfit_reason(units.blocks[unfit[0]]))
+    check = FirstUseCheck()
+    hooks = []
+    try:
+        for i, (m, name) in enumerate(zip(units.modules, units.names)):
+            if whole and whole[i // n]:
+                if i % n == 0:
+                    hooks.append(PixArtBlockHook(engine, i, f"transformer_blocks.{i // n}", check)
+                                 .attach(units.blocks[i // n]))
+                continue
+            hooks.append(UnitHook(engine, i, name).attach(m))
+    except Exception:
+        for h in hooks:
+            h.detach()
+        raise
+    return hooks
+
+
 def apply(target, schedule: Schedule | str | Path, *, offload_device=None, cuda_graphs: bool = False,
           max_graphs: int = 64) -> EcadHandle:
     """Attach ``schedule`` to a diffusers pipeline (with ``.transformer``) or a transformer.
@@ -226,14 +252,7 @@ def apply(target, schedule: Schedule | str | Path, *, offload_device=None, cuda_
     schedule.check_fits(units.layout, units.model_kind)
     engine = CacheEngine(schedule, offload_device=offload_device)
     tracker = StepTracker(engine)
-    hooks = []
-    try:
-        for i, (m, name) in enumerate(zip(units.modules, units.names)):
-            hooks.append(UnitHook(engine, i, name).attach(m))
-    except Exception:
-        for h in hooks:
-            h.detach()
-        raise
+    hooks = _attach_hooks(units, engine)
 
     def pre_hook(module, args, kwargs):
         t = tracker.value_without_sync(kwargs.get("timestep"))

@@ -227,11 +227,20 @@ class CacheEngine:
         """Run ``fn(*args, **kwargs)`` as unit ``unit`` under the schedule."""
         if not self.in_run or not self.enabled:
             return fn(*args, **kwargs)
+        return self.call_lazy(unit, lambda: fn(*args, **kwargs), args, kwargs)
+
+    def call_lazy(self, unit: int, compute: Callable, sig_args: tuple, sig_kwargs: dict | None = None):
+        """Run ``compute()`` as unit ``unit``: for adapters that build a unit's input only when it computes
+        (a re-stated block skips the norm + modulation feeding a reused unit). ``sig_args`` /
+        ``sig_kwargs`` hold tensors shaped like the unit's input: a stored output is served only to calls
+        with the same signature."""
+        if not self.in_run or not self.enabled:
+            return compute()
         step = self.step
         sig = None
         if step and not self._bits[step][unit]:
             # fetch(), inlined: this runs for every reused unit of every step
-            sig = _signature(args, kwargs)
+            sig = _signature(sig_args, sig_kwargs)
             key = (unit, self.branch)
             entry = self._store.get(key)
             if entry is not None and entry[0] == sig and (not self.keep_store or key in self._fresh):
@@ -243,13 +252,13 @@ class CacheEngine:
             self.n_fallback[step] += 1
         elif not (self.keep_store or self._keep[step][unit]):
             # the next step recomputes this unit: nothing to keep (and no signature to take)
-            out = fn(*args, **kwargs)
+            out = compute()
             self.n_computed[step] += 1
             self._store.pop((unit, self.branch), None)
             return out
         if sig is None:
-            sig = _signature(args, kwargs)
-        out = fn(*args, **kwargs)
+            sig = _signature(sig_args, sig_kwargs)
+        out = compute()
         if self.keep_store or self.offload_device is not None:
             self.store(unit, sig, out)
         else:  # store(), inlined

@@ -1,9 +1,14 @@
-"""Module-level hooks: route a component module's forward through the engine.
+"""Hooks that route a model's units through the engine.
 
 One hook class per job, attached to a module instance and removed cleanly
 (the diffusers ``hooks/`` pattern): attaching sets an instance attribute
-``forward`` that wraps the class's forward; detaching deletes it, so the module
-is exactly as it was. Nothing is copied from the model's own code.
+``forward``; detaching deletes it, so the module is exactly as it was.
+
+* ``UnitHook``: wraps a component module's own forward (nothing re-stated).
+* ``PixArtBlockHook``: a diffusers PixArt block (``BasicTransformerBlock`` with
+  ``norm_type="ada_norm_single"``) re-stated so that the norm + modulation
+  feeding ``attn1`` / ``ff`` run only when that unit computes; checked bit for
+  bit against the block's own forward at its first call.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import functools
 import torch
 
 from .engine import CacheEngine
+from .errors import SelfCheckError
 
 _ATTR = "_ecad_unit_hook"
 
@@ -59,3 +65,122 @@ class UnitHook:
 
 def has_hook(module: torch.nn.Module) -> bool:
     return getattr(module, _ATTR, None) is not None
+
+
+class FirstUseCheck:
+    """Shared by the block hooks of one model: the re-statement is compared with the block once."""
+
+    def __init__(self):
+        self.done = False
+
+
+class PixArtBlockHook:
+    """Serves units ``unit`` .. ``unit + 2`` (attn1, attn2, ff) of one diffusers PixArt block from the engine."""
+
+    def __init__(self, engine: CacheEngine, unit: int, name: str, check: FirstUseCheck):
+        self.engine, self.unit, self.name, self.check = engine, unit, name, check
+        self.module: torch.nn.Module | None = None
+
+    @staticmethod
+    def unfit_reason(block: torch.nn.Module) -> str | None:
+        """Why ``block`` is not the configuration the re-statement covers (None: it is)."""
+        for attr in ("scale_shift_table", "norm1", "norm2", "attn1", "attn2", "ff"):
+            if getattr(block, attr, None) is None:
+                return f"no {attr}"
+        if getattr(block, "norm_type", None) != "ada_norm_single":
+            return f"norm_type {getattr(block, 'norm_type', None)!r}"
+        if getattr(block, "pos_embed", None) is not None or getattr(block, "only_cross_attention", False):
+            return "positional embedding or cross-attention only"
+        if getattr(block, "_chunk_size", None) is not None:
+            return "chunked feed-forward"
+        if "forward" in block.__dict__:  # e.g. accelerate's offload hook, which the re-statement would bypass
+            return "its forward is already wrapped"
+        return None
+
+    def attach(self, block: torch.nn.Module) -> "PixArtBlockHook":
+        if getattr(block, _ATTR, None) is not None:
+            raise RuntimeError(f"{self.name}: this block already has an ECAD hook; remove the other "
+                               f"schedule first (handle.remove())")
+        self.module = block
+        original = block.forward
+        engine, check = self.engine, self.check
+
+        @functools.wraps(original)
+        def forward(*args, **kwargs):
+            if not engine.in_run or not engine.enabled:
+                return original(*args, **kwargs)
+            if not check.done:
+                self._check(original, args, kwargs)
+            return self._restated(*args, **kwargs)
+
+        block.forward = forward
+        setattr(block, _ATTR, self)
+        return self
+
+    def detach(self) -> None:
+        m = self.module
+        if m is None:
+            return
+        del m.forward
+        delattr(m, _ATTR)
+        self.module = None
+
+    def _restated(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
+                  encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None, class_labels=None,
+                  added_cond_kwargs=None):
+        """``BasicTransformerBlock.forward`` (diffusers 0.3x-0.4x) for PixArt, with its units through the engine."""
+        blk, eng, unit = self.module, self.engine, self.unit
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            blk.scale_shift_table[None] + timestep.reshape(hidden_states.shape[0], 6, -1)).chunk(6, dim=1)
+        cross_attention_kwargs = cross_attention_kwargs.copy() if cross_attention_kwargs is not None else {}
+        gligen_kwargs = cross_attention_kwargs.pop("gligen", None)
+        mask = {"attention_mask": attention_mask}
+
+        def attn1():
+            norm_hidden_states = blk.norm1(hidden_states)
+            norm_hidden_states = norm_hidden_states * (1 + scale_msa) + shift_msa
+            return blk.attn1(norm_hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
+                             **cross_attention_kwargs)
+        attn_output = gate_msa * eng.call_lazy(unit, attn1, (hidden_states,), mask)
+        hidden_states = attn_output + hidden_states
+        if hidden_states.ndim == 4:
+            hidden_states = hidden_states.squeeze(1)
+        if gligen_kwargs is not None:
+            hidden_states = blk.fuser(hidden_states, gligen_kwargs["objs"])
+
+        def attn2():
+            return blk.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
+                             attention_mask=encoder_attention_mask, **cross_attention_kwargs)
+        hidden_states = eng.call_lazy(unit + 1, attn2, (hidden_states, encoder_hidden_states),
+                                      {"attention_mask": encoder_attention_mask}) + hidden_states
+
+        def ff():
+            norm_hidden_states = blk.norm2(hidden_states)
+            norm_hidden_states = norm_hidden_states * (1 + scale_mlp) + shift_mlp
+            return blk.ff(norm_hidden_states)
+        hidden_states = gate_mlp * eng.call_lazy(unit + 2, ff, (hidden_states,)) + hidden_states
+        if hidden_states.ndim == 4:
+            hidden_states = hidden_states.squeeze(1)
+        return hidden_states
+
+    def _check(self, original, args, kwargs) -> None:
+        eng = self.engine
+        was = eng.enabled
+        eng.enabled = False  # everything computes; the cache and the statistics are not touched
+        try:
+            ref = original(*args, **kwargs)
+            try:
+                mine = self._restated(*args, **kwargs)
+            except TypeError as e:  # the block's signature changed
+                raise SelfCheckError(f"ECAD self-check failed: {self.name}'s forward takes other arguments "
+                                     f"than this release's PixArt block re-statement ({e})") from None
+        finally:
+            eng.enabled = was
+        if not (isinstance(ref, torch.Tensor) and ref.shape == mine.shape and torch.equal(ref, mine)):
+            diff = ((ref.float() - mine.float()).abs().max().item()
+                    if isinstance(ref, torch.Tensor) and ref.shape == mine.shape else "shape")
+            raise SelfCheckError(
+                f"ECAD self-check failed: the PixArt block re-statement differs from {self.name}'s own forward "
+                f"(max abs diff {diff}); this diffusers version is not supported by this ECAD release - "
+                f"refusing to produce a different image")
+        self.check.done = True

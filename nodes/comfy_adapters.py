@@ -1,9 +1,13 @@
 """Which parts of ComfyUI's DiTs are ECAD units, and how they are hooked.
 
-* PixArt-α/Σ (``comfy.ldm.pixart``): no block hook exists, so each component
-  module's ``forward`` (``attn``, ``cross_attn``, ``mlp`` of every block) is
-  wrapped through ``ModelPatcher.add_object_patch`` — ComfyUI sets and restores
-  it with the model; weights, LoRA keys and low-VRAM loading are untouched.
+* PixArt-α/Σ (``comfy.ldm.pixart``): no block hook exists, so each block's
+  ``forward`` is replaced through ``ModelPatcher.add_object_patch`` (ComfyUI sets
+  and restores it with the model) by a re-statement that runs ``attn``,
+  ``cross_attn`` and ``mlp`` as units and builds a unit's input only when it
+  computes (``comfy_pixart.py``; checked bit for bit against ComfyUI's block on
+  first use). Where another node already patched a block's ``forward``, that
+  block's component modules are wrapped instead. Weights, LoRA keys and
+  low-VRAM loading are untouched.
 * FLUX.1 (``comfy.ldm.flux``): ECAD's units need the block internals
   (attention is inline), so the official ``patches_replace["dit"]`` double and
   single block hooks run the block: the original block whenever the attention
@@ -26,6 +30,7 @@ import torch
 from ..ecad_core.engine import signature
 from ..ecad_core.errors import ModelMismatchError, SelfCheckError
 from ..ecad_core.layout import Layout, make_layout
+from .comfy_pixart import PixArtBlocks
 
 log = logging.getLogger("ecad")
 
@@ -86,14 +91,28 @@ def _pixart_adapter(dm) -> ComfyAdapter:
             "256 px presets transfer across sizes)")
 
     def install(mp, run):
+        blocks = PixArtBlocks(dm, run, comfy_version())
+        taken = getattr(mp, "object_patches", {})
         unit = 0
         for i, blk in enumerate(dm.blocks):
+            mods = []
             for _, attr in PIXART_UNITS:
                 mod = getattr(blk, attr, None)
                 if not isinstance(mod, torch.nn.Module):
                     raise SelfCheckError(
                         f"ECAD: ComfyUI {comfy_version()}'s PixArt block {i} has no '{attr}' module; this "
                         f"version of ComfyUI is not supported by this ECAD release")
+                mods.append((attr, mod))
+            key = f"diffusion_model.blocks.{i}.forward"
+            # the block re-statement (a later ECAD Apply replaces an earlier one's, as with its other patches)
+            if key not in taken or getattr(taken[key], "ecad_block", False):
+                mp.add_object_patch(key, blocks.forward_for(i))
+                unit += len(mods)
+                continue
+            # another node replaced this block's forward: keep it, and cache at the component modules
+            log.info("ECAD: PixArt block %d's forward is already patched by another node; caching its "
+                     "attn/cross_attn/mlp modules instead", i)
+            for attr, mod in mods:
                 mp.add_object_patch(f"diffusion_model.blocks.{i}.{attr}.forward", _unit_forward(mod, run, unit))
                 unit += 1
 

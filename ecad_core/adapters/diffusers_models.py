@@ -16,6 +16,7 @@ class UnitMap:
     modules: list[torch.nn.Module]
     names: list[str]  # dotted module paths, for messages
     model_kind: str   # e.g. "diffusers PixArtTransformer2DModel"
+    blocks: list[torch.nn.Module] | None = None  # PixArt: block i holds units 3i..3i+2 (block re-statement)
 
 
 def _pixart_units(tr) -> UnitMap:
@@ -29,7 +30,7 @@ def _pixart_units(tr) -> UnitMap:
                 raise ModelMismatchError(f"transformer_blocks.{i} has no {comp!r}: not a PixArt block")
             mods.append(m)
             names.append(f"transformer_blocks.{i}.{comp}")
-    return UnitMap(layout, mods, names, f"diffusers {type(tr).__name__}")
+    return UnitMap(layout, mods, names, f"diffusers {type(tr).__name__}", blocks=list(blocks))
 
 
 def _flux_units(tr) -> UnitMap:

@@ -1,0 +1,143 @@
+"""The ComfyUI PixArt block re-statement (nodes/comfy_pixart.py) on ComfyUI's own PixArtMS (tiny, random weights):
+reused units' norm + modulation are skipped, the image equals the module-level cache's, and a block that no
+longer matches ComfyUI's fails loudly."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from bench import bench_comfy
+from bench.ceiling import CeilingCache
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def comfy(comfy_dir):
+    bench_comfy.import_comfy("cpu")
+    adapters, engine_mod, schedule_mod = bench_comfy.pack_modules()
+    with torch.no_grad():
+        den = bench_comfy.comfy_pixart("alpha", 384, tiny=True, device="cpu", dtype=torch.float32, steps=STEPS)
+    return den, adapters, engine_mod, schedule_mod
+
+
+class _Run:
+    def __init__(self, engine):
+        self.engine, self.capture = engine, None
+        self.first_eval_checks, self.pre_run_checks = [], []
+
+
+def _schedule(schedule_mod, layout, seed=0):
+    rng = np.random.default_rng(seed)
+    bits = rng.random((STEPS, layout.n_units)) < 0.4
+    bits[:, 0] = False  # block 0: attn1 reused from step 1 on
+    return schedule_mod.Schedule(layout, bits, name=f"random-{seed}")
+
+
+def _patched_loop(comfy, sched, mp=None, counts=None):
+    den, adapters, engine_mod, _ = comfy
+    ad = adapters._pixart_adapter(den.model)
+    eng = engine_mod.CacheEngine(sched)
+    mp = mp or bench_comfy._Patcher(den.model, {})
+    ad.install(mp, _Run(eng))
+    hooks = []
+    if counts is not None:
+        for i, blk in enumerate(den.model.blocks):
+            for name in ("norm1", "norm2"):
+                hooks.append(getattr(blk, name).register_forward_hook(
+                    lambda *_, k=(i, name): counts.__setitem__(k, counts.get(k, 0) + 1)))
+
+    def pre(i):
+        if i == 0:
+            eng.begin_run(STEPS)
+        eng.set_position(i, ("cond", "uncond"))
+    try:
+        with torch.no_grad():
+            x = den.loop(pre)
+        stats = eng.end_run()
+    finally:
+        mp.unpatch()
+        for h in hooks:
+            h.remove()
+    return x, stats, mp
+
+
+def test_block_restatement_equals_module_cache_and_skips_reused_inputs(comfy):
+    den, adapters, _, schedule_mod = comfy
+    sched = _schedule(schedule_mod, adapters._pixart_adapter(den.model).layout)
+    counts: dict = {}
+    x, stats, mp = _patched_loop(comfy, sched, counts=counts)
+    with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
+        ref = den.loop(lambda i: setattr(c, "step", i))
+    assert torch.equal(x, ref)  # the same ops for every computed unit: bit for bit
+    bits = sched.effective_bits()
+    assert stats.total_reused == int((~bits).sum()) and int(stats.fallback.sum()) == 0
+    # norm1 feeds only attn (unit 3i), norm2 only mlp (3i+2); +1 for block 0's check against ComfyUI's block
+    for i in range(len(den.model.blocks)):
+        check = 2 if i == 0 else 0  # ComfyUI's own block and the re-statement, engine off
+        assert counts.get((i, "norm1"), 0) == int(bits[:, 3 * i].sum()) + check, i
+        assert counts.get((i, "norm2"), 0) == int(bits[:, 3 * i + 2].sum()) + check, i
+    assert counts[(0, "norm1")] == 1 + 2  # block 0's attn computed only at step 0
+    assert not any(hasattr(b, "forward") and "forward" in b.__dict__ for b in den.model.blocks)  # unpatched
+
+
+def test_all_recompute_block_equals_comfyui_block(comfy):
+    den, adapters, _, schedule_mod = comfy
+    layout = adapters._pixart_adapter(den.model).layout
+    with torch.no_grad():
+        plain = den.loop()
+    x, stats, _ = _patched_loop(comfy, schedule_mod.Schedule.full(layout, STEPS))
+    assert torch.equal(x, plain) and stats.total_reused == 0
+
+
+def test_a_changed_comfyui_block_fails_loudly(comfy, monkeypatch):
+    den, adapters, _, schedule_mod = comfy
+    cls = type(den.model.blocks[0])
+    original = cls.forward
+
+    def changed(self, x, y, t, mask=None, HW=None, **kw):  # e.g. a future ComfyUI with another residual scale
+        return original(self, x, y, t, mask, HW, **kw) * 1.0001
+    monkeypatch.setattr(cls, "forward", changed)
+    layout = adapters._pixart_adapter(den.model).layout
+    with pytest.raises(adapters.SelfCheckError, match="PixArt block re-statement differs from ComfyUI's block"):
+        _patched_loop(comfy, _schedule(schedule_mod, layout))
+
+
+def test_another_nodes_block_patch_is_kept_and_its_modules_are_cached(comfy, caplog):
+    den, adapters, _, schedule_mod = comfy
+    sched = _schedule(schedule_mod, adapters._pixart_adapter(den.model).layout, seed=1)
+    blk0 = den.model.blocks[0]
+    calls = []
+
+    def foreign(*a, **k):  # another pack's block patch: must stay in place and still run
+        calls.append(1)
+        return type(blk0).forward(blk0, *a, **k)
+    mp = bench_comfy._Patcher(den.model, {})
+    mp.add_object_patch("diffusion_model.blocks.0.forward", foreign)
+    with caplog.at_level(logging.INFO, logger="ecad"):
+        x, stats, _ = _patched_loop(comfy, sched, mp=mp)
+    assert "block 0's forward is already patched by another node" in caplog.text
+    assert len(calls) == STEPS
+    assert stats.total_reused == int((~sched.effective_bits()).sum())
+    with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
+        ref = den.loop(lambda i: setattr(c, "step", i))
+    assert torch.equal(x, ref)
+
+
+def test_a_later_ecad_apply_replaces_the_earlier_block_patch(comfy):
+    den, adapters, engine_mod, schedule_mod = comfy
+    layout = adapters._pixart_adapter(den.model).layout
+    mp = bench_comfy._Patcher(den.model, {})
+    first = adapters.PixArtBlocks(den.model, _Run(None), "test").forward_for(0)
+    mp.object_patches["diffusion_model.blocks.0.forward"] = first  # as a clone of an ECAD-patched model holds
+    eng = engine_mod.CacheEngine(_schedule(schedule_mod, layout))
+    adapters._pixart_adapter(den.model).install(mp, _Run(eng))
+    try:
+        patched = mp.object_patches["diffusion_model.blocks.0.forward"]
+        assert patched is not first and patched.ecad_block
+        assert not any(k.endswith(".attn.forward") for k in mp.object_patches)
+    finally:
+        mp.unpatch()

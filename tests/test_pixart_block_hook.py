@@ -1,0 +1,104 @@
+"""The diffusers PixArt block re-statement (ecad_core.hooks.PixArtBlockHook) on a tiny random PixArt-α:
+a reused unit's norm + modulation is skipped, the output equals the module-output ceiling bit for bit,
+blocks it does not cover are hooked at their modules, and a block that changed fails loudly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench import models
+from bench.ceiling import CeilingCache
+from ecad_core import Schedule, cached
+from ecad_core.adapters import find_diffusers_units
+from ecad_core.errors import SelfCheckError
+from ecad_core.hooks import PixArtBlockHook, UnitHook
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def alpha():
+    with torch.no_grad():
+        yield models.diffusers_pixart("alpha", 64, tiny=True, device="cpu", dtype=torch.float32, steps=STEPS)
+
+
+def _schedule(den, seed=0):
+    layout = find_diffusers_units(den.model).layout
+    bits = np.random.default_rng(seed).random((STEPS, layout.n_units)) < 0.4
+    bits[:, 0] = False  # block 0's attn1 reused from step 1 on
+    return Schedule(layout, bits, name=f"random-{seed}")
+
+
+def _norm_counts(den):
+    counts, handles = {}, []
+    for i, blk in enumerate(den.model.transformer_blocks):
+        for name in ("norm1", "norm2"):
+            handles.append(getattr(blk, name).register_forward_hook(
+                lambda *_, k=(i, name): counts.__setitem__(k, counts.get(k, 0) + 1)))
+    return counts, handles
+
+
+def _engine_loop(den, sched):
+    with torch.no_grad(), cached(den.model, sched) as h:
+        h.tracker.scheduler_set(den.timesteps)
+        kinds = {type(x) for x in h._hooks}
+        x = den.loop()
+        stats = h.finish_run()
+    return x, stats, kinds
+
+
+def _ceiling_loop(den, sched):
+    with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
+        return den.loop(lambda i: setattr(c, "step", i))
+
+
+def test_reused_units_skip_their_norm_and_modulation(alpha):
+    sched = _schedule(alpha)
+    counts, handles = _norm_counts(alpha)
+    try:
+        x, stats, kinds = _engine_loop(alpha, sched)
+    finally:
+        for h in handles:
+            h.remove()
+    assert kinds == {PixArtBlockHook}
+    assert torch.equal(x, _ceiling_loop(alpha, sched))
+    bits = sched.effective_bits()
+    assert stats.total_reused == int((~bits).sum()) and int(stats.fallback.sum()) == 0
+    for i in range(len(alpha.model.transformer_blocks)):
+        check = 2 if i == 0 else 0  # the first-use check runs the block's own forward and the re-statement
+        assert counts.get((i, "norm1"), 0) == int(bits[:, 3 * i].sum()) + check, i
+        assert counts.get((i, "norm2"), 0) == int(bits[:, 3 * i + 2].sum()) + check, i
+    assert all("forward" not in b.__dict__ for b in alpha.model.transformer_blocks)  # removed cleanly
+
+
+def test_a_block_with_a_wrapped_forward_is_hooked_at_its_modules(alpha):
+    blk = alpha.model.transformer_blocks[3]
+    seen = []
+    own = type(blk).forward
+
+    def wrapped(*a, **k):  # as accelerate's offload hook wraps a module with parameters of its own
+        seen.append(1)
+        return own(blk, *a, **k)
+    blk.forward = wrapped
+    try:
+        sched = _schedule(alpha, seed=1)
+        x, stats, kinds = _engine_loop(alpha, sched)
+        assert kinds == {PixArtBlockHook, UnitHook} and len(seen) == STEPS
+        assert blk.forward is wrapped
+    finally:
+        del blk.forward
+    assert torch.equal(x, _ceiling_loop(alpha, sched))
+    assert stats.total_reused == int((~sched.effective_bits()).sum())
+
+
+def test_a_changed_block_fails_the_first_use_check(alpha, monkeypatch):
+    cls = type(alpha.model.transformer_blocks[0])
+    original = cls.forward
+
+    def changed(self, hidden_states, *a, **k):  # e.g. a diffusers release that scales the residual
+        return original(self, hidden_states, *a, **k) * 1.0001
+    monkeypatch.setattr(cls, "forward", changed)
+    with pytest.raises(SelfCheckError, match="re-statement differs from transformer_blocks.0's own forward"):
+        _engine_loop(alpha, _schedule(alpha))
+    assert all("forward" not in b.__dict__ for b in alpha.model.transformer_blocks)
