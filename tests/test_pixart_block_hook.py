@@ -102,3 +102,27 @@ def test_a_changed_block_fails_the_first_use_check(alpha, monkeypatch):
     with pytest.raises(SelfCheckError, match="re-statement differs from transformer_blocks.0's own forward"):
         _engine_loop(alpha, _schedule(alpha))
     assert all("forward" not in b.__dict__ for b in alpha.model.transformer_blocks)
+
+
+def _reused_inputs(preset: str, steps: int) -> int:
+    """Reused attn1 + ff unit calls of ``preset`` replayed at ``steps`` steps (each skips 4 device ops)."""
+    from bench.common import SCHEDULES, replay_bits
+    from ecad_core import load_schedule
+    bits = replay_bits(load_schedule(SCHEDULES / f"{preset}.json"), steps)
+    return int((~bits[:, 0::3]).sum() + (~bits[:, 2::3]).sum())
+
+
+@pytest.mark.parametrize("path,res", [("diffusers", 64), ("comfy", 384)])
+def test_op_counts_engine_launches_four_fewer_ops_per_reused_input_than_the_ceiling(path, res, request):
+    from bench import op_counts
+    if path == "comfy":
+        request.getfixturevalue("comfy_dir")
+    preset = "pixart-alpha-256-fastest"
+    v = op_counts.main(["--path", path, "--res", str(res), "--steps", "4", "--presets", preset])["variants"]
+    eng = v[f"{'engine' if path == 'diffusers' else 'pack'} {preset}"]
+    ceil = v[f"ceiling {preset}"]
+    check_ops = v["patched, all recompute"]["ops"] - v["no cache"]["ops"]  # one-off: the first-use check
+    assert 0 < check_ops <= 2 * v["no cache"]["ops"] / (4 * 28)  # two block forwards, once per patched model
+    # LayerNorm, 1 + scale, × (1 + scale), + shift: skipped for every reused attn1 / ff
+    assert ceil["ops"] - eng["ops"] + check_ops == 4 * _reused_inputs(preset, 4)
+    assert eng["vs_ceiling"] < 1
