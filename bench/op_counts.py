@@ -6,6 +6,9 @@ TorchDispatchMode) is one kernel launch on a GPU. Where a model is launch-bound
 count; unlike a CPU timing it does not depend on the machine, so it can be
 measured without a GPU and checked by a test. The tiny widths give the same
 counts as the full-size models (counts depend on the block structure only).
+ComfyUI picks another attention function on the CPU (``attention_split`` or
+``attention_basic``: a few ops more per attention than SDPA), so its absolute
+counts are CPU ones; the differences between variants are not.
 
     python -m bench.op_counts --path diffusers --res 256 --out r.json
     python -m bench.op_counts --path comfy --res 512
@@ -24,6 +27,11 @@ from .common import write_json
 PRESETS = "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest"
 
 
+# non-view ops that launch no kernel (allocation, metadata)
+NO_KERNEL = {"aten._unsafe_view", "aten.empty", "aten.empty_strided", "aten.empty_like", "aten.detach",
+             "aten.lift_fresh", "aten._reshape_alias"}
+
+
 class OpCounter(TorchDispatchMode):
     """Counts the non-view aten operations dispatched inside the ``with`` block, by name."""
 
@@ -32,7 +40,7 @@ class OpCounter(TorchDispatchMode):
         self.ops = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
+        if not func.is_view and str(func.overloadpacket) not in NO_KERNEL:
             self.ops[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
 
