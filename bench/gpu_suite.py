@@ -23,6 +23,10 @@ from .common import hardware, write_json
 
 ALPHA = "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest"
 DEFAULT_SECTIONS = 7  # the rest run by --only
+# --only GROUP: what changed since the last GPU run and still has to be measured (docs/performance.md):
+# the FLUX step-tracker fix (512²) and the PixArt block re-statements (α 256² eager, both paths 1024², 512²)
+GROUPS = {"recheck": ["diffusers_flux_512", "diffusers_alpha_256_15", "comfy_alpha_1024", "diffusers_alpha_1024",
+                      "comfy_alpha_512"]}
 
 
 def sections(tiny: bool, rounds: int):
@@ -93,7 +97,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU: a smoke run of every section")
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip sections that would start after this")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", help="comma-separated section names (default: all but the ones after the first 7)")
+    ap.add_argument("--only", help="comma-separated section names or groups (recheck); default: the first 7")
     a = ap.parse_args(argv)
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +108,11 @@ def main(argv=None) -> dict:
     suite = {"hardware": hardware(device), "tiny": a.tiny, "sections": {}, "skipped": [], "errors": {}}
     todo = sections(a.tiny, 1 if a.tiny else a.rounds)
     if a.only:
-        keep = set(a.only.split(","))
+        keep = {n for g in a.only.split(",") for n in GROUPS.get(g, [g])}
+        unknown = keep - {s[0] for s in todo}
+        if unknown:
+            raise SystemExit(f"gpu_suite: no section {', '.join(sorted(unknown))} (sections: "
+                             f"{', '.join(s[0] for s in todo)}; groups: {', '.join(GROUPS)})")
         todo = [s for s in todo if s[0] in keep]
     elif not a.tiny:
         todo = todo[:DEFAULT_SECTIONS]

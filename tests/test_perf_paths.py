@@ -329,3 +329,14 @@ def test_gpu_suite_refuses_without_cuda_and_summarises(monkeypatch):
         "median_ms": 2.0, "speedup": 1.0, "spread_pct": 1.0}}}}, "errors": {"t": "boom"}, "skipped": ["u"]}
     text = gpu_suite.summary(suite)
     assert "no cache" in text and "t: ERROR boom" in text and "skipped: u" in text
+
+
+def test_gpu_suite_only_takes_groups_and_names_unknown_sections(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_suite, "hardware", lambda device: {"gpu": "test"})
+    with pytest.raises(SystemExit, match="no section bogus_section"):
+        gpu_suite.main(["--out", str(tmp_path), "--only", "bogus_section"])
+    # a zero budget skips everything: the group expands to its sections, in suite order
+    suite = gpu_suite.main(["--out", str(tmp_path), "--only", "recheck", "--budget-s", "0"])
+    order = [s[0] for s in gpu_suite.sections(False, 3)]
+    assert suite["skipped"] == sorted(gpu_suite.GROUPS["recheck"], key=order.index) and not suite["sections"]
