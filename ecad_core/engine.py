@@ -18,6 +18,7 @@ engine the step and branch; the engine itself knows nothing about models.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -221,6 +222,16 @@ class CacheEngine:
     def clear(self) -> None:
         self._store.clear()
         self._fresh.clear()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Everything inside computes and touches neither the cache nor the statistics (self-checks)."""
+        was = self.enabled
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = was
 
     # -- the unit call ---------------------------------------------------------
     def call(self, unit: int, fn: Callable, args: tuple, kwargs: dict):

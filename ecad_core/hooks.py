@@ -67,6 +67,16 @@ def has_hook(module: torch.nn.Module) -> bool:
     return getattr(module, _ATTR, None) is not None
 
 
+def restatement_mismatch(ref, mine) -> str | None:
+    """None when a re-stated block's output equals the block's own bit for bit, else what differs."""
+    if isinstance(ref, torch.Tensor) and isinstance(mine, torch.Tensor) and ref.shape == mine.shape:
+        if torch.equal(ref, mine):
+            return None
+        return f"max abs diff {(ref.float() - mine.float()).abs().max().item():.3g}"
+    return (f"output {type(ref).__name__} of shape {tuple(getattr(ref, 'shape', ()))} against "
+            f"{type(mine).__name__} of shape {tuple(getattr(mine, 'shape', ()))}")
+
+
 class FirstUseCheck:
     """Shared by the block hooks of one model: the re-statement is compared with the block once."""
 
@@ -164,23 +174,17 @@ class PixArtBlockHook:
         return hidden_states
 
     def _check(self, original, args, kwargs) -> None:
-        eng = self.engine
-        was = eng.enabled
-        eng.enabled = False  # everything computes; the cache and the statistics are not touched
-        try:
+        with self.engine.paused():
             ref = original(*args, **kwargs)
             try:
                 mine = self._restated(*args, **kwargs)
             except TypeError as e:  # the block's signature changed
                 raise SelfCheckError(f"ECAD self-check failed: {self.name}'s forward takes other arguments "
                                      f"than this release's PixArt block re-statement ({e})") from None
-        finally:
-            eng.enabled = was
-        if not (isinstance(ref, torch.Tensor) and ref.shape == mine.shape and torch.equal(ref, mine)):
-            diff = ((ref.float() - mine.float()).abs().max().item()
-                    if isinstance(ref, torch.Tensor) and ref.shape == mine.shape else "shape")
+        why = restatement_mismatch(ref, mine)
+        if why:
             raise SelfCheckError(
                 f"ECAD self-check failed: the PixArt block re-statement differs from {self.name}'s own forward "
-                f"(max abs diff {diff}); this diffusers version is not supported by this ECAD release - "
-                f"refusing to produce a different image")
+                f"({why}); this diffusers version is not supported by this ECAD release - refusing to produce "
+                f"a different image")
         self.check.done = True

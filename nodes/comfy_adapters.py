@@ -29,6 +29,7 @@ import torch
 
 from ..ecad_core.engine import signature
 from ..ecad_core.errors import ModelMismatchError, SelfCheckError
+from ..ecad_core.hooks import restatement_mismatch
 from ..ecad_core.layout import Layout, make_layout
 from .comfy_pixart import PixArtBlocks
 
@@ -239,10 +240,7 @@ class _FluxBlocks:
         return {"img": img, "txt": txt}
 
     def _check_double(self, blk, args, extra):
-        eng = self.run.engine
-        was = eng.enabled
-        eng.enabled = False  # the check must not touch the cache or the statistics
-        try:
+        with self.run.engine.paused():  # the check must not touch the cache or the statistics
             a1 = {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}
             ref, cap = self._captured(extra["original_block"], a1)
             if "img_proj" not in cap or "txt_proj" not in cap:
@@ -251,14 +249,12 @@ class _FluxBlocks:
                     f"img_attn.proj / txt_attn.proj; this ComfyUI version is not supported")
             a2 = {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}
             mine = self._double_reuse(blk, a2, (cap["img_proj"][1], cap["txt_proj"][1]))
-        finally:
-            eng.enabled = was
         for k in ("img", "txt"):
-            if not torch.equal(ref[k], mine[k]):
+            why = restatement_mismatch(ref[k], mine[k])
+            if why:
                 raise SelfCheckError(
                     f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block re-statement "
-                    f"differs from ComfyUI's block ({k}: max abs diff "
-                    f"{(ref[k].float() - mine[k].float()).abs().max().item():.3g}); refusing to run")
+                    f"differs from ComfyUI's block ({k}: {why}); refusing to run")
         self.checked["double"] = True
 
     def single_patch(self, j):
@@ -332,21 +328,16 @@ class _FluxBlocks:
         return {"img": x}
 
     def _check_single(self, blk, args, extra):
-        eng = self.run.engine
-        was = eng.enabled
-        eng.enabled = False
         noop = lambda v: None  # noqa: E731
-        try:
+        with self.run.engine.paused():
             ref, cap = self._captured(extra["original_block"], {**args, "img": args["img"].clone()})
             self._single_parts(blk, cap)
             mine = self._single_forward(blk, {**args, "img": args["img"].clone()}, None, None, None, noop, noop, noop)
-        finally:
-            eng.enabled = was
-        if not torch.equal(ref["img"], mine["img"]):
+        why = restatement_mismatch(ref["img"], mine["img"])
+        if why:
             raise SelfCheckError(
                 f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block re-statement differs "
-                f"from ComfyUI's block (max abs diff "
-                f"{(ref['img'].float() - mine['img'].float()).abs().max().item():.3g}); refusing to run")
+                f"from ComfyUI's block ({why}); refusing to run")
         self.checked["single"] = True
 
 

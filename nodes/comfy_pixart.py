@@ -15,9 +15,8 @@ sampling stops with SelfCheckError rather than produce a different image.
 """
 from __future__ import annotations
 
-import torch
-
 from ..ecad_core.errors import SelfCheckError
+from ..ecad_core.hooks import restatement_mismatch
 
 
 class PixArtBlocks:
@@ -68,19 +67,13 @@ class PixArtBlocks:
         return x + (gate_mlp * eng.call_lazy(unit + 2, mlp, (x,)))
 
     def _check(self, blk, original, x, y, t, mask, HW, kwargs) -> None:
-        eng = self.run.engine
-        was = eng.enabled
-        eng.enabled = False  # everything computes; the cache and the statistics are not touched
-        try:
+        with self.run.engine.paused():
             ref = original(blk, x, y, t, mask, HW, **kwargs)
             mine = self.restated(blk, 0, x, y, t, mask, HW)
-        finally:
-            eng.enabled = was
-        if not (isinstance(ref, torch.Tensor) and ref.shape == mine.shape and torch.equal(ref, mine)):
-            diff = ((ref.float() - mine.float()).abs().max().item()
-                    if isinstance(ref, torch.Tensor) and ref.shape == mine.shape else "shape")
+        why = restatement_mismatch(ref, mine)
+        if why:
             raise SelfCheckError(
                 f"ECAD self-check failed on ComfyUI {self.version}: the PixArt block re-statement differs from "
-                f"ComfyUI's block (max abs diff {diff}); this ComfyUI version is not supported by this ECAD "
-                f"release - refusing to produce a different image")
+                f"ComfyUI's block ({why}); this ComfyUI version is not supported by this ECAD release - "
+                f"refusing to produce a different image")
         self.checked = True

@@ -340,3 +340,34 @@ def test_gpu_suite_only_takes_groups_and_names_unknown_sections(monkeypatch, tmp
     suite = gpu_suite.main(["--out", str(tmp_path), "--only", "recheck", "--budget-s", "0"])
     order = [s[0] for s in gpu_suite.sections(False, 3)]
     assert suite["skipped"] == sorted(gpu_suite.GROUPS["recheck"], key=order.index) and not suite["sections"]
+
+
+@pytest.mark.parametrize("kind", ["double", "single"])
+def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_dir, monkeypatch, kind):
+    # A ComfyUI whose FLUX block no longer matches the pack's re-statement must stop sampling, not change images
+    bench_comfy.import_comfy("cpu")
+    adapters, engine_mod, schedule_mod = bench_comfy.pack_modules()
+    with torch.no_grad():
+        den = bench_comfy.comfy_flux(64, tiny=True, device="cpu", dtype=torch.float32, steps=2)
+    fb = adapters._FluxBlocks
+    name = "_double_reuse" if kind == "double" else "_single_forward"
+    real = getattr(fb, name)
+
+    def off(*a, **k):
+        out = real(*a, **k)
+        return {key: v * 1.001 for key, v in out.items()}
+    monkeypatch.setattr(fb, name, staticmethod(off))
+    ad = adapters._flux_adapter(den.model)
+    eng = engine_mod.CacheEngine(schedule_mod.Schedule.full(ad.layout, 2))
+    mp = bench_comfy._Patcher(den.model, den.transformer_options)
+    run = type("Run", (), {"engine": eng, "capture": None})()
+    ad.install(mp, run)
+    try:
+        eng.begin_run(2)
+        eng.set_position(0, ("cond",))
+        with torch.no_grad(), pytest.raises(adapters.SelfCheckError,
+                                            match=f"FLUX {kind} block re-statement differs from ComfyUI's block"):
+            den.call(den.x0.clone(), 0)
+    finally:
+        eng.end_run()
+        mp.unpatch()
