@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+import traceback
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -49,6 +51,43 @@ class OpCounter(TorchDispatchMode):
         return sum(self.ops.values())
 
 
+class CopySites(TorchDispatchMode):
+    """Where copies (clone, copy_, _to_copy) are made: the innermost model-code frame of each."""
+
+    COPIES = {"aten.clone", "aten.copy_", "aten._to_copy"}
+
+    def __init__(self, marks=("ComfyUI", "diffusers")):
+        super().__init__()
+        self.marks, self.sites = marks, collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if name in self.COPIES:
+            frames = [f for f in traceback.extract_stack() if any(m in f.filename for m in self.marks)]
+            f = frames[-1] if frames else None
+            self.sites[f"{name} at {Path(f.filename).name}:{f.lineno} {f.line}" if f else f"{name} (torch)"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def per_call(den, comfy_gpu_attention: bool = False) -> dict:
+    """Ops and copy sites of one model call (no cache). ``comfy_gpu_attention``: ComfyUI's PixArt with
+    ``attention_pytorch`` (what it runs on an NVIDIA GPU) instead of its CPU choice."""
+    import contextlib
+    ctx = contextlib.nullcontext()
+    if comfy_gpu_attention:
+        from unittest import mock
+
+        import comfy.ldm.modules.attention as attention
+        ctx = mock.patch("comfy.ldm.pixart.blocks.optimized_attention", attention.attention_pytorch)
+    with ctx, torch.no_grad():
+        x = den.x0.clone()
+        with OpCounter() as c:
+            den.call(x, 0)
+        with CopySites() as w:
+            den.call(x, 0)
+    return {"ops": c.total, "by_op": dict(c.ops.most_common(10)), "copies": dict(w.sites.most_common())}
+
+
 def count_variants(den, variants) -> dict:
     """Ops of one image per variant (set up, one loop under the counter, torn down)."""
     out = {}
@@ -60,7 +99,7 @@ def count_variants(den, variants) -> dict:
             stats = stats_fn() if stats_fn else None
         finally:
             teardown()
-        out[v.name] = {"ops": c.total, "by_op": dict(c.ops.most_common(12)),
+        out[v.name] = {"ops": c.total, "by_op": dict(c.ops.most_common()),
                        **({"reused": stats["reused"]} if stats else {})}
     base = out[variants[0].name]["ops"]
     for v in variants:
@@ -79,8 +118,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--res", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--presets", default=PRESETS)
+    ap.add_argument("--per-call", action="store_true",
+                    help="one no-cache call of ComfyUI's PixArt (GPU attention function) and diffusers': ops and "
+                         "where copies are made")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
+    if a.per_call:
+        return compare_per_call(a)
     kw = dict(tiny=True, device="cpu", dtype=torch.float32, steps=a.steps)
     names = [p for p in a.presets.split(",") if p]
     with torch.no_grad():
@@ -101,6 +145,24 @@ def main(argv=None) -> dict:
     for k, r in res["variants"].items():
         extra = f"  engine/ceiling {r['vs_ceiling']:.3f}" if "vs_ceiling" in r else ""
         print(f"  {k:36s} {r['ops']:8d}  x{r['vs_no_cache']:.3f} of no cache{extra}")
+    if a.out:
+        write_json(a.out, res)
+    return res
+
+
+def compare_per_call(a) -> dict:
+    from . import bench_comfy, models
+    bench_comfy.import_comfy("cpu")
+    kw = dict(tiny=True, device="cpu", dtype=torch.float32, steps=1)
+    with torch.no_grad():
+        res = {"bench": "op_counts per call", "res": a.res, "model": f"pixart-{a.variant}",
+               "comfy": per_call(bench_comfy.comfy_pixart(a.variant, a.res, **kw), comfy_gpu_attention=True),
+               "diffusers": per_call(models.diffusers_pixart(a.variant, a.res, **kw))}
+    for k in ("comfy", "diffusers"):
+        r = res[k]
+        print(f"{k}: {r['ops']} ops per call; {sum(r['copies'].values())} copies")
+        for site, n in r["copies"].items():
+            print(f"  {n:4d}  {site}")
     if a.out:
         write_json(a.out, res)
     return res

@@ -50,6 +50,10 @@ class PixArtBlocks:
     def restated(self, blk, unit: int, x, y, t, mask=None, HW=None):
         """``PixArtMSBlock.forward`` (ComfyUI v0.3.75) with its three units run through the engine."""
         eng, modulate = self.run.engine, self.modulate
+        # ComfyUI's PixArt hands block 0 the patch embedding as a transposed view ((B, C, N) in memory), and
+        # its residual adds keep that layout through all blocks: LayerNorm and q_linear then copy their input
+        # and every add runs a strided kernel. One copy here (a no-op from block 1 on) gives the same values.
+        x = x.contiguous()
         B = x.shape[0]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             blk.scale_shift_table[None].to(dtype=x.dtype, device=x.device) + t.reshape(B, 6, -1)).chunk(6, dim=1)

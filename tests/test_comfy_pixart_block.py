@@ -141,3 +141,30 @@ def test_a_later_ecad_apply_replaces_the_earlier_block_patch(comfy):
         assert not any(k.endswith(".attn.forward") for k in mp.object_patches)
     finally:
         mp.unpatch()
+
+
+def test_restated_blocks_keep_the_residual_stream_contiguous(comfy):
+    # ComfyUI's PixArt passes block 0 a transposed view of the patch embedding and keeps that layout through
+    # every residual add (so LayerNorm and q_linear copy their inputs); the re-statement makes it contiguous once
+    den, adapters, _, schedule_mod = comfy
+    layout = adapters._pixart_adapter(den.model).layout
+    seen = {"plain": [], "patched": []}
+
+    def probe(key):
+        return [b.cross_attn.q_linear.register_forward_pre_hook(lambda m, a: seen[key].append(a[0].is_contiguous()))
+                for b in den.model.blocks]
+    hs = probe("plain")
+    with torch.no_grad():
+        plain = den.loop()
+    for h in hs:
+        h.remove()
+    hs = probe("patched")
+    try:
+        x, _, _ = _patched_loop(comfy, schedule_mod.Schedule.full(layout, STEPS))
+    finally:
+        for h in hs:
+            h.remove()
+    assert not any(seen["plain"])  # ComfyUI v0.3.75 itself: strided throughout
+    n = len(den.model.blocks) * STEPS
+    assert seen["patched"][-n:] == [True] * n  # the sampling calls (the check's original block comes first)
+    assert torch.equal(x, plain)
