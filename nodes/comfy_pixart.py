@@ -15,6 +15,8 @@ sampling stops with SelfCheckError rather than produce a different image.
 """
 from __future__ import annotations
 
+import torch
+
 from ..ecad_core.errors import SelfCheckError
 from ..ecad_core.hooks import restatement_mismatch
 
@@ -31,6 +33,7 @@ class PixArtBlocks:
         self.modulate = t2i_modulate
         self.dm, self.run, self.version = dm, run, version
         self.checked = False
+        self.stream_stride = None
 
     def forward_for(self, i: int):
         blk = self.dm.blocks[i]
@@ -41,6 +44,8 @@ class PixArtBlocks:
             eng = run.engine
             if not eng.active_for():
                 return original(blk, x, y, t, mask, HW, **kwargs)
+            if i == 0:  # the layout ComfyUI's residual adds keep through every block of this call
+                self.stream_stride = x.stride()
             if not self.checked:
                 self._check(blk, original, x, y, t, mask, HW, kwargs)
             return self.restated(blk, 3 * i, x, y, t, mask, HW)
@@ -51,9 +56,11 @@ class PixArtBlocks:
         """``PixArtMSBlock.forward`` (ComfyUI v0.3.75) with its three units run through the engine."""
         eng, modulate = self.run.engine, self.modulate
         # ComfyUI's PixArt hands block 0 the patch embedding as a transposed view ((B, C, N) in memory), and
-        # its residual adds keep that layout through all blocks: LayerNorm and q_linear then copy their input
-        # and every add runs a strided kernel. One copy here (a no-op from block 1 on) gives the same values.
+        # its residual adds keep that layout through all blocks: both LayerNorms copy their input and every
+        # add runs a strided kernel. Here the stream is contiguous (one copy at block 0, then a no-op); the
+        # values are the same.
         x = x.contiguous()
+        stream = self.stream_stride
         B = x.shape[0]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             blk.scale_shift_table[None].to(dtype=x.dtype, device=x.device) + t.reshape(B, 6, -1)).chunk(6, dim=1)
@@ -63,7 +70,13 @@ class PixArtBlocks:
         x = x + (gate_msa * eng.call_lazy(unit, attn, (x,)))
 
         def cross_attn():
-            return blk.cross_attn(x, y, mask)
+            # cross_attn's q_linear is the one consumer whose arithmetic depends on the layout (a non-contiguous
+            # input takes matmul + bias add, a contiguous one addmm with the bias fused: other rounding on a
+            # GPU), so it gets the stream in ComfyUI's own layout: the same bits as ComfyUI's block
+            xs = x
+            if stream is not None and x.stride() != stream and len(stream) == x.dim():
+                xs = torch.empty_strided(x.shape, stream, dtype=x.dtype, device=x.device).copy_(x)
+            return blk.cross_attn(xs, y, mask)
         x = x + eng.call_lazy(unit + 1, cross_attn, (x, y))
 
         def mlp():
