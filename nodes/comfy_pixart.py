@@ -9,6 +9,12 @@ installed as an object patch of each block's ``forward`` (ComfyUI sets and
 restores it with the model). It calls ComfyUI's own modules and ``t2i_modulate``,
 so LoRA, weight casting and other packs' module patches still apply.
 
+It also keeps the residual stream contiguous: ComfyUI v0.3.75 carries it in the
+transposed layout of its patch embedding through every block, which makes each
+LayerNorm copy its input and each residual add run a strided kernel. Only
+``cross_attn`` gets the stream in ComfyUI's layout, as its ``q_linear`` rounds
+differently on a contiguous input (fused bias); every value stays the same.
+
 Before first use it is run beside ComfyUI's block on the same input and must
 give the same tensor bit for bit; if not (a ComfyUI that changed the block),
 sampling stops with SelfCheckError rather than produce a different image.
