@@ -22,32 +22,21 @@ from .errors import SelfCheckError
 _ATTR = "_ecad_unit_hook"
 
 
-class UnitHook:
-    """Serves one unit (block, component) of a model from the engine."""
+class _ForwardHook:
+    """Attaching sets the module's instance ``forward``; detaching restores exactly what was there."""
 
-    def __init__(self, engine: CacheEngine, unit: int, name: str):
-        self.engine = engine
-        self.unit = unit
-        self.name = name
-        self.module: torch.nn.Module | None = None
-        self._had_instance_forward = False
-        self._previous_forward = None
+    name: str
+    module: torch.nn.Module | None = None
 
-    def attach(self, module: torch.nn.Module) -> "UnitHook":
+    def _install(self, module: torch.nn.Module, make_forward):
+        """Set ``module.forward = make_forward(current forward)``."""
         if getattr(module, _ATTR, None) is not None:
             raise RuntimeError(f"{self.name}: this module already has an ECAD hook; remove the other "
                                f"schedule first (handle.remove())")
         self.module = module
         self._had_instance_forward = "forward" in module.__dict__
         self._previous_forward = module.forward
-        original = self._previous_forward
-        engine, unit = self.engine, self.unit
-
-        @functools.wraps(original)
-        def forward(*args, **kwargs):
-            return engine.call(unit, original, args, kwargs)
-
-        module.forward = forward
+        module.forward = make_forward(self._previous_forward)
         setattr(module, _ATTR, self)
         return self
 
@@ -61,6 +50,25 @@ class UnitHook:
             del m.forward
         delattr(m, _ATTR)
         self.module = None
+
+
+class UnitHook(_ForwardHook):
+    """Serves one unit (block, component) of a model from the engine."""
+
+    def __init__(self, engine: CacheEngine, unit: int, name: str):
+        self.engine = engine
+        self.unit = unit
+        self.name = name
+
+    def attach(self, module: torch.nn.Module) -> "UnitHook":
+        engine, unit = self.engine, self.unit
+
+        def make_forward(original):
+            @functools.wraps(original)
+            def forward(*args, **kwargs):
+                return engine.call(unit, original, args, kwargs)
+            return forward
+        return self._install(module, make_forward)
 
 
 def has_hook(module: torch.nn.Module) -> bool:
@@ -84,12 +92,11 @@ class FirstUseCheck:
         self.done = False
 
 
-class PixArtBlockHook:
+class PixArtBlockHook(_ForwardHook):
     """Serves units ``unit`` .. ``unit + 2`` (attn1, attn2, ff) of one diffusers PixArt block from the engine."""
 
     def __init__(self, engine: CacheEngine, unit: int, name: str, check: FirstUseCheck):
         self.engine, self.unit, self.name, self.check = engine, unit, name, check
-        self.module: torch.nn.Module | None = None
 
     @staticmethod
     def unfit_reason(block: torch.nn.Module) -> str | None:
@@ -108,32 +115,18 @@ class PixArtBlockHook:
         return None
 
     def attach(self, block: torch.nn.Module) -> "PixArtBlockHook":
-        if getattr(block, _ATTR, None) is not None:
-            raise RuntimeError(f"{self.name}: this block already has an ECAD hook; remove the other "
-                               f"schedule first (handle.remove())")
-        self.module = block
-        original = block.forward
         engine, check = self.engine, self.check
 
-        @functools.wraps(original)
-        def forward(*args, **kwargs):
-            if not engine.in_run or not engine.enabled:
-                return original(*args, **kwargs)
-            if not check.done:
-                self._check(original, args, kwargs)
-            return self._restated(*args, **kwargs)
-
-        block.forward = forward
-        setattr(block, _ATTR, self)
-        return self
-
-    def detach(self) -> None:
-        m = self.module
-        if m is None:
-            return
-        del m.forward
-        delattr(m, _ATTR)
-        self.module = None
+        def make_forward(original):
+            @functools.wraps(original)
+            def forward(*args, **kwargs):
+                if not engine.active_for():
+                    return original(*args, **kwargs)
+                if not check.done:
+                    self._check(original, args, kwargs)
+                return self._restated(*args, **kwargs)
+            return forward
+        return self._install(block, make_forward)
 
     def _restated(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
                   encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None, class_labels=None,
