@@ -88,6 +88,7 @@ class RunStats:
 
 
 _Tensor = torch.Tensor
+_NO_KWARGS: dict = {}
 
 
 def _signature(args, kwargs) -> tuple:
@@ -238,7 +239,7 @@ class CacheEngine:
         """Run ``fn(*args, **kwargs)`` as unit ``unit`` under the schedule."""
         if not self.in_run or not self.enabled:
             return fn(*args, **kwargs)
-        return self.call_lazy(unit, lambda: fn(*args, **kwargs), args, kwargs)
+        return self._unit_call(unit, fn, args, kwargs, args, kwargs)
 
     def call_lazy(self, unit: int, compute: Callable, sig_args: tuple, sig_kwargs: dict | None = None):
         """Run ``compute()`` as unit ``unit``: for adapters that build a unit's input only when it computes
@@ -247,6 +248,10 @@ class CacheEngine:
         with the same signature."""
         if not self.in_run or not self.enabled:
             return compute()
+        return self._unit_call(unit, compute, (), _NO_KWARGS, sig_args, sig_kwargs)
+
+    def _unit_call(self, unit, fn, args, kwargs, sig_args, sig_kwargs):
+        # the hot path (every unit call of a run): fn(*args, **kwargs) computes, no closure per call
         step = self.step
         sig = None
         if step and not self._bits[step][unit]:
@@ -263,13 +268,13 @@ class CacheEngine:
             self.n_fallback[step] += 1
         elif not (self.keep_store or self._keep[step][unit]):
             # the next step recomputes this unit: nothing to keep (and no signature to take)
-            out = compute()
+            out = fn(*args, **kwargs)
             self.n_computed[step] += 1
             self._store.pop((unit, self.branch), None)
             return out
         if sig is None:
             sig = _signature(sig_args, sig_kwargs)
-        out = compute()
+        out = fn(*args, **kwargs)
         if self.keep_store or self.offload_device is not None:
             self.store(unit, sig, out)
         else:  # store(), inlined
