@@ -24,10 +24,12 @@ from .common import hardware, write_json
 ALPHA = "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest"
 DEFAULT_SECTIONS = 7  # the rest run by --only
 # --only GROUP: what changed since the last GPU run and still has to be measured (docs/performance.md):
-# the FLUX step-tracker fix (512²) and the PixArt block re-statements (α 256² eager, both paths 1024², 512²,
-# CUDA graphs over the ComfyUI re-statement, and the profile that shows which copies remain); ≈ 330 s
+# the FLUX step-tracker fix (512²), the PixArt block re-statements (α 256² eager, both paths 1024², 512², CUDA
+# graphs over the ComfyUI re-statement, the profile that shows which copies remain) and the FLUX ones (1024²,
+# both paths); ≈ 520 s estimated, sections run in suite order, --budget-s skips the tail
 GROUPS = {"recheck": ["diffusers_flux_512", "diffusers_alpha_256_15", "comfy_alpha_1024", "diffusers_alpha_1024",
-                      "comfy_graphs_check", "comfy_alpha_512", "comfy_alpha_1024_profile"]}
+                      "comfy_graphs_check", "comfy_alpha_512", "comfy_alpha_1024_profile", "diffusers_flux_1024",
+                      "comfy_flux_1024"]}
 
 
 def sections(tiny: bool, rounds: int):

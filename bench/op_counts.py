@@ -12,6 +12,7 @@ counts are CPU ones; the differences between variants are not.
 
     python -m bench.op_counts --path diffusers --res 256 --out r.json
     python -m bench.op_counts --path comfy --res 512
+    python -m bench.op_counts --model flux-dev --res 1024
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .common import write_json
 
-PRESETS = "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest"
+PRESETS = {"pixart-alpha": "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest",
+           "pixart-sigma": "pixart-sigma-256-fast",
+           "flux-dev": "flux-dev-1024-fast,flux-dev-256-faster"}
 
 
 # non-view ops that launch no kernel (allocation, metadata)
@@ -114,10 +117,10 @@ def count_variants(den, variants) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--path", default="diffusers", choices=("diffusers", "comfy"))
-    ap.add_argument("--variant", default="alpha", choices=("alpha", "sigma"))
+    ap.add_argument("--model", default="pixart-alpha", choices=tuple(PRESETS))
     ap.add_argument("--res", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--presets", default=PRESETS)
+    ap.add_argument("--presets", help="comma-separated shipped presets (default: the model's)")
     ap.add_argument("--per-call", action="store_true",
                     help="one no-cache call of ComfyUI's PixArt (GPU attention function) and diffusers': ops and "
                          "where copies are made")
@@ -126,22 +129,23 @@ def main(argv=None) -> dict:
     if a.per_call:
         return compare_per_call(a)
     kw = dict(tiny=True, device="cpu", dtype=torch.float32, steps=a.steps)
-    names = [p for p in a.presets.split(",") if p]
+    names = [p for p in (a.presets or PRESETS[a.model]).split(",") if p]
     with torch.no_grad():
         if a.path == "diffusers":
             from . import bench_diffusers
-            den = bench_diffusers.build(f"pixart-{a.variant}", a.res, **kw)
+            den = bench_diffusers.build(a.model, a.res, **kw)
             vs = bench_diffusers.variants_for(den, bench_diffusers.load_presets(",".join(names)), graphs=False,
                                               offload=False, recompute=True)
         else:
             from . import bench_comfy
             bench_comfy.import_comfy("cpu")
             adapters, engine_mod, schedule_mod = bench_comfy.pack_modules()
-            den = bench_comfy.comfy_pixart(a.variant, a.res, **kw)
+            den = (bench_comfy.comfy_flux(a.res, **kw) if a.model == "flux-dev"
+                   else bench_comfy.comfy_pixart(a.model.split("-")[1], a.res, **kw))
             vs = bench_comfy.variants(den, names, adapters, engine_mod, schedule_mod)
-        res = {"bench": "op_counts", "path": a.path, "model": f"pixart-{a.variant}", "res": a.res,
+        res = {"bench": "op_counts", "path": a.path, "model": a.model, "res": a.res,
                "steps": a.steps, "variants": count_variants(den, vs)}
-    print(f"{a.path} PixArt-{a.variant} {a.res}², {a.steps} steps: device operations per image")
+    print(f"{a.path} {a.model} {a.res}², {a.steps} steps: device operations per image")
     for k, r in res["variants"].items():
         extra = f"  engine/ceiling {r['vs_ceiling']:.3f}" if "vs_ceiling" in r else ""
         print(f"  {k:36s} {r['ops']:8d}  x{r['vs_no_cache']:.3f} of no cache{extra}")
@@ -152,12 +156,15 @@ def main(argv=None) -> dict:
 
 def compare_per_call(a) -> dict:
     from . import bench_comfy, models
+    if not a.model.startswith("pixart-"):
+        raise SystemExit("op_counts --per-call compares the PixArt paths: use --model pixart-alpha or pixart-sigma")
+    variant = a.model.split("-")[1]
     bench_comfy.import_comfy("cpu")
     kw = dict(tiny=True, device="cpu", dtype=torch.float32, steps=1)
     with torch.no_grad():
-        res = {"bench": "op_counts per call", "res": a.res, "model": f"pixart-{a.variant}",
-               "comfy": per_call(bench_comfy.comfy_pixart(a.variant, a.res, **kw), comfy_gpu_attention=True),
-               "diffusers": per_call(models.diffusers_pixart(a.variant, a.res, **kw))}
+        res = {"bench": "op_counts per call", "res": a.res, "model": a.model,
+               "comfy": per_call(bench_comfy.comfy_pixart(variant, a.res, **kw), comfy_gpu_attention=True),
+               "diffusers": per_call(models.diffusers_pixart(variant, a.res, **kw))}
     for k in ("comfy", "diffusers"):
         r = res[k]
         print(f"{k}: {r['ops']} ops per call; {sum(r['copies'].values())} copies")

@@ -18,7 +18,7 @@ import torch
 
 from .adapters import find_diffusers_units
 from .engine import CacheEngine, RunStats
-from .hooks import FirstUseCheck, PixArtBlockHook, UnitHook
+from .hooks import BLOCK_HOOKS, FirstUseCheck, UnitHook
 from .schedule import Schedule, load_schedule
 
 log = logging.getLogger("ecad")
@@ -205,24 +205,29 @@ class EcadHandle:
 
 
 def _attach_hooks(units, engine: CacheEngine) -> list:
-    """PixArt blocks get the block re-statement (a reused unit's norm + modulation is skipped) where they
-    are the configuration it covers; every other unit is hooked at its module."""
-    n = 3  # PixArt units per block
-    whole = [PixArtBlockHook.unfit_reason(b) is None for b in units.blocks] if units.blocks is not None else []
-    unfit = [i for i, ok in enumerate(whole) if not ok]
-    if unfit:
-        log.info("ECAD: %d PixArt blocks (first: transformer_blocks.%d, %s) are hooked at their modules",
-                 len(unfit), unfit[0], PixArtBlockHook.unfit_reason(units.blocks[unfit[0]]))
-    check = FirstUseCheck()
+    """Blocks a re-statement covers (PixArt, FLUX) get it, so a reused unit's input is not built; every other
+    unit is hooked at its module."""
+    checks: dict[str, FirstUseCheck] = {}
+    by_unit = {}
+    unfit: dict[str, list] = {}
+    for b in units.blocks:
+        why = BLOCK_HOOKS[b.kind].unfit_reason(b.module)
+        if why is None:
+            by_unit[b.first_unit] = b
+        else:
+            unfit.setdefault(b.kind, []).append((b.name, why))
+    for kind, blocks in unfit.items():
+        log.info("ECAD: %d %s blocks (first: %s, %s) are hooked at their modules", len(blocks), kind, *blocks[0])
+    covered = {u for first in by_unit for u in range(first, first + 3)}
     hooks = []
     try:
         for i, (m, name) in enumerate(zip(units.modules, units.names)):
-            if whole and whole[i // n]:
-                if i % n == 0:
-                    hooks.append(PixArtBlockHook(engine, i, f"transformer_blocks.{i // n}", check)
-                                 .attach(units.blocks[i // n]))
-                continue
-            hooks.append(UnitHook(engine, i, name).attach(m))
+            if i in by_unit:
+                b = by_unit[i]
+                check = checks.setdefault(b.kind, FirstUseCheck())
+                hooks.append(BLOCK_HOOKS[b.kind](engine, i, b.name, check).attach(b.module))
+            elif i not in covered:
+                hooks.append(UnitHook(engine, i, name).attach(m))
     except Exception:
         for h in hooks:
             h.detach()

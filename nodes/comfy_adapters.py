@@ -206,7 +206,13 @@ class _FluxBlocks:
                 out, cap = self._captured(extra["original_block"], args)
                 eng.store(u_attn, sig, (cap["img_proj"][1], cap["txt_proj"][1]))
                 return out
-            return self._double_reuse(blk, args, cached)
+            return self._double_reuse(blk, args, cached, mlp)
+
+        def mlp(k, module, make_input, like):
+            # a reused MLP unit's norm + modulation is not built (the module's own forward: its object patch
+            # would route it through the engine a second time)
+            fwd = type(module).forward
+            return run.engine.call_lazy(u_attn + k, lambda: fwd(module, make_input()), (like,))
         return patch
 
     def _captured(self, original, args):
@@ -220,8 +226,12 @@ class _FluxBlocks:
         return out, cap
 
     @staticmethod
-    def _double_reuse(blk, args, cached):
+    def _double_reuse(blk, args, cached, mlp=None):
+        """The double block with its attention outputs ``cached``. ``mlp(k, module, make_input, like)`` runs
+        MLP unit k (1: img, 2: txt) and builds its input only if the unit computes; default: always built."""
         from comfy.ldm.flux.layers import apply_mod
+        if mlp is None:
+            mlp = lambda k, module, make_input, like: module(make_input())  # noqa: E731
         img, txt, vec = args["img"], args["txt"], args["vec"]
         img_a, txt_a = cached
         if blk.modulation:
@@ -230,10 +240,12 @@ class _FluxBlocks:
         else:
             (img_mod1, img_mod2), (txt_mod1, txt_mod2) = vec
         img += apply_mod(img_a, img_mod1.gate, None, None)
-        img += apply_mod(blk.img_mlp(apply_mod(blk.img_norm2(img), (1 + img_mod2.scale), img_mod2.shift, None)),
+        img += apply_mod(mlp(1, blk.img_mlp, lambda: apply_mod(blk.img_norm2(img), (1 + img_mod2.scale),
+                                                               img_mod2.shift, None), img),
                          img_mod2.gate, None, None)
         txt += apply_mod(txt_a, txt_mod1.gate, None, None)
-        txt += apply_mod(blk.txt_mlp(apply_mod(blk.txt_norm2(txt), (1 + txt_mod2.scale), txt_mod2.shift, None)),
+        txt += apply_mod(mlp(2, blk.txt_mlp, lambda: apply_mod(blk.txt_norm2(txt), (1 + txt_mod2.scale),
+                                                               txt_mod2.shift, None), txt),
                          txt_mod2.gate, None, None)
         if txt.dtype == torch.float16:
             txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)

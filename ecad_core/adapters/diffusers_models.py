@@ -1,12 +1,21 @@
 """Units of diffusers' DiTs (no diffusers import needed: found by structure)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import ModelMismatchError
 from ..layout import Layout, make_layout
+
+
+@dataclass
+class BlockUnits:
+    """A block whose three units a block re-statement can serve (``hooks.BLOCK_HOOKS[kind]``)."""
+    kind: str            # "pixart", "flux_double", "flux_single"
+    module: torch.nn.Module
+    first_unit: int      # its units are first_unit .. first_unit + 2 in the layout's flat order
+    name: str
 
 
 @dataclass
@@ -16,7 +25,7 @@ class UnitMap:
     modules: list[torch.nn.Module]
     names: list[str]  # dotted module paths, for messages
     model_kind: str   # e.g. "diffusers PixArtTransformer2DModel"
-    blocks: list[torch.nn.Module] | None = None  # PixArt: block i holds units 3i..3i+2 (block re-statement)
+    blocks: list[BlockUnits] = field(default_factory=list)
 
 
 def _pixart_units(tr) -> UnitMap:
@@ -30,7 +39,8 @@ def _pixart_units(tr) -> UnitMap:
                 raise ModelMismatchError(f"transformer_blocks.{i} has no {comp!r}: not a PixArt block")
             mods.append(m)
             names.append(f"transformer_blocks.{i}.{comp}")
-    return UnitMap(layout, mods, names, f"diffusers {type(tr).__name__}", blocks=list(blocks))
+    return UnitMap(layout, mods, names, f"diffusers {type(tr).__name__}",
+                   blocks=[BlockUnits("pixart", b, 3 * i, f"transformer_blocks.{i}") for i, b in enumerate(blocks)])
 
 
 def _flux_units(tr) -> UnitMap:
@@ -45,7 +55,11 @@ def _flux_units(tr) -> UnitMap:
         for comp, attr in (("single_attn", "attn"), ("single_proj_mlp", "proj_mlp"), ("single_proj_out", "proj_out")):
             mods.append(getattr(blk, attr))
             names.append(f"single_transformer_blocks.{i}.{attr}")
-    return UnitMap(layout, mods, names, f"diffusers {type(tr).__name__}")
+    nd = len(double)
+    blocks = ([BlockUnits("flux_double", b, 3 * i, f"transformer_blocks.{i}") for i, b in enumerate(double)]
+              + [BlockUnits("flux_single", b, 3 * (nd + j), f"single_transformer_blocks.{j}")
+                 for j, b in enumerate(single)])
+    return UnitMap(layout, mods, names, f"diffusers {type(tr).__name__}", blocks=blocks)
 
 
 def find_diffusers_units(transformer: torch.nn.Module) -> UnitMap:

@@ -1,0 +1,155 @@
+"""What every hook shares: attach/detach of an instance ``forward``, and the first-use check of re-statements."""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from ..engine import CacheEngine
+from ..errors import SelfCheckError
+
+_ATTR = "_ecad_unit_hook"
+
+
+class _ForwardHook:
+    """Attaching sets the module's instance ``forward``; detaching restores exactly what was there."""
+
+    name: str
+    module: torch.nn.Module | None = None
+
+    def _install(self, module: torch.nn.Module, make_forward):
+        """Set ``module.forward = make_forward(current forward)``."""
+        if getattr(module, _ATTR, None) is not None:
+            raise RuntimeError(f"{self.name}: this module already has an ECAD hook; remove the other "
+                               f"schedule first (handle.remove())")
+        self.module = module
+        self._had_instance_forward = "forward" in module.__dict__
+        self._previous_forward = module.forward
+        module.forward = make_forward(self._previous_forward)
+        setattr(module, _ATTR, self)
+        return self
+
+    def detach(self) -> None:
+        m = self.module
+        if m is None:
+            return
+        if self._had_instance_forward:
+            m.forward = self._previous_forward
+        else:
+            del m.forward
+        delattr(m, _ATTR)
+        self.module = None
+
+
+def has_hook(module: torch.nn.Module) -> bool:
+    return getattr(module, _ATTR, None) is not None
+
+
+def restatement_mismatch(ref, mine) -> str | None:
+    """None when a re-stated block's output equals the block's own bit for bit, else what differs."""
+    if isinstance(ref, (tuple, list)) and isinstance(mine, (tuple, list)) and len(ref) == len(mine):
+        for i, (r, m) in enumerate(zip(ref, mine)):
+            why = restatement_mismatch(r, m)
+            if why:
+                return f"output {i}: {why}"
+        return None
+    if isinstance(ref, torch.Tensor) and isinstance(mine, torch.Tensor) and ref.shape == mine.shape:
+        if torch.equal(ref, mine):
+            return None
+        return f"max abs diff {(ref.float() - mine.float()).abs().max().item():.3g}"
+    return (f"output {type(ref).__name__} of shape {tuple(getattr(ref, 'shape', ()))} against "
+            f"{type(mine).__name__} of shape {tuple(getattr(mine, 'shape', ()))}")
+
+
+class FirstUseCheck:
+    """Shared by the block hooks of one kind in one model: the re-statement is compared with the block once."""
+
+    def __init__(self):
+        self.done = False
+
+
+class BlockHook(_ForwardHook):
+    """A block whose forward is re-stated so that a unit's input is built only when the unit computes.
+
+    Serves units ``unit`` .. ``unit + 2`` of one block. Subclasses give ``_restated`` (the block's
+    forward with its units through ``engine.call_lazy``), ``FAMILY`` (for messages), ``PARAMETERS``
+    (the block forward's parameter names it re-states) and ``_unfit`` (configuration checks).
+    """
+
+    FAMILY = "block"
+    PARAMETERS: tuple[str, ...] = ()
+    # submodules whose forward the re-statement does not call (it calls their parts): a wrapped one is unfit
+    BYPASSED: tuple[str, ...] = ()
+
+    def __init__(self, engine: CacheEngine, unit: int, name: str, check: FirstUseCheck):
+        self.engine, self.unit, self.name, self.check = engine, unit, name, check
+
+    @classmethod
+    def unfit_reason(cls, block: torch.nn.Module) -> str | None:
+        """Why ``block`` is not the configuration the re-statement covers (None: it is)."""
+        why = cls._unfit(block)
+        if why:
+            return why
+        why = cls._signature_unfit(block)
+        if why:
+            return why
+        # e.g. accelerate's offload hook, which the re-statement would bypass
+        for path in ("",) + cls.BYPASSED:
+            if "forward" in (block.get_submodule(path) if path else block).__dict__:
+                return f"{path}'s forward is already wrapped" if path else "its forward is already wrapped"
+        return None
+
+    @classmethod
+    def _signature_unfit(cls, block: torch.nn.Module) -> str | None:
+        """The forward must take the parameters the re-statement takes (an older diffusers' may not)."""
+        try:
+            params = list(inspect.signature(type(block).forward).parameters.values())[1:]
+        except (TypeError, ValueError):
+            return None
+        names = {p.name for p in params}
+        any_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+        missing = [n for n in cls.PARAMETERS if n not in names and not any_kw]
+        extra = [p.name for p in params if p.name not in cls.PARAMETERS and p.default is p.empty
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if missing or extra:
+            return (f"its forward takes ({', '.join(p.name for p in params)}), the re-statement "
+                    f"({', '.join(cls.PARAMETERS)})")
+        return None
+
+    @classmethod
+    def _unfit(cls, block: torch.nn.Module) -> str | None:
+        return None
+
+    def attach(self, block: torch.nn.Module) -> "BlockHook":
+        engine, check = self.engine, self.check
+
+        def make_forward(original):
+            @functools.wraps(original)
+            def forward(*args, **kwargs):
+                if not engine.active_for():
+                    return original(*args, **kwargs)
+                if not check.done:
+                    self._check(original, args, kwargs)
+                return self._restated(*args, **kwargs)
+            return forward
+        return self._install(block, make_forward)
+
+    def _restated(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def _check(self, original, args, kwargs) -> None:
+        with self.engine.paused():
+            ref = original(*args, **kwargs)
+            try:
+                mine = self._restated(*args, **kwargs)
+            except TypeError as e:  # the block's signature changed
+                raise SelfCheckError(f"ECAD self-check failed: {self.name}'s forward takes other arguments "
+                                     f"than this release's {self.FAMILY} block re-statement ({e})") from None
+        why = restatement_mismatch(ref, mine)
+        if why:
+            raise SelfCheckError(
+                f"ECAD self-check failed: the {self.FAMILY} block re-statement differs from {self.name}'s own "
+                f"forward ({why}); this diffusers version is not supported by this ECAD release - refusing to "
+                f"produce a different image")
+        self.check.done = True

@@ -1,0 +1,187 @@
+"""The diffusers FLUX block re-statements (ecad_core.hooks.FluxDoubleBlockHook / FluxSingleBlockHook) on a tiny
+random FLUX.1-dev (19 double + 38 single blocks): a reused unit's norm + modulation (and a reused proj_out's
+activation + concatenation) is not computed, the output equals the module-output ceiling bit for bit, blocks the
+re-statement does not cover are hooked at their modules, and a block that changed fails loudly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench import models
+from bench.ceiling import CeilingCache
+from ecad_core import Schedule, cached
+from ecad_core.adapters import find_diffusers_units
+from ecad_core.errors import SelfCheckError
+from ecad_core.hooks import FluxDoubleBlockHook, FluxSingleBlockHook, UnitHook
+
+STEPS = 4
+ND, NS = 19, 38
+
+
+@pytest.fixture(scope="module")
+def flux():
+    with torch.no_grad():
+        yield models.diffusers_flux(64, tiny=True, device="cpu", dtype=torch.float32, steps=STEPS)
+
+
+def _schedule(den, seed=0):
+    layout = find_diffusers_units(den.model).layout
+    bits = np.random.default_rng(seed).random((STEPS, layout.n_units)) < 0.4
+    bits[:, 3 * ND:3 * ND + 3] = [False, False, True]  # single block 0: attn + mlp reused, proj_out computed
+    return Schedule(layout, bits, name=f"random-{seed}")
+
+
+def _engine_loop(den, sched):
+    with torch.no_grad(), cached(den.model, sched) as h:
+        h.tracker.scheduler_set(den.timesteps)
+        h.tracker.step_hooked = True
+        kinds = [type(x) for x in h._hooks]
+
+        def pre(i):
+            if i > 0:
+                h.tracker.scheduler_stepped()
+        x = den.loop(pre)
+        stats = h.finish_run()
+    return x, stats, kinds
+
+
+def _ceiling_loop(den, sched):
+    with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
+        return den.loop(lambda i: setattr(c, "step", i))
+
+
+def _count_calls(den):
+    """Calls of the modules that build each unit's input (and of the single blocks' activation)."""
+    counts, handles = {}, []
+    m = den.model
+    watched = [(("d", i, k), getattr(b, a) if "." not in a else b.get_submodule(a))
+               for i, b in enumerate(m.transformer_blocks)
+               for k, a in (("attn", "norm1.norm"), ("ctx", "norm1_context.norm"), ("ff", "norm2"),
+                            ("ffc", "norm2_context"))]
+    watched += [(("s", j, k), b.get_submodule(a)) for j, b in enumerate(m.single_transformer_blocks)
+                for k, a in (("norm", "norm.norm"), ("act", "act_mlp"))]
+    for key, mod in watched:
+        handles.append(mod.register_forward_hook(lambda *_, k=key: counts.__setitem__(k, counts.get(k, 0) + 1)))
+    return counts, handles
+
+
+def test_reused_units_skip_their_inputs_and_match_the_ceiling(flux):
+    sched = _schedule(flux)
+    counts, handles = _count_calls(flux)
+    try:
+        x, stats, kinds = _engine_loop(flux, sched)
+    finally:
+        for h in handles:
+            h.remove()
+    assert kinds.count(FluxDoubleBlockHook) == ND and kinds.count(FluxSingleBlockHook) == NS and len(kinds) == ND + NS
+    assert torch.equal(x, _ceiling_loop(flux, sched))
+    bits = sched.effective_bits()
+    assert stats.total_reused == int((~bits).sum()) and int(stats.fallback.sum()) == 0
+    for i in range(ND):
+        check = 2 if i == 0 else 0  # the first-use check runs the block's own forward and the re-statement
+        for k, u in (("attn", 0), ("ctx", 0), ("ff", 1), ("ffc", 2)):
+            assert counts.get(("d", i, k), 0) == int(bits[:, 3 * i + u].sum()) + check, (i, k)
+    for j in range(NS):
+        check = 2 if j == 0 else 0
+        b = bits[:, 3 * (ND + j):3 * (ND + j) + 3]
+        assert counts.get(("s", j, "norm"), 0) == int((b[:, 0] | b[:, 1]).sum()) + check, j
+        assert counts.get(("s", j, "act"), 0) == int(b[:, 2].sum()) + check, j
+    blocks = list(flux.model.transformer_blocks) + list(flux.model.single_transformer_blocks)
+    assert all("forward" not in b.__dict__ for b in blocks)  # removed cleanly
+
+
+def test_a_block_whose_norm_is_wrapped_is_hooked_at_its_modules(flux):
+    blk = flux.model.transformer_blocks[2]
+    seen = []
+    own = type(blk.norm1).forward
+
+    def wrapped(*a, **k):  # as accelerate's offload hook wraps a module; the re-statement would bypass it
+        seen.append(1)
+        return own(blk.norm1, *a, **k)
+    blk.norm1.forward = wrapped
+    try:
+        assert FluxDoubleBlockHook.unfit_reason(blk) == "norm1's forward is already wrapped"
+        sched = _schedule(flux, seed=1)
+        x, stats, kinds = _engine_loop(flux, sched)
+        assert kinds.count(FluxDoubleBlockHook) == ND - 1 and kinds.count(UnitHook) == 3 and len(seen) == STEPS
+    finally:
+        del blk.norm1.forward
+    assert torch.equal(x, _ceiling_loop(flux, sched))
+    assert stats.total_reused == int((~sched.effective_bits()).sum())
+
+
+@pytest.mark.parametrize("which,name", [("transformer_blocks", "FLUX double block re-statement differs from "
+                                         "transformer_blocks.0"),
+                                        ("single_transformer_blocks", "FLUX single block re-statement differs "
+                                         "from single_transformer_blocks.0")])
+def test_a_changed_block_fails_the_first_use_check(flux, monkeypatch, which, name):
+    cls = type(getattr(flux.model, which)[0])
+    original = cls.forward
+
+    def changed(self, hidden_states, *a, **k):  # e.g. a diffusers release that scales the residual
+        enc, hid = original(self, hidden_states, *a, **k)
+        return enc, hid * 1.0001
+    monkeypatch.setattr(cls, "forward", changed)
+    with pytest.raises(SelfCheckError, match=name):
+        _engine_loop(flux, _schedule(flux))
+    blocks = list(flux.model.transformer_blocks) + list(flux.model.single_transformer_blocks)
+    assert all("forward" not in b.__dict__ for b in blocks)
+
+
+def test_a_block_with_another_signature_is_not_restated(flux):
+    # diffusers before 0.35: single blocks took the joint sequence only, forward(hidden_states, temb, ...)
+    blk = flux.model.single_transformer_blocks[0]
+
+    class OlderSingle(type(blk)):
+        def forward(self, hidden_states, temb, image_rotary_emb=None, joint_attention_kwargs=None):
+            raise AssertionError("not called")
+    old = OlderSingle.__new__(OlderSingle)
+    old.__dict__.update(blk.__dict__)
+    why = FluxSingleBlockHook.unfit_reason(old)
+    assert why and "forward takes (hidden_states, temb, image_rotary_emb, joint_attention_kwargs)" in why
+    assert FluxSingleBlockHook.unfit_reason(blk) is None
+
+
+def _skipped_ops(preset: str, steps: int) -> int:
+    """Operations the re-statements skip for ``preset`` replayed at ``steps`` steps: a reused double-block
+    attention skips 2 × (LayerNorm, 1 + scale, ×, + shift), a reused FF 4, a single block whose attn and
+    proj_mlp are both reused 4, a reused proj_out its activation and concatenation (2)."""
+    from bench.common import SCHEDULES, replay_bits
+    from ecad_core import load_schedule
+    b = ~replay_bits(load_schedule(SCHEDULES / f"{preset}.json"), steps)
+    d, s = b[:, :3 * ND], b[:, 3 * ND:]
+    return int(8 * d[:, 0::3].sum() + 4 * d[:, 1::3].sum() + 4 * d[:, 2::3].sum()
+               + 4 * (s[:, 0::3] & s[:, 1::3]).sum() + 2 * s[:, 2::3].sum())
+
+
+def test_op_counts_engine_skips_exactly_the_reused_units_inputs():
+    from bench import op_counts
+    preset = "flux-dev-256-faster"
+    v = op_counts.main(["--model", "flux-dev", "--res", "32", "--steps", "4", "--presets", preset])["variants"]
+    # one-off: one double and one single block run once more (the first-use checks), under a tenth of a call
+    check_ops = v["patched, all recompute"]["ops"] - v["no cache"]["ops"]
+    assert 0 < check_ops < v["no cache"]["ops"] / 4 / 10
+    assert v[f"ceiling {preset}"]["ops"] - v[f"engine {preset}"]["ops"] + check_ops == _skipped_ops(preset, 4)
+
+
+def test_comfy_flux_reused_double_block_skips_its_mlp_inputs(comfy_dir):
+    """ComfyUI's FLUX (nodes/comfy_adapters.py): where a double block's attention is reused, a reused MLP unit's
+    input (LayerNorm, 1 + scale, addcmul) is not built; the ceiling builds it. Copies aside (what each keeps
+    differs), ceiling − pack = 3 × those reused MLP units, once the one-off first-use checks are counted."""
+    from bench import op_counts
+    from bench.common import SCHEDULES, replay_bits
+    from ecad_core import load_schedule
+    preset = "flux-dev-1024-fast"
+    v = op_counts.main(["--path", "comfy", "--model", "flux-dev", "--res", "32", "--steps", "4",
+                        "--presets", preset])["variants"]
+
+    def compute_ops(name):
+        r = v[name]
+        return r["ops"] - r["by_op"].get("aten.clone", 0) - r["by_op"].get("aten.copy_", 0)
+    check_ops = compute_ops("patched, all recompute") - compute_ops("no cache")
+    assert 0 < check_ops < v["no cache"]["ops"] / 4 / 10
+    d = ~replay_bits(load_schedule(SCHEDULES / f"{preset}.json"), 4)[:, :3 * ND]
+    reused_inputs = int((d[:, 0::3] & d[:, 1::3]).sum() + (d[:, 0::3] & d[:, 2::3]).sum())
+    assert reused_inputs > 0
+    assert compute_ops(f"ceiling {preset}") - compute_ops(f"pack {preset}") + check_ops == 3 * reused_inputs
