@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bench import models
-from bench.ceiling import CeilingCache
-from ecad_core import Schedule, cached
+from block_hook_loops import ceiling_loop, engine_loop
+from ecad_core import Schedule
 from ecad_core.adapters import find_diffusers_units
 from ecad_core.errors import SelfCheckError
 from ecad_core.hooks import FluxDoubleBlockHook, FluxSingleBlockHook, UnitHook
@@ -32,25 +32,6 @@ def _schedule(den, seed=0):
     return Schedule(layout, bits, name=f"random-{seed}")
 
 
-def _engine_loop(den, sched):
-    with torch.no_grad(), cached(den.model, sched) as h:
-        h.tracker.scheduler_set(den.timesteps)
-        h.tracker.step_hooked = True
-        kinds = [type(x) for x in h._hooks]
-
-        def pre(i):
-            if i > 0:
-                h.tracker.scheduler_stepped()
-        x = den.loop(pre)
-        stats = h.finish_run()
-    return x, stats, kinds
-
-
-def _ceiling_loop(den, sched):
-    with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
-        return den.loop(lambda i: setattr(c, "step", i))
-
-
 def _count_calls(den):
     """Calls of the modules that build each unit's input (and of the single blocks' activation)."""
     counts, handles = {}, []
@@ -70,12 +51,12 @@ def test_reused_units_skip_their_inputs_and_match_the_ceiling(flux):
     sched = _schedule(flux)
     counts, handles = _count_calls(flux)
     try:
-        x, stats, kinds = _engine_loop(flux, sched)
+        x, stats, kinds = engine_loop(flux, sched)
     finally:
         for h in handles:
             h.remove()
     assert kinds.count(FluxDoubleBlockHook) == ND and kinds.count(FluxSingleBlockHook) == NS and len(kinds) == ND + NS
-    assert torch.equal(x, _ceiling_loop(flux, sched))
+    assert torch.equal(x, ceiling_loop(flux, sched))
     bits = sched.effective_bits()
     assert stats.total_reused == int((~bits).sum()) and int(stats.fallback.sum()) == 0
     for i in range(ND):
@@ -103,11 +84,11 @@ def test_a_block_whose_norm_is_wrapped_is_hooked_at_its_modules(flux):
     try:
         assert FluxDoubleBlockHook.unfit_reason(blk) == "norm1's forward is already wrapped"
         sched = _schedule(flux, seed=1)
-        x, stats, kinds = _engine_loop(flux, sched)
+        x, stats, kinds = engine_loop(flux, sched)
         assert kinds.count(FluxDoubleBlockHook) == ND - 1 and kinds.count(UnitHook) == 3 and len(seen) == STEPS
     finally:
         del blk.norm1.forward
-    assert torch.equal(x, _ceiling_loop(flux, sched))
+    assert torch.equal(x, ceiling_loop(flux, sched))
     assert stats.total_reused == int((~sched.effective_bits()).sum())
 
 
@@ -124,7 +105,7 @@ def test_a_changed_block_fails_the_first_use_check(flux, monkeypatch, which, nam
         return enc, hid * 1.0001
     monkeypatch.setattr(cls, "forward", changed)
     with pytest.raises(SelfCheckError, match=name):
-        _engine_loop(flux, _schedule(flux))
+        engine_loop(flux, _schedule(flux))
     blocks = list(flux.model.transformer_blocks) + list(flux.model.single_transformer_blocks)
     assert all("forward" not in b.__dict__ for b in blocks)
 

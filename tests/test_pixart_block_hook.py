@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bench import models
-from bench.ceiling import CeilingCache
-from ecad_core import Schedule, cached
+from block_hook_loops import ceiling_loop, engine_loop
+from ecad_core import Schedule
 from ecad_core.adapters import find_diffusers_units
 from ecad_core.errors import SelfCheckError
 from ecad_core.hooks import PixArtBlockHook, UnitHook
@@ -39,30 +39,17 @@ def _norm_counts(den):
     return counts, handles
 
 
-def _engine_loop(den, sched):
-    with torch.no_grad(), cached(den.model, sched) as h:
-        h.tracker.scheduler_set(den.timesteps)
-        kinds = {type(x) for x in h._hooks}
-        x = den.loop()
-        stats = h.finish_run()
-    return x, stats, kinds
-
-
-def _ceiling_loop(den, sched):
-    with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
-        return den.loop(lambda i: setattr(c, "step", i))
-
-
 def test_reused_units_skip_their_norm_and_modulation(alpha):
     sched = _schedule(alpha)
     counts, handles = _norm_counts(alpha)
     try:
-        x, stats, kinds = _engine_loop(alpha, sched)
+        x, stats, kinds = engine_loop(alpha, sched)
+        kinds = set(kinds)
     finally:
         for h in handles:
             h.remove()
     assert kinds == {PixArtBlockHook}
-    assert torch.equal(x, _ceiling_loop(alpha, sched))
+    assert torch.equal(x, ceiling_loop(alpha, sched))
     bits = sched.effective_bits()
     assert stats.total_reused == int((~bits).sum()) and int(stats.fallback.sum()) == 0
     for i in range(len(alpha.model.transformer_blocks)):
@@ -83,12 +70,12 @@ def test_a_block_with_a_wrapped_forward_is_hooked_at_its_modules(alpha):
     blk.forward = wrapped
     try:
         sched = _schedule(alpha, seed=1)
-        x, stats, kinds = _engine_loop(alpha, sched)
-        assert kinds == {PixArtBlockHook, UnitHook} and len(seen) == STEPS
+        x, stats, kinds = engine_loop(alpha, sched)
+        assert set(kinds) == {PixArtBlockHook, UnitHook} and len(seen) == STEPS
         assert blk.forward is wrapped
     finally:
         del blk.forward
-    assert torch.equal(x, _ceiling_loop(alpha, sched))
+    assert torch.equal(x, ceiling_loop(alpha, sched))
     assert stats.total_reused == int((~sched.effective_bits()).sum())
 
 
@@ -100,7 +87,7 @@ def test_a_changed_block_fails_the_first_use_check(alpha, monkeypatch):
         return original(self, hidden_states, *a, **k) * 1.0001
     monkeypatch.setattr(cls, "forward", changed)
     with pytest.raises(SelfCheckError, match="re-statement differs from transformer_blocks.0's own forward"):
-        _engine_loop(alpha, _schedule(alpha))
+        engine_loop(alpha, _schedule(alpha))
     assert all("forward" not in b.__dict__ for b in alpha.model.transformer_blocks)
 
 
