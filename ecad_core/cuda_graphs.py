@@ -37,6 +37,8 @@ import logging
 import torch
 from torch.utils import _pytree as pytree
 
+from .compiling import outside_compile
+
 log = logging.getLogger("ecad")
 
 
@@ -78,6 +80,9 @@ class GraphMode:
         eager and captured calls and ignored by replays (only for models whose forward ignores them)."""
         self.transformer = transformer
         self.engine = engine
+        # one function for the life of the mode (installed as the model's forward, compared on detach); kept out
+        # of torch.compile's graphs: a captured CUDA graph replaces what compiling would give
+        self.forward = outside_compile(self._forward)
         self.max_graphs = int(max_graphs)
         self.key_kwargs = None if key_kwargs is None else tuple(key_kwargs)
         self.defer_checks = defer_checks
@@ -161,7 +166,7 @@ class GraphMode:
             self._weights = key
 
     # -- the forward ---------------------------------------------------------
-    def forward(self, *args, **kwargs):
+    def _forward(self, *args, **kwargs):
         eng = self.engine
         if self.reason is not None or not eng.active_for():
             self.eager_calls += 1

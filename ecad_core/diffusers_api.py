@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .adapters import find_diffusers_units
+from .compiling import outside_compile
 from .engine import CacheEngine, RunStats
 from .hooks import BLOCK_HOOKS, FirstUseCheck, UnitHook
 from .schedule import Schedule, load_schedule
@@ -259,6 +260,7 @@ def apply(target, schedule: Schedule | str | Path, *, offload_device=None, cuda_
     tracker = StepTracker(engine)
     hooks = _attach_hooks(units, engine)
 
+    @outside_compile  # the step it finds changes at every call: traced, it would recompile every step
     def pre_hook(module, args, kwargs):
         t = tracker.value_without_sync(kwargs.get("timestep"))
         if t is not None:

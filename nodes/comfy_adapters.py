@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from ..ecad_core.compiling import outside_compile
 from ..ecad_core.engine import signature
 from ..ecad_core.errors import ModelMismatchError, SelfCheckError
 from ..ecad_core.hooks import restatement_mismatch
@@ -76,7 +77,7 @@ def _unit_forward(module, run, unit):
     def forward(*args, **kwargs):
         return engine.call(unit, cls_forward, (module,) + args, kwargs)
 
-    return forward
+    return outside_compile(forward)
 
 
 def _pixart_adapter(dm) -> ComfyAdapter:
@@ -207,6 +208,7 @@ class _FluxBlocks:
                 eng.store(u_attn, sig, (cap["img_proj"][1], cap["txt_proj"][1]))
                 return out
             return self._double_reuse(blk, args, cached, mlp)
+        patch = outside_compile(patch)
 
         def mlp(k, module, make_input, like):
             # a reused MLP unit's norm + modulation is not built (the module's own forward: its object patch
@@ -293,7 +295,7 @@ class _FluxBlocks:
                 return lambda v: eng.store(u, sig, compact(v) if eng.keeps(u) else v)
             return self._single_forward(blk, args, vals[u_attn], vals[u_mlp], vals[u_proj],
                                         store(u_attn), store(u_mlp), store(u_proj))
-        return patch
+        return outside_compile(patch)
 
     @staticmethod
     def _single_parts(blk, cap):
@@ -445,7 +447,7 @@ def _block_patch(run, unit):
                                      f"(shape {tuple(v.shape)}); block caching is not supported for this model")
         eng.store(unit, sig, res)
         return out
-    return patch
+    return outside_compile(patch)
 
 
 def _generic_adapter(dm, double_attr, single_attr) -> ComfyAdapter:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ecad_core.compiling import outside_compile
 from ..ecad_core.errors import SelfCheckError
 from ..ecad_core.hooks import restatement_mismatch
 
@@ -55,6 +56,7 @@ class PixArtBlocks:
             if not self.checked:
                 self._check(blk, original, x, y, t, mask, HW, kwargs)
             return self.restated(blk, 3 * i, x, y, t, mask, HW)
+        forward = outside_compile(forward)
         forward.ecad_block = True
         return forward
 

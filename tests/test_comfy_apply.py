@@ -180,3 +180,24 @@ def test_pixart_too_small_for_comfyui_is_a_clear_error(comfy_server, user_schedu
     with pytest.raises(PromptExecutionError) as e:
         comfy_server.run(p, timeout=120)
     assert "cannot sample 256x256" in str(e.value) and ">= 384 px" in str(e.value)
+
+
+@pytest.mark.parametrize("model", ["ecad_tiny_pixart_alpha", "ecad_tiny_flux_dev"])
+def test_torch_compile_model_node_with_ecad_compiles_once_and_still_caches(comfy_server, user_schedules, model):
+    # ComfyUI's TorchCompileModel before the Apply node: the cache's per-step decisions must stay out of the
+    # compiled graphs (else torch.compile recompiles at every step and block until its recompile limit), and
+    # caching must still happen, with the same image up to the compiled parts' rounding.
+    srv = comfy_server
+    seed = next(_seeds)
+    eager = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_nocompile"))
+    reused = _last_stats(srv)["reused"]
+    p = _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_compiled")
+    p["21"] = {"class_type": "TorchCompileModel", "inputs": {"model": ["1", 0], "backend": "inductor"}}
+    p["20"]["inputs"]["model"] = ["21", 0]
+    log_start = len(srv.log_text())
+    compiled = _latent(srv, p)
+    log = srv.log_text()[log_start:]
+    assert _last_stats(srv)["reused"] == reused > 0
+    assert "ECAD: this model is compiled" in srv.log_text()  # logged once per process
+    assert "recompile_limit" not in log and "cache_size_limit" not in log, log[-3000:]
+    np.testing.assert_allclose(compiled.numpy(), eager.numpy(), rtol=1e-3, atol=1e-3)

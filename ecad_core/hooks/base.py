@@ -6,6 +6,7 @@ import inspect
 
 import torch
 
+from ..compiling import outside_compile
 from ..engine import CacheEngine
 from ..errors import SelfCheckError
 
@@ -132,7 +133,7 @@ class BlockHook(_ForwardHook):
                 if not check.done:
                     self._check(original, args, kwargs)
                 return self._restated(*args, **kwargs)
-            return forward
+            return outside_compile(forward)
         return self._install(block, make_forward)
 
     def _restated(self, *args, **kwargs):

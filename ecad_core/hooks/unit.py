@@ -5,6 +5,7 @@ import functools
 
 import torch
 
+from ..compiling import outside_compile
 from ..engine import CacheEngine
 from .base import _ForwardHook
 
@@ -24,5 +25,5 @@ class UnitHook(_ForwardHook):
             @functools.wraps(original)
             def forward(*args, **kwargs):
                 return engine.call(unit, original, args, kwargs)
-            return forward
+            return outside_compile(forward)
         return self._install(module, make_forward)
