@@ -19,6 +19,9 @@ import torch
 
 log = logging.getLogger("ecad")
 _told = False
+FULLGRAPH_REASON = ("ECAD's cache decides at every step whether a unit runs, so its hooked blocks run outside "
+                    "compiled graphs: compile with fullgraph=False (ComfyUI's TorchCompileModel does), or compile "
+                    "the model without ECAD")
 
 
 def outside_compile(fn):
@@ -26,7 +29,10 @@ def outside_compile(fn):
     def eager(*args, **kwargs):
         _tell()
         return fn(*args, **kwargs)
-    disabled = torch.compiler.disable(eager)
+    try:  # the reason is printed by torch.compile(fullgraph=True), which cannot include these calls
+        disabled = torch.compiler.disable(eager, reason=FULLGRAPH_REASON)
+    except TypeError:  # torch before 2.8: no reason argument
+        disabled = torch.compiler.disable(eager)
     is_compiling = torch.compiler.is_compiling
 
     @functools.wraps(fn)

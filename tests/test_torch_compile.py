@@ -45,3 +45,22 @@ def test_compiled_transformer_compiles_once_and_caches_as_eager(kind):
         torch._dynamo.reset()
     assert torch.equal(first, eager) and torch.equal(second, eager)
     assert first_stats.total_reused == second_stats.total_reused == eager_stats.total_reused > 0
+
+
+def test_fullgraph_compile_of_hooked_blocks_says_why_it_cannot():
+    # diffusers' compile_repeated_blocks(fullgraph=True) compiles each block whole; a hooked block cannot be one
+    # graph, and torch.compile's error must say what to do instead
+    with torch.no_grad():
+        den = _denoiser("flux")
+    layout = find_diffusers_units(den.model).layout
+    sched = Schedule.full(layout, STEPS)
+    torch._dynamo.reset()
+    den.model.compile_repeated_blocks(fullgraph=True, backend="eager")
+    try:
+        with pytest.raises(Exception, match="ECAD's cache decides at every step.*compile with fullgraph=False"):
+            engine_loop(den, sched)
+    finally:
+        for b in list(den.model.transformer_blocks) + list(den.model.single_transformer_blocks):
+            b._compiled_call_impl = None
+        torch._dynamo.reset()
+    assert all("forward" not in b.__dict__ for b in den.model.transformer_blocks)  # hooks removed all the same
