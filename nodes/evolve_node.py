@@ -202,7 +202,8 @@ class EvolveECADSchedule:
                                    "vae input)."}),
                 "compute_objective": (["macs", "latency"], {"default": "macs", "tooltip":
                                       "macs: analytic MACs of the loaded model. latency: each unit timed on "
-                                      "this device in one full-compute run (PixArt and block-level models; "
+                                      "this device as the cache runs it, in one full-compute run (PixArt and "
+                                      "block-level models; "
                                       "kept with the search for resumes)."}),
                 "target_speedup": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 100.0, "step": 0.05,
                                              "tooltip": "Picks the best-quality front point at least this fast "
@@ -286,10 +287,11 @@ class EvolveECADSchedule:
             if saved.unit.shape == (steps, adapter.layout.n_units):
                 return saved
         if adapter.unit_modules is None:
-            raise SearchSettingsError(f"the latency objective times each unit's module, but the units of "
-                                      f"{adapter.kind} are parts of its blocks: use compute_objective 'macs'")
+            raise SearchSettingsError(f"the latency objective times each unit, but the units of {adapter.kind} "
+                                      f"are computed inside ComfyUI's own blocks: use compute_objective 'macs'")
+        full = Schedule.full(adapter.layout, steps, name="all-recompute")
         cost = measured_latency_cost(model.model.diffusion_model, adapter.layout, steps, lambda: gen(None),
-                                     unit_modules=adapter.unit_modules())
+                                     run_patched=lambda: gen(full))
         out.mkdir(parents=True, exist_ok=True)
         cost.save(path)
         return cost

@@ -155,7 +155,7 @@ def test_latency_objective_measured_once_and_kept(comfy_server):
                                           prefix="lat2"), timeout=600)
     assert "resumed from generation 1" in _report(entry)
     assert (d / "latency_cost.json").read_text() == saved
-    # FLUX's units are parts of its blocks: no module to time
+    # ComfyUI FLUX's attention units are computed inside ComfyUI's own blocks: they cannot be timed one by one
     p = ksampler_prompt(FLUX, "flux_lat", 3)
     for k in ("4", "5", "6", "7", "8", "9"):
         p.pop(k)

@@ -507,6 +507,46 @@ def test_measured_latency_cost_times_the_units():
         measured_latency_cost(pipe.transformer, lay, 3, full, unit_modules=[pipe.transformer] * 4)
 
 
+def test_measured_latency_cost_times_units_as_the_cache_runs_them():
+    # A unit's cost is what reusing it saves: with the cache attached, PixArt's attn1 includes the norm +
+    # modulation its re-stated block builds only for a computed attn1 (a module timing leaves it out)
+    import time as _time
+
+    from ecad_core import cached
+    from ecad_core.search import measured_latency_cost
+    from ecad_core.tiny import tiny_pixart_pipeline
+
+    pipe = tiny_pixart_pipeline("alpha", layers=2)
+    lay = make_layout("pixart", 2)
+    norm1 = pipe.transformer.transformer_blocks[0].norm1
+    own = norm1.forward
+
+    def slow_norm(*a, **k):
+        _time.sleep(0.05)
+        return own(*a, **k)
+
+    def sample():
+        pipe("a cat", num_inference_steps=3, height=64, width=64, output_type="latent")
+
+    def patched():
+        with cached(pipe, Schedule.full(lay, 3)):
+            sample()
+
+    norm1.forward = slow_norm
+    try:
+        by_cache = measured_latency_cost(pipe.transformer, lay, 3, sample, run_patched=patched, warmup=False)
+        by_module = measured_latency_cost(pipe.transformer, lay, 3, sample, warmup=False)
+    finally:
+        del norm1.forward
+    assert by_cache.info["units_timed"] == "as the cache runs them" and by_module.info["units_timed"] == "modules"
+    assert (by_cache.unit > 0).all() and by_cache.info["transformer_calls"] == 3
+    assert by_cache.unit[0].sum() + by_cache.fixed[0] == pytest.approx(by_cache.info["seconds_per_step"], rel=1e-3)
+    assert by_cache.unit[0, 0] >= 0.05 > by_module.unit[0, 0]  # block 0's attn1, per step
+    # a run that never goes through the cache cannot time units one by one
+    with pytest.raises(SearchSettingsError, match="6 of 6 units never ran through the cache"):
+        measured_latency_cost(pipe.transformer, lay, 3, sample, run_patched=sample, warmup=False)
+
+
 def test_cli_evolve_latency_objective_is_kept_for_resume(tmp_path, capsys):
     out = tmp_path / "search"
     (tmp_path / "p.txt").write_text("a red cat\n")

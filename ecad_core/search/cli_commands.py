@@ -221,6 +221,7 @@ class EvolveSpec:
         ``saved_cost``: a measured latency cost from an earlier run of the same search (reused so that a
         resume sees the same objective)."""
         from ..adapters import find_diffusers_units
+        from ..schedule import Schedule
         from .objectives import cost_for_transformer, measured_latency_cost, uniform_cost
 
         gen = evaluator.generate
@@ -232,7 +233,9 @@ class EvolveSpec:
             if saved_cost is not None and saved_cost.unit.shape == (self.steps, layout.n_units):
                 cost = saved_cost
             else:
-                cost = measured_latency_cost(pipe.transformer, layout, self.steps, lambda: gen(None))
+                full = Schedule.full(layout, self.steps, name="all-recompute")
+                cost = measured_latency_cost(pipe.transformer, layout, self.steps, lambda: gen(None),
+                                             run_patched=lambda: gen(full))
         else:
             cost = cost_for_transformer(pipe.transformer, layout, self.steps, self.height, self.width,
                                         text_tokens=_text_tokens(pipe, gen), mode=self.cost_mode)

@@ -8,12 +8,14 @@ whatever the schedule (embedders, modulation, final layer). Costs come from
 ``ecad_core.costs`` (analytic MACs of the real architecture at the search's
 resolution) when the model is known, else every unit costs 1 and the fixed
 part is 0 (``uniform``: the fraction is then the recompute fraction).
-``measured_latency_cost`` instead times each unit's module on this device
-during one full-compute sampling run (seconds; the fixed part is everything
+``measured_latency_cost`` instead times each unit on this device during one
+full-compute sampling run, as the cache runs it (seconds, including the input
+a re-stated block builds only for a computed unit; the fixed part is everything
 else the transformer does), for a search that minimises measured latency.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -133,23 +135,29 @@ def cost_for_transformer(transformer, layout: Layout, steps: int, height: int, w
 
 
 def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Callable[[], object], *,
-                          unit_modules=None, warmup: bool = True) -> ComputeCost:
-    """Unit costs in seconds, timed on this device while ``run_full()`` samples ``steps`` steps with full compute.
+                          unit_modules=None, warmup: bool = True,
+                          run_patched: Callable[[], object] | None = None) -> ComputeCost:
+    """Unit times in seconds, timed on this device while ``steps`` steps are sampled with full compute.
 
-    Each unit's module (``find_diffusers_units`` order, or ``unit_modules``) and each call of
-    ``transformer`` are timed with the device synchronised around them; a unit's cost per step is its
-    total time / ``steps``, the fixed cost per step is the transformer's time outside the units / ``steps``.
-    ``warmup`` runs ``run_full`` once untimed first (allocator, kernel selection).
+    With ``run_patched`` (sampling with this pack's cache attached and every unit computed), each unit is
+    timed as the cache runs it: what reusing it saves, including the input a re-stated block builds only
+    for a computed unit (PixArt's norm + modulation before ``attn1`` / ``ff``; FLUX's norms, and the
+    activation + concatenation before a single block's ``proj_out``). Otherwise ``run_full()`` samples
+    the unpatched model and each unit's module (``find_diffusers_units`` order, or ``unit_modules``) is
+    timed. Either way each call of ``transformer`` is timed too, the device synchronised around every
+    timing; a unit's cost per step is its total time / ``steps``, the fixed cost per step the
+    transformer's time outside the units / ``steps``. ``warmup`` samples once untimed first (allocator,
+    kernel selection).
     """
     import torch
 
-    if unit_modules is None:
+    if run_patched is None and unit_modules is None:
         from ..adapters import find_diffusers_units
         um = find_diffusers_units(transformer)
         if um.layout != layout:
             raise SearchSettingsError(f"the transformer has {um.layout.describe()}, the search {layout.describe()}")
         unit_modules = um.modules
-    if len(unit_modules) != layout.n_units:
+    if run_patched is None and len(unit_modules) != layout.n_units:
         raise SearchSettingsError(f"{len(unit_modules)} unit modules for {layout.n_units} units")
     try:
         device = next(transformer.parameters()).device
@@ -181,25 +189,60 @@ def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Cal
         call_s[0] += dt
         calls[0] += 1
 
+    run = run_full if run_patched is None else run_patched
     if warmup:
         with torch.no_grad():
-            run_full()
+            run()
     handles = []
+    timed = np.zeros(layout.n_units, dtype=np.int64)
     try:
-        for i, m in enumerate(unit_modules):
-            handles.append(m.register_forward_pre_hook(pre(i)))
-            handles.append(m.register_forward_hook(post(i, add_unit)))
+        if run_patched is None:
+            for i, m in enumerate(unit_modules):
+                handles.append(m.register_forward_pre_hook(pre(i)))
+                handles.append(m.register_forward_hook(post(i, add_unit)))
         handles.append(transformer.register_forward_pre_hook(pre("call")))
         handles.append(transformer.register_forward_hook(post("call", add_call)))
-        with torch.no_grad():
-            run_full()
+        with torch.no_grad(), (_engine_units_timed(sync, unit_s, timed) if run_patched is not None
+                               else contextlib.nullcontext()):
+            run()
     finally:
         for h in handles:
             h.remove()
     if calls[0] == 0:
         raise SearchSettingsError("measuring latency: the full-compute run never called the transformer")
+    if run_patched is not None and not timed.all():
+        raise SearchSettingsError(
+            f"measuring latency: {int((timed == 0).sum())} of {layout.n_units} units never ran through the cache "
+            f"(first: unit {int(np.argmin(timed))}); this model's units cannot be timed one by one")
     fixed = max(call_s[0] - float(unit_s.sum()), 0.0) / steps
     unit = np.broadcast_to(unit_s / steps, (steps, layout.n_units)).copy()
     return ComputeCost(unit, np.full(steps, fixed), source="latency",
                        info={"device": str(device), "seconds_per_step": round(call_s[0] / steps, 6),
-                             "transformer_calls": calls[0]})
+                             "transformer_calls": calls[0],
+                             "units_timed": "modules" if run_patched is None else "as the cache runs them"})
+
+
+@contextlib.contextmanager
+def _engine_units_timed(sync, seconds: np.ndarray, counts: np.ndarray):
+    """Within: every unit computation of every ``CacheEngine`` adds its time (device synchronised around it)
+    to ``seconds[unit]``. Patches the engine class for the measurement only (the hot path stays untimed)."""
+    from ..engine import CacheEngine
+
+    original = CacheEngine._unit_call
+
+    def timed(self, unit, fn, args, kwargs, sig_args, sig_kwargs):
+        def run(*a, **k):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync()
+            seconds[unit] += time.perf_counter() - t0
+            counts[unit] += 1
+            return out
+        return original(self, unit, run, args, kwargs, sig_args, sig_kwargs)
+
+    CacheEngine._unit_call = timed
+    try:
+        yield
+    finally:
+        CacheEngine._unit_call = original
