@@ -166,3 +166,32 @@ def test_comfy_flux_reused_double_block_skips_its_mlp_inputs(comfy_dir):
     reused_inputs = int((d[:, 0::3] & d[:, 1::3]).sum() + (d[:, 0::3] & d[:, 2::3]).sum())
     assert reused_inputs > 0
     assert compute_ops(f"ceiling {preset}") - compute_ops(f"pack {preset}") + check_ops == 3 * reused_inputs
+
+
+def test_chroma_blocks_are_hooked_at_their_modules(caplog):
+    # diffusers' Chroma has FLUX's units but pruned adaLN norms (no linear) and another forward signature: the
+    # re-statements do not cover it, its units are hooked at their modules (with a log line), output unchanged
+    from diffusers import ChromaTransformer2DModel
+
+    from ecad_core import cached
+    torch.manual_seed(0)
+    m = ChromaTransformer2DModel(num_layers=2, num_single_layers=3, attention_head_dim=16, num_attention_heads=2,
+                                 joint_attention_dim=32, axes_dims_rope=(4, 6, 6), approximator_num_channels=16,
+                                 approximator_hidden_dim=32, approximator_layers=1).eval()
+    n, L = 16, 8
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(1, n, 64, generator=g), torch.randn(1, L, 32, generator=g)
+    img_ids = torch.stack([torch.zeros(n), torch.arange(n) // 4, torch.arange(n) % 4], dim=1)
+
+    def call(t):
+        return m(hidden_states=x, encoder_hidden_states=ctx, timestep=torch.tensor([t]), img_ids=img_ids,
+                 txt_ids=torch.zeros(L, 3), return_dict=False)[0]
+    with torch.no_grad():
+        ref = [call(t) for t in (1.0, 0.5)]
+        layout = find_diffusers_units(m).layout
+        with caplog.at_level("INFO", logger="ecad"), cached(m, Schedule.full(layout, 2)) as h:
+            kinds = {type(k) for k in h._hooks}
+            out = [call(t) for t in (1.0, 0.5)]
+    assert kinds == {UnitHook} and len(h._hooks) == layout.n_units
+    assert "2 flux_double blocks (first: transformer_blocks.0, norm1 is not a plain AdaLayerNormZero)" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(ref, out))
