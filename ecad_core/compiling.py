@@ -48,5 +48,5 @@ def _tell() -> None:
     if not _told:
         _told = True
         log.info("ECAD: this model is compiled (torch.compile / TorchCompileModel): ECAD's cached blocks run "
-                 "outside the compiled graphs, whose per-step cache decisions would otherwise recompile them "
-                 "at every step; the rest of the model stays compiled")
+                 "outside the compiled graphs (their per-step cache decisions would make torch.compile recompile "
+                 "at every step); the rest of the model stays compiled")
