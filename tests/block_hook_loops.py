@@ -2,6 +2,8 @@
 pipeline's scheduler plays it) and the module-output ceiling (``bench.ceiling.CeilingCache``), same schedule."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from bench.ceiling import CeilingCache
@@ -26,3 +28,16 @@ def engine_loop(den, sched):
 def ceiling_loop(den, sched):
     with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
         return den.loop(lambda i: setattr(c, "step", i))
+
+
+@contextlib.contextmanager
+def counted_calls(watched):
+    """Inside: ``{key: forward calls}`` of each ``(key, module)`` in ``watched``."""
+    counts, handles = {}, []
+    for key, mod in watched:
+        handles.append(mod.register_forward_hook(lambda *_, k=key: counts.__setitem__(k, counts.get(k, 0) + 1)))
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()

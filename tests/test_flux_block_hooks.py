@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench import models
-from block_hook_loops import ceiling_loop, engine_loop
+from block_hook_loops import ceiling_loop, counted_calls, engine_loop
 from ecad_core import Schedule
 from ecad_core.adapters import find_diffusers_units
 from ecad_core.errors import SelfCheckError
@@ -32,29 +32,20 @@ def _schedule(den, seed=0):
     return Schedule(layout, bits, name=f"random-{seed}")
 
 
-def _count_calls(den):
-    """Calls of the modules that build each unit's input (and of the single blocks' activation)."""
-    counts, handles = {}, []
+def _input_builders(den):
+    """The modules that build each unit's input (and the single blocks' activation), keyed for counting."""
     m = den.model
-    watched = [(("d", i, k), getattr(b, a) if "." not in a else b.get_submodule(a))
-               for i, b in enumerate(m.transformer_blocks)
+    watched = [(("d", i, k), b.get_submodule(a)) for i, b in enumerate(m.transformer_blocks)
                for k, a in (("attn", "norm1.norm"), ("ctx", "norm1_context.norm"), ("ff", "norm2"),
                             ("ffc", "norm2_context"))]
-    watched += [(("s", j, k), b.get_submodule(a)) for j, b in enumerate(m.single_transformer_blocks)
-                for k, a in (("norm", "norm.norm"), ("act", "act_mlp"))]
-    for key, mod in watched:
-        handles.append(mod.register_forward_hook(lambda *_, k=key: counts.__setitem__(k, counts.get(k, 0) + 1)))
-    return counts, handles
+    return watched + [(("s", j, k), b.get_submodule(a)) for j, b in enumerate(m.single_transformer_blocks)
+                      for k, a in (("norm", "norm.norm"), ("act", "act_mlp"))]
 
 
 def test_reused_units_skip_their_inputs_and_match_the_ceiling(flux):
     sched = _schedule(flux)
-    counts, handles = _count_calls(flux)
-    try:
+    with counted_calls(_input_builders(flux)) as counts:
         x, stats, kinds = engine_loop(flux, sched)
-    finally:
-        for h in handles:
-            h.remove()
     assert kinds.count(FluxDoubleBlockHook) == ND and kinds.count(FluxSingleBlockHook) == NS and len(kinds) == ND + NS
     assert torch.equal(x, ceiling_loop(flux, sched))
     bits = sched.effective_bits()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench import models
-from block_hook_loops import ceiling_loop, engine_loop
+from block_hook_loops import ceiling_loop, counted_calls, engine_loop
 from ecad_core import Schedule
 from ecad_core.adapters import find_diffusers_units
 from ecad_core.errors import SelfCheckError
@@ -30,24 +30,16 @@ def _schedule(den, seed=0):
     return Schedule(layout, bits, name=f"random-{seed}")
 
 
-def _norm_counts(den):
-    counts, handles = {}, []
-    for i, blk in enumerate(den.model.transformer_blocks):
-        for name in ("norm1", "norm2"):
-            handles.append(getattr(blk, name).register_forward_hook(
-                lambda *_, k=(i, name): counts.__setitem__(k, counts.get(k, 0) + 1)))
-    return counts, handles
+def _norms(den):
+    return [((i, name), getattr(blk, name)) for i, blk in enumerate(den.model.transformer_blocks)
+            for name in ("norm1", "norm2")]
 
 
 def test_reused_units_skip_their_norm_and_modulation(alpha):
     sched = _schedule(alpha)
-    counts, handles = _norm_counts(alpha)
-    try:
+    with counted_calls(_norms(alpha)) as counts:
         x, stats, kinds = engine_loop(alpha, sched)
-        kinds = set(kinds)
-    finally:
-        for h in handles:
-            h.remove()
+    kinds = set(kinds)
     assert kinds == {PixArtBlockHook}
     assert torch.equal(x, ceiling_loop(alpha, sched))
     bits = sched.effective_bits()
