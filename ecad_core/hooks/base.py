@@ -63,6 +63,14 @@ def restatement_mismatch(ref, mine) -> str | None:
             f"{type(mine).__name__} of shape {tuple(getattr(mine, 'shape', ()))}")
 
 
+def missing_attr(block: torch.nn.Module, attrs) -> str | None:
+    """``"no <attr>"`` for the first of ``attrs`` that ``block`` lacks (a block-hook unfit reason), else None."""
+    for attr in attrs:
+        if getattr(block, attr, None) is None:
+            return f"no {attr}"
+    return None
+
+
 class FirstUseCheck:
     """Shared by the block hooks of one kind in one model: the re-statement is compared with the block once."""
 

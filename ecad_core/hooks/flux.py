@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BlockHook
+from .base import BlockHook, missing_attr
 
 _PARAMETERS = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb", "joint_attention_kwargs")
 
@@ -24,13 +24,6 @@ def _unfit_ada_norm(block, attr: str) -> str | None:
     return None
 
 
-def _missing(block, attrs) -> str | None:
-    for attr in attrs:
-        if getattr(block, attr, None) is None:
-            return f"no {attr}"
-    return None
-
-
 class FluxDoubleBlockHook(BlockHook):
     """Units ``unit`` .. ``unit + 2`` (full_attn = ``attn``, full_ff = ``ff``, full_ff_context = ``ff_context``)."""
 
@@ -40,7 +33,7 @@ class FluxDoubleBlockHook(BlockHook):
 
     @classmethod
     def _unfit(cls, block: torch.nn.Module) -> str | None:
-        return (_missing(block, ("attn", "norm2", "ff", "norm2_context", "ff_context"))
+        return (missing_attr(block, ("attn", "norm2", "ff", "norm2_context", "ff_context"))
                 or _unfit_ada_norm(block, "norm1") or _unfit_ada_norm(block, "norm1_context"))
 
     def _restated(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
@@ -103,7 +96,7 @@ class FluxSingleBlockHook(BlockHook):
 
     @classmethod
     def _unfit(cls, block: torch.nn.Module) -> str | None:
-        return _missing(block, ("attn", "proj_mlp", "act_mlp", "proj_out")) or _unfit_ada_norm(block, "norm")
+        return missing_attr(block, ("attn", "proj_mlp", "act_mlp", "proj_out")) or _unfit_ada_norm(block, "norm")
 
     def _restated(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
                   joint_attention_kwargs=None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import BlockHook
+from .base import BlockHook, missing_attr
 
 
 class PixArtBlockHook(BlockHook):
@@ -16,9 +16,9 @@ class PixArtBlockHook(BlockHook):
 
     @classmethod
     def _unfit(cls, block: torch.nn.Module) -> str | None:
-        for attr in ("scale_shift_table", "norm1", "norm2", "attn1", "attn2", "ff"):
-            if getattr(block, attr, None) is None:
-                return f"no {attr}"
+        why = missing_attr(block, ("scale_shift_table", "norm1", "norm2", "attn1", "attn2", "ff"))
+        if why:
+            return why
         if getattr(block, "norm_type", None) != "ada_norm_single":
             return f"norm_type {getattr(block, 'norm_type', None)!r}"
         if getattr(block, "pos_embed", None) is not None or getattr(block, "only_cross_attention", False):
