@@ -186,3 +186,12 @@ def test_chroma_blocks_are_hooked_at_their_modules(caplog):
     assert kinds == {UnitHook} and len(h._hooks) == layout.n_units
     assert "2 flux_double blocks (first: transformer_blocks.0, norm1 is not a plain AdaLayerNormZero)" in caplog.text
     assert all(torch.equal(a, b) for a, b in zip(ref, out))
+
+
+def test_op_counts_refuses_options_it_cannot_serve(capsys):
+    from bench import op_counts
+    with pytest.raises(SystemExit, match="--per-call compares the PixArt paths"):
+        op_counts.main(["--per-call", "--model", "flux-dev"])
+    with pytest.raises(SystemExit):
+        op_counts.main(["--model", "flux-schnell"])
+    assert "invalid choice: 'flux-schnell'" in capsys.readouterr().err
