@@ -33,12 +33,22 @@ CACHE="$ROOT/.cache"
 COMFY_DIR="$CACHE/ComfyUI"
 NODE_DIR="$CACHE/node"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+TORCH_DISK_GB="${ECAD_SETUP_TORCH_DISK_GB:-7}"   # .venv holds about 6.5 GB after every stage
 PIP_RAN=0   # set to 1 by any stage that pip-installs into .venv
 
 ALL_STAGES=(venv project comfyui comfyreqs chromium playwright check)
 if [ "$#" -gt 0 ]; then STAGES=("$@"); else STAGES=("${ALL_STAGES[@]}"); fi
 
 log() { printf '[setup_env] %s\n' "$*"; }
+# Say so plainly before pip fails halfway with "No space left on device".
+need_disk_gb() {
+    local want="$1" what="$2" avail_kb
+    avail_kb="$(df -Pk "$ROOT" | awk 'NR==2 {print $4}')"
+    if [ "$avail_kb" -lt $((want * 1024 * 1024)) ]; then
+        log "not enough disk for $what: $((avail_kb / 1024)) MB free on the filesystem of $ROOT, about ${want} GB needed"
+        exit 1
+    fi
+}
 sha() { sha256sum | cut -c1-64; }
 
 # --------------------------------------------------------------------------- stages
@@ -70,6 +80,7 @@ print(" ".join(out))
 EOF
 )"
     if [ "$have" != "$TORCH_VERSION $TORCHVISION_VERSION" ]; then
+        need_disk_gb "$TORCH_DISK_GB" "torch $TORCH_VERSION (a CUDA build) and the packages after it"
         log "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION (have: $have)"
         "$PY" -m pip install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
         PIP_RAN=1
