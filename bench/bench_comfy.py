@@ -79,8 +79,8 @@ def comfy_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps: in
                  caption_channels=c["caption_channels"], model_max_length=L, micro_condition=variant == "alpha",
                  pred_sigma=True, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init).eval()
     with torch.no_grad():  # disable_weight_init leaves weights uninitialised
-        for p in m.parameters():
-            p.normal_(0, 0.02) if p.dim() >= 2 else p.zero_()
+        for p in m.parameters():  # biases too: a zero bias hides how a fused-bias matmul rounds
+            p.normal_(0, 0.02)
     # A few parameters (the blocks' scale_shift_table) are created without the device/dtype arguments:
     # fp32 on the CPU. ComfyUI's ModelPatcher moves the whole model to the GPU on load (dtypes kept), so
     # do the same; left on the CPU they would cost a host-to-device copy in every block call.
@@ -116,11 +116,8 @@ def comfy_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: in
              depth_single_blocks=38, axes_dim=list(c["axes"]), theta=10000, patch_size=2, qkv_bias=True,
              guidance_embed=True, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init).eval()
     with torch.no_grad():  # uninitialised weights; norms' scales 1 so activations stay finite over 57 blocks
-        for name, p in m.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.02)
-            else:
-                p.fill_(1.0 if name.endswith(("scale", "norm.weight")) else 0.0)
+        for name, p in m.named_parameters():  # biases random: a zero bias hides how a fused-bias matmul rounds
+            p.fill_(1.0) if name.endswith(("scale", "norm.weight")) else p.normal_(0, 0.02)
     m.to(device)
     g = torch.Generator(device="cpu").manual_seed(seed)
     L = c["text_tokens"]

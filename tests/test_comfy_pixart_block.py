@@ -15,13 +15,17 @@ from bench.ceiling import CeilingCache
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def comfy(comfy_dir):
+def _comfy(dtype):
     bench_comfy.import_comfy("cpu")
     adapters, engine_mod, schedule_mod = bench_comfy.pack_modules()
     with torch.no_grad():
-        den = bench_comfy.comfy_pixart("alpha", 384, tiny=True, device="cpu", dtype=torch.float32, steps=STEPS)
+        den = bench_comfy.comfy_pixart("alpha", 384, tiny=True, device="cpu", dtype=dtype, steps=STEPS)
     return den, adapters, engine_mod, schedule_mod
+
+
+@pytest.fixture(scope="module")
+def comfy(comfy_dir):
+    return _comfy(torch.float32)
 
 
 class _Run:
@@ -82,6 +86,20 @@ def test_block_restatement_equals_module_cache_and_skips_reused_inputs(comfy):
         assert counts.get((i, "norm2"), 0) == int(bits[:, 3 * i + 2].sum()) + check, i
     assert counts[(0, "norm1")] == 1 + 2  # block 0's attn computed only at step 0
     assert not any(hasattr(b, "forward") and "forward" in b.__dict__ for b in den.model.blocks)  # unpatched
+
+
+def test_fp16_block_restatement_equals_module_cache(comfy_dir):
+    # In fp16 (ComfyUI's PixArt checkpoints) a linear rounds by its input's layout, as on a GPU: the contiguous
+    # stream must not reach cross_attn.q_linear (tests/test_low_precision.py). The first-use check compares block
+    # 0 with ComfyUI's; the ceiling runs ComfyUI's blocks, so every computed unit of every block is compared too.
+    den, adapters, engine_mod, schedule_mod = comfy = _comfy(torch.float16)
+    assert any(p.dim() == 1 and p.abs().sum() > 0 for p in den.model.parameters())  # biases are not zero
+    sched = _schedule(schedule_mod, adapters._pixart_adapter(den.model).layout)
+    x, stats, _ = _patched_loop(comfy, sched)
+    with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
+        ref = den.loop(lambda i: setattr(c, "step", i))
+    assert x.dtype == torch.float16 and torch.equal(x, ref)
+    assert stats.total_reused == int((~sched.effective_bits()).sum())
 
 
 def test_all_recompute_block_equals_comfyui_block(comfy):
