@@ -19,7 +19,7 @@ import torch
 from .adapters import find_diffusers_units
 from .compiling import outside_compile
 from .engine import CacheEngine, RunStats
-from .hooks import BLOCK_HOOKS, FirstUseCheck, UnitHook
+from .hooks import BLOCK_HOOKS, UnitHook
 from .schedule import Schedule, load_schedule
 
 log = logging.getLogger("ecad")
@@ -208,7 +208,6 @@ class EcadHandle:
 def _attach_hooks(units, engine: CacheEngine) -> list:
     """Blocks a re-statement covers (PixArt, FLUX) get it, so a reused unit's input is not built; every other
     unit is hooked at its module."""
-    checks: dict[str, FirstUseCheck] = {}
     by_unit = {}
     unfit: dict[str, list] = {}
     for b in units.blocks:
@@ -225,8 +224,7 @@ def _attach_hooks(units, engine: CacheEngine) -> list:
         for i, (m, name) in enumerate(zip(units.modules, units.names)):
             if i in by_unit:
                 b = by_unit[i]
-                check = checks.setdefault(b.kind, FirstUseCheck())
-                hooks.append(BLOCK_HOOKS[b.kind](engine, i, b.name, check).attach(b.module))
+                hooks.append(BLOCK_HOOKS[b.kind](engine, i, b.name).attach(b.module))
             elif i not in covered:
                 hooks.append(UnitHook(engine, i, name).attach(m))
     except Exception:

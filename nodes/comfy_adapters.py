@@ -4,8 +4,8 @@
   ``forward`` is replaced through ``ModelPatcher.add_object_patch`` (ComfyUI sets
   and restores it with the model) by a re-statement that runs ``attn``,
   ``cross_attn`` and ``mlp`` as units and builds a unit's input only when it
-  computes (``comfy_pixart.py``; checked bit for bit against ComfyUI's block on
-  first use). Where another node already patched a block's ``forward``, that
+  computes (``comfy_pixart.py``; each block checked bit for bit against
+  ComfyUI's block on its first call). Where another node already patched a block's ``forward``, that
   block's component modules are wrapped instead. Weights, LoRA keys and
   low-VRAM loading are untouched.
 * FLUX.1 (``comfy.ldm.flux``): ECAD's units need the block internals
@@ -14,7 +14,7 @@
   unit computes (its outputs are captured through object-patched ``proj`` /
   ``linear1`` / ``linear2`` forwards), and a re-statement of the block only when
   a cached output is reused. The re-statement is checked against the original
-  block the first time it runs; a difference raises SelfCheckError.
+  block at each block's first call; a difference raises SelfCheckError.
 * Other DiTs with ``patches_replace["dit"]`` hooks (SD3/MMDiT, Wan, HunyuanVideo,
   Qwen-Image, Chroma, LTX-Video): one unit per block that reuses the block's
   residual (output minus input), family ``dit_blocks``.
@@ -30,7 +30,7 @@ import torch
 from ..ecad_core.compiling import outside_compile
 from ..ecad_core.engine import signature
 from ..ecad_core.errors import ModelMismatchError, SelfCheckError
-from ..ecad_core.hooks import restatement_mismatch
+from ..ecad_core.hooks import is_verified, mark_verified, restatement_mismatch, verified_key
 from ..ecad_core.layout import Layout, make_layout
 from .comfy_pixart import PixArtBlocks
 
@@ -187,20 +187,29 @@ class _FluxBlocks:
         self.dm = dm
         self.run = run
         self.nd = len(dm.double_blocks)
-        self.checked = {"double": False, "single": False}
+
+    @staticmethod
+    def _first_call_check(blk, kind, x, check) -> None:
+        # every block, once per process (ecad_core.hooks.base: a mismatch can be data-dependent)
+        key = verified_key((_FluxBlocks, kind), type(blk).forward, x)
+        if not is_verified(blk, key):
+            check()
+            mark_verified(blk, key)
 
     # units: double block i -> 3i + (attn, ff, ff_context); single j -> 3*nd + 3j + (attn, mlp, proj_out)
     def double_patch(self, i):
         blk = self.dm.double_blocks[i]
         u_attn = 3 * i
         run = self.run
+        checked = [False]
 
         def patch(args, extra):
             eng = run.engine
             if not eng.active_for():
                 return extra["original_block"](args)
-            if not self.checked["double"]:
-                self._check_double(blk, args, extra)
+            if not checked[0]:
+                self._first_call_check(blk, "double", args["img"], lambda: self._check_double(blk, args, extra))
+                checked[0] = True
             sig = signature(args["img"], args["txt"])
             cached = eng.fetch(u_attn, sig) if eng.wants_reuse(u_attn) else None
             if cached is None:
@@ -269,20 +278,21 @@ class _FluxBlocks:
                 raise SelfCheckError(
                     f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block re-statement "
                     f"differs from ComfyUI's block ({k}: {why}); refusing to run")
-        self.checked["double"] = True
 
     def single_patch(self, j):
         blk = self.dm.single_blocks[j]
         base = 3 * self.nd + 3 * j
         u_attn, u_mlp, u_proj = base, base + 1, base + 2
         run = self.run
+        checked = [False]
 
         def patch(args, extra):
             eng = run.engine
             if not eng.active_for():
                 return extra["original_block"](args)
-            if not self.checked["single"]:
-                self._check_single(blk, args, extra)
+            if not checked[0]:
+                self._first_call_check(blk, "single", args["img"], lambda: self._check_single(blk, args, extra))
+                checked[0] = True
             sig = signature(args["img"])
             vals = {u: (eng.fetch(u, sig) if eng.wants_reuse(u) else None) for u in (u_attn, u_mlp, u_proj)}
             if all(v is None for v in vals.values()):
@@ -352,7 +362,6 @@ class _FluxBlocks:
             raise SelfCheckError(
                 f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block re-statement differs "
                 f"from ComfyUI's block ({why}); refusing to run")
-        self.checked["single"] = True
 
 
 def compact(t: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,13 @@ module is exactly as it was.
   ``FluxSingleBlockHook`` (``flux.py``). ``BLOCK_HOOKS`` maps the block kinds
   of ``adapters.UnitMap.blocks`` to them.
 """
-from .base import FirstUseCheck, has_hook, restatement_mismatch
+from .base import forget_verified, has_hook, is_verified, mark_verified, restatement_mismatch, verified_key
 from .flux import FluxDoubleBlockHook, FluxSingleBlockHook
 from .pixart import PixArtBlockHook
 from .unit import UnitHook
 
 BLOCK_HOOKS = {"pixart": PixArtBlockHook, "flux_double": FluxDoubleBlockHook, "flux_single": FluxSingleBlockHook}
 
-__all__ = ["BLOCK_HOOKS", "FirstUseCheck", "FluxDoubleBlockHook", "FluxSingleBlockHook", "PixArtBlockHook",
-           "UnitHook", "has_hook", "restatement_mismatch"]
+__all__ = ["BLOCK_HOOKS", "FluxDoubleBlockHook", "FluxSingleBlockHook", "PixArtBlockHook",
+           "UnitHook", "forget_verified", "has_hook", "is_verified", "mark_verified", "restatement_mismatch",
+           "verified_key"]
