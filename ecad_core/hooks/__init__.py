@@ -6,7 +6,8 @@ module is exactly as it was.
 
 * ``UnitHook`` (``unit.py``): wraps a component module's own forward (nothing re-stated).
 * Block re-statements, which build a unit's input only when that unit computes
-  and are checked bit for bit against the block's own forward at first use:
+  and are checked bit for bit against the block's own forward at each block's
+  first call (once per process per device and dtype, ``base.is_verified``):
   ``PixArtBlockHook`` (``pixart.py``), ``FluxDoubleBlockHook`` and
   ``FluxSingleBlockHook`` (``flux.py``). ``BLOCK_HOOKS`` maps the block kinds
   of ``adapters.UnitMap.blocks`` to them.
