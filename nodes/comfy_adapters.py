@@ -188,28 +188,32 @@ class _FluxBlocks:
         self.run = run
         self.nd = len(dm.double_blocks)
 
-    @staticmethod
-    def _first_call_check(blk, kind, x, check) -> None:
-        # every block, once per process (ecad_core.hooks.base: a mismatch can be data-dependent)
-        key = verified_key((_FluxBlocks, kind), type(blk).forward, x)
-        if not is_verified(blk, key):
-            check()
-            mark_verified(blk, key)
-
-    # units: double block i -> 3i + (attn, ff, ff_context); single j -> 3*nd + 3j + (attn, mlp, proj_out)
-    def double_patch(self, i):
-        blk = self.dm.double_blocks[i]
-        u_attn = 3 * i
-        run = self.run
-        checked = [False]
+    def _patch(self, blk, kind, check, body):
+        """``body(engine, args, extra)`` as a dit block patch: ComfyUI's block while the engine is off, and
+        every block checked at its first call, once per process (ecad_core.hooks.base: a mismatch can be
+        data-dependent)."""
+        run, checked = self.run, [False]
 
         def patch(args, extra):
             eng = run.engine
             if not eng.active_for():
                 return extra["original_block"](args)
             if not checked[0]:
-                self._first_call_check(blk, "double", args["img"], lambda: self._check_double(blk, args, extra))
+                key = verified_key((_FluxBlocks, kind), type(blk).forward, args["img"])
+                if not is_verified(blk, key):
+                    check(blk, args, extra)
+                    mark_verified(blk, key)
                 checked[0] = True
+            return body(eng, args, extra)
+        return outside_compile(patch)
+
+    # units: double block i -> 3i + (attn, ff, ff_context); single j -> 3*nd + 3j + (attn, mlp, proj_out)
+    def double_patch(self, i):
+        blk = self.dm.double_blocks[i]
+        u_attn = 3 * i
+        run = self.run
+
+        def body(eng, args, extra):
             sig = signature(args["img"], args["txt"])
             cached = eng.fetch(u_attn, sig) if eng.wants_reuse(u_attn) else None
             if cached is None:
@@ -217,14 +221,13 @@ class _FluxBlocks:
                 eng.store(u_attn, sig, (cap["img_proj"][1], cap["txt_proj"][1]))
                 return out
             return self._double_reuse(blk, args, cached, mlp)
-        patch = outside_compile(patch)
 
         def mlp(k, module, make_input, like):
             # a reused MLP unit's norm + modulation is not built (the module's own forward: its object patch
             # would route it through the engine a second time)
             fwd = type(module).forward
             return run.engine.call_lazy(u_attn + k, lambda: fwd(module, make_input()), (like,))
-        return patch
+        return self._patch(blk, "double", self._check_double, body)
 
     def _captured(self, original, args):
         run = self.run
@@ -277,22 +280,14 @@ class _FluxBlocks:
             if why:
                 raise SelfCheckError(
                     f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block re-statement "
-                    f"differs from ComfyUI's block ({k}: {why}); refusing to run")
+                    f"differs from ComfyUI's block ({self._where(blk)}, {k}: {why}); refusing to run")
 
     def single_patch(self, j):
         blk = self.dm.single_blocks[j]
         base = 3 * self.nd + 3 * j
         u_attn, u_mlp, u_proj = base, base + 1, base + 2
-        run = self.run
-        checked = [False]
 
-        def patch(args, extra):
-            eng = run.engine
-            if not eng.active_for():
-                return extra["original_block"](args)
-            if not checked[0]:
-                self._first_call_check(blk, "single", args["img"], lambda: self._check_single(blk, args, extra))
-                checked[0] = True
+        def body(eng, args, extra):
             sig = signature(args["img"])
             vals = {u: (eng.fetch(u, sig) if eng.wants_reuse(u) else None) for u in (u_attn, u_mlp, u_proj)}
             if all(v is None for v in vals.values()):
@@ -305,7 +300,7 @@ class _FluxBlocks:
                 return lambda v: eng.store(u, sig, compact(v) if eng.keeps(u) else v)
             return self._single_forward(blk, args, vals[u_attn], vals[u_mlp], vals[u_proj],
                                         store(u_attn), store(u_mlp), store(u_proj))
-        return outside_compile(patch)
+        return self._patch(blk, "single", self._check_single, body)
 
     @staticmethod
     def _single_parts(blk, cap):
@@ -361,7 +356,14 @@ class _FluxBlocks:
         if why:
             raise SelfCheckError(
                 f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block re-statement differs "
-                f"from ComfyUI's block ({why}); refusing to run")
+                f"from ComfyUI's block ({self._where(blk)}: {why}); refusing to run")
+
+    def _where(self, blk) -> str:
+        for name in ("double_blocks", "single_blocks"):
+            for i, b in enumerate(getattr(self.dm, name)):
+                if b is blk:
+                    return f"{name}.{i}"
+        return type(blk).__name__
 
 
 def compact(t: torch.Tensor) -> torch.Tensor:

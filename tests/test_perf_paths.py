@@ -342,8 +342,8 @@ def test_gpu_suite_only_takes_groups_and_names_unknown_sections(monkeypatch, tmp
     assert suite["skipped"] == sorted(gpu_suite.GROUPS["recheck"], key=order.index) and not suite["sections"]
 
 
-@pytest.mark.parametrize("kind", ["double", "single"])
-def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_dir, monkeypatch, kind):
+@pytest.mark.parametrize("kind,only", [("double", None), ("single", None), ("single", 5)])
+def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_dir, monkeypatch, kind, only):
     # A ComfyUI whose FLUX block no longer matches the pack's re-statement must stop sampling, not change images
     bench_comfy.import_comfy("cpu")
     adapters, engine_mod, schedule_mod = bench_comfy.pack_modules()
@@ -353,8 +353,10 @@ def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_d
     name = "_double_reuse" if kind == "double" else "_single_forward"
     real = getattr(fb, name)
 
-    def off(*a, **k):
-        out = real(*a, **k)
+    def off(blk, *a, **k):  # every block, or only single block `only` (each block is checked at its first call)
+        out = real(blk, *a, **k)
+        if only is not None and blk is not den.model.single_blocks[only]:
+            return out
         return {key: v * 1.001 for key, v in out.items()}
     monkeypatch.setattr(fb, name, staticmethod(off))
     ad = adapters._flux_adapter(den.model)
@@ -365,8 +367,9 @@ def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_d
     try:
         eng.begin_run(2)
         eng.set_position(0, ("cond",))
-        with torch.no_grad(), pytest.raises(adapters.SelfCheckError,
-                                            match=f"FLUX {kind} block re-statement differs from ComfyUI's block"):
+        where = f"{kind}_blocks.{only or 0}"
+        with torch.no_grad(), pytest.raises(adapters.SelfCheckError, match=f"FLUX {kind} block re-statement "
+                                            f"differs from ComfyUI's block \\({where}[,:]"):
             den.call(den.x0.clone(), 0)
     finally:
         eng.end_run()
