@@ -5,9 +5,9 @@
   and restores it with the model) by a re-statement that runs ``attn``,
   ``cross_attn`` and ``mlp`` as units and builds a unit's input only when it
   computes (``comfy_pixart.py``; each block checked bit for bit against
-  ComfyUI's block on its first call). Where another node already patched a block's ``forward``, that
-  block's component modules are wrapped instead. Weights, LoRA keys and
-  low-VRAM loading are untouched.
+  ComfyUI's block on its first call). Where another node already patched a
+  block's ``forward``, that block's component modules are wrapped instead.
+  Weights, LoRA keys and low-VRAM loading are untouched.
 * FLUX.1 (``comfy.ldm.flux``): ECAD's units need the block internals
   (attention is inline), so the official ``patches_replace["dit"]`` double and
   single block hooks run the block: the original block whenever the attention
