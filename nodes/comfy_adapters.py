@@ -30,7 +30,7 @@ import torch
 from ..ecad_core.compiling import outside_compile
 from ..ecad_core.engine import signature
 from ..ecad_core.errors import ModelMismatchError, SelfCheckError
-from ..ecad_core.hooks import is_verified, mark_verified, restatement_mismatch, verified_key
+from ..ecad_core.hooks import check_once, restatement_mismatch
 from ..ecad_core.layout import Layout, make_layout
 from .comfy_pixart import PixArtBlocks
 
@@ -199,10 +199,7 @@ class _FluxBlocks:
             if not eng.active_for():
                 return extra["original_block"](args)
             if not checked[0]:
-                key = verified_key((_FluxBlocks, kind), type(blk).forward, args["img"])
-                if not is_verified(blk, key):
-                    check(blk, args, extra)
-                    mark_verified(blk, key)
+                check_once(blk, (_FluxBlocks, kind), type(blk).forward, args["img"], lambda: check(blk, args, extra))
                 checked[0] = True
             return body(eng, args, extra)
         return outside_compile(patch)

@@ -26,7 +26,7 @@ import torch
 
 from ..ecad_core.compiling import outside_compile
 from ..ecad_core.errors import SelfCheckError
-from ..ecad_core.hooks import is_verified, mark_verified, restatement_mismatch, verified_key
+from ..ecad_core.hooks import check_once, restatement_mismatch
 
 
 class PixArtBlocks:
@@ -55,10 +55,8 @@ class PixArtBlocks:
             if i == 0:  # the layout ComfyUI's residual adds keep through every block of this call
                 self.stream_stride = x.stride()
             if not checked[0]:  # every block, once per process (hooks.base: a mismatch can be data-dependent)
-                key = verified_key(PixArtBlocks, original, x)
-                if not is_verified(blk, key):
-                    self._check(blk, original, x, y, t, mask, HW, kwargs)
-                    mark_verified(blk, key)
+                check_once(blk, PixArtBlocks, original, x,
+                           lambda: self._check(blk, original, x, y, t, mask, HW, kwargs))
                 checked[0] = True
             return self.restated(blk, 3 * i, x, y, t, mask, HW)
         forward = outside_compile(forward)

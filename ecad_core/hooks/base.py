@@ -80,16 +80,14 @@ def missing_attr(block: torch.nn.Module, attrs) -> str | None:
 _VERIFIED: "weakref.WeakKeyDictionary[torch.nn.Module, set]" = weakref.WeakKeyDictionary()
 
 
-def verified_key(restatement, forward, x: torch.Tensor | None) -> tuple:
-    return (restatement, forward) + ((x.device.type, x.dtype) if isinstance(x, torch.Tensor) else (None, None))
-
-
-def is_verified(block: torch.nn.Module, key: tuple) -> bool:
-    return key in _VERIFIED.get(block, ())
-
-
-def mark_verified(block: torch.nn.Module, key: tuple) -> None:
-    _VERIFIED.setdefault(block, set()).add(key)
+def check_once(block: torch.nn.Module, restatement, forward, x: torch.Tensor | None, check) -> None:
+    """``check()``, unless ``block``'s ``restatement`` already matched this ``forward`` on ``x``'s device and
+    dtype in this process (``check`` raises on a mismatch)."""
+    key = (restatement, forward) + ((x.device.type, x.dtype) if isinstance(x, torch.Tensor) else (None, None))
+    seen = _VERIFIED.setdefault(block, set())
+    if key not in seen:
+        check()
+        seen.add(key)
 
 
 def forget_verified() -> None:
@@ -160,10 +158,7 @@ class BlockHook(_ForwardHook):
                     return original(*args, **kwargs)
                 if not checked[0]:
                     x = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-                    key = verified_key(type(self), own_forward, x)
-                    if not is_verified(block, key):
-                        self._check(original, args, kwargs)
-                        mark_verified(block, key)
+                    check_once(block, type(self), own_forward, x, lambda: self._check(original, args, kwargs))
                     checked[0] = True
                 return self._restated(*args, **kwargs)
             return outside_compile(forward)
