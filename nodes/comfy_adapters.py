@@ -57,9 +57,9 @@ class ComfyAdapter:
     install: Callable  # (model_patcher, run) -> None
     arch_hint: str | None = None
     notes: list[str] = field(default_factory=list)
-    # the module that computes each unit, in layout order (for measuring unit latency); None where units
-    # are parts of a block rather than modules (FLUX)
-    unit_modules: Callable | None = None
+    # whether each unit's computation runs through the engine on its own, so the latency objective can time
+    # it; not for FLUX, whose attention units run inside ComfyUI's own blocks
+    units_timeable: bool = False
     # keyword arguments of the diffusion model's forward that are graph inputs, when its forward uses
     # nothing else (CUDA-graph mode, nodes/comfy_graphs.py); None: graphs not offered
     graph_kwargs: tuple | None = None
@@ -140,7 +140,7 @@ def _pixart_adapter(dm) -> ComfyAdapter:
 
     arch = "pixart-alpha" if getattr(dm, "micro_conditioning", False) else "pixart-sigma"
     return ComfyAdapter(f"ComfyUI PixArt ({arch}, {n} blocks)", make_layout("pixart", n), install, arch,
-                        unit_modules=lambda: [getattr(b, attr) for b in dm.blocks for _, attr in PIXART_UNITS],
+                        units_timeable=True,
                         # PixArtMS.forward(x, timesteps, context, c_size, c_ar, **ignored)
                         graph_kwargs=("context", "c_size", "c_ar"), graph_prepare=_pixart_microconds(dm))
 
@@ -469,9 +469,7 @@ def _generic_adapter(dm, double_attr, single_attr) -> ComfyAdapter:
             mp.set_model_patch_replace(_block_patch(run, nd + j), "dit", "single_block", j)
 
     return ComfyAdapter(f"ComfyUI {type(dm).__name__} ({nd}{f' + {ns} single' if ns else ''} blocks, "
-                        f"block-level units)", make_layout("dit_blocks", nd, ns), install, None,
-                        unit_modules=lambda: list(getattr(dm, double_attr)) +
-                        (list(getattr(dm, single_attr)) if single_attr else []))
+                        f"block-level units)", make_layout("dit_blocks", nd, ns), install, None, units_timeable=True)
 
 
 def adapter_for(model_patcher) -> ComfyAdapter:

@@ -286,7 +286,7 @@ class EvolveECADSchedule:
             saved = ComputeCost.load(path)
             if saved.unit.shape == (steps, adapter.layout.n_units):
                 return saved
-        if adapter.unit_modules is None:
+        if not adapter.units_timeable:
             raise SearchSettingsError(f"the latency objective times each unit, but the units of {adapter.kind} "
                                       f"are computed inside ComfyUI's own blocks: use compute_objective 'macs'")
         full = Schedule.full(adapter.layout, steps, name="all-recompute")
