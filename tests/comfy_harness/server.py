@@ -333,18 +333,22 @@ class ComfyServer:
         q = self.get_json("/queue")
         return not q.get("queue_running") and not q.get("queue_pending")
 
-    def free(self, unload_models: bool = True, free_memory: bool = True, settle: float = 0.5):
+    def free(self, unload_models: bool = True, free_memory: bool = True):
         """POST /free once the queue is idle: drops the output cache (and unloads models).
 
-        The worker applies the flags when it next wakes, which is at once when idle;
-        ``settle`` seconds give it that time so that a following prompt is not served
-        from the old cache.
+        ComfyUI's worker reads the flags only after a prompt or a wake-up, and a /free that
+        arrives while it is busy after a prompt (its gc pass) wakes nothing: the flags then
+        wait for the next prompt, which is served from the old cache. So a tiny probe prompt
+        goes through the worker first; it reads the flags right after every prompt, before
+        taking the next, so the cache is dropped once the probe is done.
         """
         deadline = time.time() + 60
         while not self.queue_idle() and time.time() < deadline:
             time.sleep(0.1)
         self.post_json("/free", {"unload_models": unload_models, "free_memory": free_memory})
-        time.sleep(settle)
+        self.run({"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
+                  "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0],
+                                                                "filename_prefix": "ecad_free_probe/probe"}}})
 
     # ------------------------------------------------------------------ outputs
     def output_file(self, info: dict) -> Path:
