@@ -18,6 +18,10 @@
 * Other DiTs with ``patches_replace["dit"]`` hooks (SD3/MMDiT, Wan, HunyuanVideo,
   Qwen-Image, Chroma, LTX-Video): one unit per block that reuses the block's
   residual (output minus input), family ``dit_blocks``.
+
+Every patch ECAD installs is marked (``ecad_patch``), so that a second Apply
+node in a chain removes all of the first one's state from its clone
+(``remove_earlier_apply``) and its schedule alone runs, on every family.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from typing import Callable
 import torch
 
 from ..ecad_core.compiling import outside_compile
+from ..ecad_core.cuda_graphs import GraphMode
 from ..ecad_core.engine import signature
 from ..ecad_core.errors import ModelMismatchError, SelfCheckError
 from ..ecad_core.hooks import check_once, restatement_mismatch
@@ -66,6 +71,42 @@ class ComfyAdapter:
     graph_prepare: Callable | None = None  # (args, kwargs) -> (args, kwargs): inputs made from host data
 
 
+WRAPPER_KEY = "ecad"  # the key of ECAD's OUTER_SAMPLE / APPLY_MODEL wrappers
+
+
+def mark(fn):
+    """``fn`` marked as an ECAD patch (object patch or dit block patch)."""
+    fn.ecad_patch = True
+    return fn
+
+
+def is_ecad_patch(fn) -> bool:
+    if getattr(fn, "ecad_patch", False):
+        return True
+    # the CUDA-graph forward (nodes/comfy_graphs.py): a GraphMode's method, wrapped by outside_compile
+    inner = getattr(fn, "__wrapped__", fn)
+    return isinstance(getattr(inner, "__self__", None), GraphMode)
+
+
+def remove_earlier_apply(mp) -> str | None:
+    """Remove from the clone ``mp`` everything an earlier Apply ECAD node put there: its object patches (block
+    forwards, module forwards, the CUDA-graph forward), its dit block patches, its wrappers and its run.
+    Another node's patches stay. Returns the earlier schedule's name (None: there was none)."""
+    import comfy.patcher_extension as pe
+    for key in [k for k, fn in mp.object_patches.items() if is_ecad_patch(fn)]:
+        del mp.object_patches[key]
+    topts = mp.model_options.setdefault("transformer_options", {})
+    dit = topts.get("patches_replace", {}).get("dit", {})
+    for key in [k for k, fn in dit.items() if is_ecad_patch(fn)]:
+        del dit[key]
+    # else both runs' wrappers run: the earlier engine sees no unit calls (its hooks were replaced), so the
+    # PixArt unit check fails ("self-check failed") and elsewhere an empty run is logged after the later one
+    for kind in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.APPLY_MODEL):
+        mp.remove_wrappers_with_key(kind, WRAPPER_KEY)
+    earlier = topts.pop("ecad", None)
+    return None if earlier is None else getattr(earlier, "label", "?")
+
+
 # --------------------------------------------------------------------------- PixArt
 PIXART_UNITS = (("attn1", "attn"), ("attn2", "cross_attn"), ("ff", "mlp"))
 
@@ -77,7 +118,7 @@ def _unit_forward(module, run, unit):
     def forward(*args, **kwargs):
         return engine.call(unit, cls_forward, (module,) + args, kwargs)
 
-    return outside_compile(forward)
+    return mark(outside_compile(forward))
 
 
 def _pixart_adapter(dm) -> ComfyAdapter:
@@ -106,8 +147,8 @@ def _pixart_adapter(dm) -> ComfyAdapter:
                         f"version of ComfyUI is not supported by this ECAD release")
                 mods.append((attr, mod))
             key = f"diffusion_model.blocks.{i}.forward"
-            # the block re-statement (a later ECAD Apply replaces an earlier one's, as with its other patches)
-            if key not in taken or getattr(taken[key], "ecad_block", False):
+            # the block re-statement (an earlier ECAD Apply's is not another node's: this one replaces it)
+            if key not in taken or is_ecad_patch(taken[key]):
                 mp.add_object_patch(key, blocks.forward_for(i))
                 unit += len(mods)
                 continue
@@ -175,7 +216,7 @@ def _capture_forward(module, run, key):
             cap[key] = (args, out)
         return out
 
-    return forward
+    return mark(forward)
 
 
 class _FluxBlocks:
@@ -202,7 +243,7 @@ class _FluxBlocks:
                 check_once(blk, (_FluxBlocks, kind), type(blk).forward, args["img"], lambda: check(blk, args, extra))
                 checked[0] = True
             return body(eng, args, extra)
-        return outside_compile(patch)
+        return mark(outside_compile(patch))
 
     # units: double block i -> 3i + (attn, ff, ff_context); single j -> 3*nd + 3j + (attn, mlp, proj_out)
     def double_patch(self, i):
@@ -455,7 +496,7 @@ def _block_patch(run, unit):
                                      f"(shape {tuple(v.shape)}); block caching is not supported for this model")
         eng.store(unit, sig, res)
         return out
-    return outside_compile(patch)
+    return mark(outside_compile(patch))
 
 
 def _generic_adapter(dm, double_attr, single_attr) -> ComfyAdapter:

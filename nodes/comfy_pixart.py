@@ -60,7 +60,7 @@ class PixArtBlocks:
                 checked[0] = True
             return self.restated(blk, 3 * i, x, y, t, mask, HW)
         forward = outside_compile(forward)
-        forward.ecad_block = True
+        forward.ecad_patch = True  # comfy_adapters.is_ecad_patch: a later Apply replaces it
         return forward
 
     def restated(self, blk, unit: int, x, y, t, mask=None, HW=None):

@@ -53,6 +53,11 @@ class ComfyRun:
         self.graph_status: dict | None = None
         self.history: list[dict] = []
 
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone deep-copies model_options, where the run is kept: a clone of a patched model must
+        # share it with the wrappers it keeps, not hold a copy of the engine (and its cache) that nothing runs
+        return self
+
     # -- OUTER_SAMPLE ------------------------------------------------------------
     def outer_sample_wrapper(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None,
                              callback=None, disable_pbar=False, seed=None, *args, **kwargs):

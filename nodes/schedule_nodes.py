@@ -45,7 +45,12 @@ def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False, cuda_gr
     schedule.check_fits(adapter.layout, adapter.kind)
     if schedule.model and adapter.arch_hint and schedule.model.split("-")[0] != adapter.arch_hint.split("-")[0]:
         raise EcadError(f"schedule {schedule.name!r} is for {schedule.model}, but the model is {adapter.kind}")
+    from .comfy_adapters import remove_earlier_apply
     m = model.clone()
+    # a later Apply replaces an earlier one: its hooks, wrappers, run and CUDA-graph forward go
+    earlier = remove_earlier_apply(m)
+    if earlier is not None:
+        log.info("ECAD: schedule %r replaces %r from an earlier Apply ECAD node", schedule.name, earlier)
     engine = CacheEngine(schedule, offload_device="cpu" if offload_to_cpu else None)
     run = ComfyRun(engine, label=schedule.name, expected_speedup=_expected_speedup(schedule, adapter.arch_hint))
     adapter.install(m, run)

@@ -157,7 +157,7 @@ def test_a_later_ecad_apply_replaces_the_earlier_block_patch(comfy):
     adapters._pixart_adapter(den.model).install(mp, _Run(eng))
     try:
         patched = mp.object_patches["diffusion_model.blocks.0.forward"]
-        assert patched is not first and patched.ecad_block
+        assert patched is not first and patched.ecad_patch
         assert not any(k.endswith(".attn.forward") for k in mp.object_patches)
     finally:
         mp.unpatch()
