@@ -59,7 +59,7 @@ def test_evolve_writes_front_lists_it_and_feeds_apply(comfy_server):
     assert front["points"] and front["generation"] == 1 and front["steps"] == STEPS
     # analytic MACs of the loaded ComfyUI PixArt, not the uniform fallback
     assert front["cost"]["source"] == "macs", front["cost"]
-    assert (d / "front" / "front.png").is_file() and (d / "checkpoint.pkl").is_file()
+    assert (d / "front" / "front.png").is_file() and (d / "checkpoint.safetensors").is_file()
     # the node shows the front plot and the Apply dropdown lists the front's points without a restart
     assert entry["outputs"]["30"]["images"], entry["outputs"]["30"]
     opts = srv.object_info("ApplyECADSchedule")["ApplyECADSchedule"]["input"]["required"]["preset"][0]
@@ -92,7 +92,7 @@ def test_rerun_resumes_and_cancel_keeps_checkpoint(comfy_server):
         srv.wait(pid, timeout=300)
     assert e.value.details.get("event") == "execution_interrupted", e.value.details
     gen = json.loads((d / "progress.json").read_text())["generation"]
-    assert gen >= 2 and (d / "checkpoint.pkl").is_file()
+    assert gen >= 2 and (d / "checkpoint.safetensors").is_file()
     # running it again resumes from the checkpoint instead of starting over
     entry = srv.run(_pixart_evolve_prompt(output_name=name, generations=gen + 1, prefix="r2"), timeout=600)
     report = _report(entry)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -331,7 +330,8 @@ def test_cancel_mid_generation_then_resume(tmp_path):
                        progress=lambda *a: phases.append(a))
     assert first.stopped == "cancelled" and first.generation == 0 and first.evaluations == 11
     assert ("generation", 1, 4) in phases and ("evaluate", 3, 8) in phases
-    assert (tmp_path / "b" / "checkpoint.pkl").is_file() and (tmp_path / "b" / "front" / "front.json").is_file()
+    assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
+    assert (tmp_path / "b" / "front" / "front.json").is_file()
     ev = Synthetic()
     rest = run_search(ev, PIX, 8, tmp_path / "b", SearchSettings(**st))
     assert _front_sig(rest) == _front_sig(straight)
@@ -386,7 +386,10 @@ def test_bad_settings_raise_clear_errors(tmp_path):
     run_search(Synthetic(), PIX, 6, tmp_path, SearchSettings(population=4, generations=1))
     with pytest.raises(CheckpointError, match="population 4 -> 6"):
         run_search(Synthetic(), PIX, 6, tmp_path, SearchSettings(population=6, generations=1))
-    (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps({"format": "something else"}))
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(2)}, str(tmp_path / "checkpoint.safetensors"),
+              metadata={"comfyui-ecad": json.dumps({"format": "something else"})})
     with pytest.raises(CheckpointError, match="not a comfyui-ecad search checkpoint"):
         run_search(Synthetic(), PIX, 6, tmp_path, SearchSettings(population=4, generations=1))
 
@@ -595,3 +598,17 @@ def test_load_prompts_formats(tmp_path):
     shared = Path("/work/shared/prompts/imagereward/ImageRewardPrompts.json")
     if shared.is_file():
         assert len(load_prompts(shared)) == 100
+
+
+def test_front_files_hold_seeds_beyond_int64(tmp_path):
+    # ComfyUI noise seeds reach 2**64 - 1; schedule files keep only int64 integers, so such values are strings
+    class WithSeeds(Synthetic):
+        def describe(self):
+            return {"evaluator": "synthetic", "seeds": [2 ** 64 - 1, 0]}
+
+    res = run_search(WithSeeds(), PIX, 6, tmp_path, SearchSettings(population=4, generations=1, seed=2 ** 70))
+    loaded = load_front(res.front_dir)
+    assert len(loaded) == len(res.front) > 0
+    prov = loaded[0].schedule.provenance["search"]
+    assert prov["evaluator"]["seeds"] == [str(2 ** 64 - 1), 0] and prov["seed"] == str(2 ** 70)
+    assert json.loads((res.front_dir / "front.json").read_text())["evaluator"]["seeds"] == [2 ** 64 - 1, 0]
