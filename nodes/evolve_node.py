@@ -30,28 +30,34 @@ import comfy.utils
 from ..ecad_core.errors import EcadError
 from ..ecad_core.metrics import FIDELITY_SPACES, IMAGE_SPACES
 from ..ecad_core.schedule import Schedule
-from ..ecad_core.search import (ComputeCost, LocalEvaluator, SearchSettings, SearchSettingsError, fingerprint,
-                                measured_latency_cost, pick, run_search)
+from ..ecad_core.search import (CheckpointError, ComputeCost, LocalEvaluator, SearchSettings, SearchSettingsError,
+                                fingerprint, measured_latency_cost, pick, run_search)
 from ..ecad_core.search.objectives import LATENCY_COST_FILE
 from ..ecad_core.search.front import FRONT_PLOT
-from ..ecad_core.search.nsga import CHECKPOINT_FILE
+from ..ecad_core.search.nsga import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES
 from . import library
 from .comfy_adapters import adapter_for
 from .comfy_costs import cost_for_comfy_model
 from .schedule_nodes import SCHEDULE_TYPE, patch_model
 
 log = logging.getLogger("ecad")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # fullmatch: "$" would let a final newline in
+SEED_RANGE = 2 ** 64  # ComfyUI's noise seeds (KSampler's seed widget): 0 .. 2**64 - 1
 DEFAULT_PROMPTS = ("A photo of an astronaut riding a horse on the moon\n"
                    "A cozy cabin in a snowy forest at dusk, warm light in the windows\n"
                    "A close-up portrait of an old fisherman, dramatic lighting")
 
 
 def search_dir(output_name: str) -> Path:
-    if not isinstance(output_name, str) or not _NAME_RE.match(output_name) or ".." in output_name:
+    if not isinstance(output_name, str) or not _NAME_RE.fullmatch(output_name) or ".." in output_name:
         raise EcadError(f"output_name {output_name!r}: use 1-80 letters, digits, '.', '_' or '-' (it names "
                         f"the folder models/{library.FOLDER_NAME}/<output_name>)")
     return library.user_dirs()[0] / output_name
+
+
+def sample_seeds(first_seed: int, seeds_per_prompt: int) -> list[int]:
+    """Noise seeds of each prompt's samples: first_seed, +1, ..., wrapping past the largest seed to 0."""
+    return [(int(first_seed) + i) % SEED_RANGE for i in range(int(seeds_per_prompt))]
 
 
 def _prompt_lines(text: str) -> list[str]:
@@ -183,7 +189,8 @@ class EvolveECADSchedule:
                             "positive conditioning is connected."}),
                 "seeds_per_prompt": ("INT", {"default": 1, "min": 1, "max": 16}),
                 "first_seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
-                                 "tooltip": "Noise seed of the first sample of each prompt; then +1, +2, ..."}),
+                                 "tooltip": "Noise seed of the first sample of each prompt; then +1, +2, ... "
+                                            "(after the largest seed comes 0)."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
                 "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
@@ -236,14 +243,14 @@ class EvolveECADSchedule:
         settings = SearchSettings(population=population, generations=generations or None, seed=search_seed,
                                   time_budget_s=time_budget_minutes * 60.0 if time_budget_minutes > 0 else None)
         settings.validate()
-        seeds = [first_seed + i for i in range(seeds_per_prompt)]
+        seeds = sample_seeds(first_seed, seeds_per_prompt)
         gen = ComfyGenerate(model, positives, negatives, seeds, steps, cfg, sampler_name, scheduler, width, height)
         decode = None
         if vae is not None and quality_metric in IMAGE_SPACES:
             def decode(latent):
                 return vae.decode(latent[None])[0].movedim(-1, 0).clamp(0, 1)
         evaluator = LocalEvaluator(gen, decode=decode, space=quality_metric)
-        if not resume and (out / CHECKPOINT_FILE).exists():
+        if not resume and any((out / f).exists() for f in (CHECKPOINT_FILE, *LEGACY_CHECKPOINT_FILES)):
             log.info("ECAD search: resume is off: starting %s over", out)
             shutil.rmtree(out)
         if compute_objective == "latency":
@@ -259,9 +266,14 @@ class EvolveECADSchedule:
         log.info("ECAD search %r: %s, %d sample(s), %d steps, population %d, %d generation(s), cost: %s",
                  output_name, adapter.kind, len(positives) * len(seeds), steps, population, generations,
                  cost.source)
-        result = run_search(evaluator, adapter.layout, steps, out, settings, cost=cost, warm_start=warm,
-                            warm_start_steps="remap", model=adapter.arch_hint, progress=_Progress(settings.generations),
-                            should_stop=comfy.model_management.processing_interrupted, resume=True)
+        try:
+            result = run_search(evaluator, adapter.layout, steps, out, settings, cost=cost, warm_start=warm,
+                                warm_start_steps="remap", model=adapter.arch_hint,
+                                progress=_Progress(settings.generations),
+                                should_stop=comfy.model_management.processing_interrupted, resume=True)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} (or turn 'resume' off: that deletes the folder "
+                                  f"models/{library.FOLDER_NAME}/{output_name} and starts over)") from None
         # a cancel seen between evaluations: the checkpoint is saved; surface it as ComfyUI's interruption
         # (not a result, which ComfyUI would cache and so never resume)
         comfy.model_management.throw_exception_if_processing_interrupted()
