@@ -215,7 +215,7 @@ def official_scores(folder: Path) -> list[float]:
     blip_pretrain.create_vit = tiny_vit
     model = official.load(str(ckpt), device="cpu", med_config=str(ckpt.parent / "med_config.json"))
     # official load is strict=False: make sure every parameter came from the file
-    res = model.load_state_dict(torch.load(ckpt, map_location="cpu"), strict=False)
+    res = model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), strict=False)
     assert not res.missing_keys and not res.unexpected_keys and not model.training, res
     scores = []
     for u8, prompts in image_sets():
