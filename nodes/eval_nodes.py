@@ -9,8 +9,12 @@ and ImageReward). Without a VAE the outputs are latents: fidelity is the
 latent relative MSE and the image metrics are skipped with a note.
 
 Writes ``<prefix>_NNNNN_eval.{json,csv,md}`` and ``<prefix>_NNNNN_grid.png``
-to ComfyUI's output folder; metric weight paths that are not absolute are
-looked up in ``models/ecad_metrics``.
+to ComfyUI's output folder. Metric weight paths that are not absolute are
+looked up in ``models/ecad_metrics``, a relative FID reference folder in the
+input folder. Every path must resolve (``..`` and symlinks followed) inside
+ComfyUI's model folders (extra_model_paths.yaml included), input or output
+folder, so that a workflow from someone else cannot make the server read
+other files.
 """
 from __future__ import annotations
 
@@ -36,12 +40,33 @@ log = logging.getLogger("ecad")
 METRICS_DIR = "ecad_metrics"
 
 
-def _weights_path(value: str) -> str | None:
+def _allowed_roots() -> list[Path]:
+    """ComfyUI's model folders (all kinds, extra_model_paths.yaml included), its input and output folder."""
+    roots = [folder_paths.models_dir, folder_paths.get_input_directory(), folder_paths.get_output_directory()]
+    for kind, (paths, _) in folder_paths.folder_names_and_paths.items():
+        if kind != "custom_nodes":  # code, not models
+            roots += list(paths)
+    return [Path(r).resolve() for r in roots]
+
+
+def _checked_path(value: str, input_name: str, relative_to: str) -> str | None:
+    """``value`` resolved (relative: from ``relative_to``), if inside ComfyUI's allowed folders; None if empty."""
     value = (value or "").strip()
     if not value:
         return None
     p = Path(os.path.expanduser(value))
-    return str(p if p.is_absolute() else Path(folder_paths.models_dir) / METRICS_DIR / p)
+    real = (p if p.is_absolute() else Path(relative_to) / p).resolve()  # ".." and symlinks followed
+    if not any(real == r or real.is_relative_to(r) for r in _allowed_roots()):
+        raise EcadError(
+            f"Evaluate ECAD Schedule: {input_name} {value!r} resolves to {real}, outside ComfyUI's models, input "
+            f"and output folders; the node reads only files there (a shared workflow must not read other files "
+            f"on the server). Put it in models/{METRICS_DIR} (weights) or the input folder (FID reference), or "
+            f"add its folder to extra_model_paths.yaml")
+    return str(real)
+
+
+def _weights_path(value: str, input_name: str) -> str | None:
+    return _checked_path(value, input_name, os.path.join(folder_paths.models_dir, METRICS_DIR))
 
 
 class _ComfyGenerate:
@@ -119,7 +144,8 @@ class EvaluateECADSchedule:
     @classmethod
     def INPUT_TYPES(cls):
         opts = library.options()
-        weights_tip = "Path (absolute, or relative to models/ecad_metrics); empty: the metric is skipped."
+        weights_tip = ("Path relative to models/ecad_metrics, or absolute inside ComfyUI's models, input or "
+                       "output folder (other files on the server are refused); empty: the metric is skipped.")
         return {
             "required": {
                 "model": ("MODEL",),
@@ -159,7 +185,8 @@ class EvaluateECADSchedule:
                 "inception_weights": ("STRING", {"default": "", "tooltip": "pt_inception-2015-12-05-6726825d.pth "
                                                  "(FID). " + weights_tip}),
                 "fid_reference_folder": ("STRING", {"default": "", "tooltip": "Folder of reference images for a "
-                                                    "second FID column (absolute path)."}),
+                                                    "second FID column: relative to the input folder, or absolute "
+                                                    "inside ComfyUI's input, output or models folders."}),
                 "warmup": ("BOOLEAN", {"default": True, "tooltip": "One untimed sample before each timed set."}),
                 "offload_cache_to_cpu": ("BOOLEAN", {"default": False}),
             },
@@ -175,6 +202,12 @@ class EvaluateECADSchedule:
                  height, metrics, grid_rows, filename_prefix, schedule=None, clip=None, positive=None,
                  negative=None, vae=None, clip_score_weights="", imagereward_weights="", lpips_weights="",
                  inception_weights="", fid_reference_folder="", warmup=True, offload_cache_to_cpu=False):
+        # paths first: refused before anything is loaded or sampled
+        fid_ref = _checked_path(fid_reference_folder, "fid_reference_folder", folder_paths.get_input_directory())
+        weights = MetricWeights(clip=_weights_path(clip_score_weights, "clip_score_weights"),
+                                imagereward=_weights_path(imagereward_weights, "imagereward_weights"),
+                                lpips=_weights_path(lpips_weights, "lpips_weights"),
+                                inception=_weights_path(inception_weights, "inception_weights"))
         if "ecad" in model.model_options.get("transformer_options", {}):
             raise EcadError("Evaluate ECAD Schedule: the MODEL already has an ECAD schedule applied (Apply ECAD "
                             "Cache Schedule upstream); connect the model without it, the node applies the schedule "
@@ -201,10 +234,6 @@ class EvaluateECADSchedule:
             sample_seeds = [s for _ in lines for s in seeds]
         else:  # one conditioning for all: distinct seeds, or the prompt lines would repeat one image
             sample_seeds = [seed + i for i in range(len(conds))]
-        fid_ref = (fid_reference_folder or "").strip() or None
-        weights = MetricWeights(clip=_weights_path(clip_score_weights),
-                                imagereward=_weights_path(imagereward_weights),
-                                lpips=_weights_path(lpips_weights), inception=_weights_path(inception_weights))
         suite = MetricSuite.load(metrics, weights, fid_reference=fid_ref)
         adapter = adapter_for(model)
         schedule.check_fits(adapter.layout, adapter.kind)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -20,16 +21,19 @@ LAYOUT = make_layout("pixart", 2)  # make_tiny: PixArt depth 2
 
 
 @pytest.fixture(scope="module")
-def eval_setup(comfy_server, tmp_path_factory):
+def eval_setup(comfy_server):
     d = comfy_server.base_dir / "models" / "ecad_schedules"
     d.mkdir(parents=True, exist_ok=True)
     bits = np.random.default_rng(3).random((STEPS, LAYOUT.n_units)) < 0.4
     Schedule(LAYOUT, bits, name="eval-mixed").save(d / "eval-mixed.json")
     Schedule.full(LAYOUT, STEPS, name="eval-full").save(d / "eval-full.json")
     Schedule.full(make_layout("flux", 1, 1), STEPS, name="eval-flux-full").save(d / "eval-flux-full.json")
-    w = tmp_path_factory.mktemp("metric-weights")
-    return {"lpips": str(write_lpips(w / "lpips")), "clip": str(write_clip(w / "clip")),
-            "imagereward": str(write_imagereward(w / "imagereward"))}
+    # metric weights live in models/ecad_metrics (the node reads nothing outside ComfyUI's folders); the
+    # node gets them as paths relative to it
+    w = comfy_server.base_dir / "models" / "ecad_metrics"
+    paths = {"lpips": write_lpips(w / "lpips"), "clip": write_clip(w / "clip"),
+             "imagereward": write_imagereward(w / "imagereward")}
+    return {k: str(v.relative_to(w)) for k, v in paths.items()}
 
 
 def _prompt(inputs: dict, vae: bool = True, schedule_input: str | None = None, model: str = MODEL) -> dict:
@@ -145,3 +149,45 @@ def test_prompts_through_a_text_encoder_on_sd3(comfy_server, eval_setup):
     row = report["rows"][1]
     assert row["label"] == "eval-sd3-every2" and 0 < row["reuse_fraction"] < 1
     assert row["cost_model"] == "uniform", row  # no analytic cost model for SD3: every unit costs the same
+
+
+def test_paths_outside_comfyuis_folders_are_refused_naming_the_input(comfy_server, eval_setup, tmp_path):
+    srv = comfy_server
+    outside = tmp_path / "outside"
+    write_lpips(outside / "lpips")
+    (outside / "refs").mkdir()
+    metrics_dir = srv.base_dir / "models" / "ecad_metrics"
+    link = metrics_dir / "link-out"
+    if not link.is_symlink():
+        os.symlink(outside, link)  # a symlink inside models/ecad_metrics to a folder outside
+    cases = [("lpips_weights", str(outside / "lpips")),           # absolute, outside
+             ("clip_score_weights", "../../../clip"),             # relative, escapes with ..
+             ("lpips_weights", "link-out/lpips"),                 # through a symlink
+             ("inception_weights", "/etc/passwd"),
+             ("fid_reference_folder", str(outside / "refs")),
+             ("fid_reference_folder", "../../refs")]
+    for name, value in cases:
+        p = _prompt({name: value, "metrics": "psnr, fid", "warmup": False}, vae=False)
+        with pytest.raises(PromptExecutionError) as e:
+            srv.run(p, timeout=120)
+        msg = str(e.value)
+        assert f"{name} {value!r}" in msg and "outside ComfyUI's models, input and output folders" in msg, msg
+
+
+def test_paths_inside_comfyuis_folders_are_resolved_and_used(comfy_server, eval_setup):
+    srv = comfy_server
+    refs = srv.input_dir / "fid_refs"
+    refs.mkdir(exist_ok=True)
+    alias = srv.base_dir / "models" / "ecad_metrics" / "lpips-alias"
+    if not alias.is_symlink():  # a symlink that stays inside ComfyUI's folders is fine
+        os.symlink(srv.base_dir / "models" / "ecad_metrics" / "lpips", alias)
+    p = _prompt({"fid_reference_folder": "fid_refs", "lpips_weights": "lpips-alias",
+                 "clip_score_weights": str(srv.base_dir / "models" / "ecad_metrics" / eval_setup["clip"]),
+                 "metrics": "psnr, lpips, fid", "warmup": False, "prompts": "a red fox"})
+    _, report, _ = _report(srv, srv.run(p, timeout=600))
+    settings = report["settings"]
+    # relative FID folder: in the input folder; weights relative to models/ecad_metrics; all resolved
+    assert settings["fid_reference"] == str(refs.resolve())
+    assert settings["weights"]["lpips"] == str((srv.base_dir / "models" / "ecad_metrics" / "lpips").resolve())
+    assert settings["weights"]["clip"] == str((srv.base_dir / "models" / "ecad_metrics" / "clip").resolve())
+    assert isinstance(report["rows"][1]["metrics"]["lpips"], float)
