@@ -9,17 +9,20 @@ the schedule's provenance so that export gives back the same file content.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
 
 from .errors import ScheduleError
 from .layout import FLUX_DOUBLE_COMPONENTS, FLUX_SINGLE_COMPONENTS, PIXART_COMPONENTS, make_layout
-from .schedule import MAX_STEPS, Schedule
+from .schedule import MAX_STEPS, Schedule, check_plain_json, check_size
 
 # Per-block keys that are not bits; kept verbatim (TGATE re-implementation in the reference repo).
 EXTRA_BLOCK_KEYS = ("custom_compute_attn",)
 KNOWN_COMPONENTS = set(PIXART_COMPONENTS) | set(FLUX_DOUBLE_COMPONENTS) | set(FLUX_SINGLE_COMPONENTS)
+# ASCII digits only ("²".isdigit() is True but int() refuses it); a few digits are plenty for 1000 steps
+STEP_KEY = re.compile(r"[0-9]{1,9}")
 
 
 def is_ecad_dict(d: Any) -> bool:
@@ -43,6 +46,7 @@ def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
 
     if not is_ecad_dict(d):
         raise err("not an ECAD schedule (no 'cache_schedule' object)")
+    check_plain_json(d, err)
     unknown = sorted(set(d) - {"cache_schedule", "config", "metrics"})
     if unknown:
         raise err(f"unknown top-level key(s): {', '.join(unknown)}")
@@ -62,17 +66,18 @@ def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
     # Steps: "000".."N-1", contiguous.
     step_ids = []
     for k in sched:
-        if not (isinstance(k, str) and k.isdigit()):
+        if not (isinstance(k, str) and STEP_KEY.fullmatch(k)):
             raise err(f"step key {k!r} is not a step number like '000'")
         step_ids.append(int(k))
     n_steps = len(step_ids)
     if n_steps > MAX_STEPS:
         raise err(f"{n_steps} steps is more than the limit of {MAX_STEPS}")
     if sorted(step_ids) != list(range(n_steps)):
-        missing = sorted(set(range(max(step_ids) + 1)) - set(step_ids))
+        # only numbers below the step count can be missing (a range up to max(step_ids) could be huge)
+        missing = sorted(set(range(n_steps)) - set(step_ids))
         dup = len(set(step_ids)) != len(step_ids)
-        what = f"missing step(s) {', '.join(f'{m:03d}' for m in missing[:5])}" if missing else (
-            "duplicate step numbers" if dup else "steps are not numbered 000..N-1")
+        what = "duplicate step numbers (e.g. '0' and '000')" if dup else (
+            f"missing step(s) {', '.join(f'{m:03d}' for m in missing[:5])}")
         raise err(f"cache_schedule.schedule: {what}")
     key_of = {int(k): k for k in sched}
 
@@ -99,6 +104,8 @@ def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
         if comps_seen & set(PIXART_COMPONENTS):
             raise err("mixes PixArt and FLUX components")
         layout = make_layout("flux", n_blocks, n_single or 0)
+
+    check_size(layout, n_steps, err)
 
     expected_blocks = {}
     for g in layout.groups:

@@ -106,8 +106,8 @@ def make_layout(family: str, *counts: int) -> Layout:
 
 
 def layout_from_json(family: str, groups: list) -> Layout:
-    """Rebuild a layout stored in a schedule file; checks it against the family."""
-    if family not in FAMILIES:
+    """Rebuild a layout stored in a schedule file; checks it against the family (ValueError if wrong)."""
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
     if not isinstance(groups, list) or not groups:
         raise ValueError("'layout' must be a non-empty list of block groups")
@@ -117,7 +117,7 @@ def layout_from_json(family: str, groups: list) -> Layout:
         if not isinstance(g, dict) or set(g) != {"prefix", "count", "components"}:
             raise ValueError(f"layout group {i} must have exactly the keys prefix, count, components")
         prefix, count, comps = g["prefix"], g["count"], g["components"]
-        if prefix not in spec:
+        if not isinstance(prefix, str) or prefix not in spec:  # a list/dict is unhashable: check type first
             raise ValueError(f"layout group {i}: block prefix {prefix!r} is not part of family {family!r}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0 or count > 4096:
             raise ValueError(f"layout group {i}: count must be an integer in 0..4096, got {count!r}")

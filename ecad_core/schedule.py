@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,13 @@ FORMAT_ID = "comfyui-ecad/schedule"
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_STEPS = 1000
+# The largest real layouts have ~60 blocks x 3-6 units (FLUX.1: 171 units) and <= 1000 steps, so
+# at most ~360k unit-steps; the limits leave ~3-6x room and keep memory (bits, preview) bounded.
+MAX_UNITS = 2048
+MAX_UNIT_STEPS = 1_000_000
+# Real files nest at most 7 levels; deeper junk would only overflow the stack of copy/json later.
+MAX_DEPTH = 32
+MAX_ABS_INT = 2 ** 63
 TOP_KEYS_REQUIRED = ("format", "version", "name", "family", "layout", "steps", "bits")
 TOP_KEYS_OPTIONAL = ("model", "provenance", "metrics")
 
@@ -37,12 +46,14 @@ class Schedule:
     metrics: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_size(self.layout, None, lambda msg: ScheduleError(self.name, msg))
         self.bits = np.asarray(self.bits, dtype=bool)
         if self.bits.ndim != 2 or self.bits.shape[1] != self.layout.n_units:
             raise ScheduleError(self.name, f"bits must have shape (steps, {self.layout.n_units}), "
                                            f"got {tuple(self.bits.shape)}")
         if not 1 <= self.bits.shape[0] <= MAX_STEPS:
             raise ScheduleError(self.name, f"number of steps must be in 1..{MAX_STEPS}, got {self.bits.shape[0]}")
+        check_size(self.layout, self.bits.shape[0], lambda msg: ScheduleError(self.name, msg))
 
     # -- basic views -------------------------------------------------------
     @property
@@ -138,13 +149,15 @@ class Schedule:
     def dumps(self) -> str:
         """The project format: one line per key, one line per step (diff-friendly)."""
         d = self.to_json_dict()
+        # what the reader would refuse (Infinity, NaN, ...) is never written
+        check_plain_json(d, lambda msg: ScheduleError(self.name, f"cannot be saved: {msg}"))
         lines = []
         for k, v in d.items():
             if k == "bits":
                 inner = ",\n".join(f"    {json.dumps(s)}" for s in v)
                 lines.append(f'  "bits": [\n{inner}\n  ]')
             else:
-                lines.append(f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False, sort_keys=False)}")
+                lines.append(f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False, allow_nan=False)}")
         return "{\n" + ",\n".join(lines) + "\n}\n"
 
     def save(self, path: str | Path) -> Path:
@@ -154,6 +167,57 @@ class Schedule:
         tmp.write_text(self.dumps(), encoding="utf-8")
         tmp.replace(path)
         return path
+
+
+def check_size(layout: Layout, steps: int | None, err) -> None:
+    """Refuse schedules with no units or more than real models need (``err(msg)`` builds the error)."""
+    n = layout.n_units
+    if n == 0:
+        raise err(f"has no units: every block count is 0 ({layout.describe()})")
+    if n > MAX_UNITS:
+        raise err(f"{n} units per step is more than the limit of {MAX_UNITS} "
+                  f"({layout.describe()}; real models have a few hundred)")
+    if steps is not None and n * steps > MAX_UNIT_STEPS:
+        raise err(f"{steps} steps x {n} units = {n * steps} unit-steps is more than the limit of "
+                  f"{MAX_UNIT_STEPS}")
+
+
+def check_plain_json(obj: Any, err) -> None:
+    """Refuse what JSON files should not hold and later code would trip on: nesting deeper than
+    MAX_DEPTH, non-finite or huge numbers, non-string keys, strings that are not valid Unicode."""
+    stack = [(obj, "", 0)]
+    while stack:
+        o, where, depth = stack.pop()
+        at = f" at {where}" if where else ""
+        if depth > MAX_DEPTH:
+            raise err(f"nested more than {MAX_DEPTH} levels deep{at}")
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if not isinstance(k, str):
+                    raise err(f"key {k!r}{at} is not a string")
+                _check_text(k, f"key{at}", err)
+                stack.append((v, f"{where}.{k}" if where else k, depth + 1))
+        elif isinstance(o, (list, tuple)):  # tuples: from code; json writes them as lists
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(o))
+        elif isinstance(o, str):
+            _check_text(o, f"text{at}", err)
+        elif isinstance(o, bool) or o is None:
+            pass
+        elif isinstance(o, int):
+            if not -MAX_ABS_INT < o < MAX_ABS_INT:
+                raise err(f"number{at} is too large (more than {len(str(MAX_ABS_INT))} digits)")
+        elif isinstance(o, float):
+            if not math.isfinite(o):
+                raise err(f"number{at} is not finite ({o}); only finite numbers are allowed")
+        else:
+            raise err(f"value{at} of type {type(o).__name__} is not plain JSON")
+
+
+def _check_text(s: str, what: str, err) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise err(f"{what} is not valid Unicode (a lone surrogate escape)") from None
 
 
 def _row_to_str(row: np.ndarray, layout: Layout) -> str:
@@ -168,6 +232,7 @@ def from_json_dict(d: Any, source: str = "<schedule>") -> Schedule:
 
     if not isinstance(d, dict):
         raise err(f"top level must be a JSON object, got {type(d).__name__}")
+    check_plain_json(d, err)
     if d.get("format") != FORMAT_ID:
         raise err(f"'format' must be {FORMAT_ID!r}, got {d.get('format')!r}")
     missing = [k for k in TOP_KEYS_REQUIRED if k not in d]
@@ -196,6 +261,7 @@ def from_json_dict(d: Any, source: str = "<schedule>") -> Schedule:
     steps = d["steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise err(f"'steps' must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+    check_size(layout, steps, err)
     rows = d["bits"]
     if not isinstance(rows, list):
         raise err("'bits' must be a list with one bit string per step")
@@ -227,17 +293,15 @@ def read_json_file(path: str | Path) -> Any:
     path = Path(path)
     src = str(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise ScheduleError(src, "file not found") from None
     except OSError as e:
         raise ScheduleError(src, f"cannot read: {e.strerror or e}") from None
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise ScheduleError(src, "is a directory, not a schedule file")
-    if size > MAX_FILE_BYTES:
-        raise ScheduleError(src, f"file too large ({size} bytes; the limit is {MAX_FILE_BYTES})")
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_FILE_BYTES)
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ScheduleError(src, f"not UTF-8 text (byte {e.start})") from None
@@ -251,6 +315,28 @@ def read_json_file(path: str | Path) -> Any:
         raise ScheduleError(src, f"not valid JSON: {e}") from None
     except RecursionError:
         raise ScheduleError(src, "not valid JSON: nested too deeply") from None
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The file's bytes; a device, FIFO or socket (/dev/zero reads forever) is refused before reading.
+
+    Opened non-blocking (a FIFO's open would wait for a writer) and checked on the open descriptor,
+    so a file swapped after a check cannot slip through; reads at most ``limit + 1`` bytes."""
+    src = str(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ScheduleError(src, "is not a regular file (a device, FIFO or socket cannot be a schedule)")
+        if st.st_size > limit:
+            raise ScheduleError(src, f"file too large ({st.st_size} bytes; the limit is {limit})")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise ScheduleError(src, f"file too large (more than {limit} bytes)")
+    return raw
 
 
 def _reject_constant(name):

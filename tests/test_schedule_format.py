@@ -1,5 +1,7 @@
 """Schedules: the project format, ECAD's reference format, validation and remapping."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +10,9 @@ import pytest
 from ecad_core import ModelMismatchError, Schedule, ScheduleError, load_schedule, make_layout, remap_steps
 from ecad_core.ecad_format import from_ecad_dict, to_ecad_dict
 from ecad_core.schedule import from_json_dict, loads_schedule
+from schedule_corpus import (BAD_ECAD, BAD_OURS, FILE_LEVEL, REF, REPO, fuzzed_files, pixart_dict, write_bad_files,
+                             write_special_files)
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "ecad-reference" / "schedules"
-REPO = Path(__file__).resolve().parents[1]
 REF_FILES = sorted(REF.glob("**/*.json"))
 
 
@@ -59,67 +61,16 @@ def test_layout_order_matches_ecad_compact_bit_order():
     assert row1 in text, "bit order differs from ECAD's flattening (3*block + component)"
 
 
-def _pixart_dict(steps=3, blocks=2):
-    return {"cache_schedule": {"num_blocks": blocks, "num_inference_steps": steps, "name": "t",
-                               "attributes": {},
-                               "schedule": {f"{s:03d}": {str(b): {"attn1": True, "attn2": s == 0, "ff": True}
-                                                         for b in range(blocks)} for s in range(steps)}}}
-
-
-BAD_ECAD = [
-    ("unknown component", lambda d: d["cache_schedule"]["schedule"]["001"]["0"].update(attn3=True),
-     "unknown component(s) attn3"),
-    ("unknown block", lambda d: d["cache_schedule"]["schedule"]["001"].update({"7": {"attn1": True, "attn2": True, "ff": True}}),
-     "step 001: unknown block '7'"),
-    ("missing block", lambda d: d["cache_schedule"]["schedule"]["002"].pop("1"), "step 002: missing block '1'"),
-    ("missing step", lambda d: d["cache_schedule"]["schedule"].pop("001"), "missing step(s) 001"),
-    ("non-boolean", lambda d: d["cache_schedule"]["schedule"]["001"]["1"].update(ff=1),
-     "step 001, block 1, component ff: expected true or false, got 1"),
-    ("string boolean", lambda d: d["cache_schedule"]["schedule"]["000"]["0"].update(attn1="true"),
-     "component attn1: expected true or false"),
-    ("missing component", lambda d: d["cache_schedule"]["schedule"]["001"]["0"].pop("ff"), "missing component 'ff'"),
-    ("wrong block count", lambda d: d["cache_schedule"].update(num_blocks=3), "missing block '2'"),
-    ("bad step key", lambda d: d["cache_schedule"]["schedule"].update(abc={}), "step key 'abc'"),
-    ("no schedule", lambda d: d["cache_schedule"].pop("schedule"), "cache_schedule.schedule must be"),
-    ("num_blocks missing", lambda d: d["cache_schedule"].pop("num_blocks"), "num_blocks is missing"),
-    ("num_blocks bool", lambda d: d["cache_schedule"].update(num_blocks=True), "num_blocks must be"),
-    ("flux comp in pixart", lambda d: d["cache_schedule"]["schedule"]["000"]["0"].update(full_ff=True),
-     "mixes PixArt and FLUX"),
-    ("step not object", lambda d: d["cache_schedule"]["schedule"].update({"001": [1, 2]}), "step 001: must be an object"),
-]
-
-
 @pytest.mark.parametrize("name,mutate,msg", BAD_ECAD, ids=[b[0] for b in BAD_ECAD])
 def test_bad_ecad_files_name_file_and_problem(tmp_path, name, mutate, msg):
-    d = _pixart_dict()
+    d = pixart_dict()
     mutate(d)
     p = tmp_path / "bad_schedule.json"
     p.write_text(json.dumps(d))
     with pytest.raises(ScheduleError) as e:
         load_schedule(p)
     assert str(p) in str(e.value)
-    assert msg in str(e.value)
-
-
-def _ours(**changes):
-    d = Schedule.full(make_layout("pixart", 2), 3, name="t").to_json_dict()
-    d.update(changes)
-    return d
-
-
-BAD_OURS = [
-    ("wrong step count", _ours(steps=4), "'steps' is 4 but 'bits' has 3"),
-    ("too few bits", _ours(bits=["111 111", "111 11", "111 111"]), "bits of step 1: expected 6 bits"),
-    ("non-binary", _ours(bits=["111 111", "111 121", "111 111"]), "only '0' and '1'"),
-    ("bits not string", _ours(bits=["111 111", 7, "111 111"]), "bits of step 1: expected a string"),
-    ("unknown family", _ours(family="unet"), "unknown model family 'unet'"),
-    ("wrong components", _ours(layout=[{"prefix": "", "count": 2, "components": ["attn1", "ff"]}]),
-     "components must be"),
-    ("unknown key", _ours(speed=2), "unknown key(s): speed"),
-    ("bad version", _ours(version=9), "unsupported format version 9"),
-    ("steps zero", _ours(steps=0, bits=[]), "'steps' must be an integer"),
-    ("bad grouping", _ours(bits=["11 1111", "111 111", "111 111"]), "one per block"),
-]
+    assert msg in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("name,d,msg", BAD_OURS, ids=[b[0] for b in BAD_OURS])
@@ -132,18 +83,12 @@ def test_bad_project_files_are_refused(tmp_path, name, d, msg):
 
 
 def test_file_level_errors(tmp_path):
-    cases = {
-        "empty.json": (b"", "not valid JSON"),
-        "trunc.json": (b'{"cache_schedule": {"num_blocks": 2, ', "not valid JSON"),
-        "bin.json": (b"\xff\xfe\x00garbage", "not UTF-8"),
-        "nan.json": (b'{"cache_schedule": NaN}', "NaN is not allowed"),
-        "list.json": (b"[1, 2]", "top level must be a JSON object"),
-    }
-    for name, (content, msg) in cases.items():
+    for name, content, msg in FILE_LEVEL:
         p = tmp_path / name
         p.write_bytes(content)
-        with pytest.raises(ScheduleError, match=msg):
+        with pytest.raises(ScheduleError) as e:
             load_schedule(p)
+        assert str(p) in str(e.value) and msg in str(e.value), str(e.value)
     with pytest.raises(ScheduleError, match="file not found"):
         load_schedule(tmp_path / "nope.json")
     with pytest.raises(ScheduleError, match="is a directory"):
@@ -155,43 +100,94 @@ def test_file_level_errors(tmp_path):
         load_schedule(big)
 
 
+def test_every_bad_file_is_one_schedule_error_naming_it(tmp_path):
+    """The whole named corpus at once, and the same documents through loads_schedule."""
+    for p, msg in write_bad_files(tmp_path):
+        with pytest.raises(ScheduleError) as e:
+            load_schedule(p)
+        assert str(p) in str(e.value) and msg in str(e.value) and len(str(e.value).splitlines()) == 1, str(e.value)
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        with pytest.raises(ScheduleError) as e:
+            loads_schedule(text, source="pasted")
+        assert str(e.value).startswith("pasted: ")
+
+
+def _load_bounded(path, timeout=60):
+    """load_schedule(path) in a child with 1 GB of address space to spare and a time limit: what the
+    child prints (the ScheduleError), or why it did not finish. Before the fixes, these files read
+    forever (/dev/zero, a FIFO) or built a huge set; the limits make that a failure, not a stuck test."""
+    code = ("import resource, sys\n"
+            "from ecad_core import load_schedule, ScheduleError\n"
+            "vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize')][0].split()[1]) * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))\n"
+            "try:\n    load_schedule(sys.argv[1])\nexcept ScheduleError as e:\n    print(e)\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"still reading after {timeout} s"
+    return r.stdout if r.returncode == 0 else f"exit {r.returncode}: {r.stderr[-1000:]}"
+
+
+def test_devices_and_fifos_are_refused_without_reading(tmp_path):
+    """/dev/zero and a FIFO would read forever (a FIFO's open would wait for a writer)."""
+    for p, msg in write_special_files(tmp_path) + [(Path("/dev/zero"), "is not a regular file")]:
+        assert f"{p}: {msg}" in _load_bounded(p, timeout=30)
+        with pytest.raises(ScheduleError, match=msg):  # in-process too, now that it is safe
+            load_schedule(p)
+
+
+def test_huge_step_number_costs_no_memory(tmp_path):
+    """Steps "000" and "999999999": the missing-step message once built a set up to the largest number
+    (a 1e9-element set from a 60-byte file)."""
+    p = tmp_path / "huge-step.json"
+    p.write_text(json.dumps(_steps_dict({"000": {}, "999999999": {}})))
+    assert f"{p}: cache_schedule.schedule: missing step(s) 001" in _load_bounded(p)
+
+
+def _steps_dict(steps):
+    d = pixart_dict()
+    d["cache_schedule"]["schedule"] = steps
+    return d
+
+
 def test_fuzzed_files_fail_cleanly_never_partially(tmp_path):
     """Random corruptions of real files: either a clean ScheduleError or a complete schedule."""
-    rng = np.random.default_rng(0)
-    sources = [REF / "schedules_in_paper/pixart_alpha_256/ours_fast.json",
-               REF / "schedules_in_paper/flux_256/ours_faster.json",
-               REPO / "schedules/pixart-alpha-256-fast.json"]
     n_err = n_ok = 0
-    for src in sources:
-        data = src.read_bytes()
-        for i in range(120):
-            b = bytearray(data)
-            kind = i % 4
-            if kind == 0:  # truncate
-                b = b[: rng.integers(0, len(b))]
-            elif kind == 1:  # flip bytes
-                for pos in rng.integers(0, len(b), size=int(rng.integers(1, 8))):
-                    b[pos] = int(rng.integers(0, 256))
-            elif kind == 2:  # swap a true/false or 0/1 for junk
-                t = b.decode(errors="replace")
-                for a, c in (("true", "1"), ("false", "null"), ('"1', '"2'), ("0 ", "0x")):
-                    t = t.replace(a, c, int(rng.integers(1, 3)))
-                b = bytearray(t.encode())
-            else:  # delete a random span
-                s = int(rng.integers(0, len(b)))
-                del b[s: s + int(rng.integers(1, 400))]
-            p = tmp_path / f"f{i}.json"
-            p.write_bytes(bytes(b))
-            try:
-                s = load_schedule(p)
-            except ScheduleError as e:
-                assert str(p) in str(e)
-                assert len(str(e).splitlines()) == 1
-                n_err += 1
-            else:
-                n_ok += 1
-                assert s.bits.shape == (s.steps, s.layout.n_units)
+    for p in fuzzed_files(tmp_path):
+        try:
+            s = load_schedule(p)
+        except ScheduleError as e:
+            assert str(p) in str(e)
+            assert len(str(e).splitlines()) == 1
+            n_err += 1
+        else:
+            n_ok += 1
+            assert s.bits.shape == (s.steps, s.layout.n_units)
     assert n_err > 300
+
+
+def test_save_never_writes_non_finite_numbers(tmp_path):
+    """json.dumps would write Infinity, which the reader refuses: saving fails first, leaving no file."""
+    s = Schedule.full(make_layout("pixart", 2), 3, name="t", metrics={"expected_speedup": float("inf")})
+    with pytest.raises(ScheduleError, match=r"t: cannot be saved: number at metrics.expected_speedup is not finite"):
+        s.save(tmp_path / "x.json")
+    assert not list(tmp_path.iterdir())
+
+
+def test_schedules_made_in_code_have_the_same_size_limits():
+    with pytest.raises(ScheduleError, match="has no units"):
+        Schedule.full(make_layout("pixart", 0), 3)
+    with pytest.raises(ScheduleError, match="2049 units per step is more than the limit"):
+        Schedule.full(make_layout("dit_blocks", 2049), 1)
+    with pytest.raises(ScheduleError, match="unit-steps is more than the limit"):
+        Schedule.full(make_layout("dit_blocks", 2000), 501)
+    # the real extremes fit: FLUX.1 (171 units) and a 60-block x 6-unit model at 1000 steps
+    assert Schedule.full(make_layout("flux", 19, 38), 1000).steps == 1000
+    assert Schedule.full(make_layout("dit_blocks", 360), 1000).layout.n_units == 360
 
 
 def test_info_for_units_and_fraction():
