@@ -35,7 +35,8 @@ def _cmd_info(a) -> int:
 
 def _cmd_convert(a) -> int:
     from .ecad_format import is_ecad_dict, to_ecad_dict
-    from .schedule import load_schedule, read_json_file
+    from .errors import ScheduleError
+    from .schedule import check_plain_json, load_schedule, read_json_file
 
     raw = read_json_file(a.input)
     s = load_schedule(a.input)
@@ -44,8 +45,12 @@ def _cmd_convert(a) -> int:
     if out.exists() and out.resolve() == Path(a.input).resolve():
         raise EcadError(f"{a.output}: output would overwrite the input")
     if target == "ecad":
+        d = to_ecad_dict(s)
+        # never write what the reader refuses (Infinity, NaN, ...): fail before touching the output
+        check_plain_json(d, lambda msg: ScheduleError(str(a.input), f"cannot be converted: {msg}"))
+        text = json.dumps(d, indent=4, allow_nan=False) + "\n"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(to_ecad_dict(s), indent=4) + "\n", encoding="utf-8")
+        out.write_text(text, encoding="utf-8")
     else:
         s.save(out)
     print(f"wrote {out} ({target} format, {s.steps} steps, {s.layout.describe()})")

@@ -1,5 +1,6 @@
 """python -m ecad_core: info, convert, macs — output and exit codes."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,48 @@ def test_macs_errors_are_clear():
     assert r.returncode == 2 and "is for pixart" in r.stderr
     r = cli("macs", "--model", "sd15", "--height", 256, "--width", 256, REPO / "schedules/pixart-alpha-256-fast.json")
     assert r.returncode == 2 and "known:" in r.stderr
+
+
+def _bounded():
+    import resource  # the child may allocate 8 GB of address space at most (torch alone maps ~3 GB)
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, resource.RLIM_INFINITY))
+
+
+def test_info_refuses_devices_and_fifos(tmp_path):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    for p in ("/dev/zero", fifo):
+        try:  # before the fix: /dev/zero read until out of memory, the FIFO waited for a writer forever
+            r = subprocess.run([sys.executable, "-m", "ecad_core", "info", str(p)], cwd=REPO, capture_output=True,
+                               text=True, timeout=60, preexec_fn=_bounded)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"info {p} still reading after 60 s") from None
+        assert r.returncode == 2 and r.stdout == "", r.stderr[-2000:]
+        assert r.stderr.strip() == f"error: {p}: is not a regular file (a device, FIFO or socket cannot be a schedule)"
+
+
+def test_info_refuses_a_schedule_without_units(tmp_path):
+    # a zero-block file was accepted and info printed "recompute_fraction": NaN
+    for name, d in (("ecad.json", {"cache_schedule": {"num_blocks": 0, "schedule": {"000": {}}}}),
+                    ("ours.json", {"format": "comfyui-ecad/schedule", "version": 1, "name": "empty", "family": "pixart",
+                                   "layout": [{"prefix": "", "count": 0, "components": ["attn1", "attn2", "ff"]}],
+                                   "steps": 2, "bits": ["", ""]})):
+        p = tmp_path / name
+        p.write_text(json.dumps(d))
+        r = cli("info", p)
+        assert r.returncode == 2 and r.stdout == "" and "NaN" not in r.stderr
+        assert r.stderr.startswith(f"error: {p}: has no units: every block count is 0"), r.stderr
+
+
+def test_convert_never_writes_a_file_it_cannot_read(tmp_path):
+    # 1e400 parses as inf; convert wrote it out as Infinity, which every reader (ours too) refuses
+    src = tmp_path / "inf.json"
+    d = json.loads((REF / "pixart_alpha_256/ours_fast.json").read_text())
+    d["metrics"] = {"speedup": 1}
+    src.write_text(json.dumps(d).replace('"speedup": 1', '"speedup": 1e400'))
+    for fmt in ("project", "ecad"):
+        out = tmp_path / f"out-{fmt}.json"
+        r = cli("convert", src, out, "--to", fmt)
+        assert r.returncode == 2 and not out.exists(), (r.stdout, r.stderr)
+        assert r.stderr.strip() == f"error: {src}: number at metrics.speedup is not finite (inf); only finite " \
+                                   "numbers are allowed"
