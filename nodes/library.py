@@ -3,16 +3,21 @@
 Shipped: ``<pack>/schedules``. User: ComfyUI's ``models/ecad_schedules`` folder
 (registered with folder_paths, so extra_model_paths.yaml can add more), where
 the Evolve node writes its fronts. Listings are re-read on every call (cached
-by file modification time), so new files appear without a restart.
+by file modification time and size), so new files appear without a restart.
+A file that cannot be read is left out of the listings and logged once (file and
+reason); it never affects the other files or the nodes.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
+import threading
 from pathlib import Path
 
 from ..ecad_core.errors import ScheduleError
-from ..ecad_core.schedule import Schedule, load_schedule
+from ..ecad_core.schedule import MAX_FILE_BYTES, Schedule, load_schedule, read_regular_file
 
 log = logging.getLogger("ecad")
 
@@ -23,7 +28,12 @@ PRETTY = {"pixart-alpha": "PixArt-α", "pixart-sigma": "PixArt-Σ", "flux-dev": 
           "flux-schnell": "FLUX.1-schnell"}
 # files an Evolve search keeps beside its schedules (not schedules themselves)
 SEARCH_BOOKKEEPING = ("front.json", "progress.json")
-_cache: dict[str, tuple[float, Schedule | None]] = {}
+# path -> (stat key, schedule or None when unreadable); the lock: the /ecad/presets route lists from a
+# worker thread while ComfyUI lists on its event loop
+_cache: dict[str, tuple[tuple, Schedule | None]] = {}
+_digests: dict[str, tuple[tuple, str]] = {}
+_lock = threading.Lock()
+_warned: set[str] = set()
 
 
 def register_user_folder() -> None:
@@ -39,46 +49,106 @@ def user_dirs() -> list[Path]:
     return [Path(p) for p in folder_paths.get_folder_paths(FOLDER_NAME)]
 
 
+def _warn_once(msg: str, *args) -> None:
+    text = msg % args
+    if text not in _warned:
+        _warned.add(text)
+        log.warning(text)
+
+
 def _files() -> list[tuple[str, Path]]:
     """(key, path): shipped files by stem, user files as 'user/<relative path without .json>'."""
     out = [(p.stem, p) for p in sorted(SHIPPED_DIR.glob("*.json"))]
     for d in user_dirs():
-        if d.is_dir():
-            for p in sorted(d.rglob("*.json")):
-                if p.name in SEARCH_BOOKKEEPING or any(part.startswith(".") for part in p.relative_to(d).parts):
-                    continue
-                rel = p.relative_to(d).with_suffix("").as_posix()
-                out.append((f"user/{rel}", p))
+        try:
+            if not d.is_dir():
+                continue
+            found = sorted(d.rglob("*.json"))
+        except OSError as e:  # an unreadable folder costs its own files only
+            _warn_once("ECAD: cannot list schedules in %s (%s)", d, e)
+            continue
+        for p in found:
+            if p.name in SEARCH_BOOKKEEPING or any(part.startswith(".") for part in p.relative_to(d).parts):
+                continue
+            rel = p.relative_to(d).with_suffix("").as_posix()
+            out.append((f"user/{rel}", p))
     return out
+
+
+def _stat_key(st: os.stat_result) -> tuple:
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
+def _load(path: Path) -> Schedule:
+    """load_schedule, with any unexpected exception turned into the ScheduleError naming the file."""
+    try:
+        return load_schedule(path)
+    except ScheduleError:
+        raise
+    except Exception as e:  # noqa: BLE001 - last resort: a parser hole must cost this file only
+        raise ScheduleError(str(path), f"cannot be read ({type(e).__name__}: {e})") from None
 
 
 def _load_cached(path: Path) -> Schedule | None:
     try:
-        mtime = path.stat().st_mtime
+        key = _stat_key(path.stat())
     except OSError:
         return None
-    hit = _cache.get(str(path))
-    if hit and hit[0] == mtime:
-        return hit[1]
-    try:
-        s = load_schedule(path)
-    except ScheduleError as e:
-        log.warning("ECAD: skipping unreadable schedule %s", e)
-        s = None
-    _cache[str(path)] = (mtime, s)
+    with _lock:
+        hit = _cache.get(str(path))
+        if hit and hit[0] == key:
+            return hit[1]
+        try:
+            s = _load(path)
+        except ScheduleError as e:
+            # once per file version: the result is cached until the file changes
+            log.warning("ECAD: skipping unreadable schedule %s", e)
+            s = None
+        _cache[str(path)] = (key, s)
     return s
 
 
+def fingerprint(value: str) -> str:
+    """The content hash of the file a dropdown value names, for IS_CHANGED: an edited file then
+    re-runs the node. Re-hashed only when the file's mtime/size/inode change."""
+    key = key_of(value)
+    path = _path_of(key)
+    if path is None:
+        return f"{key}: missing"
+    try:
+        sk = _stat_key(path.stat())
+    except OSError:
+        return f"{key}: missing"
+    hit = _digests.get(str(path))
+    if hit and hit[0] == sk:
+        return hit[1]
+    try:
+        raw = read_regular_file(path, MAX_FILE_BYTES)
+    except (ScheduleError, OSError):
+        return f"{key}: unreadable {sk}"  # running the node reports why
+    digest = f"{key}: sha256 {hashlib.sha256(raw).hexdigest()}"
+    _digests[str(path)] = (sk, digest)
+    return digest
+
+
 def speedup_of(s: Schedule) -> float | None:
-    m = s.metrics or {}
+    m = s.metrics if isinstance(s.metrics, dict) else {}
     for key in ("ecad_latency_speedup", "expected_speedup"):
-        v = m.get(key)
-        if isinstance(v, (int, float)) and v > 0:
-            return float(v)
-    frac = m.get("compute_fraction")
-    if isinstance(frac, (int, float)) and frac > 0:
-        return 1.0 / frac
-    return None
+        v = _positive(m.get(key))
+        if v is not None:
+            return v
+    frac = _positive(m.get("compute_fraction"))
+    return 1.0 / frac if frac is not None else None
+
+
+def _positive(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) and f > 0 else None
 
 
 def label(key: str, s: Schedule) -> str:
@@ -89,35 +159,41 @@ def label(key: str, s: Schedule) -> str:
     return SEP.join(parts)
 
 
-def options() -> list[str]:
-    """Dropdown values: '<key> · <model> · <speedup>×'."""
+def _listed(layout=None) -> list[str]:
     out = []
     for key, path in _files():
         s = _load_cached(path)
-        if s is not None:
+        if s is not None and (layout is None or s.layout == layout):
             out.append(label(key, s))
     return out
+
+
+def options() -> list[str]:
+    """Dropdown values: '<key> · <model> · <speedup>×'."""
+    return _listed()
 
 
 def options_fitting(layout) -> list[str]:
     """Dropdown values of the schedules whose layout (family and block counts) is ``layout``."""
-    out = []
-    for key, path in _files():
-        s = _load_cached(path)
-        if s is not None and s.layout == layout:
-            out.append(label(key, s))
-    return out
+    return _listed(layout)
 
 
 def key_of(value: str) -> str:
     return value.split(SEP)[0].strip()
 
 
+def _path_of(key: str) -> Path | None:
+    for k, path in _files():
+        if k == key:
+            return path
+    return None
+
+
 def resolve(value: str) -> Schedule:
     """The schedule a dropdown value (or a bare key) names; ScheduleError if it is gone or broken."""
     key = key_of(value)
-    for k, path in _files():
-        if k == key:
-            return load_schedule(path)
-    raise ScheduleError(key, "no such ECAD schedule: not among the shipped presets nor in "
-                             f"models/{FOLDER_NAME} (was it renamed or deleted?)")
+    path = _path_of(key)
+    if path is None:
+        raise ScheduleError(key, "no such ECAD schedule: not among the shipped presets nor in "
+                                 f"models/{FOLDER_NAME} (was it renamed or deleted?)")
+    return _load(path)

@@ -9,6 +9,7 @@ speedup text changes, and resolve it by its stable key.
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -109,6 +110,12 @@ class ApplyECADSchedule:
             return True
         return f"ECAD preset {library.key_of(preset)!r} not found (shipped presets or models/ecad_schedules)"
 
+    @classmethod
+    def IS_CHANGED(cls, preset, **_):
+        # the file's content hash: an edited schedule file re-runs the node (a connected schedule
+        # input is keyed by its own node)
+        return OFF if preset == OFF else library.fingerprint(preset)
+
     def apply(self, model, preset, offload_cache_to_cpu=False, schedule=None, cuda_graphs=False):
         if schedule is None:
             if preset == OFF:
@@ -137,7 +144,7 @@ class LoadECADSchedule:
 
     @classmethod
     def IS_CHANGED(cls, schedule_file):
-        return library.key_of(schedule_file)
+        return library.fingerprint(schedule_file)  # content hash: an edited file is re-read
 
     def load(self, schedule_file):
         s = library.resolve(schedule_file)
@@ -162,17 +169,45 @@ _COLORS = {"attn1": (0.95, 0.55, 0.2), "attn2": (0.3, 0.7, 0.95), "ff": (0.55, 0
            "single_proj_out": (0.6, 0.5, 0.95), "block": (0.9, 0.9, 0.9)}
 
 
-def schedule_image(s: Schedule, cell: int = 4) -> torch.Tensor:
-    """IMAGE [1, H, W, 3]: one row per step, one column per unit; block boundaries as thin gaps."""
+# Longest side of the preview in pixels: a bigger schedule is drawn with smaller cells, then summarised.
+MAX_PREVIEW_SIDE = 1024
+
+
+def schedule_image(s: Schedule, cell: int = 4, max_side: int = MAX_PREVIEW_SIDE) -> torch.Tensor:
+    """IMAGE [1, H, W, 3]: one row per step, one column per unit; block boundaries as thin gaps.
+
+    Cells are ``cell`` pixels while that fits in ``max_side``, else fewer (per axis); with more
+    steps or units than ``max_side``, each pixel is the mean colour of a bin of steps x units."""
     eff = s.effective_bits()
     comps = [c for _, c in s.layout.iter_units()]
     col = np.array([_COLORS.get(c, (0.9, 0.9, 0.9)) for c in comps], np.float32)  # [U,3]
     grid = np.where(eff[..., None], col[None], np.float32(0.12))                    # [S,U,3]
-    img = np.repeat(np.repeat(grid, cell, axis=0), cell, axis=1)
-    # darken the last column of each block for readability
-    for _, sl in s.layout.block_slices():
-        img[:, sl.stop * cell - 1, :] *= 0.5
+    fy, fx = (math.ceil(n / max_side) for n in grid.shape[:2])
+    if fy > 1 or fx > 1:
+        return torch.from_numpy(np.ascontiguousarray(_bin_mean(_bin_mean(grid, fy, 0), fx, 1)))[None]
+    cy, cx = (max(1, min(cell, max_side // n)) for n in grid.shape[:2])
+    img = np.repeat(np.repeat(grid, cy, axis=0), cx, axis=1)
+    if cx > 1:  # darken the last column of each block for readability (not with 1-pixel cells)
+        for _, sl in s.layout.block_slices():
+            img[:, sl.stop * cx - 1, :] *= 0.5
     return torch.from_numpy(np.ascontiguousarray(img))[None]
+
+
+def _bin_mean(a: np.ndarray, f: int, axis: int) -> np.ndarray:
+    if f == 1:
+        return a
+    starts = np.arange(0, a.shape[axis], f)
+    sizes = np.diff(np.append(starts, a.shape[axis])).astype(np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = len(sizes)
+    return np.add.reduceat(a, starts, axis=axis) / sizes.reshape(shape)
+
+
+def _picture_note(s: Schedule, max_side: int = MAX_PREVIEW_SIDE) -> str | None:
+    fy, fx = math.ceil(s.steps / max_side), math.ceil(s.layout.n_units / max_side)
+    if fy > 1 or fx > 1:
+        return f"picture summarised: each pixel averages {fy} step(s) x {fx} unit(s)"
+    return None
 
 
 class PreviewECADSchedule:
@@ -191,7 +226,8 @@ class PreviewECADSchedule:
         import nodes as comfy_nodes  # ComfyUI's own PreviewImage saves to temp and shows it
 
         img = schedule_image(schedule)
-        text = _info_text(schedule)
+        note = _picture_note(schedule)
+        text = _info_text(schedule) + (f"\n{note}" if note else "")
         ui = comfy_nodes.PreviewImage().save_images(img, filename_prefix="ecad_schedule")["ui"]
         ui["text"] = [text]
         return {"ui": ui, "result": (img, text)}

@@ -1,0 +1,286 @@
+"""The nodes' schedule library (nodes/library.py) and preview against bad, edited and huge schedule files.
+
+In-process tests use ComfyUI's real ``folder_paths`` (from .cache/ComfyUI) with the user folder
+pointed at a temporary directory; the ``comfy`` tests run a real ComfyUI server.
+"""
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+import tracemalloc
+import types
+import urllib.parse
+
+import numpy as np
+import pytest
+
+from ecad_core import Schedule, ScheduleError, load_schedule, make_layout
+from schedule_corpus import REPO, fuzzed_files, write_bad_files, write_special_files
+
+PACK = "comfyui_ecad_libtest"
+
+
+def _pack_module(name: str):
+    """``<pack>.nodes.<name>`` imported the way ComfyUI imports the pack (one package, relative imports),
+    without nodes/__init__ (which registers every node and the HTTP route)."""
+    if PACK not in sys.modules:
+        pkg = types.ModuleType(PACK)
+        pkg.__path__ = [str(REPO)]
+        sys.modules[PACK] = pkg
+        sub = types.ModuleType(f"{PACK}.nodes")
+        sub.__path__ = [str(REPO / "nodes")]
+        sys.modules[f"{PACK}.nodes"] = sub
+    return importlib.import_module(f"{PACK}.nodes.{name}")
+
+
+@pytest.fixture
+def lib(comfy_dir, tmp_path, monkeypatch):
+    """nodes.library with a fresh cache and its user folder (real folder_paths) at tmp_path/user."""
+    if str(comfy_dir) not in sys.path:
+        sys.path.append(str(comfy_dir))  # appended: ComfyUI's nodes.py must not shadow this repo's nodes/
+    import folder_paths
+
+    library = _pack_module("library")
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, library.FOLDER_NAME, ([str(user)], {".json"}))
+    for name, empty in (("_cache", {}), ("_digests", {}), ("_warned", set())):
+        monkeypatch.setattr(library, name, empty, raising=False)
+    monkeypatch.setattr(library, "user", user, raising=False)
+    return library
+
+
+def _keys(values):
+    return {v.split(" · ")[0] for v in values}
+
+
+def _skips(caplog, path):
+    return [r for r in caplog.records if "skipping unreadable schedule" in r.getMessage() and str(path) in r.getMessage()]
+
+
+def test_library_lists_every_good_file_and_logs_each_bad_one_once(lib, caplog):
+    user = lib.user
+    named = write_bad_files(user / "bad") + write_special_files(user / "special")
+    fuzzed = fuzzed_files(user / "fuzz")
+    good = []
+    for p in sorted((REPO / "schedules").glob("pixart-alpha-256-f*.json")):
+        good.append(shutil.copy(p, user / p.name))
+    odd = user / "odd-but-valid.json"  # junk metrics a label must survive
+    Schedule.full(make_layout("pixart", 2), 3, name="odd",
+                  metrics={"expected_speedup": {"a": [1, None]}, "compute_fraction": -1}).save(odd)
+    good.append(odd)
+    # fuzzed files are good or bad as the loader says; every named one is bad
+    bad = [p for p, _ in named]
+    for p in fuzzed:
+        try:
+            load_schedule(p)
+            good.append(p)
+        except ScheduleError:
+            bad.append(p)
+    assert len(bad) > 300
+    rel = lambda p: "user/" + os.path.relpath(p, user)[: -len(".json")]  # noqa: E731
+    shipped = {p.stem for p in (REPO / "schedules").glob("*.json")}
+
+    with caplog.at_level(logging.WARNING, logger="ecad"):
+        for _ in range(3):
+            listed = _keys(lib.options())
+            assert listed == shipped | {rel(p) for p in good}
+        pixart28 = importlib.import_module(f"{PACK}.ecad_core.layout").make_layout("pixart", 28)  # the pack's class
+        assert _keys(lib.options_fitting(pixart28)) == {
+            rel(p) for p in good if load_schedule(p).layout == make_layout("pixart", 28)} | {
+            k for k in shipped if k.startswith("pixart-")}
+    for p in bad:
+        logged = _skips(caplog, p)
+        assert len(logged) == 1, (p, [r.getMessage() for r in logged])
+        with pytest.raises(lib.ScheduleError) as e:  # the pack's own class (the pack is its own package)
+            lib.resolve(rel(p))
+        assert str(p) in str(e.value)
+        assert str(e.value) in logged[0].getMessage()  # the log line gives the reason too
+    for p, msg in named:
+        assert msg in _skips(caplog, p)[0].getMessage()
+    assert not [r for r in caplog.records if "skipping" in r.getMessage() and not any(str(p) in r.getMessage()
+                                                                                         for p in bad)]
+    assert lib.resolve(rel(odd)).name == "odd" and lib.speedup_of(lib.resolve(rel(odd))) is None
+
+
+def test_an_unexpected_error_from_one_file_costs_that_file_only(lib, caplog, monkeypatch):
+    """The last-resort guard: a parser bug that is not a ScheduleError is logged as a skip, once."""
+    for name in ("a", "b", "c"):
+        Schedule.full(make_layout("pixart", 2), 3, name=name).save(lib.user / f"{name}.json")
+    real = lib.load_schedule
+
+    def buggy(path):
+        if path.name == "b.json":
+            raise TypeError("unhashable type: 'list'")
+        return real(path)
+
+    monkeypatch.setattr(lib, "load_schedule", buggy)
+    with caplog.at_level(logging.WARNING, logger="ecad"):
+        for _ in range(2):
+            assert {"user/a", "user/c"} <= _keys(lib.options()) and "user/b" not in _keys(lib.options())
+    logged = _skips(caplog, lib.user / "b.json")
+    assert len(logged) == 1 and "TypeError: unhashable type: 'list'" in logged[0].getMessage()
+    with pytest.raises(lib.ScheduleError, match=r"b\.json: cannot be read \(TypeError: unhashable type"):
+        lib.resolve("user/b")
+
+
+def test_fingerprint_follows_the_content_and_hashes_only_on_change(lib, monkeypatch):
+    p = lib.user / "s.json"
+    lay = make_layout("pixart", 2)
+    Schedule.full(lay, 4, name="s").save(p)
+    reads = []
+    real = lib.read_regular_file
+    monkeypatch.setattr(lib, "read_regular_file", lambda *a: reads.append(a) or real(*a))
+    first = lib.fingerprint("user/s · PixArt")
+    assert first == lib.fingerprint("user/s") and len(reads) == 1  # same file: the stat fast path
+    st = p.stat()
+    # same size, same mtime as before: a different content must still give a different fingerprint
+    bits = np.ones((4, lay.n_units), bool)
+    bits[2, 1] = False
+    Schedule(lay, bits, name="s").save(p)
+    assert p.stat().st_size == st.st_size
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = lib.fingerprint("user/s")
+    assert second != first and len(reads) == 2
+    # rewriting the same content re-hashes (new mtime) but keeps the fingerprint: no needless re-run
+    Schedule(lay, bits, name="s").save(p)
+    assert lib.fingerprint("user/s") == second and len(reads) == 3
+    assert lib.fingerprint("user/gone") == "user/gone: missing"
+    assert lib.fingerprint("off") == "off: missing"
+
+
+def _cells(img, cy, cx):
+    return img[::cy, ::cx]
+
+
+def test_preview_small_schedules_are_pixel_exact(comfy_dir):
+    if str(comfy_dir) not in sys.path:
+        sys.path.append(str(comfy_dir))
+    nodes = _pack_module("schedule_nodes")
+    lay = make_layout("pixart", 2)
+    bits = np.array([[1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 0, 0], [1, 0, 0, 0, 0, 1]], bool)
+    img = nodes.schedule_image(Schedule(lay, bits))[0].numpy()
+    assert img.shape == (12, 24, 3)
+    col = {c: np.array(nodes._COLORS[c], np.float32) for c in ("attn1", "attn2", "ff")}
+    for s in range(3):
+        for u, comp in enumerate(["attn1", "attn2", "ff"] * 2):
+            want = col[comp] if bits[s, u] else np.full(3, 0.12, np.float32)
+            cell = img[4 * s: 4 * s + 4, 4 * u: 4 * u + 4]
+            last = 4 * u + 3 in (11, 23)  # each block's last pixel column is darkened
+            assert np.array_equal(cell[:, :3], np.broadcast_to(want, (4, 3, 3)))
+            assert np.allclose(cell[:, 3], want * (0.5 if last else 1.0))
+    # FLUX.1 at 1000 steps: 4-pixel columns still fit, rows get 1 pixel; nothing summarised
+    flux = Schedule.full(make_layout("flux", 19, 38), 1000)
+    assert tuple(nodes.schedule_image(flux).shape) == (1, 1000, 684, 3) and nodes._picture_note(flux) is None
+
+
+def test_preview_of_the_largest_schedule_is_bounded(comfy_dir):
+    """The largest schedule a file may hold (2048 units, 488 steps) gives at most 1024 x 1024 pixels,
+    each the mean colour of its bin, in bounded memory (a 6 MB file once made a 98304 x 1000 PNG)."""
+    if str(comfy_dir) not in sys.path:
+        sys.path.append(str(comfy_dir))
+    nodes = _pack_module("schedule_nodes")
+    lay = make_layout("dit_blocks", 1024, 1024)
+    bits = np.zeros((488, 2048), bool)
+    bits[:, ::2] = True            # every other unit recomputed: each 2-unit bin is half bright
+    s = Schedule(lay, bits)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    img = nodes.schedule_image(s)[0].numpy()
+    took = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert img.shape == (488, 1024, 3)
+    assert peak < 80 * 2 ** 20 and took < 10, (peak, took)
+    bright = np.array(nodes._COLORS["block"], np.float32)
+    assert np.allclose(img[1:], (bright + 0.12) / 2)    # step 0 is always computed: fully bright
+    assert np.allclose(img[0], bright)
+    assert nodes._picture_note(s) == "picture summarised: each pixel averages 1 step(s) x 2 unit(s)"
+
+
+# ----------------------------------------------------------------------------- a real server
+
+_seeds = itertools.count(9000)
+
+
+@pytest.mark.comfy
+def test_bad_files_in_the_servers_folder_break_nothing_else(comfy_server):
+    from test_comfy_apply import _last_stats, _prompt
+    from test_preset_filter import _presets
+    from comfy_harness import make_tiny
+    from comfy_harness.server import PromptExecutionError
+
+    srv = comfy_server
+    d = srv.base_dir / "models" / "ecad_schedules"
+    bad_dir, good = d / "hostile", d / "hostile-good.json"
+    named = write_bad_files(bad_dir) + write_special_files(bad_dir / "special")
+    Schedule.full(make_layout("pixart", 2), 4, name="hostile-good").save(good)
+    try:
+        for _ in range(2):
+            info = srv.object_info()
+            for n in ("ApplyECADSchedule", "LoadECADSchedule", "PreviewECADSchedule", "EvaluateECADSchedule"):
+                assert n in info, f"{n} missing from /object_info:\n{srv.log_text()[-3000:]}"
+            opts = _keys(info["ApplyECADSchedule"]["input"]["required"]["preset"][0])
+            assert "user/hostile-good" in opts and "pixart-alpha-256-fast" in opts
+            assert not any(k.startswith("user/hostile/") for k in opts)
+            q = urllib.parse.urlencode({"loader": "UNETLoader", "file": make_tiny.file_name("ecad_tiny_pixart_alpha")})
+            assert "user/hostile-good" in _keys(srv.get_json("/ecad/presets?" + q)["options"])
+            assert "off" in _presets(srv, "", "")["options"]
+        # a workflow with a user schedule runs; one with a shipped preset passes validation and fails
+        # only because that preset is for the 28-block PixArt, naming it
+        srv.run(_prompt("ecad_tiny_pixart_alpha", "user/hostile-good", next(_seeds), prefix="hostile"), timeout=300)
+        assert _last_stats(srv)["name"] == "hostile-good"
+        with pytest.raises(PromptExecutionError) as e:
+            srv.run(_prompt("ecad_tiny_pixart_alpha", "pixart-alpha-256-fast", next(_seeds), prefix="hostile2"),
+                    timeout=300)
+        assert "pixart-alpha-256-fast" in str(e.value) and "28 main blocks" in str(e.value)
+        log = srv.log_text()
+        for p, msg in named:  # each bad file logged once, with its reason
+            lines = [ln for ln in log.splitlines() if "skipping unreadable schedule" in ln and f"{p}:" in ln]
+            assert len(lines) == 1 and msg in lines[0], (p, lines)
+    finally:
+        shutil.rmtree(bad_dir, ignore_errors=True)
+        good.unlink(missing_ok=True)
+
+
+@pytest.mark.comfy
+def test_an_edited_schedule_file_is_used_when_the_same_prompt_is_queued_again(comfy_server):
+    """IS_CHANGED keys on the file's content: the same prompt after an edit runs the new schedule."""
+    from test_comfy_apply import STEPS, _last_stats, _prompt
+
+    srv = comfy_server
+    d = srv.base_dir / "models" / "ecad_schedules" / "edited"
+    lay = make_layout("pixart", 2)
+    mixed = np.zeros((STEPS, lay.n_units), bool)
+    mixed[::2] = True
+
+    def stats_count():
+        return len(re.findall(r"ECAD \S+: \d+/\d+ unit calls reused", srv.log_text()))
+
+    apply_preset = _prompt("ecad_tiny_pixart_alpha", "user/edited/a", next(_seeds), prefix="edit_a")
+    via_load = _prompt("ecad_tiny_pixart_alpha", "off", next(_seeds), prefix="edit_b")
+    via_load["21"] = {"class_type": "LoadECADSchedule", "inputs": {"schedule_file": "user/edited/b"}}
+    via_load["20"]["inputs"]["schedule"] = ["21", 0]
+    try:
+        for name, prompt in (("a", apply_preset), ("b", via_load)):
+            Schedule.full(lay, STEPS, name=f"{name}-all-recompute").save(d / f"{name}.json")
+            srv.run(prompt, timeout=300)
+            st = _last_stats(srv)
+            assert st["name"] == f"{name}-all-recompute" and st["reused"] == 0
+            n = stats_count()
+            Schedule(lay, mixed, name=f"{name}-caching").save(d / f"{name}.json")
+            srv.run(prompt, timeout=300)  # the very same prompt
+            assert stats_count() == n + 1, "the edited schedule did not run (served from ComfyUI's cache)"
+            st = _last_stats(srv)
+            assert st["name"] == f"{name}-caching" and st["reused"] > 0
+            # unchanged file: ComfyUI's cache serves the prompt again, nothing re-runs
+            srv.run(prompt, timeout=300)
+            assert stats_count() == n + 1
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
