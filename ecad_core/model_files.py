@@ -6,25 +6,38 @@ and counts blocks the way the Apply node's adapters will. ComfyUI-format,
 original and diffusers key names are understood, with or without a
 checkpoint's ``model.diffusion_model.`` prefix. Anything unrecognised gives
 None: the dropdown then lists every schedule and the Apply node checks at run
-time as always.
+time as always. So does a header longer than MAX_HEADER (real ones are well
+under a megabyte) and anything that is not a regular file. Results are cached by
+(path, mtime, size).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import struct
+import threading
 from pathlib import Path
 
 from .layout import Layout, make_layout
 
-MAX_HEADER = 100 * 1024 * 1024
+# Real headers (FLUX.1-dev, a full SD3.5 checkpoint) are a few hundred KB; a bigger one is not parsed.
+MAX_HEADER = 10 * 1024 * 1024
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+CACHE_SIZE = 256
+_cache: dict[tuple, tuple[Layout, str] | None] = {}
+_cache_lock = threading.Lock()
 
 
 def header_keys(path: str | Path) -> list[str]:
-    """Tensor names of a .safetensors file; [] when it is not one (or unreadable)."""
+    """Tensor names of a .safetensors file; [] when it is not one (or unreadable, or its header is huge)."""
     try:
-        with open(path, "rb") as f:
+        # non-blocking open + fstat: a FIFO or device never gets read (it could block forever)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return []
             raw = f.read(8)
             if len(raw) != 8:
                 return []
@@ -32,7 +45,7 @@ def header_keys(path: str | Path) -> list[str]:
             if n <= 0 or n > MAX_HEADER:
                 return []
             head = json.loads(f.read(n))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return []
     return [k for k in head if k != "__metadata__"] if isinstance(head, dict) else []
 
@@ -73,5 +86,19 @@ def layout_of_keys(keys: list[str]) -> tuple[Layout, str] | None:
 
 
 def layout_of_file(path: str | Path) -> tuple[Layout, str] | None:
+    """layout_of_keys of the file's header; cached by (path, mtime, size), so a header is read once."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
     keys = header_keys(path)
-    return layout_of_keys(keys) if keys else None
+    result = layout_of_keys(keys) if keys else None
+    with _cache_lock:
+        if len(_cache) >= CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))  # oldest first
+        _cache[key] = result
+    return result

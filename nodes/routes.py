@@ -5,9 +5,12 @@
 dropdown values that fit the model file the loader names ("off" first), or all
 of them when the file cannot be probed (missing, not safetensors, unknown
 architecture). The run-time check in the Apply node stays the authority.
+The answer is computed in a worker thread: reading a model file's header and the
+schedule files must not hold up ComfyUI's event loop (every other request).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from . import library
@@ -38,6 +41,15 @@ def presets_for(loader: str, file_name: str) -> dict:
     return {"model": f"{family}: {layout.describe()}", "options": [OFF] + library.options_fitting(layout)}
 
 
+def answer(loader: str, file_name: str) -> dict:
+    """presets_for, never raising: the filter is a convenience and must not break the page."""
+    try:
+        return presets_for(loader, file_name)
+    except Exception as e:  # noqa: BLE001
+        log.warning("ECAD: /ecad/presets failed (%s)", e)
+        return {"model": None, "options": [OFF] + library.options(), "error": str(e)}
+
+
 def register() -> bool:
     """Adds the route to ComfyUI's server; False when there is no server (e.g. a script importing nodes)."""
     try:
@@ -51,10 +63,7 @@ def register() -> bool:
     @PromptServer.instance.routes.get("/ecad/presets")
     async def ecad_presets(request):
         q = request.rel_url.query
-        try:
-            return web.json_response(presets_for(q.get("loader", ""), q.get("file", "")))
-        except Exception as e:  # noqa: BLE001 - the filter is a convenience: never break the page
-            log.warning("ECAD: /ecad/presets failed (%s)", e)
-            return web.json_response({"model": None, "options": [OFF] + library.options(), "error": str(e)})
+        body = await asyncio.to_thread(answer, q.get("loader", ""), q.get("file", ""))
+        return web.json_response(body)
 
     return True

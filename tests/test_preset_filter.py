@@ -7,6 +7,11 @@ route (GET /ecad/presets) in a real ComfyUI, and the frontend extension
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import struct
+import threading
+import time
 import urllib.parse
 
 import pytest
@@ -14,8 +19,9 @@ import torch
 from safetensors.torch import save_file
 
 from comfy_harness import make_tiny
-from ecad_core import make_layout
+from ecad_core import make_layout, model_files
 from ecad_core.model_files import layout_of_file, layout_of_keys
+from schedule_corpus import REF
 from test_comfy_apply import LAYOUTS, user_schedules  # noqa: F401 (fixture)
 from test_comfy_harness import _ui_node
 
@@ -121,3 +127,101 @@ def test_frontend_dropdown_follows_the_connected_model(comfy_server, user_schedu
     assert "user/ecad_tiny_pixart_alpha-mixed" in after and "user/ecad_tiny_flux_dev-mixed" not in after, after
     assert probe["model"].startswith("pixart")
     assert not res.page_errors, res.page_errors
+
+
+def _header_file(path, n_blocks=2, pad_to=0):
+    """A .safetensors header naming the tensors of a PixArt with ``n_blocks`` blocks (no tensor data
+    beyond 2 bytes), padded with spaces (as safetensors allows) to ``pad_to`` bytes."""
+    t = {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}
+    keys = {"x_embedder.proj.weight": t, "y_embedder.y_proj.fc1.weight": t}
+    keys.update({f"blocks.{i}.attn.qkv.weight": t for i in range(n_blocks)})
+    head = json.dumps(keys).encode()
+    head += b" " * max(0, pad_to - len(head))
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"\0\0")
+    return path
+
+
+@pytest.fixture
+def fresh_probe_cache(monkeypatch):
+    monkeypatch.setattr(model_files, "_cache", {}, raising=False)
+
+
+def test_header_probe_caps_the_header_length(tmp_path, fresh_probe_cache):
+    # a 10 MiB header is parsed; one byte more is not even read (a 99 MB one took 35 s)
+    cap = 10 * 1024 * 1024
+    ok = _header_file(tmp_path / "ok.safetensors", pad_to=cap)
+    assert layout_of_file(ok) == (make_layout("pixart", 2), "pixart")
+    huge = _header_file(tmp_path / "huge.safetensors", pad_to=cap + 1)
+    assert layout_of_file(huge) is None
+
+
+def test_header_probe_never_opens_a_fifo_or_device(tmp_path, fresh_probe_cache):
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    done = {}
+    for p in (fifo, "/dev/zero"):
+        t = threading.Thread(target=lambda p=p: done.update({str(p): layout_of_file(p)}), daemon=True)
+        t.start()
+        t.join(10)
+        if t.is_alive():  # before the fix: open() waits for a writer; let it go before failing
+            with open(fifo, "wb"):
+                pass
+            t.join(10)
+            pytest.fail(f"probing {p} blocked")
+        assert done[str(p)] is None
+
+
+def test_header_probe_is_cached_by_path_mtime_and_size(tmp_path, fresh_probe_cache, monkeypatch):
+    p = _header_file(tmp_path / "m.safetensors", n_blocks=2)
+    reads = []
+    real = model_files.header_keys
+    monkeypatch.setattr(model_files, "header_keys", lambda path: reads.append(path) or real(path))
+    for _ in range(3):
+        assert layout_of_file(p)[0] == make_layout("pixart", 2)
+    assert len(reads) == 1
+    st = p.stat()
+    _header_file(p, n_blocks=3)  # another model under the same name (another size): read again
+    assert layout_of_file(p)[0] == make_layout("pixart", 3) and len(reads) == 2
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # touched: read again
+    assert layout_of_file(p)[0] == make_layout("pixart", 3) and len(reads) == 3
+    assert layout_of_file(p)[0] == make_layout("pixart", 3) and len(reads) == 3
+
+
+@pytest.mark.comfy
+def test_route_works_off_the_event_loop(comfy_server):
+    """While /ecad/presets reads a 10 MB header and lists 250 schedule files it has not seen yet
+    (seconds), other requests are answered: it runs in a worker thread, not on ComfyUI's loop."""
+    srv = comfy_server
+    many = srv.base_dir / "models" / "ecad_schedules" / "route-many"
+    many.mkdir(parents=True)
+    first = many / "copy-000.json"
+    shutil.copy(REF / "schedules_in_paper/flux_256/ours_fast.json", first)
+    for i in range(1, 250):
+        os.link(first, many / f"copy-{i:03d}.json")
+    models = srv.base_dir / "models" / "diffusion_models"
+    models.mkdir(parents=True, exist_ok=True)
+    big = _header_file(models / "ecad-big-header.safetensors", n_blocks=100000)
+    assert 8 * 2 ** 20 < big.stat().st_size < 10 * 2 ** 20  # under the cap: parsed
+    got = {}
+
+    def presets():
+        got["body"] = _presets(srv, "UNETLoader", big.name)
+        got["done"] = time.monotonic()
+
+    try:
+        t = threading.Thread(target=presets)
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        srv.system_stats()
+        t_stats = time.monotonic()
+        t.join(300)
+        assert "done" in got, "no answer from /ecad/presets"
+        assert t_stats < got["done"], (f"/system_stats waited for /ecad/presets ({t_stats - t0:.2f} s; presets done "
+                                      f"{got['done'] - t0:.2f} s after it was asked)")
+        assert t_stats - t0 < 1.5
+        assert got["body"]["model"] == "pixart: pixart: 100000 main blocks x attn1/attn2/ff" and got["body"]["options"] == ["off"]
+    finally:
+        shutil.rmtree(many, ignore_errors=True)
+        big.unlink(missing_ok=True)
