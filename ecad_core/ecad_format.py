@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ScheduleError
 from .layout import FLUX_DOUBLE_COMPONENTS, FLUX_SINGLE_COMPONENTS, PIXART_COMPONENTS, make_layout
-from .schedule import MAX_STEPS, Schedule, check_plain_json, check_size
+from .schedule import MAX_STEPS, Schedule, check_plain_json, check_size, file_error
 
 # Per-block keys that are not bits; kept verbatim (TGATE re-implementation in the reference repo).
 EXTRA_BLOCK_KEYS = ("custom_compute_attn",)
@@ -42,7 +41,7 @@ def _int_field(cs: dict, key: str, err, required=True) -> int | None:
 
 def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
     def err(msg):
-        return ScheduleError(source, msg)
+        return file_error(source, msg)
 
     if not is_ecad_dict(d):
         raise err("not an ECAD schedule (no 'cache_schedule' object)")

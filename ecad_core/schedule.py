@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ MAX_UNIT_STEPS = 1_000_000
 # Real files nest at most 7 levels; deeper junk would only overflow the stack of copy/json later.
 MAX_DEPTH = 32
 MAX_ABS_INT = 2 ** 63
+MAX_PROBLEM_CHARS = 300
+_LINE_BREAKS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 TOP_KEYS_REQUIRED = ("format", "version", "name", "family", "layout", "steps", "bits")
 TOP_KEYS_OPTIONAL = ("model", "provenance", "metrics")
 
@@ -169,6 +172,21 @@ class Schedule:
         return path
 
 
+def one_line(text: str, limit: int | None = None) -> str:
+    """``text`` as one line (control characters and line breaks escaped), cut in the middle to ``limit``
+    characters: names and values copied from a file into a message must not make it span lines or pages
+    (the end, which usually says what is wrong, is kept)."""
+    text = _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+    if limit is None or len(text) <= limit:
+        return text
+    head = (limit - 3) * 2 // 3
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head):]
+
+
+def file_error(source: str, problem: str) -> ScheduleError:
+    return ScheduleError(one_line(str(source)), one_line(problem, MAX_PROBLEM_CHARS))
+
+
 def check_size(layout: Layout, steps: int | None, err) -> None:
     """Refuse schedules with no units or more than real models need (``err(msg)`` builds the error)."""
     n = layout.n_units
@@ -228,7 +246,7 @@ def _row_to_str(row: np.ndarray, layout: Layout) -> str:
 def from_json_dict(d: Any, source: str = "<schedule>") -> Schedule:
     """Parse the project format; every problem raises ScheduleError naming ``source``."""
     def err(msg):
-        return ScheduleError(source, msg)
+        return file_error(source, msg)
 
     if not isinstance(d, dict):
         raise err(f"top level must be a JSON object, got {type(d).__name__}")
@@ -291,7 +309,7 @@ def from_json_dict(d: Any, source: str = "<schedule>") -> Schedule:
 def read_json_file(path: str | Path) -> Any:
     """Read a JSON file with size and encoding checks; errors name the file."""
     path = Path(path)
-    src = str(path)
+    src = one_line(str(path))
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -322,7 +340,7 @@ def read_regular_file(path: Path, limit: int) -> bytes:
 
     Opened non-blocking (a FIFO's open would wait for a writer) and checked on the open descriptor,
     so a file swapped after a check cannot slip through; reads at most ``limit + 1`` bytes."""
-    src = str(path)
+    src = one_line(str(path))
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
@@ -359,7 +377,7 @@ def loads_schedule(text: str, source: str = "<string>") -> Schedule:
     try:
         d = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as e:
-        raise ScheduleError(source, f"not valid JSON: {e}") from None
+        raise file_error(source, f"not valid JSON: {e}") from None
     return from_ecad_dict(d, source) if is_ecad_dict(d) else from_json_dict(d, source)
 
 

@@ -71,6 +71,11 @@ BAD_ECAD = [
     ("4096 blocks", lambda d: (d["cache_schedule"].update(num_blocks=4096), _steps(d, {"000": {}})),
      "12288 units per step is more than the limit"),
     ("nested junk in config", lambda d: d.update(config=_nested(200)), "nested more than 32 levels deep"),
+    # names copied from the file into the message stay on one line and short
+    ("line break in a component", lambda d: d["cache_schedule"]["schedule"]["001"]["0"].update({"ff\u2028x": True}),
+     "unknown component(s) ff\\u2028x;"),
+    ("huge block name", lambda d: d["cache_schedule"]["schedule"]["001"].update({"b" * 100000: {}}),
+     "step 001: unknown block 'bbbb"),
 ]
 
 
@@ -101,6 +106,7 @@ BAD_OURS = [
     ("number prefix", ours(layout=[{"prefix": 0, "count": 2, "components": ["attn1", "attn2", "ff"]}]),
      "block prefix 0 is not part of family"),
     ("list family", ours(family=["pixart"]), "'family' must be a string"),
+    ("line break in a key", ours(**{"spe\ned": 2}), "unknown key(s): spe\\ned"),
     ("huge count", ours(layout=[{"prefix": "", "count": 10 ** 30, "components": ["attn1", "attn2", "ff"]}]),
      "is too large"),
     ("huge int metric", ours(metrics={"expected_speedup": 10 ** 400}), "metrics.expected_speedup is too large"),

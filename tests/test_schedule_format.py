@@ -106,6 +106,7 @@ def test_every_bad_file_is_one_schedule_error_naming_it(tmp_path):
         with pytest.raises(ScheduleError) as e:
             load_schedule(p)
         assert str(p) in str(e.value) and msg in str(e.value) and len(str(e.value).splitlines()) == 1, str(e.value)
+        assert len(e.value.problem) <= 300
         try:
             text = p.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
