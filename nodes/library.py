@@ -93,7 +93,7 @@ def _load_cached(path: Path) -> Schedule | None:
     try:
         key = _stat_key(path.stat())
     except OSError:
-        return None
+        key = None  # a dangling link (or a file just removed): loading says why, once
     with _lock:
         hit = _cache.get(str(path))
         if hit and hit[0] == key:

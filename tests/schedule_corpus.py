@@ -159,12 +159,13 @@ def write_bad_files(folder: Path) -> list[tuple[Path, str]]:
 
 
 def write_special_files(folder: Path) -> list[tuple[Path, str]]:
-    """Things that are not files: a FIFO and a link to /dev/zero (both would read forever)."""
+    """Things that are not files: a FIFO and a link to /dev/zero (both would read forever), a dangling link."""
     folder.mkdir(parents=True, exist_ok=True)
-    fifo, zero = folder / "fifo.json", folder / "zero.json"
+    fifo, zero, dangling = folder / "fifo.json", folder / "zero.json", folder / "dangling.json"
     os.mkfifo(fifo)
     zero.symlink_to("/dev/zero")
-    return [(fifo, "is not a regular file"), (zero, "is not a regular file")]
+    dangling.symlink_to(folder / "no-such-file")
+    return [(fifo, "is not a regular file"), (zero, "is not a regular file"), (dangling, "file not found")]
 
 
 def _slug(name):
