@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from ..ecad_core.errors import ScheduleError
-from ..ecad_core.schedule import MAX_FILE_BYTES, Schedule, load_schedule, read_regular_file
+from ..ecad_core.schedule import MAX_FILE_BYTES, Schedule, file_error, load_schedule, read_regular_file
 
 log = logging.getLogger("ecad")
 
@@ -86,7 +86,7 @@ def _load(path: Path) -> Schedule:
     except ScheduleError:
         raise
     except Exception as e:  # noqa: BLE001 - last resort: a parser hole must cost this file only
-        raise ScheduleError(str(path), f"cannot be read ({type(e).__name__}: {e})") from None
+        raise file_error(str(path), f"cannot be read ({type(e).__name__}: {e})") from None
 
 
 def _load_cached(path: Path) -> Schedule | None:
