@@ -34,7 +34,7 @@ from ..ecad_core.evaluation import (MetricSuite, MetricWeights, comparison_grid,
 from . import library
 from .comfy_adapters import adapter_for
 from .comfy_costs import cost_for_comfy_model
-from .schedule_nodes import SCHEDULE_TYPE, patch_model
+from .schedule_nodes import SCHEDULE_TYPE, patch_model, refuse_applied_model
 
 log = logging.getLogger("ecad")
 METRICS_DIR = "ecad_metrics"
@@ -198,6 +198,12 @@ class EvaluateECADSchedule:
             return True
         return f"ECAD preset {library.key_of(preset)!r} not found (shipped presets or models/ecad_schedules)"
 
+    @classmethod
+    def IS_CHANGED(cls, preset, **_):
+        # the preset file's content hash: an edited schedule file re-runs the evaluation (a connected
+        # schedule input is keyed by its own node)
+        return library.fingerprint(preset)
+
     def evaluate(self, model, preset, prompts, seed, seeds_per_prompt, steps, cfg, sampler_name, scheduler, width,
                  height, metrics, grid_rows, filename_prefix, schedule=None, clip=None, positive=None,
                  negative=None, vae=None, clip_score_weights="", imagereward_weights="", lpips_weights="",
@@ -208,10 +214,8 @@ class EvaluateECADSchedule:
                                 imagereward=_weights_path(imagereward_weights, "imagereward_weights"),
                                 lpips=_weights_path(lpips_weights, "lpips_weights"),
                                 inception=_weights_path(inception_weights, "inception_weights"))
-        if "ecad" in model.model_options.get("transformer_options", {}):
-            raise EcadError("Evaluate ECAD Schedule: the MODEL already has an ECAD schedule applied (Apply ECAD "
-                            "Cache Schedule upstream); connect the model without it, the node applies the schedule "
-                            "itself and compares it with no cache")
+        refuse_applied_model(model, "Evaluate ECAD Schedule", "the node applies the schedule itself and "
+                                                               "compares it with no cache")
         schedule = schedule if schedule is not None else library.resolve(preset)
         lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
         if clip is not None:

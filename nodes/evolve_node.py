@@ -38,7 +38,7 @@ from ..ecad_core.search.nsga import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES
 from . import library
 from .comfy_adapters import adapter_for
 from .comfy_costs import cost_for_comfy_model
-from .schedule_nodes import SCHEDULE_TYPE, patch_model
+from .schedule_nodes import SCHEDULE_TYPE, patch_model, refuse_applied_model
 
 log = logging.getLogger("ecad")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # fullmatch: "$" would let a final newline in
@@ -234,6 +234,8 @@ class EvolveECADSchedule:
                population, generations, time_budget_minutes, quality_metric, compute_objective, target_speedup,
                output_name,
                search_seed, resume, clip=None, positive=None, negative=None, vae=None, warm_start=None):
+        refuse_applied_model(model, "Evolve ECAD Schedule", "the search scores each candidate against the "
+                                                             "model's full compute and applies the candidates itself")
         adapter = adapter_for(model)
         out = search_dir(output_name)
         positives, negatives = self._conditioning(prompts, clip, positive, negative)

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from ..ecad_core.errors import ScheduleError
 from ..ecad_core.schedule import MAX_FILE_BYTES, Schedule, file_error, load_schedule, read_regular_file
+from ..ecad_core.search.front import FRONT_INDEX
+from ..ecad_core.search.nsga import PROGRESS_FILE
+from ..ecad_core.search.objectives import LATENCY_COST_FILE
 
 log = logging.getLogger("ecad")
 
@@ -26,8 +29,9 @@ FOLDER_NAME = "ecad_schedules"
 SEP = " · "
 PRETTY = {"pixart-alpha": "PixArt-α", "pixart-sigma": "PixArt-Σ", "flux-dev": "FLUX.1-dev",
           "flux-schnell": "FLUX.1-schnell"}
-# files an Evolve search keeps beside its schedules (not schedules themselves)
-SEARCH_BOOKKEEPING = ("front.json", "progress.json")
+# the JSON files a search keeps beside its schedules (not schedules themselves); its other files
+# (checkpoint, references, evaluations.csv, front.png, *.tmp) are not *.json, so never listed
+SEARCH_BOOKKEEPING = (FRONT_INDEX, PROGRESS_FILE, LATENCY_COST_FILE)
 # path -> (stat key, schedule or None when unreadable); the lock: the /ecad/presets route lists from a
 # worker thread while ComfyUI lists on its event loop
 _cache: dict[str, tuple[tuple, Schedule | None]] = {}

@@ -68,6 +68,15 @@ def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False, cuda_gr
     return m
 
 
+def refuse_applied_model(model, node: str, why: str) -> None:
+    """Evaluate and Evolve compare schedules with the model's full compute: a MODEL that went through
+    Apply ECAD would run that schedule in their "no cache" reference, so they refuse it."""
+    run = model.model_options.get("transformer_options", {}).get("ecad")
+    if run is not None:
+        raise EcadError(f"{node}: the MODEL already has an ECAD schedule applied ({getattr(run, 'label', '?')!r}, "
+                        f"by Apply ECAD Cache Schedule upstream); connect the model without it: {why}")
+
+
 class ApplyECADSchedule:
     DESCRIPTION = ("Makes a diffusion transformer (PixArt-α/Σ, FLUX.1, SD3, Wan, ...) faster by reusing "
                    "component outputs between sampling steps, following an ECAD cache schedule.")

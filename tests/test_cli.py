@@ -101,3 +101,18 @@ def test_convert_never_writes_a_file_it_cannot_read(tmp_path):
         assert r.returncode == 2 and not out.exists(), (r.stdout, r.stderr)
         assert r.stderr.strip() == f"error: {src}: number at metrics.speedup is not finite (inf); only finite " \
                                    "numbers are allowed"
+
+
+def test_run_seeds_out_of_range_are_refused_naming_the_option(tmp_path):
+    out = tmp_path / "o"
+    for seed in (2 ** 64, -1, 10 ** 30):
+        r = cli("run", "--model", "tiny:pixart-alpha", "--prompt", "a cat", "--seeds", 0, seed, "--out", out)
+        assert r.returncode == 2 and r.stdout == "", (seed, r.stdout, r.stderr)
+        assert r.stderr.strip() == f"error: --seeds: {seed} is out of range; a seed is an integer in " \
+                                   f"0..{2 ** 64 - 1}", r.stderr
+        assert not out.exists()  # refused before anything ran
+    # the largest seed is fine
+    r = cli("run", "--model", "tiny:pixart-alpha", "--prompt", "a cat", "--seeds", 2 ** 64 - 1, "--steps", 2,
+            "--height", 64, "--width", 64, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert [f.name for f in out.glob("*.png")] == [f"000_seed{2 ** 64 - 1}.png"]

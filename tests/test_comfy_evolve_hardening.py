@@ -6,7 +6,8 @@ import json
 import pytest
 
 from comfy_harness.server import PromptExecutionError
-from test_comfy_evolve import _pixart_evolve_prompt, _report, _search_dir
+from ecad_core import Schedule, make_layout
+from test_comfy_evolve import STEPS, _pixart_evolve_prompt, _report, _search_dir
 
 pytestmark = pytest.mark.comfy
 
@@ -55,3 +56,25 @@ def test_largest_first_seed_with_two_seeds_per_prompt_wraps_to_zero(comfy_server
     assert "picked:" in _report(entry)
     front = json.loads((_search_dir(srv, name) / "front" / "front.json").read_text())
     assert front["evaluator"]["seeds"] == [2 ** 64 - 1, 0], front["evaluator"]
+
+
+def test_a_model_with_a_schedule_applied_is_refused(comfy_server):
+    """The search's "no cache" reference would run the earlier schedule while candidates replace it."""
+    srv = comfy_server
+    name = "tiny-already-applied"
+    earlier = _search_dir(srv, "evolve-applied-earlier.json")
+    Schedule.every_n(make_layout("pixart", 2), STEPS, 2, name="evolve-applied-earlier").save(earlier)
+    p = _pixart_evolve_prompt(output_name=name, population=2, generations=1, prefix="applied")
+    p["32"] = {"class_type": "ApplyECADSchedule",
+               "inputs": {"model": ["1", 0], "preset": "user/evolve-applied-earlier", "offload_cache_to_cpu": False}}
+    p["30"]["inputs"]["model"] = ["32", 0]
+    try:
+        with pytest.raises(PromptExecutionError) as e:
+            srv.run(p, timeout=300)
+    finally:
+        earlier.unlink()
+    msg = str(e.value)
+    assert "Evolve ECAD Schedule: the MODEL already has an ECAD schedule applied ('evolve-applied-earlier'" in msg, \
+        msg[:2000]
+    assert "connect the model without it" in msg, msg[:2000]
+    assert not _search_dir(srv, name).exists()  # refused before anything is written

@@ -264,3 +264,20 @@ def test_loads_and_dict_parsers_agree():
     assert from_json_dict(json.loads(s.dumps())) == s
     e = to_ecad_dict(s)
     assert np.array_equal(from_ecad_dict(e).bits, s.bits)
+
+
+def test_the_format_doc_states_the_limits():
+    """docs/schedule-format.md's Limits table gives each limit the loader enforces, with its value."""
+    from ecad_core import schedule as sch
+
+    doc = (REPO / "docs" / "schedule-format.md").read_text(encoding="utf-8")
+    assert "\n## Limits\n" in doc
+    rows = {ln.split("|")[3].strip(" `"): ln for ln in doc.split("\n## Limits\n")[1].split("\n## ")[0].splitlines()
+            if ln.startswith("| ") and ln.count("|") == 4}
+    assert sch.MAX_ABS_INT == 2 ** 63  # the doc writes it as 2⁶³
+    for const, shown in (("MAX_FILE_BYTES", f"{sch.MAX_FILE_BYTES // 2 ** 20} MiB"),
+                         ("MAX_STEPS", f"1 to {sch.MAX_STEPS}"), ("MAX_UNITS", f"1 to {sch.MAX_UNITS}"),
+                         ("MAX_UNIT_STEPS", f"{sch.MAX_UNIT_STEPS:,}".replace(",", " ")),
+                         ("MAX_DEPTH", f"at most {sch.MAX_DEPTH} levels"), ("MAX_ABS_INT", "−2⁶³ and 2⁶³")):
+        assert shown in rows.get(const, ""), (const, shown, rows.get(const))
+    assert "zero units" in rows["MAX_UNITS"] and "finite only" in doc and "lone surrogate" in doc

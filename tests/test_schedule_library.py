@@ -155,6 +155,29 @@ def test_fingerprint_follows_the_content_and_hashes_only_on_change(lib, monkeypa
     assert lib.fingerprint("off") == "off: missing"
 
 
+def test_a_search_folder_lists_its_schedules_only(lib, caplog, tmp_path, capsys):
+    """Everything a search writes into its folder (here the CLI's, latency objective: it writes the most)
+    is either listed as a schedule or left out silently: no bookkeeping file is logged as unreadable."""
+    from ecad_core.cli import main
+
+    out = lib.user / "tiny-search"
+    (tmp_path / "p.txt").write_text("a red cat\n")
+    assert main(["evolve", "--model", "tiny:pixart-alpha", "--prompts", str(tmp_path / "p.txt"), "--steps", "3",
+                 "--height", "64", "--width", "64", "--population", "2", "--generations", "1", "--out", str(out),
+                 "--quiet", "--cost", "latency"]) == 0
+    capsys.readouterr()
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    front = {f for f in written if f.startswith("front/") and f.endswith(".json") and f != "front/front.json"}
+    assert front and written == front | {"checkpoint.safetensors", "progress.json", "evaluations.csv",
+                                         "references.pt", "latency_cost.json", "picked.json", "front/front.json",
+                                         "front/front.png"}, written
+    with caplog.at_level(logging.WARNING, logger="ecad"):
+        listed = {k for k in _keys(lib.options()) if k.startswith("user/")}
+    assert not [r.getMessage() for r in caplog.records], "a search's own file was logged"
+    # the front's points and the CLI's picked point, nothing else
+    assert listed == {f"user/tiny-search/{f[: -len('.json')]}" for f in front | {"picked.json"}}
+
+
 def _cells(img, cy, cx):
     return img[::cy, ::cx]
 
@@ -282,5 +305,30 @@ def test_an_edited_schedule_file_is_used_when_the_same_prompt_is_queued_again(co
             # unchanged file: ComfyUI's cache serves the prompt again, nothing re-runs
             srv.run(prompt, timeout=300)
             assert stats_count() == n + 1
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.comfy
+def test_an_edited_schedule_file_is_evaluated_when_the_same_prompt_is_queued_again(comfy_server):
+    """Evaluate's IS_CHANGED keys on its preset file's content, like Apply's and Load's."""
+    from test_comfy_eval import LAYOUT as lay, STEPS, _prompt, _report
+
+    srv = comfy_server
+    d = srv.base_dir / "models" / "ecad_schedules" / "edited-eval"
+    mixed = np.zeros((STEPS, lay.n_units), bool)
+    mixed[::2] = True
+    prompt = _prompt({"preset": "user/edited-eval/a", "metrics": "psnr", "prompts": "", "warmup": False,
+                      "seed": next(_seeds), "filename_prefix": "ecad_eval/edited"}, vae=False)
+    try:
+        Schedule.full(lay, STEPS, name="a-all-recompute").save(d / "a.json")
+        _, report, first = _report(srv, srv.run(prompt, timeout=300))
+        assert report["rows"][1]["label"] == "a-all-recompute" and report["rows"][1]["reuse_fraction"] == 0
+        Schedule(lay, mixed, name="a-caching").save(d / "a.json")
+        _, report, second = _report(srv, srv.run(prompt, timeout=300))  # the very same prompt
+        assert second != first, "the edited schedule was not evaluated (served from ComfyUI's cache)"
+        assert report["rows"][1]["label"] == "a-caching" and report["rows"][1]["reuse_fraction"] > 0
+        # unchanged file: ComfyUI's cache serves the prompt again, nothing re-runs
+        assert _report(srv, srv.run(prompt, timeout=300))[2] == second
     finally:
         shutil.rmtree(d, ignore_errors=True)

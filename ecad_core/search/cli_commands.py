@@ -29,6 +29,7 @@ PROMPT_SETS = {
 }
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPTS_DIR_ENV = "ECAD_PROMPTS_DIR"
+SEED_RANGE = 2 ** 64  # noise seeds of `run --seeds`: what torch.Generator.manual_seed takes
 
 
 # -- inputs ---------------------------------------------------------------------------
@@ -340,6 +341,10 @@ def cmd_run(a) -> int:
     from ..schedule import load_schedule
     from .evaluate import diffusers_generate_fn
 
+    # before loading anything: torch gives a raw overflow error (and wraps a small negative silently)
+    bad = [s for s in a.seeds if not 0 <= s < SEED_RANGE]
+    if bad:
+        raise EcadError(f"--seeds: {bad[0]} is out of range; a seed is an integer in 0..{SEED_RANGE - 1}")
     prompts = _prompts_from_args(a)
     schedule = load_schedule(a.schedule) if a.schedule else None
     steps = a.steps or (schedule.steps if schedule is not None else 20)
