@@ -17,8 +17,8 @@ import sys
 import torch
 
 from ecad_core import Schedule, load_schedule
-from ecad_core.adapters import find_diffusers_units
-from ecad_core.diffusers_api import apply
+from ecad_core.diffusers.adapters import find_diffusers_units
+from ecad_core.diffusers.api import apply
 
 from . import models
 from .ceiling import CeilingCache

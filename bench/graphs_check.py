@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ecad_core import Schedule, cached
-from ecad_core.adapters import find_diffusers_units
-from ecad_core.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+from ecad_core.diffusers.adapters import find_diffusers_units
+from ecad_core.diffusers.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
 
 from .common import hardware, write_json
 

@@ -60,7 +60,7 @@ def diffusers_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps
     """diffusers PixArtTransformer2DModel, 28 blocks, at ``res``² (latent res/8), CFG batch 2."""
     from diffusers import PixArtTransformer2DModel
 
-    from ecad_core.adapters import find_diffusers_units
+    from ecad_core.diffusers.adapters import find_diffusers_units
 
     c = PIXART_TINY if tiny else PIXART_FULL
     sample = res // 8
@@ -101,7 +101,7 @@ def diffusers_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed
     """diffusers FluxTransformer2DModel (FLUX.1-dev: 19 double + 38 single blocks) at ``res``², batch 1."""
     from diffusers import FluxTransformer2DModel
 
-    from ecad_core.adapters import find_diffusers_units
+    from ecad_core.diffusers.adapters import find_diffusers_units
 
     c = FLUX_TINY if tiny else FLUX_FULL
     torch.manual_seed(seed)

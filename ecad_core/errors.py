@@ -20,3 +20,15 @@ class ModelMismatchError(EcadError, ValueError):
 
 class SelfCheckError(EcadError, RuntimeError):
     """A patched model's all-recompute output differs from the original model."""
+
+
+class SearchSettingsError(EcadError, ValueError):
+    """A search setting (population, generations, prompts, warm start, ...) is invalid."""
+
+
+class CheckpointError(EcadError, ValueError):
+    """A checkpoint in the output folder cannot be used (corrupt, other version, other settings)."""
+
+
+class EvaluationError(EcadError, RuntimeError):
+    """An evaluator broke its contract (wrong number of losses, wrong output count, ...)."""

@@ -31,12 +31,12 @@ from typing import Callable
 
 import torch
 
-from ..ecad_core.compiling import outside_compile
-from ..ecad_core.cuda_graphs import GraphMode
 from ..ecad_core.engine import signature
+from ..ecad_core.engine.compiling import outside_compile
+from ..ecad_core.engine.cuda_graphs import GraphMode
 from ..ecad_core.errors import ModelMismatchError, SelfCheckError
 from ..ecad_core.hooks import check_once, restatement_mismatch
-from ..ecad_core.layout import Layout, make_layout
+from ..ecad_core.schedule import Layout, make_layout
 from .comfy_pixart import PixArtBlocks
 
 log = logging.getLogger("ecad")

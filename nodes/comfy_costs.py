@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from ..ecad_core.costs import Arch
-from ..ecad_core.layout import Layout
-from ..ecad_core.search import ComputeCost, macs_cost, uniform_cost
+from ..ecad_core.costs import Arch, ComputeCost, macs_cost, uniform_cost
+from ..ecad_core.schedule import Layout
 
 log = logging.getLogger("ecad")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 
-from ..ecad_core.cuda_graphs import GraphMode
+from ..ecad_core.engine.cuda_graphs import GraphMode
 
 log = logging.getLogger("ecad")
 

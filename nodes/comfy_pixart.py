@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ecad_core.compiling import outside_compile
+from ..ecad_core.engine.compiling import outside_compile
 from ..ecad_core.errors import SelfCheckError
 from ..ecad_core.hooks import check_once, restatement_mismatch
 

@@ -49,7 +49,7 @@ class ComfyRun:
         self.first_eval_checks = []  # callables run once after the first model evaluation
         self.pre_run_checks = []     # callables(latent_image) run before each sampling run
         self.capture = None          # FLUX adapter: outputs captured while the original block runs
-        self.graph_mode = None       # ecad_core.cuda_graphs.GraphMode when CUDA graphs are on
+        self.graph_mode = None       # ecad_core.engine.cuda_graphs.GraphMode when CUDA graphs are on
         self.graph_status: dict | None = None
         self.history: list[dict] = []
 

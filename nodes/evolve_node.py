@@ -30,11 +30,12 @@ import comfy.utils
 from ..ecad_core.errors import EcadError
 from ..ecad_core.metrics import FIDELITY_SPACES, IMAGE_SPACES
 from ..ecad_core.schedule import Schedule
-from ..ecad_core.search import (CheckpointError, ComputeCost, LocalEvaluator, SearchSettings, SearchSettingsError,
-                                fingerprint, measured_latency_cost, pick, run_search)
-from ..ecad_core.search.objectives import LATENCY_COST_FILE
+from ..ecad_core.costs import LATENCY_COST_FILE, ComputeCost
+from ..ecad_core.costs.latency import measured_latency_cost
+from ..ecad_core.search import (CheckpointError, LocalEvaluator, SearchSettings, SearchSettingsError, fingerprint, pick,
+                                run_search)
+from ..ecad_core.search.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES
 from ..ecad_core.search.front import FRONT_PLOT
-from ..ecad_core.search.nsga import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES
 from . import library
 from .comfy_adapters import adapter_for
 from .comfy_costs import cost_for_comfy_model

@@ -14,7 +14,7 @@ import asyncio
 import logging
 
 from . import library
-from ..ecad_core.model_files import layout_of_file
+from ..ecad_core.schedule.model_files import layout_of_file
 
 log = logging.getLogger("ecad")
 OFF = "off"

@@ -20,6 +20,7 @@ for _p in (str(REPO_ROOT), str(TESTS_DIR)):
 
 from comfy_harness import make_tiny  # noqa: E402  (stdlib only)
 from comfy_harness.server import DEFAULT_COMFY_DIR, ComfyServer  # noqa: E402
+from support import reference  # noqa: E402
 
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
 
@@ -36,9 +37,15 @@ def _missing(what: str) -> None:
     pytest.skip(msg + " (set ECAD_REQUIRE_COMFY=1 to make this an error)")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "comfy: end-to-end test against a real ComfyUI server")
-    config.addinivalue_line("markers", "browser: drives the ComfyUI frontend in headless chromium")
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("reference_missing"):
+        reference.need()
+
+
+@pytest.fixture(scope="session")
+def ecad_reference() -> Path:
+    """ECAD's reference files (tests/support/reference.py): skips without them, fails with ECAD_REQUIRE_REFERENCE=1."""
+    return reference.need()
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from support import reference
+
 REPO = Path(__file__).resolve().parents[1]
-REF = REPO.parent / "shared/ecad-reference/schedules/schedules_in_paper"
+REF = reference.PAPER
 
 
 def cli(*args):
@@ -30,6 +33,7 @@ def test_info_bad_file_one_line_nonzero(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "attn9" in r.stderr and str(p) in r.stderr
 
 
+@pytest.mark.usefixtures("ecad_reference")
 def test_convert_both_ways_round_trip(tmp_path):
     src = REF / "flux_256/ours_fast.json"
     ours, back = tmp_path / "ours.json", tmp_path / "back.json"
@@ -89,6 +93,7 @@ def test_info_refuses_a_schedule_without_units(tmp_path):
         assert r.stderr.startswith(f"error: {p}: has no units: every block count is 0"), r.stderr
 
 
+@pytest.mark.usefixtures("ecad_reference")
 def test_convert_never_writes_a_file_it_cannot_read(tmp_path):
     # 1e400 parses as inf; convert wrote it out as Infinity, which every reader (ours too) refuses
     src = tmp_path / "inf.json"

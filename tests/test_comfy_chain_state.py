@@ -19,7 +19,7 @@ def pack(comfy_dir):
     bench_comfy.import_comfy("cpu")
     bench_comfy.pack_modules()
     return {m: importlib.import_module(f"comfyui_ecad_bench.{m}")
-            for m in ("nodes.schedule_nodes", "nodes.comfy_adapters", "ecad_core.schedule", "ecad_core.cuda_graphs")}
+            for m in ("nodes.schedule_nodes", "nodes.comfy_adapters", "ecad_core.schedule", "ecad_core.engine.cuda_graphs")}
 
 
 def _patcher(dm):
@@ -93,7 +93,7 @@ def test_a_clone_of_a_patched_model_shares_its_run(pack, pixart):
 
 def test_an_earlier_applys_cuda_graph_forward_is_removed_but_another_nodes_is_kept(pack, pixart):
     patch_model = pack["nodes.schedule_nodes"].patch_model
-    GraphMode = pack["ecad_core.cuda_graphs"].GraphMode
+    GraphMode = pack["ecad_core.engine.cuda_graphs"].GraphMode
     a, b = _schedules(pack, _patcher(pixart))
     m1 = patch_model(_patcher(pixart), a)
     gm = GraphMode(pixart, _run(m1).engine, original=pixart.forward, key_kwargs=("context",), defer_checks=True)

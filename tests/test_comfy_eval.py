@@ -12,7 +12,7 @@ from PIL import Image
 from comfy_harness import make_tiny
 from comfy_harness.server import PromptExecutionError
 from ecad_core import Schedule, make_layout
-from eval_metric_weights import write_clip, write_imagereward, write_lpips
+from support.eval_metric_weights import write_clip, write_imagereward, write_lpips
 
 pytestmark = pytest.mark.comfy
 STEPS = 4

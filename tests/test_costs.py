@@ -18,11 +18,12 @@ from ecad_core import Schedule, load_schedule, make_layout  # noqa: E402
 from ecad_core.costs import (ARCHS, Arch, bits_macs, cost_breakdown, expected_speedup,  # noqa: E402
                              fraction_of_full, get_arch, no_cache_macs, per_step_macs, schedule_macs,
                              step_costs)
-from ecad_core.ecad_format import from_ecad_dict  # noqa: E402
+from ecad_core.schedule.ecad_format import from_ecad_dict  # noqa: E402
 from ecad_core.errors import ModelMismatchError  # noqa: E402
+from support import reference  # noqa: E402
 
-REF = Path(os.environ.get("ECAD_REFERENCE_DIR", "/work/shared/ecad-reference")) / "schedules"
-needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"ECAD reference schedules not found at {REF}")
+REF = reference.SCHEDULES
+needs_ref = pytest.mark.usefixtures("ecad_reference")
 
 
 # -- ECAD reference files ------------------------------------------------------

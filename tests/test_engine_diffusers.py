@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from ecad_core import EcadError, ModelMismatchError, Schedule, apply, cached, load_schedule, make_layout
-from ecad_core.adapters import find_diffusers_units
+from ecad_core.diffusers.adapters import find_diffusers_units
 from ecad_core.engine import CacheEngine
-from ecad_core.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+from ecad_core.diffusers.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+from support import reference
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER = Path(__file__).resolve().parents[2] / "shared/ecad-reference/schedules/schedules_in_paper"
 STEPS = 6
 
 
@@ -304,7 +304,7 @@ def full_depth():
             "flux": tiny_flux_pipeline(double=19, single=38)}
 
 
-@pytest.mark.parametrize("path", sorted(PAPER.glob("*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", reference.params("*/*.json", reference.PAPER, lambda p: f"{p.parent.name}/{p.stem}"))
 def test_every_paper_schedule_runs_on_matching_structure(full_depth, path):
     s = load_schedule(path)
     pipe = full_depth[s.family]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ecad_core import Schedule, make_layout
 from ecad_core.cli import main
-from eval_metric_weights import cached_inception, write_lpips
+from support.eval_metric_weights import cached_inception, write_lpips
 
 STEPS = 4
 LAYOUT = make_layout("pixart", 4)  # tiny:pixart-alpha has 4 blocks

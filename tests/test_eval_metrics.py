@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval_metric_weights import cached_inception, write_clip, write_imagereward, write_lpips
+from support.eval_metric_weights import cached_inception, write_clip, write_imagereward, write_lpips
 from ecad_core.evaluation import (MetricSuite, MetricWeights, comparison_grid, load_eval_prompts, parse_metrics,
                                   to_csv, to_json_dict, to_markdown)
 from ecad_core.evaluation.runner import run_evaluation

@@ -12,11 +12,11 @@ from bench import bench_comfy, bench_diffusers, bench_search, gpu_suite, models
 from bench.ceiling import CeilingCache
 from bench.common import SCHEDULES
 from ecad_core import Schedule, apply, cached, load_schedule, make_layout
-from ecad_core import diffusers_api
-from ecad_core.adapters import find_diffusers_units
-from ecad_core.cuda_graphs import GraphMode, unsupported_reason
+from ecad_core.diffusers import api as diffusers_api
+from ecad_core.diffusers.adapters import find_diffusers_units
+from ecad_core.engine.cuda_graphs import GraphMode, unsupported_reason
 from ecad_core.engine import CacheEngine
-from ecad_core.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+from ecad_core.diffusers.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
 
 
 @pytest.fixture(scope="module")

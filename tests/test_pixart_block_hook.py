@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bench import models
-from block_hook_loops import ceiling_loop, counted_calls, engine_loop
+from support.block_hook_loops import ceiling_loop, counted_calls, engine_loop
 from ecad_core import Schedule
-from ecad_core.adapters import find_diffusers_units
+from ecad_core.diffusers.adapters import find_diffusers_units
 from ecad_core.errors import SelfCheckError
 from ecad_core.hooks import PixArtBlockHook, UnitHook, forget_verified
 

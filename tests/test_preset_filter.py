@@ -1,6 +1,6 @@
 """The Apply node's preset dropdown lists only schedules that fit the connected model.
 
-Three layers: the safetensors-header probe (ecad_core.model_files), the server
+Three layers: the safetensors-header probe (ecad_core.schedule.model_files), the server
 route (GET /ecad/presets) in a real ComfyUI, and the frontend extension
 (web/ecad.js) in headless chromium, re-filtering when the loader's file changes.
 """
@@ -19,9 +19,10 @@ import torch
 from safetensors.torch import save_file
 
 from comfy_harness import make_tiny
-from ecad_core import make_layout, model_files
-from ecad_core.model_files import layout_of_file, layout_of_keys
-from schedule_corpus import REF
+from ecad_core import make_layout
+from ecad_core.schedule import model_files
+from ecad_core.schedule.model_files import layout_of_file, layout_of_keys
+from support.schedule_corpus import REF
 from test_comfy_apply import LAYOUTS, user_schedules  # noqa: F401 (fixture)
 from test_comfy_harness import _ui_node
 
@@ -37,7 +38,7 @@ def test_header_probe_gives_the_adapter_layout(comfy_models, model):
 
 
 def test_header_probe_diffusers_and_prefixed_keys_and_junk(tmp_path):
-    from ecad_core.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+    from ecad_core.diffusers.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
 
     px = tiny_pixart_pipeline("alpha", layers=3).transformer
     assert layout_of_keys(list(px.state_dict())) == (make_layout("pixart", 3), "pixart")
@@ -189,7 +190,7 @@ def test_header_probe_is_cached_by_path_mtime_and_size(tmp_path, fresh_probe_cac
 
 
 @pytest.mark.comfy
-def test_route_works_off_the_event_loop(comfy_server):
+def test_route_works_off_the_event_loop(comfy_server, ecad_reference):
     """While /ecad/presets reads a 10 MB header and lists 250 schedule files it has not seen yet
     (seconds), other requests are answered: it runs in a worker thread, not on ComfyUI's loop."""
     srv = comfy_server

@@ -8,19 +8,20 @@ import numpy as np
 import pytest
 
 from ecad_core import ModelMismatchError, Schedule, ScheduleError, load_schedule, make_layout, remap_steps
-from ecad_core.ecad_format import from_ecad_dict, to_ecad_dict
+from ecad_core.schedule.ecad_format import from_ecad_dict, to_ecad_dict
 from ecad_core.schedule import from_json_dict, loads_schedule
-from schedule_corpus import (BAD_ECAD, BAD_OURS, FILE_LEVEL, REF, REPO, fuzzed_files, pixart_dict, write_bad_files,
+from support import reference
+from support.schedule_corpus import (BAD_ECAD, BAD_OURS, FILE_LEVEL, REF, REPO, fuzzed_files, pixart_dict, write_bad_files,
                              write_special_files)
 
 REF_FILES = sorted(REF.glob("**/*.json"))
 
 
-def test_reference_folder_is_complete():
+def test_reference_folder_is_complete(ecad_reference):
     assert len(REF_FILES) == 267, f"expected the 267 reference schedules under {REF}"
 
 
-@pytest.mark.parametrize("path", REF_FILES, ids=lambda p: str(p.relative_to(REF)))
+@pytest.mark.parametrize("path", reference.params("**/*.json"))
 def test_every_reference_file_loads_and_round_trips(path, tmp_path):
     raw = json.loads(path.read_text())
     s = load_schedule(path)
@@ -51,6 +52,7 @@ def test_project_format_is_lossless_and_diff_friendly(tmp_path):
     assert len(step_lines[0].strip(' ",').split()) == 19 + 38
 
 
+@pytest.mark.usefixtures("ecad_reference")
 def test_layout_order_matches_ecad_compact_bit_order():
     compact = json.loads((REF.parent / "compact" / "ecad_schedules_compact.json").read_text())
     entries = compact if isinstance(compact, list) else list(compact.values()) if isinstance(compact, dict) else []

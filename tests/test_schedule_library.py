@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from ecad_core import Schedule, ScheduleError, load_schedule, make_layout
-from schedule_corpus import REPO, fuzzed_files, write_bad_files, write_special_files
+from support.schedule_corpus import REPO, fuzzed_files, write_bad_files, write_special_files
 
 PACK = "comfyui_ecad_libtest"
 
@@ -91,7 +91,7 @@ def test_library_lists_every_good_file_and_logs_each_bad_one_once(lib, caplog):
         for _ in range(3):
             listed = _keys(lib.options())
             assert listed == shipped | {rel(p) for p in good}
-        pixart28 = importlib.import_module(f"{PACK}.ecad_core.layout").make_layout("pixart", 28)  # the pack's class
+        pixart28 = importlib.import_module(f"{PACK}.ecad_core.schedule.layout").make_layout("pixart", 28)  # the pack's class
         assert _keys(lib.options_fitting(pixart28)) == {
             rel(p) for p in good if load_schedule(p).layout == make_layout("pixart", 28)} | {
             k for k in shipped if k.startswith("pixart-")}

@@ -1,7 +1,6 @@
 """Schedule search: genome, seeds, metrics, NSGA-II loop, checkpoints, front, CLI (tiny diffusers models)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -13,12 +12,14 @@ import torch
 from ecad_core import EcadError, ModelMismatchError, Schedule, load_schedule, make_layout
 from ecad_core.metrics import (MetricUnavailable, fidelity_loss, image_mse, latent_rel_mse, load_metric, psnr,
                                ssim)
-from ecad_core.search import (CheckpointError, EvaluationError, FrontPoint, GenomeSpace,
-                              LocalEvaluator, SearchSettings, SearchSettingsError, diffusers_generate_fn,
-                              dominates, genome_key, heuristic_seeds, hypervolume, initial_population,
-                              load_front, load_warm_start, macs_cost, pareto_indices, pick, run_search,
-                              uniform_cost)
-from ecad_core.search.cli_commands import load_prompts, register
+from ecad_core.cli import build_parser
+from ecad_core.costs import macs_cost, uniform_cost
+from ecad_core.diffusers.generate import diffusers_generate_fn
+from ecad_core.prompts import load_prompts
+from ecad_core.search import (CheckpointError, EvaluationError, FrontPoint, GenomeSpace, LocalEvaluator,
+                              SearchSettings, SearchSettingsError, dominates, genome_key, heuristic_seeds,
+                              hypervolume, initial_population, load_front, load_warm_start, pareto_indices, pick,
+                              run_search)
 
 REPO = Path(__file__).resolve().parents[1]
 PIX = make_layout("pixart", 3)
@@ -53,9 +54,7 @@ def _front_sig(res):
 
 def cli(argv):
     """``python -m ecad_core`` as the main CLI runs it: errors -> exit code 2."""
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="cmd", required=True)
-    register(sub)
+    p = build_parser()
     a = p.parse_args([str(x) for x in argv])
     try:
         return a.fn(a)
@@ -397,7 +396,7 @@ def test_bad_settings_raise_clear_errors(tmp_path):
 # -- real (tiny) diffusers pipelines ---------------------------------------------------
 @pytest.fixture(scope="module")
 def pixart():
-    from ecad_core.tiny import tiny_pixart_pipeline
+    from ecad_core.diffusers.tiny import tiny_pixart_pipeline
 
     pipe = tiny_pixart_pipeline("alpha", layers=2)
     pipe.set_progress_bar_config(disable=True)
@@ -430,7 +429,7 @@ def test_local_evaluator_on_tiny_pixart(pixart, tmp_path):
 
 
 def test_local_evaluator_on_tiny_flux():
-    from ecad_core.tiny import tiny_flux_pipeline
+    from ecad_core.diffusers.tiny import tiny_flux_pipeline
 
     pipe = tiny_flux_pipeline(double=1, single=1)
     pipe.set_progress_bar_config(disable=True)
@@ -487,8 +486,8 @@ def test_cli_evolve_and_run(tmp_path, capsys):
 
 
 def test_measured_latency_cost_times_the_units():
-    from ecad_core.search import measured_latency_cost
-    from ecad_core.tiny import tiny_pixart_pipeline
+    from ecad_core.costs import measured_latency_cost
+    from ecad_core.diffusers.tiny import tiny_pixart_pipeline
 
     pipe = tiny_pixart_pipeline("alpha", layers=2)
     lay = make_layout("pixart", 2)
@@ -516,8 +515,8 @@ def test_measured_latency_cost_times_units_as_the_cache_runs_them():
     import time as _time
 
     from ecad_core import cached
-    from ecad_core.search import measured_latency_cost
-    from ecad_core.tiny import tiny_pixart_pipeline
+    from ecad_core.costs import measured_latency_cost
+    from ecad_core.diffusers.tiny import tiny_pixart_pipeline
 
     pipe = tiny_pixart_pipeline("alpha", layers=2)
     lay = make_layout("pixart", 2)
@@ -595,9 +594,8 @@ def test_load_prompts_formats(tmp_path):
     (tmp_path / "d.json").write_text('[1]')
     with pytest.raises(SearchSettingsError, match="item 0"):
         load_prompts(tmp_path / "d.json")
-    shared = Path("/work/shared/prompts/imagereward/ImageRewardPrompts.json")
-    if shared.is_file():
-        assert len(load_prompts(shared)) == 100
+    shipped = REPO / "prompts" / "ImageRewardPrompts.json"  # ECAD's calibration set, as the repository ships it
+    assert len(load_prompts(shipped)) == 100
 
 
 def test_front_files_hold_seeds_beyond_int64(tmp_path):

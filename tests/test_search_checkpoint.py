@@ -14,7 +14,7 @@ from safetensors.numpy import save_file
 
 from ecad_core import make_layout
 from ecad_core.search import CheckpointError, SearchSettings, run_search
-from ecad_core.search.nsga import CHECKPOINT_FILE
+from ecad_core.search.checkpoint import CHECKPOINT_FILE
 
 PIX = make_layout("pixart", 3)
 STEPS = 8

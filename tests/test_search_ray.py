@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ecad_core.search import EvaluationError, SearchSettings, SearchSettingsError, run_search
-from ecad_core.search.cli_commands import EvolveSpec
+from ecad_core.cli.search import EvolveSpec
 from test_search import cli  # the main CLI's error handling around the search subcommands
 
 REPO = Path(__file__).resolve().parents[1]
@@ -233,7 +233,7 @@ def test_clear_error_when_ray_is_missing(monkeypatch, prompts_file, tmp_path, ca
 def test_local_search_and_node_pack_never_import_ray():
     code = (
         "import sys\n"
-        "import ecad_core, ecad_core.search, ecad_core.search.cli_commands, ecad_core.search.ray_backend\n"
+        "import ecad_core, ecad_core.search, ecad_core.cli.search, ecad_core.search.ray_backend\n"
         "from ecad_core import make_layout\n"
         "from ecad_core.search import SearchSettings, run_search\n"
         "class Ev:\n"

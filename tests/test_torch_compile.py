@@ -11,9 +11,9 @@ import torch
 from torch._dynamo.utils import counters
 
 from bench import models
-from block_hook_loops import engine_loop
+from support.block_hook_loops import engine_loop
 from ecad_core import Schedule
-from ecad_core.adapters import find_diffusers_units
+from ecad_core.diffusers.adapters import find_diffusers_units
 
 STEPS = 4
 

@@ -2,17 +2,16 @@
 and MACs beside PSNR/SSIM/LPIPS to full compute, CLIP score, ImageReward and FID.
 
 ComfyUI-independent; the metrics are ``ecad_core.metrics`` (shared with the search). Entry points:
-``run_evaluation`` (any ``generate`` function), ``DiffusersImages`` (a diffusers pipeline),
+``run_evaluation`` (any ``generate`` function), ``ecad_core.diffusers.eval.DiffusersImages`` (a diffusers pipeline),
 ``MetricSuite`` (which metrics, their local weights, why any is skipped), ``write_reports``,
 ``comparison_grid``; command line ``python -m ecad_core eval``.
 """
-from .diffusers_eval import DiffusersImages, pipeline_cost
+from ..prompts import PROMPT_SETS, load_eval_prompts
 from .grid import comparison_grid, save_png
-from .prompt_sets import PROMPT_SETS, load_eval_prompts
 from .report import to_csv, to_json_dict, to_markdown, write_reports
 from .runner import NO_CACHE, EvaluationResult, ScheduleResult, cost_function, run_evaluation
 from .suite import METRICS, MetricSuite, MetricWeights, parse_metrics
 
-__all__ = ["DiffusersImages", "pipeline_cost", "comparison_grid", "save_png", "PROMPT_SETS", "load_eval_prompts", "to_csv", "to_json_dict",
+__all__ = ["comparison_grid", "save_png", "PROMPT_SETS", "load_eval_prompts", "to_csv", "to_json_dict",
            "to_markdown", "write_reports", "NO_CACHE", "EvaluationResult", "ScheduleResult", "cost_function",
            "run_evaluation", "METRICS", "MetricSuite", "MetricWeights", "parse_metrics"]

@@ -28,10 +28,10 @@ import torch
 from ..metrics import (ClipScore, ImageRewardScore, InceptionFeatures, Lpips, MetricUnavailable, fid_from_features,
                        latent_rel_mse, psnr, ssim)
 from ..metrics.fid import load_image_folder
+from ..metrics.names import METRICS
 
 log = logging.getLogger("ecad.eval")
 
-METRICS = ("psnr", "ssim", "lpips", "clip", "imagereward", "fid")
 FIDELITY = ("psnr", "ssim", "lpips")
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "clip": True, "imagereward": True,
                     "fid": False, "fid_ref": False, "latent_rel_mse": False}

@@ -7,7 +7,7 @@ import weakref
 
 import torch
 
-from ..compiling import outside_compile
+from ..engine.compiling import outside_compile
 from ..engine import CacheEngine
 from ..errors import SelfCheckError
 

@@ -5,7 +5,7 @@ import functools
 
 import torch
 
-from ..compiling import outside_compile
+from ..engine.compiling import outside_compile
 from ..engine import CacheEngine
 from .base import _ForwardHook
 

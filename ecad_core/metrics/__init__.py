@@ -4,16 +4,32 @@ Fidelity to the full-compute result (no extra model): ``psnr``, ``ssim``,
 ``latent_rel_mse``, ``fidelity_loss``. Optional learned metrics (CLIP score,
 ImageReward) from local weights: ``load_metric``; missing pieces raise
 ``MetricUnavailable``. FID with clean-fid's resizing (``fid``) and LPIPS (``lpips``),
-also from local weights only.
+also from local weights only. Names are imported on first use (``names`` needs no torch).
 """
-from .fidelity import (DEFAULT_SPACE, FIDELITY_SPACES, IMAGE_SPACES, fidelity_loss, gaussian_window,
-                       image_mse, latent_rel_mse, per_sample_loss, psnr, ssim)
-from .learned import (LEARNED_METRICS, ClipScore, ImageRewardScore, LearnedMetric, MetricUnavailable,
-                      load_metric, score_drop)
-from .fid import InceptionFeatures, clean_resize, fid_from_features, frechet_distance
-from .lpips import Lpips
+from typing import TYPE_CHECKING
 
-__all__ = ["DEFAULT_SPACE", "FIDELITY_SPACES", "IMAGE_SPACES", "LEARNED_METRICS", "fidelity_loss",
+from .._lazy import lazy_exports
+from .names import DEFAULT_SPACE, FIDELITY_SPACES, IMAGE_SPACES, LEARNED_METRICS, METRICS
+
+if TYPE_CHECKING:
+    from .base import MetricUnavailable
+    from .fid import InceptionFeatures, clean_resize, fid_from_features, frechet_distance
+    from .fidelity import (fidelity_loss, gaussian_window, image_mse, latent_rel_mse, per_sample_loss, psnr,
+                           ssim)
+    from .learned import ClipScore, ImageRewardScore, LearnedMetric, load_metric, score_drop
+    from .lpips import Lpips
+
+_EXPORTS = {
+    **dict.fromkeys(("fidelity_loss", "gaussian_window", "image_mse", "latent_rel_mse", "per_sample_loss", "psnr",
+                     "ssim"), ".fidelity"),
+    **dict.fromkeys(("ClipScore", "ImageRewardScore", "LearnedMetric", "load_metric", "score_drop"), ".learned"),
+    "MetricUnavailable": ".base",
+    **dict.fromkeys(("InceptionFeatures", "clean_resize", "fid_from_features", "frechet_distance"), ".fid"),
+    "Lpips": ".lpips",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = ["DEFAULT_SPACE", "FIDELITY_SPACES", "IMAGE_SPACES", "LEARNED_METRICS", "METRICS", "fidelity_loss",
            "per_sample_loss", "psnr", "ssim", "image_mse", "latent_rel_mse", "gaussian_window",
            "MetricUnavailable", "LearnedMetric", "ClipScore", "ImageRewardScore", "load_metric", "score_drop",
            "InceptionFeatures", "clean_resize", "fid_from_features", "frechet_distance", "Lpips"]

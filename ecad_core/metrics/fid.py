@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .learned import MetricUnavailable, read_state_dict
+from .base import MetricUnavailable, read_state_dict
 
 FID_SIZE = 299
 FEATURE_DIM = 2048

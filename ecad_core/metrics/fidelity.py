@@ -29,9 +29,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-FIDELITY_SPACES = ("latent", "ssim", "image-mse")
-IMAGE_SPACES = ("ssim", "image-mse")
-DEFAULT_SPACE = "latent"
+from .names import DEFAULT_SPACE, FIDELITY_SPACES, IMAGE_SPACES
 
 
 def _as_batch(x: torch.Tensor, what: str) -> torch.Tensor:

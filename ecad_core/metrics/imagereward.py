@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .learned import MetricUnavailable, _offline
+from .base import MetricUnavailable, offline
 
 CHECKPOINT = "ImageReward.pt"
 MED_CONFIG = "med_config.json"
@@ -402,7 +402,7 @@ def load_tokenizer(checkpoint: Path, folder: str | Path | None, vocab_size: int)
             tried.append(str(c) if not c.is_dir() else f"{c} (no vocab.txt)")
             continue
         try:
-            with _offline():
+            with offline():
                 tok = BertTokenizer.from_pretrained(str(c), local_files_only=True)
         except (OSError, ValueError) as e:
             raise MetricUnavailable(f"cannot load the ImageReward tokenizer from {c}: "
@@ -415,7 +415,7 @@ def load_tokenizer(checkpoint: Path, folder: str | Path | None, vocab_size: int)
                 tried.append(f"{hub_id} in the local Hugging Face cache")
                 continue
             try:
-                with _offline():
+                with offline():
                     tok = BertTokenizer.from_pretrained(str(cached), local_files_only=True)
                 break
             except (OSError, ValueError) as e:

@@ -8,32 +8,13 @@ no-cache schedule, positive when caching hurts).
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
 
-from ..errors import EcadError
-
-LEARNED_METRICS = ("clip", "imagereward")
-
-
-class MetricUnavailable(EcadError, RuntimeError):
-    """A chosen metric cannot run here: its package or its local weights are missing."""
-
-
-def read_state_dict(file: Path, what: str) -> dict:
-    """A state dict from a local weights file (``torch.load``, weights only); MetricUnavailable naming
-    ``what`` and the file when it cannot be read or is not a state dict."""
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file means the metric cannot run
-        raise MetricUnavailable(f"cannot read {what} {file}: {e}") from None
-    if not isinstance(state, dict):
-        raise MetricUnavailable(f"{what} {file}: expected a state dict, got {type(state).__name__}")
-    return state
+from .base import MetricUnavailable, offline, read_state_dict
+from .names import LEARNED_METRICS
 
 
 class LearnedMetric(Protocol):
@@ -42,20 +23,6 @@ class LearnedMetric(Protocol):
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Score per image (float [N], higher is better); images [N, 3, H, W] in [0, 1]."""
         ...
-
-
-@contextlib.contextmanager
-def _offline():
-    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class ClipScore:
@@ -82,7 +49,7 @@ class ClipScore:
             raise MetricUnavailable("the CLIP score needs the 'transformers' package, which is not "
                                     "installed (pip install transformers)") from None
         try:
-            with _offline():
+            with offline():
                 self.model = CLIPModel.from_pretrained(str(p), local_files_only=True).eval().to(device)
                 self.processor = CLIPProcessor.from_pretrained(str(p), local_files_only=True)
         except (OSError, ValueError) as e:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .learned import MetricUnavailable, read_state_dict
+from .base import MetricUnavailable, read_state_dict
 
 LIN_FILE = "alex.pth"
 BACKBONE_GLOB = "alexnet*.pth"

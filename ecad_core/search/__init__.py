@@ -1,9 +1,10 @@
-"""ECAD schedule search: NSGA-II over per-(step, block, component) cache bits.
+"""ECAD schedule search: NSGA-II over per-(step, block, component) cache bits. The optimiser only: it scores
+schedules through an ``Evaluator`` and never touches a model (no diffusers, no engine).
 
 Public API (ComfyUI-independent)::
 
-    from ecad_core.search import (SearchSettings, run_search, LocalEvaluator, diffusers_generate_fn,
-                                  pick, load_front, hypervolume)
+    from ecad_core.diffusers.generate import diffusers_generate_fn
+    from ecad_core.search import SearchSettings, run_search, LocalEvaluator, pick, load_front, hypervolume
 
     gen = diffusers_generate_fn(pipe, prompts, seeds=[0], steps=20, cfg=4.5, height=256, width=256)
     result = run_search(LocalEvaluator(gen), layout, 20, "out/search",
@@ -11,25 +12,24 @@ Public API (ComfyUI-independent)::
     best = pick(result.front, target_speedup=2.0)
     best.schedule.save("my-schedule.json")
 
-See docs/search.md.
+See docs/search.md and docs/architecture.md.
 """
-from .errors import CheckpointError, EvaluationError, SearchSettingsError
-from .evaluate import DiffusersGenerate, Evaluator, LocalEvaluator, diffusers_generate_fn, fingerprint
+from ..errors import CheckpointError, EvaluationError, SearchSettingsError
+from .evaluate import Evaluator, LocalEvaluator, fingerprint
 from .front import (FrontPoint, dominates, hypervolume, knee, load_front, pareto_indices, pick, plot_front,
                     write_front)
-from .genome import GenomeSpace, genome_key
-from .nsga import SearchResult, SearchSettings, run_search
+from .nsga import SearchResult, SearchRun, SearchSettings, run_search
+from .problem import GenomeSpace, genome_key
 from .ray_backend import RayEvaluator  # imports ray only when one is created
-from .objectives import ComputeCost, cost_for_transformer, macs_cost, measured_latency_cost, uniform_cost
-from .seeds import heuristic_seeds, initial_population, load_warm_start
+from .sampling import heuristic_seeds, initial_population, load_warm_start
+from .termination import Termination
 
 __all__ = [
-    "SearchSettings", "SearchResult", "run_search",
-    "Evaluator", "LocalEvaluator", "RayEvaluator", "DiffusersGenerate", "diffusers_generate_fn", "fingerprint",
+    "SearchSettings", "SearchResult", "SearchRun", "run_search", "Termination",
+    "Evaluator", "LocalEvaluator", "RayEvaluator", "fingerprint",
     "FrontPoint", "pick", "knee", "hypervolume", "pareto_indices", "dominates", "write_front", "load_front",
     "plot_front",
     "GenomeSpace", "genome_key",
-    "ComputeCost", "uniform_cost", "macs_cost", "cost_for_transformer", "measured_latency_cost",
     "initial_population", "heuristic_seeds", "load_warm_start",
     "SearchSettingsError", "CheckpointError", "EvaluationError",
 ]

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import EvaluationError, SearchSettingsError
+from ..errors import EvaluationError, SearchSettingsError
 from .evaluate import REFERENCE_FILE, LocalEvaluator, Progress
 
 log = logging.getLogger("ecad.search")

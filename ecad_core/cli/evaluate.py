@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 from ..errors import EcadError
+from ..metrics.names import METRICS
+from ..prompts import PROMPT_SETS
+from .common import add_sampling_args
 
 SHIPPED_SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"
 
@@ -31,7 +34,7 @@ def resolve_schedule(value: str):
 
 def _image_saver(out: Path, seeds):
     """``on_outputs`` callback: every image of a row under ``out/images/NN_<label>/``."""
-    from .grid import as_display, save_png
+    from ..evaluation.grid import as_display, save_png
 
     count = itertools.count()
 
@@ -43,13 +46,13 @@ def _image_saver(out: Path, seeds):
 
 
 def cmd_eval(a) -> int:
-    from ..search.cli_commands import load_pipeline
-    from .diffusers_eval import DiffusersImages, pipeline_cost
-    from .grid import comparison_grid, save_png
-    from .prompt_sets import load_eval_prompts
-    from .report import to_markdown, write_reports
-    from .runner import run_evaluation
-    from .suite import MetricSuite, MetricWeights, parse_metrics
+    from ..diffusers.eval import DiffusersImages, pipeline_cost
+    from ..diffusers.pipelines import load_pipeline
+    from ..evaluation.grid import comparison_grid, save_png
+    from ..evaluation.report import to_markdown, write_reports
+    from ..evaluation.runner import run_evaluation
+    from ..evaluation.suite import MetricSuite, MetricWeights, parse_metrics
+    from ..prompts import load_eval_prompts
 
     if (a.prompts is None) == (a.prompts_set is None):
         raise EcadError("give the prompts with exactly one of --prompts FILE or --prompts-set NAME")
@@ -101,10 +104,6 @@ def cmd_eval(a) -> int:
 
 def register(subparsers) -> None:
     """Add ``eval`` to ``python -m ecad_core``'s subparsers."""
-    from .prompt_sets import PROMPT_SETS
-    from ..search.cli_commands import add_sampling_args
-    from .suite import METRICS
-
     q = subparsers.add_parser(
         "eval", help="compare schedules with no cache: latency, MACs, PSNR/SSIM/LPIPS, CLIP, ImageReward, FID",
         description="Generate the same prompts and seeds without a cache and with each schedule, and report "

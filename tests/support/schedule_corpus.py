@@ -11,8 +11,10 @@ import numpy as np
 
 from ecad_core import Schedule, make_layout
 
-REPO = Path(__file__).resolve().parents[1]
-REF = REPO.parent / "shared" / "ecad-reference" / "schedules"
+from . import reference
+
+REPO = Path(__file__).resolve().parents[2]
+REF = reference.SCHEDULES  # may be missing: the tests that read it take the ecad_reference fixture
 
 
 def pixart_dict(steps=3, blocks=2):
@@ -172,9 +174,19 @@ def _slug(name):
     return "".join(c if c.isalnum() else "-" for c in name)
 
 
-FUZZ_SOURCES = [REF / "schedules_in_paper/pixart_alpha_256/ours_fast.json",
-                REF / "schedules_in_paper/flux_256/ours_faster.json",
-                REPO / "schedules/pixart-alpha-256-fast.json"]
+# ECAD-format sources (the paper's files; without the reference folder, the same schedules exported from the shipped
+# presets) and a project-format one
+FUZZ_SOURCES = [(REF / "schedules_in_paper/pixart_alpha_256/ours_fast.json", "pixart-alpha-256-fast"),
+                (REF / "schedules_in_paper/flux_256/ours_faster.json", "flux-dev-256-faster"),
+                (REPO / "schedules/pixart-alpha-256-fast.json", None)]
+
+
+def _source_bytes(path: Path, preset: str | None) -> bytes:
+    if preset is None or path.is_file():
+        return path.read_bytes()
+    from ecad_core.schedule import load_schedule, to_ecad_dict
+
+    return json.dumps(to_ecad_dict(load_schedule(REPO / "schedules" / f"{preset}.json")), indent=4).encode()
 
 
 def fuzzed_files(folder: Path, per_source: int = 120, seed: int = 0) -> list[Path]:
@@ -182,8 +194,8 @@ def fuzzed_files(folder: Path, per_source: int = 120, seed: int = 0) -> list[Pat
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out = []
-    for j, src in enumerate(FUZZ_SOURCES):
-        data = src.read_bytes()
+    for j, (src, preset) in enumerate(FUZZ_SOURCES):
+        data = _source_bytes(src, preset)
         for i in range(per_source):
             b = bytearray(data)
             kind = i % 4

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..search.evaluate import DiffusersGenerate
-from .runner import cost_function
+from ..evaluation.runner import cost_function
+from .generate import DiffusersGenerate
 
 
 class DiffusersImages:
@@ -42,8 +42,8 @@ class DiffusersImages:
 def pipeline_cost(pipe, steps: int, height: int, width: int, mode: str = "ecad"):
     """``cost(schedule_or_None) -> dict`` for the runner: analytic MACs of the pipeline's transformer at
     this size when ``ecad_core.costs`` knows it, else recompute counts (``cost_model`` says which)."""
-    from ..adapters import find_diffusers_units
-    from ..search.objectives import cost_for_transformer
+    from ..costs import cost_for_transformer
+    from .adapters import find_diffusers_units
 
     layout = find_diffusers_units(pipe.transformer).layout
     kind = type(pipe).__name__

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ModelMismatchError
-from ..layout import Layout, make_layout
+from ...errors import ModelMismatchError
+from ...schedule.layout import Layout, make_layout
 
 
 @dataclass

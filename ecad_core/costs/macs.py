@@ -31,9 +31,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import ModelMismatchError
-from .layout import Layout, make_layout
-from .schedule import Schedule
+from ..errors import ModelMismatchError
+from ..schedule import Layout, Schedule, make_layout
 
 MODES = ("ecad", "full")
 DEFAULT_BATCH = 2

@@ -10,17 +10,15 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ModelMismatchError, ScheduleError
-from .layout import Layout, layout_from_json, make_layout
+from ..errors import ModelMismatchError, ScheduleError
+from .layout import Layout, layout_from_json
 
 FORMAT_ID = "comfyui-ecad/schedule"
 FORMAT_VERSION = 1
@@ -304,114 +302,3 @@ def from_json_dict(d: Any, source: str = "<schedule>") -> Schedule:
         bits[i] = np.frombuffer(flat.encode(), np.uint8) == ord("1")
     return Schedule(layout, bits, name=name, model=model,
                     provenance=d.get("provenance", {}), metrics=d.get("metrics", {}))
-
-
-def read_json_file(path: str | Path) -> Any:
-    """Read a JSON file with size and encoding checks; errors name the file."""
-    path = Path(path)
-    src = one_line(str(path))
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ScheduleError(src, "file not found") from None
-    except OSError as e:
-        raise ScheduleError(src, f"cannot read: {e.strerror or e}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ScheduleError(src, "is a directory, not a schedule file")
-    try:
-        raw = read_regular_file(path, MAX_FILE_BYTES)
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ScheduleError(src, f"not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise ScheduleError(src, f"cannot read: {e.strerror or e}") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as e:
-        raise ScheduleError(src, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    except ValueError as e:
-        raise ScheduleError(src, f"not valid JSON: {e}") from None
-    except RecursionError:
-        raise ScheduleError(src, "not valid JSON: nested too deeply") from None
-
-
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The file's bytes; a device, FIFO or socket (/dev/zero reads forever) is refused before reading.
-
-    Opened non-blocking (a FIFO's open would wait for a writer) and checked on the open descriptor,
-    so a file swapped after a check cannot slip through; reads at most ``limit + 1`` bytes."""
-    src = one_line(str(path))
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ScheduleError(src, "is not a regular file (a device, FIFO or socket cannot be a schedule)")
-        if st.st_size > limit:
-            raise ScheduleError(src, f"file too large ({st.st_size} bytes; the limit is {limit})")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read(limit + 1)
-    finally:
-        os.close(fd)
-    if len(raw) > limit:
-        raise ScheduleError(src, f"file too large (more than {limit} bytes)")
-    return raw
-
-
-def _reject_constant(name):
-    raise ValueError(f"{name} is not allowed in a schedule file")
-
-
-def load_schedule(path: str | Path) -> Schedule:
-    """Load a schedule in the project format or ECAD's reference format."""
-    from .ecad_format import from_ecad_dict, is_ecad_dict
-
-    d = read_json_file(path)
-    if is_ecad_dict(d):
-        return from_ecad_dict(d, source=str(path))
-    return from_json_dict(d, source=str(path))
-
-
-def loads_schedule(text: str, source: str = "<string>") -> Schedule:
-    from .ecad_format import from_ecad_dict, is_ecad_dict
-
-    try:
-        d = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as e:
-        raise file_error(source, f"not valid JSON: {e}") from None
-    return from_ecad_dict(d, source) if is_ecad_dict(d) else from_json_dict(d, source)
-
-
-# -- remapping to another number of steps -------------------------------------
-def remap_steps(schedule: Schedule, steps: int, denoise: float = 1.0) -> Schedule:
-    """Fit a schedule to a run of ``steps`` sampling steps (documented in docs/schedule-format.md).
-
-    Both runs are laid on the same trajectory time axis [0, 1). Source step s
-    starts at s/S. A run of T steps with denoise d executes the last T steps of
-    a trajectory of round(T/d) steps, so its step t covers
-    [(t+o)/F, (t+o+1)/F) with F = round(T/d), o = F - T. A unit is recomputed at
-    target step t iff some source step that *starts* inside t's interval
-    recomputes it. Every source recompute event lands on exactly one target
-    step: upsampling keeps the recompute count (and speedup), downsampling
-    merges events (never drops one). Step 0 of the target is always computed.
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
-    if not (isinstance(denoise, (int, float)) and 0.0 < denoise <= 1.0) or math.isnan(denoise):
-        raise ValueError(f"denoise must be in (0, 1], got {denoise!r}")
-    S = schedule.steps
-    full = max(steps, int(round(steps / denoise)))
-    offset = full - steps
-    if S == steps and offset == 0:
-        return schedule.copy()
-    src = schedule.effective_bits()
-    out = np.zeros((steps, schedule.layout.n_units), bool)
-    for s in range(S):
-        # target step whose interval holds source start s/S: t + offset = floor(s*F/S)
-        t = (s * full) // S - offset
-        if 0 <= t < steps:
-            out[t] |= src[s]
-    out[0] = True
-    prov = copy.deepcopy(schedule.provenance)
-    prov.setdefault("remapped", []).append({"from_steps": S, "to_steps": steps, "denoise": denoise})
-    # measured costs belonged to the original step count
-    return schedule.copy(bits=out, provenance=prov, metrics={})

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ..engine import CacheEngine, RunStats
+from ..engine.compiling import outside_compile
+from ..hooks import BLOCK_HOOKS, UnitHook
+from ..schedule import Schedule, load_schedule
 from .adapters import find_diffusers_units
-from .compiling import outside_compile
-from .engine import CacheEngine, RunStats
-from .hooks import BLOCK_HOOKS, UnitHook
-from .schedule import Schedule, load_schedule
 
 log = logging.getLogger("ecad")
 
@@ -294,7 +294,7 @@ def apply(target, schedule: Schedule | str | Path, *, offload_device=None, cuda_
         scheduler = None
     handle = EcadHandle(transformer, schedule, engine, hooks, tracker, handles, scheduler)
     if cuda_graphs:
-        from .cuda_graphs import GraphMode
+        from ..engine.cuda_graphs import GraphMode
         handle.graph_mode = GraphMode(transformer, engine, max_graphs=max_graphs)
     return handle
 

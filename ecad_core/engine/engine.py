@@ -15,19 +15,27 @@ Outputs are stored per *branch*: when classifier-free guidance calls the model
 separately for cond and uncond at the same step, each call keeps its own
 outputs. The driver (a diffusers step tracker or a ComfyUI wrapper) tells the
 engine the step and branch; the engine itself knows nothing about models.
+
+Timing seam: ``engine.unit_timer`` (None by default) is a callable
+``timer(unit, compute) -> output`` that runs every unit computation of this
+engine (``compute()``) and may time it; reuses are not timed. ``unit_timing``
+sets one for every engine that begins a run inside it (the latency objective
+uses this: the search drives sampling through hosts that create their own
+engines). With no timer the hot path is the plain ``_unit_call``: setting one
+installs a timing wrapper on the instance, so the untimed path pays nothing.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from .errors import EcadError
-from .schedule import Schedule, remap_steps
+from ..errors import EcadError
+from ..schedule import Schedule, remap_steps
 
 log = logging.getLogger("ecad")
 
@@ -89,6 +97,19 @@ class RunStats:
 
 _Tensor = torch.Tensor
 _NO_KWARGS: dict = {}
+UnitTimer = Callable[[int, Callable[[], Any]], Any]
+# the timer of ``unit_timing`` (process-wide, as sampling may run in another thread than the measurement)
+_ambient_timer: list[UnitTimer | None] = [None]
+
+
+@contextlib.contextmanager
+def unit_timing(timer: UnitTimer) -> Iterator[None]:
+    """Within: every engine that begins a run times its unit computations with ``timer`` (see the module doc)."""
+    _ambient_timer[0] = timer
+    try:
+        yield
+    finally:
+        _ambient_timer[0] = None
 
 
 def _signature(args, kwargs) -> tuple:
@@ -155,6 +176,33 @@ class CacheEngine:
         # which (unit, branch) were written during the current run.
         self.keep_store = False
         self._fresh: set = set()
+        self._unit_timer: UnitTimer | None = None  # set by the user (``unit_timer``)
+        self._timer_in_use: UnitTimer | None = None  # installed now (the user's or ``unit_timing``'s)
+
+    @property
+    def unit_timer(self) -> UnitTimer | None:
+        """``timer(unit, compute) -> output`` around every unit computation, or None (the default)."""
+        return self._unit_timer
+
+    @unit_timer.setter
+    def unit_timer(self, timer: UnitTimer | None) -> None:
+        self._unit_timer = timer
+        self._use_timer(timer)
+
+    def _use_timer(self, timer: UnitTimer | None) -> None:
+        if timer is self._timer_in_use:
+            return
+        self._timer_in_use = timer
+        if timer is None:
+            self.__dict__.pop("_unit_call", None)  # back to the class's untimed hot path
+            return
+        untimed = CacheEngine._unit_call.__get__(self)
+
+        def timed(unit, fn, args, kwargs, sig_args, sig_kwargs):
+            def run(*a, **k):
+                return timer(unit, lambda: fn(*a, **k))
+            return untimed(unit, run, args, kwargs, sig_args, sig_kwargs)
+        self._unit_call = timed  # type: ignore[method-assign]
 
     def _set_active(self, sched: Schedule, remapped_from: int | None):
         self.active = sched
@@ -197,6 +245,7 @@ class CacheEngine:
                          self.schedule.name, self.schedule.steps, steps, denoise)
             sched, src = self._remap_cache[key], self.schedule.steps
         self._set_active(sched, src)
+        self._use_timer(self._unit_timer if self._unit_timer is not None else _ambient_timer[0])
         self.step, self.branch, self.in_run = 0, 0, True
         self.run_id += 1
 

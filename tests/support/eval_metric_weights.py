@@ -30,7 +30,7 @@ def write_inception(path: Path, seed: int = 0) -> Path:
     return path
 
 
-CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "eval-test-weights"
+CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "eval-test-weights"
 
 
 def cached_inception() -> Path:
@@ -81,6 +81,6 @@ def write_clip(folder: Path, seed: int = 0) -> Path:
 def write_imagereward(folder: Path) -> Path:
     """A tiny ImageReward in the official layout (``ImageReward.pt``, ``med_config.json``, ``tokenizer/``);
     returns the checkpoint path. Its scores are checked against the official code in test_imagereward.py."""
-    from imagereward_fixture import write_tiny_imagereward
+    from .imagereward_fixture import write_tiny_imagereward
 
     return write_tiny_imagereward(folder)

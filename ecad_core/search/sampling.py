@@ -1,4 +1,4 @@
-"""The initial population: heuristic schedules, warm starts, mutated copies.
+"""Sampling: the initial population (pymoo's ``sampling``): heuristic schedules, warm starts, mutated copies.
 
 Heuristics (all for any layout: pixart, flux, dit_blocks), in priority order:
 
@@ -35,11 +35,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ModelMismatchError
-from ..layout import Layout
-from ..schedule import Schedule, load_schedule, remap_steps
-from .errors import SearchSettingsError
-from .genome import GenomeSpace, genome_key
+from ..errors import ModelMismatchError, SearchSettingsError
+from ..schedule import Layout, Schedule, load_schedule, remap_steps
+from .problem import GenomeSpace, genome_key
 
 log = logging.getLogger("ecad.search")
 

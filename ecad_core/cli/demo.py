@@ -11,19 +11,14 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from . import costs
-from .diffusers_api import cached
-from .schedule import load_schedule
-from .tiny import tiny_pixart_pipeline
-
-SCHEDULES = Path(__file__).resolve().parents[1] / "schedules"
+SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"
 PRESETS = ("pixart-alpha-256-fast", "pixart-alpha-256-faster", "pixart-alpha-256-fastest")
 PROMPTS = ["a lighthouse on a cliff at dusk", "a bowl of ramen, studio photo"]
 
 
 def _generate(pipe, steps):
+    import torch
+
     out = pipe(prompt=PROMPTS, num_inference_steps=steps, height=256, width=256, guidance_scale=4.5,
                generator=torch.Generator().manual_seed(0), output_type="latent", clean_caption=False)
     return out.images
@@ -39,6 +34,13 @@ def _timed(pipe, steps, repeats):
 
 
 def run_demo(steps: int = 20, repeats: int = 3, out_dir: str | None = None) -> int:
+    import torch
+
+    from .. import costs
+    from ..diffusers.api import cached
+    from ..diffusers.tiny import tiny_pixart_pipeline
+    from ..schedule import load_schedule
+
     torch.set_grad_enabled(False)
     pipe = tiny_pixart_pipeline("alpha", layers=28, heads=2, head_dim=64, seed=0)
     pipe.set_progress_bar_config(disable=True)
@@ -77,3 +79,16 @@ def run_demo(steps: int = 20, repeats: int = 3, out_dir: str | None = None) -> i
         (Path(out_dir) / "demo_results.json").write_text(json.dumps(rows, indent=2))
         print(f"\nresults written to {Path(out_dir) / 'demo_results.json'}")
     return 0
+
+
+def cmd_demo(a) -> int:
+    return run_demo(steps=a.steps, repeats=a.repeats, out_dir=a.out)
+
+
+def register(sub) -> None:
+    """Add ``demo`` to ``python -m ecad_core``'s subparsers."""
+    q = sub.add_parser("demo", help="apply the shipped presets to a built-in tiny PixArt-α and time it")
+    q.add_argument("--steps", type=int, default=20)
+    q.add_argument("--repeats", type=int, default=3)
+    q.add_argument("--out", default=None, help="folder for the demo's images (optional)")
+    q.set_defaults(fn=cmd_demo)

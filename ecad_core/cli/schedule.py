@@ -1,20 +1,14 @@
-"""Command line: ``python -m ecad_core {info,convert,macs,demo} ...``.
-
-Bad input exits with status 2 and one line on stderr that says what is wrong.
-"""
+"""``python -m ecad_core info | convert | macs``: schedule files (no torch is imported)."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-from .errors import EcadError
+from ..errors import EcadError, ScheduleError
+from ..schedule import check_plain_json, is_ecad_dict, load_schedule, read_json_file, to_ecad_dict
 
 
-def _cmd_info(a) -> int:
-    from .schedule import load_schedule
-
+def cmd_info(a) -> int:
     s = load_schedule(a.file)
     info = s.summary()
     info["file"] = str(a.file)
@@ -33,11 +27,7 @@ def _cmd_info(a) -> int:
     return 0
 
 
-def _cmd_convert(a) -> int:
-    from .ecad_format import is_ecad_dict, to_ecad_dict
-    from .errors import ScheduleError
-    from .schedule import check_plain_json, load_schedule, read_json_file
-
+def cmd_convert(a) -> int:
     raw = read_json_file(a.input)
     s = load_schedule(a.input)
     target = a.to or ("project" if is_ecad_dict(raw) else "ecad")
@@ -57,9 +47,8 @@ def _cmd_convert(a) -> int:
     return 0
 
 
-def _cmd_macs(a) -> int:
-    from . import costs
-    from .schedule import load_schedule
+def cmd_macs(a) -> int:
+    from .. import costs
 
     s = load_schedule(a.file)
     arch = costs.get_arch(a.model)
@@ -76,26 +65,19 @@ def _cmd_macs(a) -> int:
     return 0
 
 
-def _cmd_demo(a) -> int:
-    from .demo import run_demo
 
-    return run_demo(steps=a.steps, repeats=a.repeats, out_dir=a.out)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ecad_core", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+def register(sub) -> None:
+    """Add ``info``, ``convert`` and ``macs`` to ``python -m ecad_core``'s subparsers."""
     q = sub.add_parser("info", help="print a schedule's family, steps, blocks, units and recompute fraction")
     q.add_argument("file")
-    q.set_defaults(fn=_cmd_info)
+    q.set_defaults(fn=cmd_info)
 
     q = sub.add_parser("convert", help="convert between ECAD's reference format and the project format")
     q.add_argument("input")
     q.add_argument("output")
     q.add_argument("--to", choices=["project", "ecad"], default=None,
                    help="output format (default: the other one)")
-    q.set_defaults(fn=_cmd_convert)
+    q.set_defaults(fn=cmd_convert)
 
     q = sub.add_parser("macs", help="total TMACs of a schedule and its speedup over no cache")
     q.add_argument("file")
@@ -107,31 +89,4 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--text-tokens", type=int, default=None, help="text length (default: the model's)")
     q.add_argument("--mode", choices=["ecad", "full"], default="ecad",
                    help="ecad: linear layers only, as ECAD measured; full: with attention products")
-    q.set_defaults(fn=_cmd_macs)
-
-    q = sub.add_parser("demo", help="apply the shipped presets to a built-in tiny PixArt-α and time it")
-    q.add_argument("--steps", type=int, default=20)
-    q.add_argument("--repeats", type=int, default=3)
-    q.add_argument("--out", default=None, help="folder for the demo's images (optional)")
-    q.set_defaults(fn=_cmd_demo)
-
-    from .search.cli_commands import register as register_search
-    register_search(sub)
-    from .evaluation.cli_commands import register as register_eval
-    register_eval(sub)
-    return p
-
-
-def main(argv=None) -> int:
-    p = build_parser()
-    a = p.parse_args(argv)
-    try:
-        return a.fn(a)
-    except (EcadError, ValueError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    q.set_defaults(fn=cmd_macs)

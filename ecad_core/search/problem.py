@@ -1,4 +1,4 @@
-"""Schedule <-> genome: the flat bit vector the genetic algorithm works on.
+"""The search problem: schedules as genomes, the flat bit vectors the genetic algorithm works on.
 
 A genome holds the bits of steps 1..N-1 only, in the layout's flat unit order,
 step after step (``bits[1:].ravel()``). Step 0 is not part of the genome: it is
@@ -9,6 +9,10 @@ needed after crossover or mutation.
 
 Two schedules that differ only in their step-0 bits have the same genome: they
 run identically.
+
+``GenomeProblem`` is the pymoo problem over those genomes: two minimised
+objectives (quality loss, compute fraction) that are told to the algorithm,
+never evaluated by pymoo itself.
 """
 from __future__ import annotations
 
@@ -16,10 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ModelMismatchError
-from ..layout import Layout
-from ..schedule import MAX_STEPS, Schedule
-from .errors import SearchSettingsError
+from ..errors import ModelMismatchError, SearchSettingsError
+from ..schedule import MAX_STEPS, Layout, Schedule
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,28 @@ class GenomeSpace:
 def genome_key(genome) -> bytes:
     """Bytes of the packed genome bits: the memo / duplicate key."""
     return np.packbits(np.asarray(genome, dtype=bool)).tobytes()
+
+
+def tell(algorithm, pop, F: np.ndarray) -> None:
+    """Give ``pop`` the objectives ``F`` as pymoo's own evaluation would."""
+    from pymoo.core.evaluator import Evaluator as PymooEvaluator
+    from pymoo.problems.static import StaticProblem
+
+    PymooEvaluator().eval(StaticProblem(algorithm.problem, F=F), pop)
+
+
+try:
+    from pymoo.core.problem import Problem as _PymooProblem
+
+    class GenomeProblem(_PymooProblem):
+        """``n_var`` bits, 2 minimised objectives (quality loss, compute fraction), told to the algorithm."""
+
+        def __init__(self, n_var: int):
+            super().__init__(n_var=n_var, n_obj=2, xl=0, xu=1, vtype=bool)
+
+        def _evaluate(self, x, out, *args, **kwargs):  # never called: objectives are told
+            raise RuntimeError("ECAD search problems are evaluated outside pymoo")
+
+    HAVE_PYMOO = True
+except ImportError:  # pragma: no cover - pymoo is a dependency; run_search reports it
+    HAVE_PYMOO = False
