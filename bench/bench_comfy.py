@@ -41,8 +41,8 @@ def import_comfy(device) -> None:
     import comfy.cli_args
     if torch.device(device).type == "cpu":
         comfy.cli_args.args.cpu = True
-    import comfy.ldm.pixart.pixartms  # noqa: F401
-    import comfy.ops  # noqa: F401
+    import comfy.ldm.pixart.pixartms
+    import comfy.ops
 
 
 def pack_modules():

@@ -45,7 +45,7 @@ def engine_variant(den, sched: Schedule, kind: str, name: str, preset, **apply_k
                 h.tracker.scheduler_set(den.timesteps)
             elif i > 0:  # and its scheduler.step after each step
                 h.tracker.scheduler_stepped()
-        stats = lambda: {**h.stats.as_dict(), **({"cuda_graphs": h.cuda_graphs} if h.cuda_graphs else {})}  # noqa
+        stats = lambda: {**h.stats.as_dict(), **({"cuda_graphs": h.cuda_graphs} if h.cuda_graphs else {})}
         return pre, h.remove, stats
     return Variant(name, setup, preset, kind, persistent=kind == "graphs")
 

@@ -19,9 +19,9 @@ import torch
 
 from ecad_core.diffusers.adapters import find_diffusers_units
 from ecad_core.diffusers.generate import DiffusersGenerate
+from ecad_core.diffusers.tiny import tiny_pixart_pipeline
 from ecad_core.search.evaluate import LocalEvaluator
 from ecad_core.search.nsga import SearchSettings, run_search
-from ecad_core.diffusers.tiny import tiny_pixart_pipeline
 
 from .common import hardware, write_json
 

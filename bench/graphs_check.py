@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
         bits = rng.random((a.steps, layout.n_units)) < 0.4
         sched = Schedule(layout, bits, name="random-40")
 
-        def gen(**extra):
+        def gen(pipe=pipe, kw=kw, **extra):
             return pipe(prompt=["a red cube", "a blue sphere"], num_inference_steps=a.steps, output_type="latent",
                         generator=torch.Generator("cpu").manual_seed(0), **kw, **extra).images
         with torch.no_grad():

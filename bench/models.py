@@ -7,8 +7,8 @@ Random weights cost the same time as trained ones; nothing is downloaded.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -57,7 +57,7 @@ class OpCounter(TorchDispatchMode):
 class CopySites(TorchDispatchMode):
     """Where copies (clone, copy_, _to_copy) are made: the innermost model-code frame of each."""
 
-    COPIES = {"aten.clone", "aten.copy_", "aten._to_copy"}
+    COPIES = frozenset({"aten.clone", "aten.copy_", "aten._to_copy"})
 
     def __init__(self, marks=("ComfyUI", "diffusers")):
         super().__init__()

@@ -8,8 +8,8 @@ variants) and its peak memory.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .common import max_abs_diff, median, peak_bytes, spread, timed
 
@@ -28,7 +28,7 @@ class Variant:
 
 
 def _one(den, v: Variant, state, device, measure_memory: bool):
-    pre, teardown, stats_fn = state
+    pre, _teardown, stats_fn = state
     if measure_memory:
         peak, x = peak_bytes(lambda: den.loop(pre), device)
         return None, x, peak, (stats_fn() if stats_fn else None)
@@ -72,7 +72,7 @@ def run_variants(den, variants: list[Variant], *, rounds: int, warmup: int = 1, 
                 res[v.name]["stats"] = stats_fn()
         finally:
             state[1]()
-    for name, r in res.items():
+    for r in res.values():
         r["median_ms"] = median(r["ms"])
         r["spread_pct"] = round(spread(r["ms"]), 2)
     _derive(res, outs)

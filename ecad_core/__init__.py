@@ -23,6 +23,21 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = ["EcadError", "ModelMismatchError", "ScheduleError", "SelfCheckError", "Layout", "make_layout",
-           "Schedule", "load_schedule", "loads_schedule", "remap_steps", "EcadHandle", "apply", "cached",
-           "CacheEngine", "RunStats", "__version__"]
+__all__ = [
+    "CacheEngine",
+    "EcadError",
+    "EcadHandle",
+    "Layout",
+    "ModelMismatchError",
+    "RunStats",
+    "Schedule",
+    "ScheduleError",
+    "SelfCheckError",
+    "__version__",
+    "apply",
+    "cached",
+    "load_schedule",
+    "loads_schedule",
+    "make_layout",
+    "remap_steps",
+]

@@ -5,7 +5,8 @@ So ``import ecad_core`` (and the command line's ``info`` / ``convert``) imports 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:

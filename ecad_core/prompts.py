@@ -8,8 +8,8 @@ Shipped (``prompts/``, licences and attribution in ``prompts/README.md``):
 
 Not shipped (no licence that allows it): COCO-30K and MJHQ-30K captions. Pass
 their files with ``--prompts PATH``: besides the formats of ``load_prompts``
-(.txt, .tsv, JSON list) ``load_eval_prompts`` reads MJHQ-30K's ``meta_data.json`` (``{id: {"prompt", "category"}}``) and COCO
-caption annotations (``{"annotations": [{"caption"}]}``).
+(.txt, .tsv, JSON list) ``load_eval_prompts`` reads MJHQ-30K's ``meta_data.json``
+(``{id: {"prompt", "category"}}``) and COCO caption annotations (``{"annotations": [{"caption"}]}``).
 """
 from __future__ import annotations
 

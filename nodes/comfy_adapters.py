@@ -26,8 +26,8 @@ node in a chain removes all of the first one's state from its clone
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -46,7 +46,7 @@ def comfy_version() -> str:
     try:
         import comfyui_version
         return comfyui_version.__version__
-    except Exception:  # a ComfyUI without the version module
+    except Exception:  # noqa: BLE001 - a ComfyUI without the version module (or a broken one)
         return "unknown"
 
 
@@ -283,7 +283,7 @@ class _FluxBlocks:
         MLP unit k (1: img, 2: txt) and builds its input only if the unit computes; default: always built."""
         from comfy.ldm.flux.layers import apply_mod
         if mlp is None:
-            mlp = lambda k, module, make_input, like: module(make_input())  # noqa: E731
+            mlp = lambda k, module, make_input, like: module(make_input())
         img, txt, vec = args["img"], args["txt"], args["vec"]
         img_a, txt_a = cached
         if blk.modulation:
@@ -385,7 +385,7 @@ class _FluxBlocks:
         return {"img": x}
 
     def _check_single(self, blk, args, extra):
-        noop = lambda v: None  # noqa: E731
+        noop = lambda v: None
         with self.run.engine.paused():
             ref, cap = self._captured(extra["original_block"], {**args, "img": args["img"].clone()})
             self._single_parts(blk, cap)
@@ -436,7 +436,6 @@ def _flux_adapter(dm) -> ComfyAdapter:
             raise SelfCheckError(f"ECAD: ComfyUI {comfy_version()} lacks the FLUX internals this adapter "
                                  f"uses ({e})") from None
         run.capture = None
-        unit = 0
         for i, blk in enumerate(dm.double_blocks):
             for attr in ("img_attn.proj", "txt_attn.proj"):
                 m = blk.get_submodule(attr)

@@ -22,15 +22,22 @@ import logging
 import os
 from pathlib import Path
 
-import torch
-
 import comfy.samplers
 import comfy.utils
 import folder_paths
+import torch
 
 from ..ecad_core.errors import EcadError
-from ..ecad_core.evaluation import (MetricSuite, MetricWeights, comparison_grid, cost_function, run_evaluation,
-                                    save_png, to_markdown, write_reports)
+from ..ecad_core.evaluation import (
+    MetricSuite,
+    MetricWeights,
+    comparison_grid,
+    cost_function,
+    run_evaluation,
+    save_png,
+    to_markdown,
+    write_reports,
+)
 from . import library
 from .comfy_adapters import adapter_for
 from .comfy_costs import cost_for_comfy_model
@@ -250,7 +257,7 @@ class EvaluateECADSchedule:
         settings = {"schedule": schedule.name, "steps": steps, "cfg": cfg, "sampler": sampler_name,
                     "scheduler": scheduler, "width": width, "height": height, "seeds": seeds,
                     "text": "clip" if clip is not None else "conditioning", "warmup": warmup,
-                    "weights": {k: v for k, v in vars(weights).items()}, "fid_reference": fid_ref}
+                    "weights": dict(vars(weights).items()), "fid_reference": fid_ref}
         res = run_evaluation(gen, [(schedule.name, schedule)], suite, sample_prompts=sample_prompts,
                              sample_seeds=sample_seeds, cost=cost_function(cost), warmup=warmup,
                              kind="image" if vae is not None else "latent", settings=settings,

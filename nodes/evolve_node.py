@@ -19,21 +19,27 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
+import numpy as np
+import torch
 
+from ..ecad_core.costs import LATENCY_COST_FILE, ComputeCost
+from ..ecad_core.costs.latency import measured_latency_cost
 from ..ecad_core.errors import EcadError
 from ..ecad_core.metrics import FIDELITY_SPACES, IMAGE_SPACES
 from ..ecad_core.schedule import Schedule
-from ..ecad_core.costs import LATENCY_COST_FILE, ComputeCost
-from ..ecad_core.costs.latency import measured_latency_cost
-from ..ecad_core.search import (CheckpointError, LocalEvaluator, SearchSettings, SearchSettingsError, fingerprint, pick,
-                                run_search)
+from ..ecad_core.search import (
+    CheckpointError,
+    LocalEvaluator,
+    SearchSettings,
+    SearchSettingsError,
+    fingerprint,
+    pick,
+    run_search,
+)
 from ..ecad_core.search.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES
 from ..ecad_core.search.front import FRONT_PLOT
 from . import library

@@ -16,9 +16,9 @@ import os
 import threading
 from pathlib import Path
 
+from ..ecad_core.costs import LATENCY_COST_FILE
 from ..ecad_core.errors import ScheduleError
 from ..ecad_core.schedule import MAX_FILE_BYTES, Schedule, file_error, load_schedule, read_regular_file
-from ..ecad_core.costs import LATENCY_COST_FILE
 from ..ecad_core.search.checkpoint import PROGRESS_FILE
 from ..ecad_core.search.front import FRONT_INDEX
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from . import library
 from ..ecad_core.schedule.model_files import layout_of_file
+from . import library
 
 log = logging.getLogger("ecad")
 OFF = "off"

@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import math
 
+import comfy.patcher_extension
 import numpy as np
 import torch
-
-import comfy.patcher_extension
 
 from ..ecad_core import costs
 from ..ecad_core.engine import CacheEngine
@@ -35,7 +34,7 @@ def _expected_speedup(s: Schedule, arch: str | None) -> float | None:
     try:
         if arch and isinstance(res, list) and len(res) == 2:
             return costs.expected_speedup(s, arch, int(res[0]), int(res[1]))
-    except Exception:  # cost model does not cover this model/size: fall back to stored numbers
+    except Exception:  # noqa: BLE001 - cost model does not cover this model/size: fall back to stored numbers
         pass
     return library.speedup_of(s)
 

@@ -13,7 +13,8 @@ sys.path.insert(0, str(ROOT))
 
 from ecad_core.schedule import load_schedule  # noqa: E402
 
-PAPER = "ECAD: Evolutionary Caching to Accelerate Your Off-the-Shelf Diffusion Model (Aggarwal, Shrivastava, Gwilliam; arXiv 2506.15682; ICLR 2026)"
+PAPER = ("ECAD: Evolutionary Caching to Accelerate Your Off-the-Shelf Diffusion Model "
+         "(Aggarwal, Shrivastava, Gwilliam; arXiv 2506.15682; ICLR 2026)")
 REPO = "github.com/AniAggarwal/ecad @ a2f0534"
 HF = {"pixart-alpha": "PixArt-alpha/PixArt-XL-2-256x256", "pixart-sigma": "PixArt-alpha/PixArt-Sigma-XL-2-256x256",
       "flux-dev": "black-forest-labs/FLUX.1-dev"}
@@ -87,7 +88,7 @@ def main():
             "search": "NSGA-II (ECAD reference run)",
             "calibration": calib,
             "label": label,
-            "ecad": {k: v for k, v in ecad.items()},
+            "ecad": dict(ecad.items()),
         }
         out = s.copy(name=name, model=model, provenance=prov, metrics=metrics)
         out.save(out_dir / f"{name}.json")

@@ -18,9 +18,10 @@ for _p in (str(REPO_ROOT), str(TESTS_DIR)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from support import reference  # noqa: E402
+
 from comfy_harness import make_tiny  # noqa: E402  (stdlib only)
 from comfy_harness.server import DEFAULT_COMFY_DIR, ComfyServer  # noqa: E402
-from support import reference  # noqa: E402
 
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
 

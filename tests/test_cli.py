@@ -121,3 +121,22 @@ def test_run_seeds_out_of_range_are_refused_naming_the_option(tmp_path):
             "--height", 64, "--width", 64, "--out", out)
     assert r.returncode == 0, r.stderr
     assert [f.name for f in out.glob("*.png")] == [f"000_seed{2 ** 64 - 1}.png"]
+
+
+def test_info_and_convert_import_no_torch(tmp_path):
+    # `ecad info` ran ~10 s when `import ecad_core` pulled in torch; the schedule commands need numpy only
+    code = ("import sys\n"
+            "from ecad_core.cli import main\n"
+            f"assert main(['info', {str(REPO / 'schedules/pixart-alpha-256-fast.json')!r}]) == 0\n"
+            f"assert main(['convert', {str(REPO / 'schedules/flux-dev-256-fast.json')!r}, "
+            f"{str(tmp_path / 'out.json')!r}]) == 0\n"
+            "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'pymoo') if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "ecad_core", "info",
+                        REPO / "schedules/pixart-alpha-256-fast.json"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "ecad_core.schedule" in imported

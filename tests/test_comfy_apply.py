@@ -6,11 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from test_comfy_harness import _read_latent, ksampler_prompt
 
-from comfy_harness import make_tiny
 from comfy_harness.server import PromptExecutionError
 from ecad_core import Schedule, make_layout
-from test_comfy_harness import _read_latent, ksampler_prompt
 
 pytestmark = pytest.mark.comfy
 _seeds = itertools.count(5000)

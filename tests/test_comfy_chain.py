@@ -8,9 +8,9 @@ import re
 
 import numpy as np
 import pytest
+from test_comfy_harness import _read_latent, ksampler_prompt
 
 from ecad_core import Schedule, make_layout
-from test_comfy_harness import _read_latent, ksampler_prompt
 
 pytestmark = pytest.mark.comfy
 _seeds = itertools.count(9000)

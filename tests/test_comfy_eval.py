@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from support.eval_metric_weights import write_clip, write_imagereward, write_lpips
 
 from comfy_harness import make_tiny
 from comfy_harness.server import PromptExecutionError
 from ecad_core import Schedule, make_layout
-from support.eval_metric_weights import write_clip, write_imagereward, write_lpips
 
 pytestmark = pytest.mark.comfy
 STEPS = 4
@@ -143,7 +143,7 @@ def test_prompts_through_a_text_encoder_on_sd3(comfy_server, eval_setup):
     p["2"] = {"class_type": "TestTinyCLIP", "inputs": {"hidden": make_tiny.FLUX_CONTEXT_DIM, "seed": 0}}
     p["10"]["inputs"]["clip"] = ["2", 0]
     entry = comfy_server.run(p, timeout=600)
-    table, report, _ = _report(comfy_server, entry)
+    _table, report, _ = _report(comfy_server, entry)
     assert [(s["prompt"], s["seed"]) for s in report["samples"]] == [
         ("a red fox in the snow", 40), ("a red fox in the snow", 41), ("a lighthouse", 40), ("a lighthouse", 41)]
     row = report["rows"][1]

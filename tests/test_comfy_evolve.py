@@ -6,10 +6,10 @@ import re
 import time
 
 import pytest
+from test_comfy_harness import ksampler_prompt
 
 from comfy_harness import make_tiny
 from comfy_harness.server import PromptExecutionError, PromptValidationError
-from test_comfy_harness import ksampler_prompt
 
 pytestmark = pytest.mark.comfy
 STEPS = 4

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_comfy_evolve import STEPS, _pixart_evolve_prompt, _report, _search_dir
 
 from comfy_harness.server import PromptExecutionError
 from ecad_core import Schedule, make_layout
-from test_comfy_evolve import STEPS, _pixart_evolve_prompt, _report, _search_dir
 
 pytestmark = pytest.mark.comfy
 

@@ -177,28 +177,28 @@ def ui_workflow(model="ecad_tiny_pixart_sigma", prefix="latents/ui_converted", e
     for core nodes (for the browser check; it is not meant to run).
     """
     M = lambda name, typ, links, slot=0: {"name": name, "type": typ, "links": links, "slot_index": slot}
-    I = lambda name, typ, link, widget=None: dict({"name": name, "type": typ, "link": link},
+    In = lambda name, typ, link, widget=None: dict({"name": name, "type": typ, "link": link},
                                                   **({"widget": {"name": widget}} if widget else {}))
     nodes = [
         _ui_node(1, "UNETLoader", [make_tiny.file_name(model), "default"], outputs=[M("MODEL", "MODEL", [1])],
                  pos=(0, 0)),
         _ui_node(4, "EmptyLatentImage", [512, 32, 1], outputs=[M("LATENT", "LATENT", [4])], pos=(0, 400)),
         _ui_node(5, "KSampler", [123, "randomize", 3, 2.0, "euler", "normal", 1.0],
-                 inputs=[I("model", "MODEL", 1), I("positive", "CONDITIONING", 2), I("negative", "CONDITIONING", 3),
-                         I("latent_image", "LATENT", 4)],
+                 inputs=[In("model", "MODEL", 1), In("positive", "CONDITIONING", 2), In("negative", "CONDITIONING", 3),
+                         In("latent_image", "LATENT", 4)],
                  outputs=[M("LATENT", "LATENT", [5])], pos=(400, 0)),
-        _ui_node(6, "LatentUpscaleBy", ["nearest-exact", 1.5], inputs=[I("samples", "LATENT", 5)],
+        _ui_node(6, "LatentUpscaleBy", ["nearest-exact", 1.5], inputs=[In("samples", "LATENT", 5)],
                  outputs=[M("LATENT", "LATENT", [6])], mode=4, pos=(750, 0)),
         _ui_node(7, "Reroute", [], inputs=[{"name": "", "type": "*", "link": 6}],
                  outputs=[{"name": "", "type": "LATENT", "links": [7], "slot_index": 0}], pos=(1000, 0)),
-        _ui_node(8, "SaveLatent", [prefix], inputs=[I("samples", "LATENT", 7)], pos=(1100, 0)),
+        _ui_node(8, "SaveLatent", [prefix], inputs=[In("samples", "LATENT", 7)], pos=(1100, 0)),
         _ui_node(10, "Note", ["a note; not part of the prompt"], pos=(0, 600)),
     ]
     links = [[1, 1, 0, 5, 0, "MODEL"], [2, 2, 0, 5, 1, "CONDITIONING"], [3, 3, 0, 5, 2, "CONDITIONING"],
              [4, 4, 0, 5, 3, "LATENT"], [5, 5, 0, 6, 0, "LATENT"], [6, 6, 0, 7, 0, "*"], [7, 7, 0, 8, 0, "LATENT"]]
     if core_only:
         nodes += [
-            _ui_node(12, "ConditioningZeroOut", [], inputs=[I("conditioning", "CONDITIONING", None)],
+            _ui_node(12, "ConditioningZeroOut", [], inputs=[In("conditioning", "CONDITIONING", None)],
                      outputs=[M("CONDITIONING", "CONDITIONING", [2, 3])], pos=(0, 200)),
         ]
         links[1] = [2, 12, 0, 5, 1, "CONDITIONING"]
@@ -206,7 +206,7 @@ def ui_workflow(model="ecad_tiny_pixart_sigma", prefix="latents/ui_converted", e
     else:
         nodes += [
             _ui_node(2, "TestRandomConditioning", [8, make_tiny.PIXART_COND_DIM, 0, 5, "fixed", False],
-                     inputs=[I("seed", "INT", 10, widget="seed")], outputs=[M("CONDITIONING", "CONDITIONING", [2])],
+                     inputs=[In("seed", "INT", 10, widget="seed")], outputs=[M("CONDITIONING", "CONDITIONING", [2])],
                      pos=(0, 150), title="positive"),
             _ui_node(3, "TestRandomConditioning", [8, make_tiny.PIXART_COND_DIM, 0, 0, "fixed", True],
                      outputs=[M("CONDITIONING", "CONDITIONING", [3])], pos=(0, 300)),
@@ -219,7 +219,7 @@ def ui_workflow(model="ecad_tiny_pixart_sigma", prefix="latents/ui_converted", e
         links.append([10, 9, 0, 2, 3, "INT"])
     nodes += list(extra_nodes)
     return {"id": "00000000-0000-4000-8000-000000000000", "revision": 0,
-            "last_node_id": max(n["id"] for n in nodes), "last_link_id": max(l[0] for l in links),
+            "last_node_id": max(n["id"] for n in nodes), "last_link_id": max(link[0] for link in links),
             "nodes": nodes, "links": links, "groups": [], "config": {},
             "extra": {"ds": {"scale": 0.8, "offset": [100, 100]}}, "version": 0.4}
 

@@ -75,7 +75,7 @@ def test_block_restatement_equals_module_cache_and_skips_reused_inputs(comfy):
     sched = _schedule(schedule_mod, adapters._pixart_adapter(den.model).layout)
     importlib.import_module("comfyui_ecad_bench.ecad_core.hooks").forget_verified()  # each block checked again
     counts: dict = {}
-    x, stats, mp = _patched_loop(comfy, sched, counts=counts)
+    x, stats, _mp = _patched_loop(comfy, sched, counts=counts)
     with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
         ref = den.loop(lambda i: setattr(c, "step", i))
     assert torch.equal(x, ref)  # the same ops for every computed unit: bit for bit
@@ -94,7 +94,7 @@ def test_fp16_block_restatement_equals_module_cache(comfy_dir):
     # In fp16 (ComfyUI's PixArt checkpoints) a linear rounds by its input's layout, as on a GPU: the contiguous
     # stream must not reach cross_attn.q_linear (tests/test_low_precision.py). The first-use check compares block
     # 0 with ComfyUI's; the ceiling runs ComfyUI's blocks, so every computed unit of every block is compared too.
-    den, adapters, engine_mod, schedule_mod = comfy = _comfy(torch.float16)
+    den, adapters, _engine_mod, schedule_mod = comfy = _comfy(torch.float16)
     assert any(p.dim() == 1 and p.abs().sum() > 0 for p in den.model.parameters())  # biases are not zero
     sched = _schedule(schedule_mod, adapters._pixart_adapter(den.model).layout)
     x, stats, _ = _patched_loop(comfy, sched)
@@ -196,5 +196,5 @@ def test_restated_blocks_keep_the_stream_contiguous_but_q_linear_sees_comfyuis_l
     patched = seen["patched"][-n:]  # the sampling calls (the check's two block runs come first)
     assert [s for k, s in patched if k == "q_linear"] == plain_q
     assert all(s[-1] != 1 for s in plain_q)  # ComfyUI v0.3.75 itself: transposed throughout
-    B, N, C = den.x0.shape[0], (den.x0.shape[-1] // 2) ** 2, den.model.hidden_size
+    _B, N, C = den.x0.shape[0], (den.x0.shape[-1] // 2) ** 2, den.model.hidden_size
     assert all(s == (N * C, C, 1) for k, s in patched if k == "norm1")  # contiguous stream

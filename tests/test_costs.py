@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -14,13 +13,24 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # also runnable without the pytest pythonpath setting
     sys.path.insert(0, str(ROOT))
 
-from ecad_core import Schedule, load_schedule, make_layout  # noqa: E402
-from ecad_core.costs import (ARCHS, Arch, bits_macs, cost_breakdown, expected_speedup,  # noqa: E402
-                             fraction_of_full, get_arch, no_cache_macs, per_step_macs, schedule_macs,
-                             step_costs)
-from ecad_core.schedule.ecad_format import from_ecad_dict  # noqa: E402
-from ecad_core.errors import ModelMismatchError  # noqa: E402
 from support import reference  # noqa: E402
+
+from ecad_core import Schedule, load_schedule, make_layout  # noqa: E402
+from ecad_core.costs import (  # noqa: E402
+    ARCHS,
+    Arch,
+    bits_macs,
+    cost_breakdown,
+    expected_speedup,
+    fraction_of_full,
+    get_arch,
+    no_cache_macs,
+    per_step_macs,
+    schedule_macs,
+    step_costs,
+)
+from ecad_core.errors import ModelMismatchError  # noqa: E402
+from ecad_core.schedule.ecad_format import from_ecad_dict  # noqa: E402
 
 REF = reference.SCHEDULES
 needs_ref = pytest.mark.usefixtures("ecad_reference")

@@ -4,12 +4,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import reference
 
 from ecad_core import EcadError, ModelMismatchError, Schedule, apply, cached, load_schedule, make_layout
 from ecad_core.diffusers.adapters import find_diffusers_units
-from ecad_core.engine import CacheEngine
 from ecad_core.diffusers.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
-from support import reference
+from ecad_core.engine import CacheEngine
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6

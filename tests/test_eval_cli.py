@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
+from support.eval_metric_weights import cached_inception, write_lpips
 
 from ecad_core import Schedule, make_layout
 from ecad_core.cli import main
-from support.eval_metric_weights import cached_inception, write_lpips
 
 STEPS = 4
 LAYOUT = make_layout("pixart", 4)  # tiny:pixart-alpha has 4 blocks

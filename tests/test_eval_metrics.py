@@ -8,13 +8,29 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from support.eval_metric_weights import cached_inception, write_clip, write_imagereward, write_lpips
-from ecad_core.evaluation import (MetricSuite, MetricWeights, comparison_grid, load_eval_prompts, parse_metrics,
-                                  to_csv, to_json_dict, to_markdown)
+
+from ecad_core.evaluation import (
+    MetricSuite,
+    MetricWeights,
+    comparison_grid,
+    load_eval_prompts,
+    parse_metrics,
+    to_csv,
+    to_json_dict,
+    to_markdown,
+)
 from ecad_core.evaluation.runner import run_evaluation
-from ecad_core.metrics import (ClipScore, InceptionFeatures, Lpips, MetricUnavailable, fid_from_features,
-                               frechet_distance, psnr, ssim)
+from ecad_core.metrics import (
+    ClipScore,
+    InceptionFeatures,
+    Lpips,
+    MetricUnavailable,
+    fid_from_features,
+    frechet_distance,
+    psnr,
+    ssim,
+)
 from ecad_core.metrics.fid import clean_resize, feature_stats, load_image_folder, to_uint8
 
 
@@ -129,7 +145,7 @@ def test_imagereward_in_the_suite(tmp_path):
     assert suite.skipped == {}
     ref, out = _images(2, 11, 40, 56), _images(2, 12, 40, 56)
     prompts = ["a red fox in the snow", "a lighthouse at night"]
-    means, per = suite.score(list(out), list(ref), prompts)
+    means, _per = suite.score(list(out), list(ref), prompts)
     direct = ImageRewardScore(path).score(out, prompts)
     assert means["imagereward"] == pytest.approx(float(direct.mean()), abs=1e-9)
     # without the prompt text it is skipped with the reason, never scored as 0
@@ -156,7 +172,7 @@ def test_missing_weights_are_skipped_with_reasons_never_zero():
     assert set(means) == {"psnr", "ssim"}
     # latents: image metrics skipped, relative MSE reported
     lat = MetricSuite.load("psnr,ssim", MetricWeights())
-    means, per = lat.score(list(out), list(ref), None, kind="latent")
+    means, _per = lat.score(list(out), list(ref), None, kind="latent")
     assert set(means) == {"latent_rel_mse"} and means["latent_rel_mse"] > 0
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.block_hook_loops import ceiling_loop, counted_calls, engine_loop
 
 from bench import models
-from support.block_hook_loops import ceiling_loop, counted_calls, engine_loop
 from ecad_core import Schedule
 from ecad_core.diffusers.adapters import find_diffusers_units
 from ecad_core.errors import SelfCheckError

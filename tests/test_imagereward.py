@@ -14,10 +14,17 @@ import sys
 
 import pytest
 import torch
+from support.imagereward_fixture import (
+    MED_CONFIG,
+    PROMPTS,
+    image_sets,
+    state_dict,
+    write_tiny_imagereward,
+    write_tokenizer,
+)
 
 from ecad_core.metrics import ImageRewardScore, MetricUnavailable, load_metric, score_drop
 from ecad_core.metrics import imagereward as irm
-from support.imagereward_fixture import MED_CONFIG, PROMPTS, image_sets, state_dict, write_tiny_imagereward, write_tokenizer
 
 OFFICIAL_SCORES = [-0.38077306747436523, -0.458724707365036, -0.48554718494415283, -0.44723156094551086,
                    -0.4789646565914154]

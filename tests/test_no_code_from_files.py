@@ -72,7 +72,7 @@ def findings_in_source(src: str) -> list[tuple[int, str, str]]:
         if not isinstance(node, ast.Call):
             continue
         func = _dotted(node.func, aliases)
-        if isinstance(node.func, ast.Name) and node.func.id in ("eval", "exec") or func in ("builtins.eval",
+        if (isinstance(node.func, ast.Name) and node.func.id in ("eval", "exec")) or func in ("builtins.eval",
                                                                                                "builtins.exec"):
             out.append((line, "eval", f"calls {func}()"))
         elif func in ("torch.load",) and not _kw_is(node, "weights_only", True):
@@ -81,9 +81,9 @@ def findings_in_source(src: str) -> list[tuple[int, str, str]]:
             out.append((line, "torch.load", "torch.jit.load runs TorchScript from the file"))
         elif func in ("numpy.load",) and not _kw_is(node, "allow_pickle", False):
             out.append((line, "np.load", "np.load without allow_pickle=False"))
-        elif func in ("pandas.read_pickle", "importlib.import_module", "__import__") and node.args \
+        elif (func in ("pandas.read_pickle", "importlib.import_module", "__import__") and node.args \
                 and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).split(".")[0] in \
-                UNSAFE_MODULES | {"pickle"} or func == "pandas.read_pickle":
+                UNSAFE_MODULES | {"pickle"}) or func == "pandas.read_pickle":
             out.append((line, "pickle", f"{func}({ast.unparse(node.args[0]) if node.args else ''})"))
     return sorted(set(out))
 

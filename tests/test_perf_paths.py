@@ -11,12 +11,12 @@ import torch
 from bench import bench_comfy, bench_diffusers, bench_search, gpu_suite, models
 from bench.ceiling import CeilingCache
 from bench.common import SCHEDULES
-from ecad_core import Schedule, apply, cached, load_schedule, make_layout
+from ecad_core import Schedule, cached, load_schedule, make_layout
 from ecad_core.diffusers import api as diffusers_api
 from ecad_core.diffusers.adapters import find_diffusers_units
-from ecad_core.engine.cuda_graphs import GraphMode, unsupported_reason
-from ecad_core.engine import CacheEngine
 from ecad_core.diffusers.tiny import tiny_flux_pipeline, tiny_pixart_pipeline
+from ecad_core.engine import CacheEngine
+from ecad_core.engine.cuda_graphs import GraphMode, unsupported_reason
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_flux_pipeline_steps_are_counted_from_the_scheduler_with_one_device_read
 def test_keep_store_mode_matches_the_plain_engine_and_never_reads_last_runs_buffers():
     lay = make_layout("pixart", 1)
     bits = np.array([[1, 1, 1], [0, 1, 0], [0, 0, 0]], bool)
-    f = lambda x: x * 3 + 1  # noqa: E731
+    f = lambda x: x * 3 + 1
     outs = {}
     for keep in (False, True):
         eng = CacheEngine(Schedule(lay, bits))
@@ -374,3 +374,55 @@ def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_d
     finally:
         eng.end_run()
         mp.unpatch()
+
+
+def test_unit_timer_seam_times_computed_units_only_and_never_patches_the_class():
+    from ecad_core.engine import unit_timing
+
+    lay = make_layout("pixart", 1)
+    sched = Schedule(lay, np.array([[1, 1, 1], [0, 1, 0]], bool))
+    x = torch.ones(2)
+    hot_path = CacheEngine.__dict__["_unit_call"]
+
+    def run(eng):
+        eng.begin_run()
+        for step in range(2):
+            eng.set_position(step)
+            for u in range(3):
+                eng.call(u, torch.add, (x, u), {})
+        return eng.end_run()
+
+    eng = CacheEngine(sched)
+    assert "_unit_call" not in vars(eng)  # no timer: the class's own hot path, nothing in between
+    timed = []
+    eng.unit_timer = lambda unit, compute: timed.append(unit) or compute()
+    assert run(eng).total_reused == 2 and timed == [0, 1, 2, 1]  # reuses are not timed
+    eng.unit_timer = None
+    assert "_unit_call" not in vars(eng) and run(eng).total_computed == 4 and timed == [0, 1, 2, 1]
+    # unit_timing: every engine that begins a run inside it (as the latency objective drives the hosts' engines)
+    other, ambient = CacheEngine(sched), []
+    with unit_timing(lambda unit, compute: ambient.append(unit) or compute()):
+        run(other)
+        assert CacheEngine.__dict__["_unit_call"] is hot_path
+    run(other)  # a run begun after it is untimed again
+    assert ambient == [0, 1, 2, 1] and "_unit_call" not in vars(other)
+
+
+def test_latency_measurement_leaves_the_engine_class_alone():
+    from ecad_core.costs import measured_latency_cost
+
+    pipe = tiny_pixart_pipeline("alpha", layers=2)
+    lay = make_layout("pixart", 2)
+    hot_path = CacheEngine.__dict__["_unit_call"]
+    seen = []
+
+    def sample():
+        pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="latent")
+
+    def patched():
+        seen.append(CacheEngine.__dict__["_unit_call"] is hot_path)
+        with cached(pipe, Schedule.full(lay, 2)):
+            sample()
+
+    cost = measured_latency_cost(pipe.transformer, lay, 2, sample, run_patched=patched, warmup=False)
+    assert seen == [True] and (cost.unit > 0).all()

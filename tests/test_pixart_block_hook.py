@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.block_hook_loops import ceiling_loop, counted_calls, engine_loop
 
 from bench import models
-from support.block_hook_loops import ceiling_loop, counted_calls, engine_loop
 from ecad_core import Schedule
 from ecad_core.diffusers.adapters import find_diffusers_units
 from ecad_core.errors import SelfCheckError
@@ -96,7 +96,7 @@ def test_a_block_that_differs_after_the_first_fails_too(alpha, monkeypatch):
     with pytest.raises(SelfCheckError, match="re-statement differs from transformer_blocks.3's own forward"):
         engine_loop(alpha, _schedule(alpha))
     monkeypatch.undo()
-    x, stats, _ = engine_loop(alpha, _schedule(alpha))  # the class's own forward again: checked anew, passes
+    _x, stats, _ = engine_loop(alpha, _schedule(alpha))  # the class's own forward again: checked anew, passes
     assert stats.total_reused > 0
 
 

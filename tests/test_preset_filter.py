@@ -17,14 +17,14 @@ import urllib.parse
 import pytest
 import torch
 from safetensors.torch import save_file
+from support.schedule_corpus import REF
+from test_comfy_apply import LAYOUTS, user_schedules  # noqa: F401 (fixture)
+from test_comfy_harness import _ui_node
 
 from comfy_harness import make_tiny
 from ecad_core import make_layout
 from ecad_core.schedule import model_files
 from ecad_core.schedule.model_files import layout_of_file, layout_of_keys
-from support.schedule_corpus import REF
-from test_comfy_apply import LAYOUTS, user_schedules  # noqa: F401 (fixture)
-from test_comfy_harness import _ui_node
 
 FAMILY = {"ecad_tiny_pixart_alpha": "pixart", "ecad_tiny_pixart_sigma": "pixart", "ecad_tiny_flux_dev": "flux",
           "ecad_tiny_flux_schnell": "flux", "ecad_tiny_sd3": "sd3", "ecad_tiny_wan": "wan"}
@@ -94,9 +94,9 @@ def _filter_workflow(model):
             "links": [[1, 1, 0, 2, 0, "MODEL"]], "groups": [], "config": {}, "extra": {}, "version": 0.4}
 
 
-PROBE = """(async () => {
+PROBE = """(async () => {{
   const f = window.__ecadPresetFilter;
-  if (!f) return {probe_error: "web/ecad.js did not load"};
+  if (!f) return {{probe_error: "web/ecad.js did not load"}};
   const nodes = window.app.graph.nodes;
   const apply = nodes.find((n) => n.type === "ApplyECADSchedule");
   const values = () => [...apply.widgets.find((w) => w.name === "preset").options.values];
@@ -104,12 +104,12 @@ PROBE = """(async () => {
   const before = values();
   const loader = nodes.find((n) => n.type === "UNETLoader");
   const w = loader.widgets.find((w) => w.name === "unet_name");
-  w.value = "%s";
+  w.value = "{}";
   w.callback(w.value);          // what picking a file in the dropdown does
   await new Promise((r) => setTimeout(r, 500));
   await f.refreshAll();
-  return {before, after: values(), model: apply.__ecadModel};
-})()""" % make_tiny.file_name("ecad_tiny_pixart_alpha")
+  return {{before, after: values(), model: apply.__ecadModel}};
+}})()""".format(make_tiny.file_name("ecad_tiny_pixart_alpha"))
 
 
 @pytest.mark.comfy

@@ -6,13 +6,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import reference
+from support.schedule_corpus import (
+    BAD_ECAD,
+    BAD_OURS,
+    FILE_LEVEL,
+    REF,
+    REPO,
+    fuzzed_files,
+    pixart_dict,
+    write_bad_files,
+    write_special_files,
+)
 
 from ecad_core import ModelMismatchError, Schedule, ScheduleError, load_schedule, make_layout, remap_steps
-from ecad_core.schedule.ecad_format import from_ecad_dict, to_ecad_dict
 from ecad_core.schedule import from_json_dict, loads_schedule
-from support import reference
-from support.schedule_corpus import (BAD_ECAD, BAD_OURS, FILE_LEVEL, REF, REPO, fuzzed_files, pixart_dict, write_bad_files,
-                             write_special_files)
+from ecad_core.schedule.ecad_format import from_ecad_dict, to_ecad_dict
 
 REF_FILES = sorted(REF.glob("**/*.json"))
 
@@ -47,7 +56,7 @@ def test_project_format_is_lossless_and_diff_friendly(tmp_path):
     assert s.dumps() == text  # writing is deterministic
     lines = text.splitlines()
     # one line per step, one space-separated group per block
-    step_lines = [l for l in lines if l.strip().startswith('"') and set(l.strip(' ",')) <= set("01 ")]
+    step_lines = [ln for ln in lines if ln.strip().startswith('"') and set(ln.strip(' ",')) <= set("01 ")]
     assert len(step_lines) == s.steps
     assert len(step_lines[0].strip(' ",').split()) == 19 + 38
 
@@ -55,7 +64,7 @@ def test_project_format_is_lossless_and_diff_friendly(tmp_path):
 @pytest.mark.usefixtures("ecad_reference")
 def test_layout_order_matches_ecad_compact_bit_order():
     compact = json.loads((REF.parent / "compact" / "ecad_schedules_compact.json").read_text())
-    entries = compact if isinstance(compact, list) else list(compact.values()) if isinstance(compact, dict) else []
+    compact if isinstance(compact, list) else list(compact.values()) if isinstance(compact, dict) else []
     # find the entry for ours_fastest and compare bit strings
     text = json.dumps(compact)
     s = load_schedule(REF / "schedules_in_paper/pixart_alpha_256/ours_fastest.json")

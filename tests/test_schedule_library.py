@@ -19,9 +19,9 @@ import urllib.parse
 
 import numpy as np
 import pytest
+from support.schedule_corpus import REPO, fuzzed_files, write_bad_files, write_special_files
 
 from ecad_core import Schedule, ScheduleError, load_schedule, make_layout
-from support.schedule_corpus import REPO, fuzzed_files, write_bad_files, write_special_files
 
 PACK = "comfyui_ecad_libtest"
 
@@ -84,14 +84,15 @@ def test_library_lists_every_good_file_and_logs_each_bad_one_once(lib, caplog):
         except ScheduleError:
             bad.append(p)
     assert len(bad) > 300
-    rel = lambda p: "user/" + os.path.relpath(p, user)[: -len(".json")]  # noqa: E731
+    rel = lambda p: "user/" + os.path.relpath(p, user)[: -len(".json")]
     shipped = {p.stem for p in (REPO / "schedules").glob("*.json")}
 
     with caplog.at_level(logging.WARNING, logger="ecad"):
         for _ in range(3):
             listed = _keys(lib.options())
             assert listed == shipped | {rel(p) for p in good}
-        pixart28 = importlib.import_module(f"{PACK}.ecad_core.schedule.layout").make_layout("pixart", 28)  # the pack's class
+        # the pack's class
+        pixart28 = importlib.import_module(f"{PACK}.ecad_core.schedule.layout").make_layout("pixart", 28)
         assert _keys(lib.options_fitting(pixart28)) == {
             rel(p) for p in good if load_schedule(p).layout == make_layout("pixart", 28)} | {
             k for k in shipped if k.startswith("pixart-")}
@@ -236,6 +237,7 @@ _seeds = itertools.count(9000)
 def test_bad_files_in_the_servers_folder_break_nothing_else(comfy_server):
     from test_comfy_apply import _last_stats, _prompt
     from test_preset_filter import _presets
+
     from comfy_harness import make_tiny
     from comfy_harness.server import PromptExecutionError
 
@@ -312,7 +314,8 @@ def test_an_edited_schedule_file_is_used_when_the_same_prompt_is_queued_again(co
 @pytest.mark.comfy
 def test_an_edited_schedule_file_is_evaluated_when_the_same_prompt_is_queued_again(comfy_server):
     """Evaluate's IS_CHANGED keys on its preset file's content, like Apply's and Load's."""
-    from test_comfy_eval import LAYOUT as lay, STEPS, _prompt, _report
+    from test_comfy_eval import LAYOUT as lay
+    from test_comfy_eval import STEPS, _prompt, _report
 
     srv = comfy_server
     d = srv.base_dir / "models" / "ecad_schedules" / "edited-eval"

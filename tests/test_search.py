@@ -1,6 +1,7 @@
 """Schedule search: genome, seeds, metrics, NSGA-II loop, checkpoints, front, CLI (tiny diffusers models)."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -10,16 +11,30 @@ import pytest
 import torch
 
 from ecad_core import EcadError, ModelMismatchError, Schedule, load_schedule, make_layout
-from ecad_core.metrics import (MetricUnavailable, fidelity_loss, image_mse, latent_rel_mse, load_metric, psnr,
-                               ssim)
 from ecad_core.cli import build_parser
 from ecad_core.costs import macs_cost, uniform_cost
 from ecad_core.diffusers.generate import diffusers_generate_fn
+from ecad_core.metrics import MetricUnavailable, fidelity_loss, image_mse, latent_rel_mse, load_metric, psnr, ssim
 from ecad_core.prompts import load_prompts
-from ecad_core.search import (CheckpointError, EvaluationError, FrontPoint, GenomeSpace, LocalEvaluator,
-                              SearchSettings, SearchSettingsError, dominates, genome_key, heuristic_seeds,
-                              hypervolume, initial_population, load_front, load_warm_start, pareto_indices, pick,
-                              run_search)
+from ecad_core.search import (
+    CheckpointError,
+    EvaluationError,
+    FrontPoint,
+    GenomeSpace,
+    LocalEvaluator,
+    SearchSettings,
+    SearchSettingsError,
+    dominates,
+    genome_key,
+    heuristic_seeds,
+    hypervolume,
+    initial_population,
+    load_front,
+    load_warm_start,
+    pareto_indices,
+    pick,
+    run_search,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PIX = make_layout("pixart", 3)
@@ -272,7 +287,7 @@ def test_hypervolume_grows_and_front_is_nondominated(tmp_path):
     res = run_search(ev, PIX, 8, tmp_path, SearchSettings(population=8, generations=5, seed=0))
     hv = [h["hypervolume"] for h in res.history]
     assert len(hv) == 6 and res.generation == 5 and res.stopped == "generations"
-    assert all(b >= a for a, b in zip(hv, hv[1:]))
+    assert all(b >= a for a, b in itertools.pairwise(hv))
     assert hv[-1] > hv[0] + 1e-3  # a real gain over the seed population for this seed
     F = res.archive
     front = np.array([p.objectives for p in res.front])

@@ -114,7 +114,7 @@ def test_cancel_inside_generations_then_resume_equals_uninterrupted(tmp_path, st
     for cut in cuts:
         ev = Scored(batch_size=1)
         res = run_search(ev, PIX, STEPS, tmp_path, _settings(6),
-                         should_stop=lambda: len(seen) + len(ev.seen) >= cut)
+                         should_stop=lambda: len(seen) + len(ev.seen) >= cut)  # noqa: B023 - used in this iteration
         assert res.stopped == "cancelled" and res.evaluations == cut
         seen += ev.seen
     ev = Scored(batch_size=3)

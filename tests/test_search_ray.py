@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from ecad_core.search import EvaluationError, SearchSettings, SearchSettingsError, run_search
-from ecad_core.cli.search import EvolveSpec
 from test_search import cli  # the main CLI's error handling around the search subcommands
+
+from ecad_core.cli.search import EvolveSpec
+from ecad_core.search import EvaluationError, SearchSettings, SearchSettingsError, run_search
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red cat on a mat"

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.block_hook_loops import engine_loop
 from torch._dynamo.utils import counters
 
 from bench import models
-from support.block_hook_loops import engine_loop
 from ecad_core import Schedule
 from ecad_core.diffusers.adapters import find_diffusers_units
 

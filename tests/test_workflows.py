@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from comfy_harness import make_tiny
-from comfy_harness.server import _VIRTUAL_TYPES, MODE_BYPASS, MODE_NEVER, _input_specs, _map_widgets, ui_to_api
+from comfy_harness.server import _VIRTUAL_TYPES, _input_specs, _map_widgets, ui_to_api
 from ecad_core import Schedule, make_layout
 
 pytestmark = pytest.mark.comfy

@@ -55,7 +55,7 @@ def run_demo(steps: int = 20, repeats: int = 3, out_dir: str | None = None) -> i
         with cached(pipe, s) as h:
             t, out = _timed(pipe, steps, repeats)
             st = h.stats
-        exp = costs.expected_speedup(s if s.steps == steps else s, arch, 256, 256, text_tokens=120) \
+        exp = costs.expected_speedup(s, arch, 256, 256, text_tokens=120) \
             if s.steps == steps else None
         rows.append({
             "preset": name,

@@ -74,7 +74,7 @@ def cmd_eval(a) -> int:
     if a.quiet:
         pipe.set_progress_bar_config(disable=True)
     cost, layout = pipeline_cost(pipe, steps, a.height, a.width)
-    for label, s in schedules:
+    for _label, s in schedules:
         s.check_fits(layout, a.model)
     dev = str(getattr(pipe, "_execution_device", None) or a.device or "cpu")
     suite = MetricSuite.load(metrics, weights, fid_reference=a.fid_reference, device=dev)

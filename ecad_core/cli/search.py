@@ -39,7 +39,7 @@ class EvolveSpec:
     dtype: str = "auto"
 
     @classmethod
-    def from_args(cls, a, prompts) -> "EvolveSpec":
+    def from_args(cls, a, prompts) -> EvolveSpec:
         return cls(model=a.model, prompts=tuple(prompts), seeds=tuple(range(a.seeds_per_prompt)), steps=a.steps,
                    cfg=a.cfg, height=a.height, width=a.width, batch_size=a.batch_size, metric=a.metric,
                    metric_weights=a.metric_weights, cost=a.cost, cost_mode=a.cost_mode, device=a.device,

@@ -78,7 +78,7 @@ class ComputeCost:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ComputeCost":
+    def load(cls, path: str | Path) -> ComputeCost:
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
             if d.get("format") != "comfyui-ecad/compute-cost":

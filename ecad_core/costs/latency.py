@@ -9,7 +9,7 @@ the engine's timing seam (``ecad_core.engine.unit_timing``).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

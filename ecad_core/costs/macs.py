@@ -26,8 +26,9 @@ guidance-distilled pass each). Speedups and fractions do not depend on it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ class Arch:
 
     # -- constructors -----------------------------------------------------
     @classmethod
-    def pixart(cls, name: str = "pixart-custom", **numbers: Any) -> "Arch":
+    def pixart(cls, name: str = "pixart-custom", **numbers: Any) -> Arch:
         """A PixArt-like model from explicit numbers; the rest default to PixArt-XL-2.
 
         Micro-conditioning defaults to off (set ``micro_conditioning=True`` for a
@@ -122,13 +123,13 @@ class Arch:
         return dataclasses.replace(ARCHS["pixart-alpha"], name=name, **numbers)
 
     @classmethod
-    def flux(cls, name: str = "flux-custom", **numbers: Any) -> "Arch":
+    def flux(cls, name: str = "flux-custom", **numbers: Any) -> Arch:
         """A FLUX-like model from explicit numbers; unnamed ones default to FLUX.1-dev."""
         return dataclasses.replace(ARCHS["flux-dev"], name=name, **numbers)
 
     @classmethod
     def from_diffusers_config(cls, config: Mapping[str, Any], name: str | None = None,
-                              text_tokens: int | None = None) -> "Arch":
+                              text_tokens: int | None = None) -> Arch:
         """From ``PixArtTransformer2DModel.config`` or ``FluxTransformer2DModel.config``.
 
         The prompt length is a pipeline setting, not in the config: defaults are

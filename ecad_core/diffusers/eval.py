@@ -7,7 +7,7 @@ a schedule on this pipeline's transformer.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..evaluation.runner import cost_function
 from .generate import DiffusersGenerate

@@ -40,7 +40,7 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto"):
                 from None
         try:
             pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True, torch_dtype=dt)
-        except (OSError, ValueError, EnvironmentError) as e:
+        except (OSError, ValueError) as e:
             raise EcadError(f"cannot load a diffusers pipeline from {model!r} with local files only: "
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         hint = model_hint(pipe)

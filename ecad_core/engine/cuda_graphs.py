@@ -59,7 +59,7 @@ def unsupported_reason(transformer: torch.nn.Module, engine) -> str | None:
 
 
 class _Graph:
-    __slots__ = ("graph", "static_inputs", "static_out", "n_compute", "compute_units")
+    __slots__ = ("compute_units", "graph", "n_compute", "static_inputs", "static_out")
 
     def __init__(self, graph, static_inputs, static_out, compute_units):
         self.graph = graph

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch

@@ -12,6 +12,22 @@ from .report import to_csv, to_json_dict, to_markdown, write_reports
 from .runner import NO_CACHE, EvaluationResult, ScheduleResult, cost_function, run_evaluation
 from .suite import METRICS, MetricSuite, MetricWeights, parse_metrics
 
-__all__ = ["comparison_grid", "save_png", "PROMPT_SETS", "load_eval_prompts", "to_csv", "to_json_dict",
-           "to_markdown", "write_reports", "NO_CACHE", "EvaluationResult", "ScheduleResult", "cost_function",
-           "run_evaluation", "METRICS", "MetricSuite", "MetricWeights", "parse_metrics"]
+__all__ = [
+           "METRICS",
+           "NO_CACHE",
+           "PROMPT_SETS",
+           "EvaluationResult",
+           "MetricSuite",
+           "MetricWeights",
+           "ScheduleResult",
+           "comparison_grid",
+           "cost_function",
+           "load_eval_prompts",
+           "parse_metrics",
+           "run_evaluation",
+           "save_png",
+           "to_csv",
+           "to_json_dict",
+           "to_markdown",
+           "write_reports",
+]

@@ -18,8 +18,8 @@ helper encodes each prompt once and reuses it).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 

@@ -18,15 +18,24 @@ Metrics, per schedule (means over the generated images):
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..metrics import (ClipScore, ImageRewardScore, InceptionFeatures, Lpips, MetricUnavailable, fid_from_features,
-                       latent_rel_mse, psnr, ssim)
+from ..metrics import (
+    ClipScore,
+    ImageRewardScore,
+    InceptionFeatures,
+    Lpips,
+    MetricUnavailable,
+    fid_from_features,
+    latent_rel_mse,
+    psnr,
+    ssim,
+)
 from ..metrics.fid import load_image_folder
 from ..metrics.names import METRICS
 
@@ -73,7 +82,7 @@ class MetricSuite:
 
     @classmethod
     def load(cls, metrics=None, weights: MetricWeights | None = None, *, fid_reference: str | Path | None = None,
-             device: str | torch.device = "cpu") -> "MetricSuite":
+             device: str | torch.device = "cpu") -> MetricSuite:
         w = weights or MetricWeights()
         suite = cls(parse_metrics(metrics), fid_reference=str(fid_reference) if fid_reference else None)
         loaders = {"lpips": lambda: Lpips(w.lpips, device), "clip": lambda: ClipScore(w.clip, device),

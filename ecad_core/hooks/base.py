@@ -7,8 +7,8 @@ import weakref
 
 import torch
 
-from ..engine.compiling import outside_compile
 from ..engine import CacheEngine
+from ..engine.compiling import outside_compile
 from ..errors import SelfCheckError
 
 _ATTR = "_ecad_unit_hook"
@@ -77,7 +77,7 @@ def missing_attr(block: torch.nn.Module, attrs) -> str | None:
 # device and dtype (fp16/bf16 matmuls round by memory layout). Every block is checked on its first call, as
 # such a mismatch can be data-dependent (one block equal, the next not); once per process, so re-applying a
 # schedule to the same model costs nothing.
-_VERIFIED: "weakref.WeakKeyDictionary[torch.nn.Module, set]" = weakref.WeakKeyDictionary()
+_VERIFIED: weakref.WeakKeyDictionary[torch.nn.Module, set] = weakref.WeakKeyDictionary()
 
 
 def check_once(block: torch.nn.Module, restatement, forward, x: torch.Tensor | None, check) -> None:
@@ -147,7 +147,7 @@ class BlockHook(_ForwardHook):
     def _unfit(cls, block: torch.nn.Module) -> str | None:
         return None
 
-    def attach(self, block: torch.nn.Module) -> "BlockHook":
+    def attach(self, block: torch.nn.Module) -> BlockHook:
         engine, checked = self.engine, [False]
         own_forward = type(block).forward
 

@@ -5,8 +5,8 @@ import functools
 
 import torch
 
-from ..engine.compiling import outside_compile
 from ..engine import CacheEngine
+from ..engine.compiling import outside_compile
 from .base import _ForwardHook
 
 
@@ -18,7 +18,7 @@ class UnitHook(_ForwardHook):
         self.unit = unit
         self.name = name
 
-    def attach(self, module: torch.nn.Module) -> "UnitHook":
+    def attach(self, module: torch.nn.Module) -> UnitHook:
         engine, unit = self.engine, self.unit
 
         def make_forward(original):

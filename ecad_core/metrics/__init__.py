@@ -14,8 +14,7 @@ from .names import DEFAULT_SPACE, FIDELITY_SPACES, IMAGE_SPACES, LEARNED_METRICS
 if TYPE_CHECKING:
     from .base import MetricUnavailable
     from .fid import InceptionFeatures, clean_resize, fid_from_features, frechet_distance
-    from .fidelity import (fidelity_loss, gaussian_window, image_mse, latent_rel_mse, per_sample_loss, psnr,
-                           ssim)
+    from .fidelity import fidelity_loss, gaussian_window, image_mse, latent_rel_mse, per_sample_loss, psnr, ssim
     from .learned import ClipScore, ImageRewardScore, LearnedMetric, load_metric, score_drop
     from .lpips import Lpips
 
@@ -29,7 +28,28 @@ _EXPORTS = {
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = ["DEFAULT_SPACE", "FIDELITY_SPACES", "IMAGE_SPACES", "LEARNED_METRICS", "METRICS", "fidelity_loss",
-           "per_sample_loss", "psnr", "ssim", "image_mse", "latent_rel_mse", "gaussian_window",
-           "MetricUnavailable", "LearnedMetric", "ClipScore", "ImageRewardScore", "load_metric", "score_drop",
-           "InceptionFeatures", "clean_resize", "fid_from_features", "frechet_distance", "Lpips"]
+__all__ = [
+    "DEFAULT_SPACE",
+    "FIDELITY_SPACES",
+    "IMAGE_SPACES",
+    "LEARNED_METRICS",
+    "METRICS",
+    "ClipScore",
+    "ImageRewardScore",
+    "InceptionFeatures",
+    "LearnedMetric",
+    "Lpips",
+    "MetricUnavailable",
+    "clean_resize",
+    "fid_from_features",
+    "fidelity_loss",
+    "frechet_distance",
+    "gaussian_window",
+    "image_mse",
+    "latent_rel_mse",
+    "load_metric",
+    "per_sample_loss",
+    "psnr",
+    "score_drop",
+    "ssim",
+]

@@ -24,12 +24,12 @@ lie in [0, 1] for sensible schedules, so the hypervolume reference point
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .names import DEFAULT_SPACE, FIDELITY_SPACES, IMAGE_SPACES
+from .names import DEFAULT_SPACE, FIDELITY_SPACES
 
 
 def _as_batch(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -76,7 +76,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size:
     largest odd window that fits (sigma scaled with it).
     """
     x, y = _pair(x, y)
-    n, c, h, w = x.shape
+    _n, c, h, w = x.shape
     size = min(window_size, h if h % 2 else h - 1, w if w % 2 else w - 1)
     if size < 1:
         raise ValueError(f"images of {h}x{w} pixels are too small for SSIM")

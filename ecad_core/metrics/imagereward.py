@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -137,7 +137,7 @@ class _BertEmbeddings(nn.Module):
         h = cfg["hidden_size"]
         self.word_embeddings = nn.Embedding(cfg["vocab_size"], h, padding_idx=cfg["pad_token_id"])
         self.position_embeddings = nn.Embedding(cfg["max_position_embeddings"], h)
-        self.LayerNorm = nn.LayerNorm(h, eps=cfg["layer_norm_eps"])  # noqa: N815 - the official name
+        self.LayerNorm = nn.LayerNorm(h, eps=cfg["layer_norm_eps"])
 
     def forward(self, ids):
         pos = torch.arange(ids.shape[1], device=ids.device)
@@ -166,7 +166,7 @@ class _BertOutput(nn.Module):  # BertSelfOutput and BertOutput: dense, residual,
     def __init__(self, cfg: dict, width_in: int):
         super().__init__()
         self.dense = nn.Linear(width_in, cfg["hidden_size"])
-        self.LayerNorm = nn.LayerNorm(cfg["hidden_size"], eps=cfg["layer_norm_eps"])  # noqa: N815
+        self.LayerNorm = nn.LayerNorm(cfg["hidden_size"], eps=cfg["layer_norm_eps"])
 
     def forward(self, x, residual):
         return self.LayerNorm(self.dense(x) + residual)
@@ -454,7 +454,7 @@ def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         if (new_w, new_h) != (w, h):
             im = im.resize((new_w, new_h), Image.BICUBIC)
-        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
         im = im.crop((left, top, left + size, top + size))
         t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
         out.append(t.float().div(255).sub(mean).div(std))

@@ -8,12 +8,13 @@ no-cache schedule, positive when caching hurts).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 
-from .base import MetricUnavailable, offline, read_state_dict
+from .base import MetricUnavailable, offline
 from .names import LEARNED_METRICS
 
 

@@ -8,8 +8,8 @@ bit ``3*block + component`` of a PixArt step is ECAD's bit too.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 PIXART_COMPONENTS = ("attn1", "attn2", "ff")
 FLUX_DOUBLE_COMPONENTS = ("full_attn", "full_ff", "full_ff_context")

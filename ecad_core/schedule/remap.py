@@ -26,7 +26,7 @@ def remap_steps(schedule: Schedule, steps: int, denoise: float = 1.0) -> Schedul
     if not (isinstance(denoise, (int, float)) and 0.0 < denoise <= 1.0) or math.isnan(denoise):
         raise ValueError(f"denoise must be in (0, 1], got {denoise!r}")
     S = schedule.steps
-    full = max(steps, int(round(steps / denoise)))
+    full = max(steps, round(steps / denoise))
     offset = full - steps
     if S == steps and offset == 0:
         return schedule.copy()

@@ -103,7 +103,7 @@ class Schedule:
                 f"schedule {self.name!r} is for {self.layout.describe()}, but {model_desc} is "
                 f"{layout.describe()}; pick a schedule made for this model (or search one)")
 
-    def copy(self, **changes) -> "Schedule":
+    def copy(self, **changes) -> Schedule:
         kw = dict(layout=self.layout, bits=self.bits.copy(), name=self.name, model=self.model,
                   provenance=copy.deepcopy(self.provenance), metrics=copy.deepcopy(self.metrics))
         kw.update(changes)
@@ -117,11 +117,11 @@ class Schedule:
 
     # -- constructors --------------------------------------------------------
     @classmethod
-    def full(cls, layout: Layout, steps: int, name: str = "no-cache", **kw) -> "Schedule":
+    def full(cls, layout: Layout, steps: int, name: str = "no-cache", **kw) -> Schedule:
         return cls(layout, np.ones((steps, layout.n_units), bool), name=name, **kw)
 
     @classmethod
-    def every_n(cls, layout: Layout, steps: int, n: int, **kw) -> "Schedule":
+    def every_n(cls, layout: Layout, steps: int, n: int, **kw) -> Schedule:
         """FORA-like: every unit recomputed when ``step % n == 0``."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")

@@ -16,8 +16,7 @@ See docs/search.md and docs/architecture.md.
 """
 from ..errors import CheckpointError, EvaluationError, SearchSettingsError
 from .evaluate import Evaluator, LocalEvaluator, fingerprint
-from .front import (FrontPoint, dominates, hypervolume, knee, load_front, pareto_indices, pick, plot_front,
-                    write_front)
+from .front import FrontPoint, dominates, hypervolume, knee, load_front, pareto_indices, pick, plot_front, write_front
 from .nsga import SearchResult, SearchRun, SearchSettings, run_search
 from .problem import GenomeSpace, genome_key
 from .ray_backend import RayEvaluator  # imports ray only when one is created
@@ -25,11 +24,30 @@ from .sampling import heuristic_seeds, initial_population, load_warm_start
 from .termination import Termination
 
 __all__ = [
-    "SearchSettings", "SearchResult", "SearchRun", "run_search", "Termination",
-    "Evaluator", "LocalEvaluator", "RayEvaluator", "fingerprint",
-    "FrontPoint", "pick", "knee", "hypervolume", "pareto_indices", "dominates", "write_front", "load_front",
-    "plot_front",
-    "GenomeSpace", "genome_key",
-    "initial_population", "heuristic_seeds", "load_warm_start",
-    "SearchSettingsError", "CheckpointError", "EvaluationError",
+                    "CheckpointError",
+                    "EvaluationError",
+                    "Evaluator",
+                    "FrontPoint",
+                    "GenomeSpace",
+                    "LocalEvaluator",
+                    "RayEvaluator",
+                    "SearchResult",
+                    "SearchRun",
+                    "SearchSettings",
+                    "SearchSettingsError",
+                    "Termination",
+                    "dominates",
+                    "fingerprint",
+                    "genome_key",
+                    "heuristic_seeds",
+                    "hypervolume",
+                    "initial_population",
+                    "knee",
+                    "load_front",
+                    "load_warm_start",
+                    "pareto_indices",
+                    "pick",
+                    "plot_front",
+                    "run_search",
+                    "write_front",
 ]

@@ -3,6 +3,7 @@ per-generation history record kept in the checkpoint and ``progress.json``."""
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 
 from .evaluate import Progress

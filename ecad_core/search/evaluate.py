@@ -25,14 +25,15 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ..errors import EvaluationError, SearchSettingsError
 from ..metrics import FIDELITY_SPACES, IMAGE_SPACES, LEARNED_METRICS, fidelity_loss, score_drop
 from ..schedule import Schedule
-from ..errors import EvaluationError, SearchSettingsError
 
 log = logging.getLogger("ecad.search")
 

@@ -33,16 +33,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..costs.compute import ComputeCost, uniform_cost
 from ..errors import CheckpointError, EvaluationError, SearchSettingsError
-from ..schedule import Layout, Schedule
+from ..schedule import Layout
 from . import checkpoint as ckpt_io
 from .callbacks import SearchCallback, history_record
 from .checkpoint import CHECKPOINT_FILE, EVALUATIONS_FILE, START_OVER, SearchState
@@ -220,7 +220,7 @@ class SearchRun:
     def generation(self, g: int) -> str | None:
         """Ask NSGA-II for generation ``g``, evaluate its new genomes, tell the objectives; None when it ran to
         its end, else why the search stops (converged, cancelled inside it)."""
-        state, space = self.state, self.space
+        state = self.state
         pop = self.algorithm.ask()
         if pop is None or len(pop) == 0:
             return CONVERGED
@@ -271,7 +271,7 @@ class SearchRun:
                 if len(losses) != len(scheds):
                     raise EvaluationError(f"the evaluator returned {len(losses)} loss(es) for {len(scheds)} "
                                           "schedule(s)")
-                for (k, x), s, loss in zip(chunk, scheds, losses):
+                for (k, _x), s, loss in zip(chunk, scheds, losses):
                     loss = float(loss)
                     if math.isnan(loss):
                         loss = math.inf
@@ -376,7 +376,7 @@ def _front(state: SearchState, space: GenomeSpace, settings: SearchSettings, cos
     prov_common = {"settings": settings.to_json(), "cost": cost.describe(),
                    "evaluator": _compact_description(describe)}
     pts = []
-    for rank, i in enumerate(pareto_indices(F)):
+    for i in pareto_indices(F):
         k = keys[i]
         loss, frac, gen = state.memo[k]
         origin = seed_names.get(k) if gen == 0 else None

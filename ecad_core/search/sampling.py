@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -123,7 +123,7 @@ def evenly_cached(space: GenomeSpace, t: tuple[int, str], block_share: float, ev
     """Type ``t`` cached in an evenly spaced ``block_share`` of its blocks at steps t % every != 0."""
     layout = space.layout
     g = layout.groups[t[0]]
-    k = max(1, min(g.count, int(round(block_share * g.count))))
+    k = max(1, min(g.count, round(block_share * g.count)))
     chosen = set(np.unique(np.round(np.linspace(0, g.count - 1, k)).astype(int)).tolist())
     mask = np.zeros(space.n_units, bool)
     start = sum(gg.count * len(gg.components) for gg in layout.groups[:t[0]])
@@ -147,7 +147,7 @@ def heuristic_seeds(space: GenomeSpace) -> list[Schedule]:
     fam3 = [types_every_n(space, [t], n) for n in (2, 3, 4) if n < S for t in types]
     fam4 = []
     for frac in (0.5, 0.7, 0.6, 0.4):
-        gate = int(round(frac * S))
+        gate = round(frac * S)
         if not 1 <= gate < S:
             continue
         for sp in (1, 3):
@@ -280,5 +280,15 @@ def initial_population(space: GenomeSpace, size: int, *, seed: int = 0, warm_sta
     return pop
 
 
-__all__ = ["initial_population", "heuristic_seeds", "load_warm_start", "no_cache", "recompute_all_every_n",
-           "types_every_n", "tgate_like", "evenly_cached", "unit_types", "type_mask"]
+__all__ = [
+    "evenly_cached",
+    "heuristic_seeds",
+    "initial_population",
+    "load_warm_start",
+    "no_cache",
+    "recompute_all_every_n",
+    "tgate_like",
+    "type_mask",
+    "types_every_n",
+    "unit_types",
+]

@@ -7,7 +7,7 @@ be given another number of generations or another time budget.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 GENERATIONS = "generations"
 TIME_BUDGET = "time_budget"

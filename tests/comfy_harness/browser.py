@@ -134,8 +134,8 @@ def load_workflows_in_browser(base_url: str, jobs, *, timeout: float = 120.0, wi
         cfg_path = tmp / "config.json"
         cfg_path.write_text(json.dumps(cfg))
         env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
-        proc = subprocess.run(["node", str(SCRIPT), str(cfg_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, timeout=timeout, env=env, cwd=str(tmp))
+        proc = subprocess.run(["node", str(SCRIPT), str(cfg_path)], capture_output=True,
+                              text=True, timeout=timeout, env=env, cwd=str(tmp))
     raw = None
     for line in proc.stdout.splitlines():
         if line.startswith("ECAD_BROWSER_RESULT "):

@@ -216,8 +216,8 @@ def _meta_module(spec):
         import comfy.ldm.wan.model as wan
         return wan.WanModel(device="meta", operations=ops, **dict(kw, patch_size=tuple(kw["patch_size"])))
     if kind == "taesd":
-        import torch
         import comfy.taesd.taesd as taesd
+        import torch
         with torch.device("meta"):
             return taesd.TAESD(**kw)
     raise ValueError(kind)

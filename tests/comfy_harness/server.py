@@ -20,8 +20,8 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import signal
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -61,7 +61,8 @@ class PromptValidationError(ComfyError):
 
 
 class PromptExecutionError(ComfyError):
-    """The prompt ran and failed; ``.details`` is the execution_error message (node_type, exception_message, traceback...)."""
+    """The prompt ran and failed; ``.details`` is the execution_error message (node_type, exception_message,
+    traceback...)."""
 
     def __init__(self, prompt_id, details, entry):
         self.prompt_id = prompt_id
@@ -81,7 +82,7 @@ def _die_with_parent():
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except Exception:
+    except Exception:  # noqa: BLE001 - not Linux/glibc: the parent's cleanup still stops the server
         pass
 
 
@@ -199,7 +200,7 @@ class ComfyServer:
                 with urllib.request.urlopen(self.url + "/object_info", timeout=30) as r:
                     if r.status == 200:
                         break
-            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+            except (TimeoutError, urllib.error.URLError, ConnectionError, OSError):
                 pass
             if time.time() > deadline:
                 log = self.log_text()

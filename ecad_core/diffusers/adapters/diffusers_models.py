@@ -48,11 +48,11 @@ def _flux_units(tr) -> UnitMap:
     layout = make_layout("flux", len(double), len(single))
     mods, names = [], []
     for i, blk in enumerate(double):
-        for comp, attr in (("full_attn", "attn"), ("full_ff", "ff"), ("full_ff_context", "ff_context")):
+        for _comp, attr in (("full_attn", "attn"), ("full_ff", "ff"), ("full_ff_context", "ff_context")):
             mods.append(getattr(blk, attr))
             names.append(f"transformer_blocks.{i}.{attr}")
     for i, blk in enumerate(single):
-        for comp, attr in (("single_attn", "attn"), ("single_proj_mlp", "proj_mlp"), ("single_proj_out", "proj_out")):
+        for _comp, attr in (("single_attn", "attn"), ("single_proj_mlp", "proj_mlp"), ("single_proj_out", "proj_out")):
             mods.append(getattr(blk, attr))
             names.append(f"single_transformer_blocks.{i}.{attr}")
     nd = len(double)

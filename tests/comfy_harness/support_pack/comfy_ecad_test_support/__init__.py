@@ -73,7 +73,7 @@ class TestTinyCLIP:
                   "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1}
 
         class TinyClipL(comfy.sd1_clip.SDClipModel):
-            def __init__(self, device="cpu", dtype=None, model_options={}):
+            def __init__(self, device="cpu", dtype=None, model_options={}):  # noqa: B006 - ComfyUI's signature
                 super().__init__(device=device, dtype=dtype, model_options=model_options,
                                  textmodel_json_config=config, return_projected_pooled=True, layer="last")
 
