@@ -3,6 +3,7 @@
 ComfyUI loads this file as the pack's entry point. The backend (ecad_core) does
 not import ComfyUI; everything ComfyUI-specific is in nodes/.
 """
+
 import importlib.util
 
 if importlib.util.find_spec("comfy") is not None:

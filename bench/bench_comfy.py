@@ -13,6 +13,7 @@ same size.
 
     python -m bench.bench_comfy --res 1024 --presets pixart-alpha-256-fast,... --out r.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ def import_comfy(device) -> None:
     if str(COMFY_DIR) not in sys.path:
         sys.path.insert(0, str(COMFY_DIR))
     import comfy.cli_args
+
     if torch.device(device).type == "cpu":
         comfy.cli_args.args.cpu = True
     import comfy.ldm.pixart.pixartms
@@ -75,9 +77,21 @@ def comfy_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps: in
     hidden = c["heads"] * (24 if tiny else c["head_dim"])
     L = models.PIXART_TEXT_TOKENS[variant]
     torch.manual_seed(seed)
-    m = PixArtMS(input_size=res // 8, patch_size=2, in_channels=4, hidden_size=hidden, depth=28, num_heads=c["heads"],
-                 caption_channels=c["caption_channels"], model_max_length=L, micro_condition=variant == "alpha",
-                 pred_sigma=True, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init).eval()
+    m = PixArtMS(
+        input_size=res // 8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=hidden,
+        depth=28,
+        num_heads=c["heads"],
+        caption_channels=c["caption_channels"],
+        model_max_length=L,
+        micro_condition=variant == "alpha",
+        pred_sigma=True,
+        dtype=dtype,
+        device=device,
+        operations=comfy.ops.disable_weight_init,
+    ).eval()
     with torch.no_grad():  # disable_weight_init leaves weights uninitialised
         for p in m.parameters():  # biases too: a zero bias hides how a fused-bias matmul rounds
             p.normal_(0, 0.02)
@@ -98,8 +112,15 @@ def comfy_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps: in
         return m(x, ts[i].expand(b), context=context, transformer_options={}, **kw)
 
     units = [getattr(blk, attr) for blk in m.blocks for attr in ("attn", "cross_attn", "mlp")]
-    den = models.Denoiser(f"ComfyUI PixArt-{variant} {res}²", m, x0, call, steps, units,
-                          {"tokens": (res // 16) ** 2, "batch": b, "text_tokens": L})
+    den = models.Denoiser(
+        f"ComfyUI PixArt-{variant} {res}²",
+        m,
+        x0,
+        call,
+        steps,
+        units,
+        {"tokens": (res // 16) ** 2, "batch": b, "text_tokens": L},
+    )
     den.inputs = {"context": context, "timesteps": ts}
     return den
 
@@ -111,10 +132,25 @@ def comfy_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: in
 
     c = models.FLUX_TINY if tiny else models.FLUX_FULL
     torch.manual_seed(seed)
-    m = Flux(in_channels=16, out_channels=16, vec_in_dim=c["pooled_dim"], context_in_dim=c["joint_dim"],
-             hidden_size=c["heads"] * c["head_dim"], mlp_ratio=4.0, num_heads=c["heads"], depth=19,
-             depth_single_blocks=38, axes_dim=list(c["axes"]), theta=10000, patch_size=2, qkv_bias=True,
-             guidance_embed=True, dtype=dtype, device=device, operations=comfy.ops.disable_weight_init).eval()
+    m = Flux(
+        in_channels=16,
+        out_channels=16,
+        vec_in_dim=c["pooled_dim"],
+        context_in_dim=c["joint_dim"],
+        hidden_size=c["heads"] * c["head_dim"],
+        mlp_ratio=4.0,
+        num_heads=c["heads"],
+        depth=19,
+        depth_single_blocks=38,
+        axes_dim=list(c["axes"]),
+        theta=10000,
+        patch_size=2,
+        qkv_bias=True,
+        guidance_embed=True,
+        dtype=dtype,
+        device=device,
+        operations=comfy.ops.disable_weight_init,
+    ).eval()
     with torch.no_grad():  # uninitialised weights; norms' scales 1 so activations stay finite over 57 blocks
         for name, p in m.named_parameters():  # biases random: a zero bias hides how a fused-bias matmul rounds
             p.fill_(1.0) if name.endswith(("scale", "norm.weight")) else p.normal_(0, 0.02)
@@ -129,11 +165,18 @@ def comfy_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: in
     opts = {"patches_replace": {}}
 
     def call(x, i):
-        return m(x, sigmas[i].expand(1), context, y=pooled, guidance=guidance,
-                 transformer_options={"patches_replace": opts["patches_replace"]})
+        return m(
+            x,
+            sigmas[i].expand(1),
+            context,
+            y=pooled,
+            guidance=guidance,
+            transformer_options={"patches_replace": opts["patches_replace"]},
+        )
 
-    den = models.Denoiser(f"ComfyUI FLUX.1-dev {res}²", m, x0, call, steps, [],
-                          {"tokens": (res // 16) ** 2, "batch": 1, "text_tokens": L})
+    den = models.Denoiser(
+        f"ComfyUI FLUX.1-dev {res}²", m, x0, call, steps, [], {"tokens": (res // 16) ** 2, "batch": 1, "text_tokens": L}
+    )
     den.transformer_options = opts
     return den
 
@@ -201,7 +244,9 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, g
                 if graphs:
                     st["cuda_graphs"] = gm.status() if gm is not None else None
                 return st
+
             return pre, teardown, stats
+
         return setup
 
     def ceiling(bits):
@@ -213,9 +258,11 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, g
                 def remove():
                     c.remove()
                     options["patches_replace"] = {}
+
                 return (lambda i: setattr(c, "step", i)), remove, None
             c = CeilingCache(den.unit_modules, bits)
             return (lambda i: setattr(c, "step", i)), c.remove, None
+
         return setup
 
     vs = [Variant("no cache", lambda: (None, lambda: None, None), None, "nocache")]
@@ -239,6 +286,7 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, g
 def profile_loops(dens: list, out_dir: Path, device) -> dict:
     """torch.profiler tables (top ops by device time) of one no-cache loop of each denoiser."""
     from torch.profiler import ProfilerActivity, profile
+
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
     summary = {}
     for den in dens:
@@ -254,8 +302,10 @@ def profile_loops(dens: list, out_dir: Path, device) -> dict:
             "cpu_total_ms": sum(e.self_cpu_time_total for e in ev) / 1e3,
             "device_total_ms": sum(getattr(e, "self_device_time_total", 0) for e in ev) / 1e3,
             "launches": sum(e.count for e in ev if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel"))),
-            "top": [(e.key, round(getattr(e, "self_device_time_total", 0) / 1e3, 3), e.count)
-                    for e in sorted(ev, key=lambda e: -getattr(e, "self_device_time_total", 0))[:12]],
+            "top": [
+                (e.key, round(getattr(e, "self_device_time_total", 0) / 1e3, 3), e.count)
+                for e in sorted(ev, key=lambda e: -getattr(e, "self_device_time_total", 0))[:12]
+            ],
         }
     return summary
 
@@ -280,8 +330,17 @@ def main(argv=None) -> dict:
     import_comfy(a.device)
     adapters, engine_mod, schedule_mod = pack_modules()
     presets = [p for p in a.presets.split(",") if p]
-    out = {"bench": "comfy", "model": "flux-dev" if a.variant == "flux" else f"pixart-{a.variant}", "res": a.res, "steps": a.steps, "tiny": a.tiny,
-           "dtype": str(dtype), "device": a.device, "hardware": hardware(a.device), "rounds": a.rounds}
+    out = {
+        "bench": "comfy",
+        "model": "flux-dev" if a.variant == "flux" else f"pixart-{a.variant}",
+        "res": a.res,
+        "steps": a.steps,
+        "tiny": a.tiny,
+        "dtype": str(dtype),
+        "device": a.device,
+        "hardware": hardware(a.device),
+        "rounds": a.rounds,
+    }
     with torch.no_grad():
         if a.variant == "flux":
             den = comfy_flux(a.res, tiny=a.tiny, device=a.device, dtype=dtype, steps=a.steps)
@@ -289,26 +348,34 @@ def main(argv=None) -> dict:
             den = comfy_pixart(a.variant, a.res, tiny=a.tiny, device=a.device, dtype=dtype, steps=a.steps)
         print(f"{den.name} ({'tiny' if a.tiny else 'full-size'}, {dtype}, {a.device}), {a.steps} steps", flush=True)
         out["denoiser"] = den.info
-        vs = variants(den, presets, adapters, engine_mod, schedule_mod, graphs=a.graphs,
-                      graphs_mod=graphs_module() if a.graphs else None)
-        out["variants"] = run_variants(den, vs,
-                                       rounds=a.rounds, device=a.device)
+        vs = variants(
+            den,
+            presets,
+            adapters,
+            engine_mod,
+            schedule_mod,
+            graphs=a.graphs,
+            graphs_mod=graphs_module() if a.graphs else None,
+        )
+        out["variants"] = run_variants(den, vs, rounds=a.rounds, device=a.device)
         if a.out:
             write_json(a.out, out)
         if a.profile:
             pdir = Path(a.profile)
             pdir.mkdir(parents=True, exist_ok=True)
             try:
-                dd = models.diffusers_pixart(a.variant, a.res, tiny=a.tiny, device=a.device, dtype=dtype,
-                                             steps=a.steps)
+                dd = models.diffusers_pixart(a.variant, a.res, tiny=a.tiny, device=a.device, dtype=dtype, steps=a.steps)
                 out["profile"] = profile_loops([den, dd], pdir, a.device)
                 del dd
             except Exception as e:  # noqa: BLE001 - the timings above still count
                 out["profile_error"] = f"{type(e).__name__}: {e}"
                 print("  profile failed:", out["profile_error"], flush=True)
             for k, v in out.get("profile", {}).items():
-                print(f"  profile {k}: cpu {v['cpu_total_ms']:.1f} ms, device {v['device_total_ms']:.1f} ms, "
-                      f"{v['launches']} launches", flush=True)
+                print(
+                    f"  profile {k}: cpu {v['cpu_total_ms']:.1f} ms, device {v['device_total_ms']:.1f} ms, "
+                    f"{v['launches']} launches",
+                    flush=True,
+                )
     if a.out:
         write_json(a.out, out)
     del den

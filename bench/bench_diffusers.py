@@ -9,6 +9,7 @@ recomputed (the engine's pure overhead), and the cost of offloading the cache.
         --presets pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest --graphs --out r.json
     python -m bench.bench_diffusers --tiny --device cpu ...   # CPU smoke run on tiny models
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def engine_variant(den, sched: Schedule, kind: str, name: str, preset, **apply_k
                 h.tracker.scheduler_set(den.timesteps)
             elif i > 0:  # and its scheduler.step after each step
                 h.tracker.scheduler_stepped()
+
         stats = lambda: {**h.stats.as_dict(), **({"cuda_graphs": h.cuda_graphs} if h.cuda_graphs else {})}
         return pre, h.remove, stats
+
     return Variant(name, setup, preset, kind, persistent=kind == "graphs")
 
 
@@ -56,6 +59,7 @@ def ceiling_variant(den, sched: Schedule, name: str, preset) -> Variant:
     def setup():
         c = CeilingCache(den.unit_modules, bits)
         return (lambda i: setattr(c, "step", i)), c.remove, None
+
     return Variant(name, setup, preset, "ceiling")
 
 
@@ -106,13 +110,22 @@ def main(argv=None) -> dict:
         layout = find_diffusers_units(den.model).layout
         for s in presets:
             s.check_fits(layout, den.name)
-        print(f"{den.name} ({'tiny' if a.tiny else 'full-size'}, {dtype}, {a.device}), {a.steps} steps",
-              flush=True)
+        print(f"{den.name} ({'tiny' if a.tiny else 'full-size'}, {dtype}, {a.device}), {a.steps} steps", flush=True)
         vs = variants_for(den, presets, graphs=a.graphs, offload=a.offload, recompute=not a.no_recompute)
         res = run_variants(den, vs, rounds=a.rounds, device=a.device)
-    out = {"bench": "diffusers", "model": a.model, "res": a.res, "steps": a.steps, "tiny": a.tiny,
-           "dtype": str(dtype), "device": a.device, "hardware": hardware(a.device), "denoiser": den.info,
-           "rounds": a.rounds, "variants": res}
+    out = {
+        "bench": "diffusers",
+        "model": a.model,
+        "res": a.res,
+        "steps": a.steps,
+        "tiny": a.tiny,
+        "dtype": str(dtype),
+        "device": a.device,
+        "hardware": hardware(a.device),
+        "denoiser": den.info,
+        "rounds": a.rounds,
+        "variants": res,
+    }
     if a.out:
         write_json(a.out, out)
     del den

@@ -8,6 +8,7 @@ bookkeeping, checkpoints).
 
     python -m bench.bench_search --population 8 --generations 2 --out r.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,19 +62,34 @@ def main(argv=None) -> dict:
     wall = time.perf_counter() - t0
     gen_s, score_s = ev.seconds_generating, scoring["s"]
     n_eval = scoring["calls"]
-    out = {"bench": "search", "hardware": hardware(a.device), "device": a.device,
-           "model": f"tiny PixArt-α ({a.layers} blocks)", "size": a.size, "steps": a.steps, "samples": len(prompts),
-           "population": a.population, "generations": a.generations, "evaluations": n_eval,
-           "generate_calls": ev.n_generate, "wall_s": round(wall, 3),
-           "evaluations_per_min": round(60 * n_eval / wall, 2) if wall else None,
-           "time_share": {"generating": round(gen_s / wall, 4), "scoring": round(score_s / wall, 4),
-                          "search_and_bookkeeping": round(max(wall - gen_s - score_s, 0) / wall, 4)},
-           "seconds_per_generate_call": round(gen_s / max(ev.n_generate, 1), 4),
-           "front_size": len(getattr(result, "front", []) or [])}
-    print(f"search: {n_eval} evaluations in {wall:.1f} s = {out['evaluations_per_min']} per minute; "
-          f"time: generating {100 * out['time_share']['generating']:.1f}%, scoring "
-          f"{100 * out['time_share']['scoring']:.1f}%, search {100 * out['time_share']['search_and_bookkeeping']:.1f}%",
-          flush=True)
+    out = {
+        "bench": "search",
+        "hardware": hardware(a.device),
+        "device": a.device,
+        "model": f"tiny PixArt-α ({a.layers} blocks)",
+        "size": a.size,
+        "steps": a.steps,
+        "samples": len(prompts),
+        "population": a.population,
+        "generations": a.generations,
+        "evaluations": n_eval,
+        "generate_calls": ev.n_generate,
+        "wall_s": round(wall, 3),
+        "evaluations_per_min": round(60 * n_eval / wall, 2) if wall else None,
+        "time_share": {
+            "generating": round(gen_s / wall, 4),
+            "scoring": round(score_s / wall, 4),
+            "search_and_bookkeeping": round(max(wall - gen_s - score_s, 0) / wall, 4),
+        },
+        "seconds_per_generate_call": round(gen_s / max(ev.n_generate, 1), 4),
+        "front_size": len(getattr(result, "front", []) or []),
+    }
+    print(
+        f"search: {n_eval} evaluations in {wall:.1f} s = {out['evaluations_per_min']} per minute; "
+        f"time: generating {100 * out['time_share']['generating']:.1f}%, scoring "
+        f"{100 * out['time_share']['scoring']:.1f}%, search {100 * out['time_share']['search_and_bookkeeping']:.1f}%",
+        flush=True,
+    )
     if a.out:
         write_json(a.out, out)
     return out

@@ -7,6 +7,7 @@ sets ``step`` itself before each model call. Whatever the project's engine
 costs beyond this is overhead; a faster cache than this one would have to skip
 different work, not do the same skipping more cheaply.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,9 @@ class CeilingCache:
     def __init__(self, modules: list[torch.nn.Module], bits: np.ndarray):
         bits = np.asarray(bits, dtype=bool)
         if bits.ndim != 2 or bits.shape[1] != len(modules):
-            raise ValueError(f"CeilingCache: bits must be [steps, {len(modules)}] for {len(modules)} modules, "
-                             f"got shape {bits.shape}")
+            raise ValueError(
+                f"CeilingCache: bits must be [steps, {len(modules)}] for {len(modules)} modules, got shape {bits.shape}"
+            )
         self.rows = [row.tolist() for row in bits]
         self.rows[0] = [True] * len(modules)  # step 0 always computes
         self.step = 0
@@ -139,6 +141,7 @@ class ComfyFluxCeiling:
                 self.out[u] = (self.cap["img_proj"][1], self.cap["txt_proj"][1])
                 return o
             return self.fb._double_reuse(blk, args, self.out[u])
+
         return patch
 
     def _single(self, blk, u):
@@ -147,7 +150,9 @@ class ComfyFluxCeiling:
         def setter(k):
             def s(v):
                 out[k] = self.compact(v)
+
             return s
+
         setters = (setter(u), setter(u + 1), setter(u + 2))
 
         def patch(args, extra):
@@ -156,8 +161,15 @@ class ComfyFluxCeiling:
                 o = self._run_original(extra, args)
                 out[u], out[u + 1], out[u + 2] = map(self.compact, self.fb._single_parts(blk, self.cap))
                 return o
-            return self.fb._single_forward(blk, args, None if row[u] else out[u], None if row[u + 1] else out[u + 1],
-                                           None if row[u + 2] else out[u + 2], *setters)
+            return self.fb._single_forward(
+                blk,
+                args,
+                None if row[u] else out[u],
+                None if row[u + 1] else out[u + 1],
+                None if row[u + 2] else out[u + 2],
+                *setters,
+            )
+
         return patch
 
     def remove(self) -> None:

@@ -13,6 +13,7 @@ against the eager engine's output of the same schedule:
 
     python -m bench.comfy_graphs_check [--out r.json] [--tiny --device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,12 @@ def main(argv=None) -> dict:
     out = {"hardware": hardware(a.device), "res": a.res, "steps": a.steps, "preset": a.preset, "checks": {}}
     with torch.no_grad():
         den = bench_comfy.comfy_pixart("alpha", a.res, tiny=a.tiny, device=a.device, dtype=dtype, steps=a.steps)
-        vs = {v.name: v for v in bench_comfy.variants(den, [a.preset], adapters, engine_mod, schedule_mod,
-                                                      recompute=False, graphs=True, graphs_mod=graphs_mod)}
+        vs = {
+            v.name: v
+            for v in bench_comfy.variants(
+                den, [a.preset], adapters, engine_mod, schedule_mod, recompute=False, graphs=True, graphs_mod=graphs_mod
+            )
+        }
         pre, teardown, _ = vs[f"pack {a.preset}"].setup()
         eager = den.loop(pre)
         teardown()
@@ -81,13 +86,19 @@ def main(argv=None) -> dict:
         finally:
             teardown()
     c = checks
-    out["ok"] = bool(
-        all(v["max_abs_diff_vs_eager"] == 0 for k, v in c.items() if isinstance(v, dict))
-        and c["second image (replays)"].get("replays", 0) > 0 and c["recaptured"]
-        and "weight functions" in (c["with a weight function"].get("reason") or "")
-        and "casts" in (c["with a parameter on the CPU"].get("reason") or "")
-        and not c["all back on the GPU"].get("reason")
-        and not c["without c_size / c_ar"].get("reason")) if torch.device(a.device).type == "cuda" else None
+    out["ok"] = (
+        bool(
+            all(v["max_abs_diff_vs_eager"] == 0 for k, v in c.items() if isinstance(v, dict))
+            and c["second image (replays)"].get("replays", 0) > 0
+            and c["recaptured"]
+            and "weight functions" in (c["with a weight function"].get("reason") or "")
+            and "casts" in (c["with a parameter on the CPU"].get("reason") or "")
+            and not c["all back on the GPU"].get("reason")
+            and not c["without c_size / c_ar"].get("reason")
+        )
+        if torch.device(a.device).type == "cuda"
+        else None
+    )
     print("comfy graphs check:", {True: "OK", False: "FAILED", None: "n/a on the CPU"}[out["ok"]], flush=True)
     if a.out:
         write_json(a.out, out)

@@ -1,4 +1,5 @@
 """Timing, memory and result-file helpers shared by the benches."""
+
 from __future__ import annotations
 
 import json
@@ -63,13 +64,18 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def hardware(device) -> dict:
-    d = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or
-         platform.machine(), "cpu_count": os.cpu_count()}
+    d = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
     if torch.device(device).type == "cuda":
         p = torch.cuda.get_device_properties(0)
         d.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
     try:
         import diffusers
+
         d["diffusers"] = diffusers.__version__
     except ImportError:
         pass
@@ -93,4 +99,5 @@ def resolve_dtype(name: str, device) -> torch.dtype:
 def replay_bits(sched, steps: int):
     """The bits a cache replays for ``sched`` over ``steps`` steps: remapped as the engine remaps them."""
     from ecad_core.schedule import remap_steps
+
     return (sched if sched.steps == steps else remap_steps(sched, steps)).effective_bits()

@@ -7,6 +7,7 @@ time budget is spent the remaining sections are skipped (and listed), so a
 device lease that ends early still returns everything finished so far.
 ``--tiny`` runs the same sections on tiny models on the CPU (a smoke run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,19 @@ DEFAULT_SECTIONS = 7  # the rest run by --only
 # the FLUX step-tracker fix (512²), the PixArt block re-statements (α 256² eager, both paths 1024², 512², CUDA
 # graphs over the ComfyUI re-statement, the profile that shows which copies remain) and the FLUX ones (1024²,
 # both paths); ≈ 520 s estimated, sections run in suite order, --budget-s skips the tail
-GROUPS = {"recheck": ["diffusers_flux_512", "diffusers_alpha_256_15", "comfy_alpha_1024", "diffusers_alpha_1024",
-                      "comfy_graphs_check", "comfy_alpha_512", "comfy_alpha_1024_profile", "diffusers_flux_1024",
-                      "comfy_flux_1024"]}
+GROUPS = {
+    "recheck": [
+        "diffusers_flux_512",
+        "diffusers_alpha_256_15",
+        "comfy_alpha_1024",
+        "diffusers_alpha_1024",
+        "comfy_graphs_check",
+        "comfy_alpha_512",
+        "comfy_alpha_1024_profile",
+        "diffusers_flux_1024",
+        "comfy_flux_1024",
+    ]
+}
 
 
 def sections(tiny: bool, rounds: int):
@@ -38,59 +49,158 @@ def sections(tiny: bool, rounds: int):
     if tiny:
         small, comfy_res, steps = ["--res", "64"], ["--res", "512"], ["--steps", "3"]
         return [
-            ("diffusers_alpha_small", bench_diffusers.main,
-             ["--model", "pixart-alpha", *small, "--presets", ALPHA, "--graphs", "--offload", *r], 0),
-            ("comfy_alpha", bench_comfy.main, ["--variant", "alpha", *comfy_res, *steps, "--presets",
-                                               "pixart-alpha-256-fast", "--rounds", "1", "--profile", "PROFILE"], 0),
-            ("comfy_flux", bench_comfy.main, ["--variant", "flux", *small, *steps, "--presets",
-                                              "flux-dev-1024-fast", "--rounds", "1"], 0),
+            (
+                "diffusers_alpha_small",
+                bench_diffusers.main,
+                ["--model", "pixart-alpha", *small, "--presets", ALPHA, "--graphs", "--offload", *r],
+                0,
+            ),
+            (
+                "comfy_alpha",
+                bench_comfy.main,
+                [
+                    "--variant",
+                    "alpha",
+                    *comfy_res,
+                    *steps,
+                    "--presets",
+                    "pixart-alpha-256-fast",
+                    "--rounds",
+                    "1",
+                    "--profile",
+                    "PROFILE",
+                ],
+                0,
+            ),
+            (
+                "comfy_flux",
+                bench_comfy.main,
+                ["--variant", "flux", *small, *steps, "--presets", "flux-dev-1024-fast", "--rounds", "1"],
+                0,
+            ),
             ("comfy_graphs_check", comfy_graphs_check.main, ["--res", "384", *steps], 0),
-            ("diffusers_flux", bench_diffusers.main,
-             ["--model", "flux-dev", *small, "--presets", "flux-dev-1024-fast,flux-dev-256-faster", *r], 0),
-            ("diffusers_sigma", bench_diffusers.main,
-             ["--model", "pixart-sigma", *small, "--presets", "pixart-sigma-256-fast", *r], 0),
+            (
+                "diffusers_flux",
+                bench_diffusers.main,
+                ["--model", "flux-dev", *small, "--presets", "flux-dev-1024-fast,flux-dev-256-faster", *r],
+                0,
+            ),
+            (
+                "diffusers_sigma",
+                bench_diffusers.main,
+                ["--model", "pixart-sigma", *small, "--presets", "pixart-sigma-256-fast", *r],
+                0,
+            ),
         ]
     flux = "flux-dev-1024-fast,flux-dev-256-faster"
     r5 = ["--rounds", str(max(rounds, 5))]  # more rounds where the all-recompute overhead is judged
     return [
-        ("diffusers_alpha_1024", bench_diffusers.main,
-         ["--model", "pixart-alpha", "--res", "1024", "--presets", ALPHA, "--offload", "--graphs", *r5], 80),
+        (
+            "diffusers_alpha_1024",
+            bench_diffusers.main,
+            ["--model", "pixart-alpha", "--res", "1024", "--presets", ALPHA, "--offload", "--graphs", *r5],
+            80,
+        ),
         ("comfy_alpha_1024", bench_comfy.main, ["--variant", "alpha", "--res", "1024", "--presets", ALPHA, *r5], 60),
-        ("comfy_flux_1024", bench_comfy.main, ["--variant", "flux", "--res", "1024", "--presets", flux,
-                                               "--rounds", "2"], 100),
-        ("diffusers_flux_1024", bench_diffusers.main,
-         ["--model", "flux-dev", "--res", "1024", "--presets", flux, "--rounds", "2"], 90),
-        ("diffusers_alpha_256", bench_diffusers.main,
-         ["--model", "pixart-alpha", "--res", "256", "--presets", ALPHA, "--graphs", *r], 45),
-        ("comfy_sigma_1024", bench_comfy.main, ["--variant", "sigma", "--res", "1024", "--presets",
-                                                "pixart-sigma-256-fast", *r], 30),
-        ("diffusers_sigma_1024", bench_diffusers.main,
-         ["--model", "pixart-sigma", "--res", "1024", "--presets", "pixart-sigma-256-fast", *r], 25),
+        (
+            "comfy_flux_1024",
+            bench_comfy.main,
+            ["--variant", "flux", "--res", "1024", "--presets", flux, "--rounds", "2"],
+            100,
+        ),
+        (
+            "diffusers_flux_1024",
+            bench_diffusers.main,
+            ["--model", "flux-dev", "--res", "1024", "--presets", flux, "--rounds", "2"],
+            90,
+        ),
+        (
+            "diffusers_alpha_256",
+            bench_diffusers.main,
+            ["--model", "pixart-alpha", "--res", "256", "--presets", ALPHA, "--graphs", *r],
+            45,
+        ),
+        (
+            "comfy_sigma_1024",
+            bench_comfy.main,
+            ["--variant", "sigma", "--res", "1024", "--presets", "pixart-sigma-256-fast", *r],
+            30,
+        ),
+        (
+            "diffusers_sigma_1024",
+            bench_diffusers.main,
+            ["--model", "pixart-sigma", "--res", "1024", "--presets", "pixart-sigma-256-fast", *r],
+            25,
+        ),
         # by --only: ComfyUI CUDA graphs (safety checks, then timings), the all-recompute overhead alone
         # (many rounds), profiles, 512² / Σ 256²
         ("comfy_graphs_check", comfy_graphs_check.main, ["--res", "512"], 30),
-        ("comfy_alpha_512_graphs", bench_comfy.main, ["--variant", "alpha", "--res", "512", "--presets", ALPHA,
-                                                      "--graphs", "--rounds", "5"], 40),
-        ("comfy_alpha_1024_graphs", bench_comfy.main, ["--variant", "alpha", "--res", "1024", "--presets", ALPHA,
-                                                       "--graphs", *r], 50),
-        ("diffusers_alpha_256_15", bench_diffusers.main,
-         ["--model", "pixart-alpha", "--res", "256", "--presets", ALPHA, "--rounds", "15"], 45),
-        ("diffusers_flux_512", bench_diffusers.main,
-         ["--model", "flux-dev", "--res", "512", "--presets", flux, "--rounds", "3"], 45),
-        ("comfy_flux_512", bench_comfy.main, ["--variant", "flux", "--res", "512", "--presets", flux,
-                                              "--rounds", "3"], 45),
-        ("overhead_alpha_1024", bench_diffusers.main,
-         ["--model", "pixart-alpha", "--res", "1024", "--presets", "", "--rounds", "15"], 30),
-        ("overhead_alpha_256", bench_diffusers.main,
-         ["--model", "pixart-alpha", "--res", "256", "--presets", "", "--rounds", "15"], 20),
-        ("comfy_alpha_1024_profile", bench_comfy.main,
-         ["--variant", "alpha", "--res", "1024", "--presets", "", "--rounds", "1", "--profile", "PROFILE"], 40),
-        ("comfy_alpha_512", bench_comfy.main, ["--variant", "alpha", "--res", "512", "--presets", ALPHA,
-                                               "--rounds", "5"], 30),
-        ("diffusers_alpha_512", bench_diffusers.main,
-         ["--model", "pixart-alpha", "--res", "512", "--presets", ALPHA, "--graphs", *r], 30),
-        ("diffusers_sigma_256", bench_diffusers.main,
-         ["--model", "pixart-sigma", "--res", "256", "--presets", "pixart-sigma-256-fast", "--graphs", *r], 20),
+        (
+            "comfy_alpha_512_graphs",
+            bench_comfy.main,
+            ["--variant", "alpha", "--res", "512", "--presets", ALPHA, "--graphs", "--rounds", "5"],
+            40,
+        ),
+        (
+            "comfy_alpha_1024_graphs",
+            bench_comfy.main,
+            ["--variant", "alpha", "--res", "1024", "--presets", ALPHA, "--graphs", *r],
+            50,
+        ),
+        (
+            "diffusers_alpha_256_15",
+            bench_diffusers.main,
+            ["--model", "pixart-alpha", "--res", "256", "--presets", ALPHA, "--rounds", "15"],
+            45,
+        ),
+        (
+            "diffusers_flux_512",
+            bench_diffusers.main,
+            ["--model", "flux-dev", "--res", "512", "--presets", flux, "--rounds", "3"],
+            45,
+        ),
+        (
+            "comfy_flux_512",
+            bench_comfy.main,
+            ["--variant", "flux", "--res", "512", "--presets", flux, "--rounds", "3"],
+            45,
+        ),
+        (
+            "overhead_alpha_1024",
+            bench_diffusers.main,
+            ["--model", "pixart-alpha", "--res", "1024", "--presets", "", "--rounds", "15"],
+            30,
+        ),
+        (
+            "overhead_alpha_256",
+            bench_diffusers.main,
+            ["--model", "pixart-alpha", "--res", "256", "--presets", "", "--rounds", "15"],
+            20,
+        ),
+        (
+            "comfy_alpha_1024_profile",
+            bench_comfy.main,
+            ["--variant", "alpha", "--res", "1024", "--presets", "", "--rounds", "1", "--profile", "PROFILE"],
+            40,
+        ),
+        (
+            "comfy_alpha_512",
+            bench_comfy.main,
+            ["--variant", "alpha", "--res", "512", "--presets", ALPHA, "--rounds", "5"],
+            30,
+        ),
+        (
+            "diffusers_alpha_512",
+            bench_diffusers.main,
+            ["--model", "pixart-alpha", "--res", "512", "--presets", ALPHA, "--graphs", *r],
+            30,
+        ),
+        (
+            "diffusers_sigma_256",
+            bench_diffusers.main,
+            ["--model", "pixart-sigma", "--res", "256", "--presets", "pixart-sigma-256-fast", "--graphs", *r],
+            20,
+        ),
     ]
 
 
@@ -114,8 +224,10 @@ def main(argv=None) -> dict:
         keep = {n for g in a.only.split(",") for n in GROUPS.get(g, [g])}
         unknown = keep - {s[0] for s in todo}
         if unknown:
-            raise SystemExit(f"gpu_suite: no section {', '.join(sorted(unknown))} (sections: "
-                             f"{', '.join(s[0] for s in todo)}; groups: {', '.join(GROUPS)})")
+            raise SystemExit(
+                f"gpu_suite: no section {', '.join(sorted(unknown))} (sections: "
+                f"{', '.join(s[0] for s in todo)}; groups: {', '.join(GROUPS)})"
+            )
         todo = [s for s in todo if s[0] in keep]
     elif not a.tiny:
         todo = todo[:DEFAULT_SECTIONS]
@@ -123,8 +235,10 @@ def main(argv=None) -> dict:
         elapsed = time.perf_counter() - start
         if elapsed + est > a.budget_s:
             suite["skipped"].append(name)
-            print(f"== {name}: skipped (elapsed {elapsed:.0f} s, estimated {est} s, budget {a.budget_s:.0f} s)",
-                  flush=True)
+            print(
+                f"== {name}: skipped (elapsed {elapsed:.0f} s, estimated {est} s, budget {a.budget_s:.0f} s)",
+                flush=True,
+            )
             continue
         argv_s = [str(out_dir / f"profile_{name}") if x == "PROFILE" else x for x in argv_s]
         argv_s += ["--device", device] + (["--tiny"] if a.tiny else [])
@@ -161,7 +275,9 @@ def summary(suite: dict) -> str:
                 extra += f" diff {r['diff_vs_ref']:.2g}"
             if r.get("peak_bytes"):
                 extra += f" peak {r['peak_bytes'] / 2**20:.0f}MiB"
-            lines.append(f"  {v:<34}{r['median_ms']:9.2f} ms x{r.get('speedup', 0):5.2f} ±{r['spread_pct']:.0f}%{extra}")
+            lines.append(
+                f"  {v:<34}{r['median_ms']:9.2f} ms x{r.get('speedup', 0):5.2f} ±{r['spread_pct']:.0f}%{extra}"
+            )
         for k, p in sec.get("profile", {}).items():
             lines.append(f"  profile {k}: cpu {p['cpu_total_ms']:.0f} ms, device {p['device_total_ms']:.0f} ms")
     for name, err in suite["errors"].items():

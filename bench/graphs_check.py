@@ -6,6 +6,7 @@ captures). Needs a GPU; prints one line per case and writes JSON with ``--out``.
 
     python -m bench.graphs_check --out graphs.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ from .common import hardware, write_json
 def _pipes(device):
     px = tiny_pixart_pipeline("alpha", layers=4).to(device)
     fx = tiny_flux_pipeline(double=2, single=4).to(device)
-    return {"tiny PixArt-α (CFG batch)": (px, dict(height=128, width=128, guidance_scale=4.5, clean_caption=False)),
-            "tiny FLUX.1-dev": (fx, dict(height=128, width=128, guidance_scale=3.5, max_sequence_length=64))}
+    return {
+        "tiny PixArt-α (CFG batch)": (px, dict(height=128, width=128, guidance_scale=4.5, clean_caption=False)),
+        "tiny FLUX.1-dev": (fx, dict(height=128, width=128, guidance_scale=3.5, max_sequence_length=64)),
+    }
 
 
 def main(argv=None) -> dict:
@@ -43,8 +46,15 @@ def main(argv=None) -> dict:
         sched = Schedule(layout, bits, name="random-40")
 
         def gen(pipe=pipe, kw=kw, **extra):
-            return pipe(prompt=["a red cube", "a blue sphere"], num_inference_steps=a.steps, output_type="latent",
-                        generator=torch.Generator("cpu").manual_seed(0), **kw, **extra).images
+            return pipe(
+                prompt=["a red cube", "a blue sphere"],
+                num_inference_steps=a.steps,
+                output_type="latent",
+                generator=torch.Generator("cpu").manual_seed(0),
+                **kw,
+                **extra,
+            ).images
+
         with torch.no_grad():
             with cached(pipe, sched) as h:
                 eager = gen()
@@ -54,12 +64,20 @@ def main(argv=None) -> dict:
                 second = gen()
                 st = h.finish_run().as_dict()
                 status = h.cuda_graphs
-        r = {"equal_first": bool(torch.equal(first, eager)), "equal_second": bool(torch.equal(second, eager)),
-             "max_abs_diff": float((second.float() - eager.float()).abs().max()), "status": status,
-             "reused_eager": eager_stats["reused"], "reused_graphs": st["reused"]}
+        r = {
+            "equal_first": bool(torch.equal(first, eager)),
+            "equal_second": bool(torch.equal(second, eager)),
+            "max_abs_diff": float((second.float() - eager.float()).abs().max()),
+            "status": status,
+            "reused_eager": eager_stats["reused"],
+            "reused_graphs": st["reused"],
+        }
         results["cases"][name] = r
-        print(f"{name}: equal {r['equal_first']}/{r['equal_second']} (max diff {r['max_abs_diff']:.3g}), "
-              f"reused {r['reused_eager']} vs {r['reused_graphs']}, graphs {status}", flush=True)
+        print(
+            f"{name}: equal {r['equal_first']}/{r['equal_second']} (max diff {r['max_abs_diff']:.3g}), "
+            f"reused {r['reused_eager']} vs {r['reused_graphs']}, graphs {status}",
+            flush=True,
+        )
     if a.out:
         write_json(a.out, results)
     return results

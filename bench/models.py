@@ -4,6 +4,7 @@ Only the transformer is built (no text encoder, no VAE): the benches feed it
 random text embeddings of the real shapes, as a pipeline would after encoding.
 Random weights cost the same time as trained ones; nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,6 +36,7 @@ def build_context(device, dtype):
 @dataclass
 class Denoiser:
     """A transformer plus what a sampling loop feeds it; ``call(x, i)`` evaluates step ``i``."""
+
     name: str
     model: torch.nn.Module
     x0: torch.Tensor
@@ -55,8 +57,9 @@ class Denoiser:
         return x
 
 
-def diffusers_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps: int = 20, cfg: bool = True,
-                     seed: int = 0) -> Denoiser:
+def diffusers_pixart(
+    variant: str, res: int, *, tiny: bool, device, dtype, steps: int = 20, cfg: bool = True, seed: int = 0
+) -> Denoiser:
     """diffusers PixArtTransformer2DModel, 28 blocks, at ``res``² (latent res/8), CFG batch 2."""
     from diffusers import PixArtTransformer2DModel
 
@@ -65,11 +68,24 @@ def diffusers_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps
     c = PIXART_TINY if tiny else PIXART_FULL
     sample = res // 8
     torch.manual_seed(seed)
-    kw = dict(num_attention_heads=c["heads"], attention_head_dim=c["head_dim"], in_channels=4, out_channels=8,
-              num_layers=28, cross_attention_dim=c["heads"] * c["head_dim"], caption_channels=c["caption_channels"],
-              sample_size=sample, patch_size=2, norm_type="ada_norm_single", num_embeds_ada_norm=1000,
-              norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=True, activation_fn="gelu-approximate",
-              use_additional_conditions=variant == "alpha" and sample == 128)
+    kw = dict(
+        num_attention_heads=c["heads"],
+        attention_head_dim=c["head_dim"],
+        in_channels=4,
+        out_channels=8,
+        num_layers=28,
+        cross_attention_dim=c["heads"] * c["head_dim"],
+        caption_channels=c["caption_channels"],
+        sample_size=sample,
+        patch_size=2,
+        norm_type="ada_norm_single",
+        num_embeds_ada_norm=1000,
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        use_additional_conditions=variant == "alpha" and sample == 128,
+    )
     if variant == "sigma":
         kw["interpolation_scale"] = max(sample / 64, 0.5)
     with torch.device(device):
@@ -80,21 +96,37 @@ def diffusers_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps
     x0 = torch.randn(b, 4, sample, sample, generator=g).to(device, dtype)
     text = torch.randn(b, L, c["caption_channels"], generator=g).to(device, dtype)
     mask = torch.ones(b, L, device=device, dtype=torch.long)
-    mask[:, L // 4:] = 0  # a short prompt: most tokens are padding, as in the pipelines
+    mask[:, L // 4 :] = 0  # a short prompt: most tokens are padding, as in the pipelines
     timesteps = torch.linspace(999, 1, steps).round().long().to(device)
     added = {"resolution": None, "aspect_ratio": None}
     if model.use_additional_conditions:
-        added = {"resolution": torch.tensor([[res, res]] * b, device=device, dtype=dtype),
-                 "aspect_ratio": torch.tensor([[1.0]] * b, device=device, dtype=dtype)}
+        added = {
+            "resolution": torch.tensor([[res, res]] * b, device=device, dtype=dtype),
+            "aspect_ratio": torch.tensor([[1.0]] * b, device=device, dtype=dtype),
+        }
 
     def call(x, i):
         # as PixArtAlphaPipeline: the timestep is the scheduler's entry expanded to the batch
-        return model(x, encoder_hidden_states=text, encoder_attention_mask=mask, timestep=timesteps[i].expand(b),
-                     added_cond_kwargs=added, return_dict=False)[0]
+        return model(
+            x,
+            encoder_hidden_states=text,
+            encoder_attention_mask=mask,
+            timestep=timesteps[i].expand(b),
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
 
     units = find_diffusers_units(model)
-    return Denoiser(f"diffusers PixArt-{variant} {res}²", model, x0, call, steps, units.modules,
-                    {"tokens": (sample // 2) ** 2, "batch": b, "text_tokens": L}, timesteps)
+    return Denoiser(
+        f"diffusers PixArt-{variant} {res}²",
+        model,
+        x0,
+        call,
+        steps,
+        units.modules,
+        {"tokens": (sample // 2) ** 2, "batch": b, "text_tokens": L},
+        timesteps,
+    )
 
 
 def diffusers_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: int = 0) -> Denoiser:
@@ -106,11 +138,19 @@ def diffusers_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed
     c = FLUX_TINY if tiny else FLUX_FULL
     torch.manual_seed(seed)
     with build_context(device, dtype):
-        model = FluxTransformer2DModel(patch_size=1, in_channels=64, out_channels=None, num_layers=19,
-                                       num_single_layers=38, attention_head_dim=c["head_dim"],
-                                       num_attention_heads=c["heads"], joint_attention_dim=c["joint_dim"],
-                                       pooled_projection_dim=c["pooled_dim"], guidance_embeds=True,
-                                       axes_dims_rope=c["axes"]).eval()
+        model = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            out_channels=None,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=c["head_dim"],
+            num_attention_heads=c["heads"],
+            joint_attention_dim=c["joint_dim"],
+            pooled_projection_dim=c["pooled_dim"],
+            guidance_embeds=True,
+            axes_dims_rope=c["axes"],
+        ).eval()
     side = res // 16
     n_img, L = side * side, c["text_tokens"]
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -128,9 +168,25 @@ def diffusers_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed
     def call(x, i):
         # as FluxPipeline: timestep = t.expand(batch).to(dtype) / 1000
         t = timesteps[i].expand(1).to(x.dtype) / 1000
-        return model(hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled, timestep=t,
-                     img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+        return model(
+            hidden_states=x,
+            encoder_hidden_states=text,
+            pooled_projections=pooled,
+            timestep=t,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
 
     units = find_diffusers_units(model)
-    return Denoiser(f"diffusers FLUX.1-dev {res}²", model, x0, call, steps, units.modules,
-                    {"tokens": n_img, "batch": 1, "text_tokens": L}, timesteps)
+    return Denoiser(
+        f"diffusers FLUX.1-dev {res}²",
+        model,
+        x0,
+        call,
+        steps,
+        units.modules,
+        {"tokens": n_img, "batch": 1, "text_tokens": L},
+        timesteps,
+    )

@@ -14,6 +14,7 @@ counts are CPU ones; the differences between variants are not.
     python -m bench.op_counts --path comfy --res 512
     python -m bench.op_counts --model flux-dev --res 1024
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,14 +28,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .common import write_json
 
-PRESETS = {"pixart-alpha": "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest",
-           "pixart-sigma": "pixart-sigma-256-fast",
-           "flux-dev": "flux-dev-1024-fast,flux-dev-256-faster"}
+PRESETS = {
+    "pixart-alpha": "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest",
+    "pixart-sigma": "pixart-sigma-256-fast",
+    "flux-dev": "flux-dev-1024-fast,flux-dev-256-faster",
+}
 
 
 # non-view ops that launch no kernel (allocation, metadata)
-NO_KERNEL = {"aten._unsafe_view", "aten.empty", "aten.empty_strided", "aten.empty_like", "aten.detach",
-             "aten.lift_fresh", "aten._reshape_alias"}
+NO_KERNEL = {
+    "aten._unsafe_view",
+    "aten.empty",
+    "aten.empty_strided",
+    "aten.empty_like",
+    "aten.detach",
+    "aten.lift_fresh",
+    "aten._reshape_alias",
+}
 
 
 class OpCounter(TorchDispatchMode):
@@ -76,11 +86,13 @@ def per_call(den, comfy_gpu_attention: bool = False) -> dict:
     """Ops and copy sites of one model call (no cache). ``comfy_gpu_attention``: ComfyUI's PixArt with
     ``attention_pytorch`` (what it runs on an NVIDIA GPU) instead of its CPU choice."""
     import contextlib
+
     ctx = contextlib.nullcontext()
     if comfy_gpu_attention:
         from unittest import mock
 
         import comfy.ldm.modules.attention as attention
+
         ctx = mock.patch("comfy.ldm.pixart.blocks.optimized_attention", attention.attention_pytorch)
     with ctx, torch.no_grad():
         x = den.x0.clone()
@@ -114,15 +126,20 @@ def count_variants(den, variants) -> dict:
             first = False
             extra["first_image_ops"] = c.total
             c, stats = _count(den, v)
-        out[v.name] = {"ops": c.total, "by_op": dict(c.ops.most_common()),
-                       **({"reused": stats["reused"]} if stats else {}), **extra}
+        out[v.name] = {
+            "ops": c.total,
+            "by_op": dict(c.ops.most_common()),
+            **({"reused": stats["reused"]} if stats else {}),
+            **extra,
+        }
     base = out[variants[0].name]["ops"]
     for v in variants:
         r = out[v.name]
         r["vs_no_cache"] = round(r["ops"] / base, 4)
         if v.kind == "engine":
-            r["vs_ceiling"] = round(r["ops"] / out[v.name.replace("engine", "ceiling", 1)
-                                                   .replace("pack", "ceiling", 1)]["ops"], 4)
+            r["vs_ceiling"] = round(
+                r["ops"] / out[v.name.replace("engine", "ceiling", 1).replace("pack", "ceiling", 1)]["ops"], 4
+            )
     return out
 
 
@@ -133,9 +150,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--res", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--presets", help="comma-separated shipped presets (default: the model's)")
-    ap.add_argument("--per-call", action="store_true",
-                    help="one no-cache call of ComfyUI's PixArt (GPU attention function) and diffusers': ops and "
-                         "where copies are made")
+    ap.add_argument(
+        "--per-call",
+        action="store_true",
+        help="one no-cache call of ComfyUI's PixArt (GPU attention function) and diffusers': ops and "
+        "where copies are made",
+    )
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     if a.per_call:
@@ -145,18 +165,30 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         if a.path == "diffusers":
             from . import bench_diffusers
+
             den = bench_diffusers.build(a.model, a.res, **kw)
-            vs = bench_diffusers.variants_for(den, bench_diffusers.load_presets(",".join(names)), graphs=False,
-                                              offload=False, recompute=True)
+            vs = bench_diffusers.variants_for(
+                den, bench_diffusers.load_presets(",".join(names)), graphs=False, offload=False, recompute=True
+            )
         else:
             from . import bench_comfy
+
             bench_comfy.import_comfy("cpu")
             adapters, engine_mod, schedule_mod = bench_comfy.pack_modules()
-            den = (bench_comfy.comfy_flux(a.res, **kw) if a.model == "flux-dev"
-                   else bench_comfy.comfy_pixart(a.model.split("-")[1], a.res, **kw))
+            den = (
+                bench_comfy.comfy_flux(a.res, **kw)
+                if a.model == "flux-dev"
+                else bench_comfy.comfy_pixart(a.model.split("-")[1], a.res, **kw)
+            )
             vs = bench_comfy.variants(den, names, adapters, engine_mod, schedule_mod)
-        res = {"bench": "op_counts", "path": a.path, "model": a.model, "res": a.res,
-               "steps": a.steps, "variants": count_variants(den, vs)}
+        res = {
+            "bench": "op_counts",
+            "path": a.path,
+            "model": a.model,
+            "res": a.res,
+            "steps": a.steps,
+            "variants": count_variants(den, vs),
+        }
     print(f"{a.path} {a.model} {a.res}², {a.steps} steps: device operations per image")
     for k, r in res["variants"].items():
         extra = f"  engine/ceiling {r['vs_ceiling']:.3f}" if "vs_ceiling" in r else ""
@@ -170,15 +202,20 @@ def main(argv=None) -> dict:
 
 def compare_per_call(a) -> dict:
     from . import bench_comfy, models
+
     if not a.model.startswith("pixart-"):
         raise SystemExit("op_counts --per-call compares the PixArt paths: use --model pixart-alpha or pixart-sigma")
     variant = a.model.split("-")[1]
     bench_comfy.import_comfy("cpu")
     kw = dict(tiny=True, device="cpu", dtype=torch.float32, steps=1)
     with torch.no_grad():
-        res = {"bench": "op_counts per call", "res": a.res, "model": a.model,
-               "comfy": per_call(bench_comfy.comfy_pixart(variant, a.res, **kw), comfy_gpu_attention=True),
-               "diffusers": per_call(models.diffusers_pixart(variant, a.res, **kw))}
+        res = {
+            "bench": "op_counts per call",
+            "res": a.res,
+            "model": a.model,
+            "comfy": per_call(bench_comfy.comfy_pixart(variant, a.res, **kw), comfy_gpu_attention=True),
+            "diffusers": per_call(models.diffusers_pixart(variant, a.res, **kw)),
+        }
     for k in ("comfy", "diffusers"):
         r = res[k]
         print(f"{k}: {r['ops']} ops per call; {sum(r['copies'].values())} copies")

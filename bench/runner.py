@@ -6,6 +6,7 @@ state across rounds (CUDA graphs, captured once) run as a block after them.
 Round 0 is a warm-up: it also gives each variant's output (compared across
 variants) and its peak memory.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,8 +23,8 @@ class Variant:
     name: str
     setup: Setup
     preset: str | None = None
-    kind: str = "eager"        # "nocache", "engine", "ceiling", "graphs", "offload", "recompute"
-    persistent: bool = False   # set up once for all its rounds (CUDA graphs)
+    kind: str = "eager"  # "nocache", "engine", "ceiling", "graphs", "offload", "recompute"
+    persistent: bool = False  # set up once for all its rounds (CUDA graphs)
     info: dict = field(default_factory=dict)
 
 
@@ -36,13 +37,12 @@ def _one(den, v: Variant, state, device, measure_memory: bool):
     return ms, x, None, None
 
 
-def run_variants(den, variants: list[Variant], *, rounds: int, warmup: int = 1, device="cpu",
-                 log=print) -> dict:
+def run_variants(den, variants: list[Variant], *, rounds: int, warmup: int = 1, device="cpu", log=print) -> dict:
     res = {v.name: {"preset": v.preset, "kind": v.kind, "ms": [], **v.info} for v in variants}
     outs = {}
     eager = [v for v in variants if not v.persistent]
     for r in range(warmup + rounds):
-        order = eager[r % len(eager):] + eager[: r % len(eager)] if eager else []
+        order = eager[r % len(eager) :] + eager[: r % len(eager)] if eager else []
         for v in order:
             state = v.setup()
             try:
@@ -77,9 +77,11 @@ def run_variants(den, variants: list[Variant], *, rounds: int, warmup: int = 1, 
         r["spread_pct"] = round(spread(r["ms"]), 2)
     _derive(res, outs)
     for name, r in res.items():
-        log(f"  {name:<34} {r['median_ms']:9.2f} ms  x{r.get('speedup', float('nan')):.2f}"
+        log(
+            f"  {name:<34} {r['median_ms']:9.2f} ms  x{r.get('speedup', float('nan')):.2f}"
             + (f"  engine/ceiling {r['of_ceiling']:.3f}" if "of_ceiling" in r else "")
-            + (f"  diff vs ref {r['diff_vs_ref']:.3g}" if r.get("diff_vs_ref") is not None else ""))
+            + (f"  diff vs ref {r['diff_vs_ref']:.3g}" if r.get("diff_vs_ref") is not None else "")
+        )
     return res
 
 

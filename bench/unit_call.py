@@ -3,6 +3,7 @@ unit timer (the latency objective's seam). CPU, tiny tensors: it measures Python
 
     .venv/bin/python -m bench.unit_call [--calls 200000]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Exports are imported on first use (PEP 562): ``import ecad_core`` and the schedule commands
 (``python -m ecad_core info`` / ``convert``) import no torch.
 """
+
 from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
@@ -16,8 +17,9 @@ if TYPE_CHECKING:
     from .schedule import Layout, Schedule, load_schedule, loads_schedule, make_layout, remap_steps
 
 _EXPORTS = {
-    **dict.fromkeys(("Layout", "make_layout", "Schedule", "load_schedule", "loads_schedule", "remap_steps"),
-                    ".schedule"),
+    **dict.fromkeys(
+        ("Layout", "make_layout", "Schedule", "load_schedule", "loads_schedule", "remap_steps"), ".schedule"
+    ),
     **dict.fromkeys(("EcadHandle", "apply", "cached"), ".diffusers.api"),
     **dict.fromkeys(("CacheEngine", "RunStats"), ".engine"),
 }

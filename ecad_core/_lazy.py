@@ -2,6 +2,7 @@
 
 So ``import ecad_core`` (and the command line's ``info`` / ``convert``) imports no torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,6 +13,7 @@ from typing import Any
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package``: ``exports`` maps a name to the submodule (relative, e.g.
     ``".schedule"``) that defines it."""
+
     def __getattr__(name: str) -> Any:
         where = exports.get(name)
         if where is None:

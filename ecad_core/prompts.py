@@ -11,6 +11,7 @@ their files with ``--prompts PATH``: besides the formats of ``load_prompts``
 (.txt, .tsv, JSON list) ``load_eval_prompts`` reads MJHQ-30K's ``meta_data.json``
 (``{id: {"prompt", "category"}}``) and COCO caption annotations (``{"annotations": [{"caption"}]}``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,11 @@ PROMPTS_DIR_ENV = "ECAD_PROMPTS_DIR"
 # the search's calibration sets: name -> candidate files (ECAD's: ImageReward's 100 benchmark prompts,
 # [{"id", "prompt"}])
 CALIBRATION_SETS = {
-    "ecad-calibration": ("prompts/ImageRewardPrompts.json", "prompts/imagereward/ImageRewardPrompts.json",
-                         "data/prompts/ImageRewardPrompts.json"),
+    "ecad-calibration": (
+        "prompts/ImageRewardPrompts.json",
+        "prompts/imagereward/ImageRewardPrompts.json",
+        "data/prompts/ImageRewardPrompts.json",
+    ),
 }
 SHIPPED = {"parti": "prompts/PartiPrompts.tsv", "drawbench": "prompts/drawbench.json"}
 # every named set the evaluation takes
@@ -57,8 +61,9 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[str]:
             elif isinstance(item, str):
                 prompts.append(item)
             else:
-                raise SearchSettingsError(f"prompts file {p}: item {i} is neither a string nor an object "
-                                          "with a 'prompt' string")
+                raise SearchSettingsError(
+                    f"prompts file {p}: item {i} is neither a string nor an object with a 'prompt' string"
+                )
     elif p.suffix.lower() == ".tsv":
         rows = list(csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
         if not rows or "Prompt" not in rows[0]:
@@ -90,9 +95,10 @@ def prompt_set_path(name: str) -> Path:
     for c in cands:
         if c.is_file():
             return c
-    raise SearchSettingsError(f"prompt set {name!r}: none of {', '.join(str(c) for c in cands)} exists; "
-                              f"pass the file with --prompts PATH (ECAD used ImageRewardPrompts.json)")
-
+    raise SearchSettingsError(
+        f"prompt set {name!r}: none of {', '.join(str(c) for c in cands)} exists; "
+        f"pass the file with --prompts PATH (ECAD used ImageRewardPrompts.json)"
+    )
 
 
 def eval_prompt_set_path(name: str) -> Path:
@@ -100,8 +106,10 @@ def eval_prompt_set_path(name: str) -> Path:
     if name == "ecad-calibration":
         return prompt_set_path(name)
     if name not in SHIPPED:
-        raise ValueError(f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)} (COCO or MJHQ captions: "
-                         "pass the file with --prompts)")
+        raise ValueError(
+            f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)} (COCO or MJHQ captions: "
+            "pass the file with --prompts)"
+        )
     p = REPO_ROOT / SHIPPED[name]
     if not p.is_file():
         raise ValueError(f"prompt set {name!r}: {p} is missing from this installation")
@@ -124,14 +132,17 @@ def _caption_json(p: Path) -> list[str] | None:
     prompts = []
     for key, item in data.items():  # MJHQ-30K meta_data.json
         if not (isinstance(item, dict) and isinstance(item.get("prompt"), str)):
-            raise ValueError(f"prompts file {p}: entry {key!r} has no 'prompt' string (expected MJHQ-30K's "
-                             "meta_data.json or COCO caption annotations)")
+            raise ValueError(
+                f"prompts file {p}: entry {key!r} has no 'prompt' string (expected MJHQ-30K's "
+                "meta_data.json or COCO caption annotations)"
+            )
         prompts.append(item["prompt"].strip())
     return [x for x in prompts if x]
 
 
-def load_eval_prompts(path: str | Path | None = None, prompt_set: str | None = None,
-                      limit: int | None = None) -> list[str]:
+def load_eval_prompts(
+    path: str | Path | None = None, prompt_set: str | None = None, limit: int | None = None
+) -> list[str]:
     """Prompts from a file or a shipped set (exactly one of them); the first ``limit`` when given."""
     if (path is None) == (prompt_set is None):
         raise ValueError("give either a prompts file or a prompt set name (exactly one)")

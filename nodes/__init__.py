@@ -1,4 +1,5 @@
 """ComfyUI glue: nodes and ComfyUI model adapters (the backend lives in ecad_core)."""
+
 from .eval_nodes import EvaluateECADSchedule
 from .evolve_node import EvolveECADSchedule
 from .library import register_user_folder

@@ -23,6 +23,7 @@ Every patch ECAD installs is marked (``ecad_patch``), so that a second Apply
 node in a chain removes all of the first one's state from its clone
 (``remove_earlier_apply``) and its schedule alone runs, on every family.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,6 +46,7 @@ log = logging.getLogger("ecad")
 def comfy_version() -> str:
     try:
         import comfyui_version
+
         return comfyui_version.__version__
     except Exception:  # noqa: BLE001 - a ComfyUI without the version module (or a broken one)
         return "unknown"
@@ -57,6 +59,7 @@ def _mro_names(obj) -> set[str]:
 @dataclass
 class ComfyAdapter:
     """How a ComfyUI model is patched: its layout and a function that installs the hooks."""
+
     kind: str
     layout: Layout
     install: Callable  # (model_patcher, run) -> None
@@ -93,6 +96,7 @@ def remove_earlier_apply(mp) -> str | None:
     forwards, module forwards, the CUDA-graph forward), its dit block patches, its wrappers and its run.
     Another node's patches stay. Returns the earlier schedule's name (None: there was none)."""
     import comfy.patcher_extension as pe
+
     for key in [k for k, fn in mp.object_patches.items() if is_ecad_patch(fn)]:
         del mp.object_patches[key]
     topts = mp.model_options.setdefault("transformer_options", {})
@@ -131,7 +135,8 @@ def _pixart_adapter(dm) -> ComfyAdapter:
             "pos_embed is for 256 px, and ComfyUI's guess input_size // 64 rounds to 0), so its positional "
             "embedding divides by zero and every image comes out NaN/black, with or without ECAD. ECAD refuses "
             "to cache a model that cannot produce an image: use a PixArt checkpoint for 512 px or 1024 px (the "
-            "256 px presets transfer across sizes)")
+            "256 px presets transfer across sizes)"
+        )
 
     def install(mp, run):
         blocks = PixArtBlocks(dm, run, comfy_version())
@@ -144,7 +149,8 @@ def _pixart_adapter(dm) -> ComfyAdapter:
                 if not isinstance(mod, torch.nn.Module):
                     raise SelfCheckError(
                         f"ECAD: ComfyUI {comfy_version()}'s PixArt block {i} has no '{attr}' module; this "
-                        f"version of ComfyUI is not supported by this ECAD release")
+                        f"version of ComfyUI is not supported by this ECAD release"
+                    )
                 mods.append((attr, mod))
             key = f"diffusion_model.blocks.{i}.forward"
             # the block re-statement (an earlier ECAD Apply's is not another node's: this one replaces it)
@@ -153,8 +159,11 @@ def _pixart_adapter(dm) -> ComfyAdapter:
                 unit += len(mods)
                 continue
             # another node replaced this block's forward: keep it, and cache at the component modules
-            log.info("ECAD: PixArt block %d's forward is already patched by another node; caching its "
-                     "attn/cross_attn/mlp modules instead", i)
+            log.info(
+                "ECAD: PixArt block %d's forward is already patched by another node; caching its "
+                "attn/cross_attn/mlp modules instead",
+                i,
+            )
             for attr, mod in mods:
                 mp.add_object_patch(f"diffusion_model.blocks.{i}.{attr}.forward", _unit_forward(mod, run, unit))
                 unit += 1
@@ -165,7 +174,9 @@ def _pixart_adapter(dm) -> ComfyAdapter:
                 raise SelfCheckError(
                     f"ECAD self-check failed on ComfyUI {comfy_version()}: PixArt blocks did not call their "
                     f"attn/cross_attn/mlp modules as expected ({int(run.engine.stats.computed[0])} of {unit} "
-                    f"units ran); refusing to produce a silently different image")
+                    f"units ran); refusing to produce a silently different image"
+                )
+
         run.first_eval_checks.append(check_units_ran)
 
         def check_size(latent):
@@ -176,19 +187,28 @@ def _pixart_adapter(dm) -> ComfyAdapter:
                 raise ModelMismatchError(
                     f"ECAD: ComfyUI {comfy_version()}'s PixArt cannot sample {w}x{h}: its positional embedding "
                     f"needs (width + height) / 2 >= 384 px (it divides by zero below, with or without ECAD); "
-                    f"use e.g. 512x512 (the 256 px ECAD presets transfer across sizes)")
+                    f"use e.g. 512x512 (the 256 px ECAD presets transfer across sizes)"
+                )
+
         run.pre_run_checks.append(check_size)
 
     arch = "pixart-alpha" if getattr(dm, "micro_conditioning", False) else "pixart-sigma"
-    return ComfyAdapter(f"ComfyUI PixArt ({arch}, {n} blocks)", make_layout("pixart", n), install, arch,
-                        units_timeable=True,
-                        # PixArtMS.forward(x, timesteps, context, c_size, c_ar, **ignored)
-                        graph_kwargs=("context", "c_size", "c_ar"), graph_prepare=_pixart_microconds(dm))
+    return ComfyAdapter(
+        f"ComfyUI PixArt ({arch}, {n} blocks)",
+        make_layout("pixart", n),
+        install,
+        arch,
+        units_timeable=True,
+        # PixArtMS.forward(x, timesteps, context, c_size, c_ar, **ignored)
+        graph_kwargs=("context", "c_size", "c_ar"),
+        graph_prepare=_pixart_microconds(dm),
+    )
 
 
 def _pixart_microconds(dm):
     """PixArt-α's fallback size/aspect conditioning, made before the forward (as PixArtMS.forward makes it)
     so that a CUDA-graph capture does not copy host data; the model then sees the same tensors."""
+
     def prepare(args, kwargs):
         if not getattr(dm, "micro_conditioning", False) or not args:
             return args, kwargs
@@ -202,6 +222,7 @@ def _pixart_microconds(dm):
         if kwargs.get("c_ar") is None:
             kwargs["c_ar"] = torch.tensor([H / W], dtype=x.dtype, device=x.device).repeat(B, 1)
         return args, kwargs
+
     return prepare
 
 
@@ -225,6 +246,7 @@ class _FluxBlocks:
     def __init__(self, dm, run):
         from comfy.ldm.flux.layers import apply_mod  # noqa: F401 (checked at install)
         from comfy.ldm.flux.math import attention  # noqa: F401
+
         self.dm = dm
         self.run = run
         self.nd = len(dm.double_blocks)
@@ -243,6 +265,7 @@ class _FluxBlocks:
                 check_once(blk, (_FluxBlocks, kind), type(blk).forward, args["img"], lambda: check(blk, args, extra))
                 checked[0] = True
             return body(eng, args, extra)
+
         return mark(outside_compile(patch))
 
     # units: double block i -> 3i + (attn, ff, ff_context); single j -> 3*nd + 3j + (attn, mlp, proj_out)
@@ -265,6 +288,7 @@ class _FluxBlocks:
             # would route it through the engine a second time)
             fwd = type(module).forward
             return run.engine.call_lazy(u_attn + k, lambda: fwd(module, make_input()), (like,))
+
         return self._patch(blk, "double", self._check_double, body)
 
     def _captured(self, original, args):
@@ -282,6 +306,7 @@ class _FluxBlocks:
         """The double block with its attention outputs ``cached``. ``mlp(k, module, make_input, like)`` runs
         MLP unit k (1: img, 2: txt) and builds its input only if the unit computes; default: always built."""
         from comfy.ldm.flux.layers import apply_mod
+
         if mlp is None:
             mlp = lambda k, module, make_input, like: module(make_input())
         img, txt, vec = args["img"], args["txt"], args["vec"]
@@ -292,13 +317,19 @@ class _FluxBlocks:
         else:
             (img_mod1, img_mod2), (txt_mod1, txt_mod2) = vec
         img += apply_mod(img_a, img_mod1.gate, None, None)
-        img += apply_mod(mlp(1, blk.img_mlp, lambda: apply_mod(blk.img_norm2(img), (1 + img_mod2.scale),
-                                                               img_mod2.shift, None), img),
-                         img_mod2.gate, None, None)
+        img += apply_mod(
+            mlp(1, blk.img_mlp, lambda: apply_mod(blk.img_norm2(img), (1 + img_mod2.scale), img_mod2.shift, None), img),
+            img_mod2.gate,
+            None,
+            None,
+        )
         txt += apply_mod(txt_a, txt_mod1.gate, None, None)
-        txt += apply_mod(mlp(2, blk.txt_mlp, lambda: apply_mod(blk.txt_norm2(txt), (1 + txt_mod2.scale),
-                                                               txt_mod2.shift, None), txt),
-                         txt_mod2.gate, None, None)
+        txt += apply_mod(
+            mlp(2, blk.txt_mlp, lambda: apply_mod(blk.txt_norm2(txt), (1 + txt_mod2.scale), txt_mod2.shift, None), txt),
+            txt_mod2.gate,
+            None,
+            None,
+        )
         if txt.dtype == torch.float16:
             txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
         return {"img": img, "txt": txt}
@@ -310,7 +341,8 @@ class _FluxBlocks:
             if "img_proj" not in cap or "txt_proj" not in cap:
                 raise SelfCheckError(
                     f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block did not call "
-                    f"img_attn.proj / txt_attn.proj; this ComfyUI version is not supported")
+                    f"img_attn.proj / txt_attn.proj; this ComfyUI version is not supported"
+                )
             a2 = {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}
             mine = self._double_reuse(blk, a2, (cap["img_proj"][1], cap["txt_proj"][1]))
         for k in ("img", "txt"):
@@ -318,7 +350,8 @@ class _FluxBlocks:
             if why:
                 raise SelfCheckError(
                     f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block re-statement "
-                    f"differs from ComfyUI's block ({self._where(blk)}, {k}: {why}); refusing to run")
+                    f"differs from ComfyUI's block ({self._where(blk)}, {k}: {why}); refusing to run"
+                )
 
     def single_patch(self, j):
         blk = self.dm.single_blocks[j]
@@ -336,8 +369,11 @@ class _FluxBlocks:
 
             def store(u):
                 return lambda v: eng.store(u, sig, compact(v) if eng.keeps(u) else v)
-            return self._single_forward(blk, args, vals[u_attn], vals[u_mlp], vals[u_proj],
-                                        store(u_attn), store(u_mlp), store(u_proj))
+
+            return self._single_forward(
+                blk, args, vals[u_attn], vals[u_mlp], vals[u_proj], store(u_attn), store(u_mlp), store(u_proj)
+            )
+
         return self._patch(blk, "single", self._check_single, body)
 
     @staticmethod
@@ -345,16 +381,18 @@ class _FluxBlocks:
         if "linear1" not in cap or "linear2" not in cap:
             raise SelfCheckError(
                 f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block did not call "
-                f"linear1 / linear2; this ComfyUI version is not supported")
+                f"linear1 / linear2; this ComfyUI version is not supported"
+            )
         h = blk.hidden_size
         l2_in = cap["linear2"][0][0]
-        return l2_in[..., :h], cap["linear1"][1][..., 3 * h:], cap["linear2"][1]
+        return l2_in[..., :h], cap["linear1"][1][..., 3 * h :], cap["linear2"][1]
 
     @staticmethod
     def _single_forward(blk, args, attn, mlp, proj, store_attn, store_mlp, store_proj):
         """The single block with any of its three units served from the cache (None = compute)."""
         from comfy.ldm.flux.layers import apply_mod
         from comfy.ldm.flux.math import attention
+
         x, vec = args["img"], args["vec"]
         mod = blk.modulation(vec)[0] if blk.modulation else vec
         if attn is None or mlp is None:
@@ -370,8 +408,14 @@ class _FluxBlocks:
             if attn is None:
                 q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, blk.num_heads, -1).permute(2, 0, 3, 1, 4)
                 q, k = blk.norm(q, k, v)
-                attn = attention(q, k, v, pe=args["pe"], mask=args.get("attn_mask"),
-                                 transformer_options=args.get("transformer_options", {}))
+                attn = attention(
+                    q,
+                    k,
+                    v,
+                    pe=args["pe"],
+                    mask=args.get("attn_mask"),
+                    transformer_options=args.get("transformer_options", {}),
+                )
                 store_attn(attn)
             if mlp is None:
                 mlp = mlp_new
@@ -394,7 +438,8 @@ class _FluxBlocks:
         if why:
             raise SelfCheckError(
                 f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block re-statement differs "
-                f"from ComfyUI's block ({self._where(blk)}: {why}); refusing to run")
+                f"from ComfyUI's block ({self._where(blk)}: {why}); refusing to run"
+            )
 
     def _where(self, blk) -> str:
         for name in ("double_blocks", "single_blocks"):
@@ -419,9 +464,14 @@ def _linear_rows(lin, x, start: int, stop: int):
     or quantised weights); otherwise the layer runs whole (through ComfyUI's casting) and is sliced.
     """
     w, b = lin.weight, lin.bias
-    if (getattr(lin, "comfy_cast_weights", False) or getattr(lin, "weight_function", None)
-            or getattr(lin, "bias_function", None) or type(w) is not torch.nn.Parameter
-            or w.dtype != x.dtype or w.device != x.device):
+    if (
+        getattr(lin, "comfy_cast_weights", False)
+        or getattr(lin, "weight_function", None)
+        or getattr(lin, "bias_function", None)
+        or type(w) is not torch.nn.Parameter
+        or w.dtype != x.dtype
+        or w.device != x.device
+    ):
         return lin(x)[..., start:stop]
     return torch.nn.functional.linear(x, w[start:stop], None if b is None else b[start:stop])
 
@@ -433,35 +483,42 @@ def _flux_adapter(dm) -> ComfyAdapter:
         try:
             fb = _FluxBlocks(dm, run)
         except ImportError as e:
-            raise SelfCheckError(f"ECAD: ComfyUI {comfy_version()} lacks the FLUX internals this adapter "
-                                 f"uses ({e})") from None
+            raise SelfCheckError(
+                f"ECAD: ComfyUI {comfy_version()} lacks the FLUX internals this adapter uses ({e})"
+            ) from None
         run.capture = None
         for i, blk in enumerate(dm.double_blocks):
             for attr in ("img_attn.proj", "txt_attn.proj"):
                 m = blk.get_submodule(attr)
-                mp.add_object_patch(f"diffusion_model.double_blocks.{i}.{attr}.forward",
-                                    _capture_forward(m, run, attr.replace("_attn.", "_")))
-            mp.add_object_patch(f"diffusion_model.double_blocks.{i}.img_mlp.forward",
-                                _unit_forward(blk.img_mlp, run, 3 * i + 1))
-            mp.add_object_patch(f"diffusion_model.double_blocks.{i}.txt_mlp.forward",
-                                _unit_forward(blk.txt_mlp, run, 3 * i + 2))
+                mp.add_object_patch(
+                    f"diffusion_model.double_blocks.{i}.{attr}.forward",
+                    _capture_forward(m, run, attr.replace("_attn.", "_")),
+                )
+            mp.add_object_patch(
+                f"diffusion_model.double_blocks.{i}.img_mlp.forward", _unit_forward(blk.img_mlp, run, 3 * i + 1)
+            )
+            mp.add_object_patch(
+                f"diffusion_model.double_blocks.{i}.txt_mlp.forward", _unit_forward(blk.txt_mlp, run, 3 * i + 2)
+            )
             mp.set_model_patch_replace(fb.double_patch(i), "dit", "double_block", i)
         for j, blk in enumerate(dm.single_blocks):
             for attr in ("linear1", "linear2"):
-                mp.add_object_patch(f"diffusion_model.single_blocks.{j}.{attr}.forward",
-                                    _capture_forward(getattr(blk, attr), run, attr))
+                mp.add_object_patch(
+                    f"diffusion_model.single_blocks.{j}.{attr}.forward", _capture_forward(getattr(blk, attr), run, attr)
+                )
             mp.set_model_patch_replace(fb.single_patch(j), "dit", "single_block", j)
 
     arch = "flux-dev" if getattr(getattr(dm, "params", None), "guidance_embed", False) else "flux-schnell"
-    return ComfyAdapter(f"ComfyUI FLUX ({arch}, {nd} double + {ns} single blocks)",
-                        make_layout("flux", nd, ns), install, arch)
+    return ComfyAdapter(
+        f"ComfyUI FLUX ({arch}, {nd} double + {ns} single blocks)", make_layout("flux", nd, ns), install, arch
+    )
 
 
 # --------------------------------------------------------------------------- other DiTs, block level
 # class name (anywhere in the MRO) -> (attribute of double-type blocks, attribute of single blocks)
 GENERIC_DITS = {
-    "MMDiT": ("joint_blocks", None),                # SD3 / SD3.5
-    "WanModel": ("blocks", None),                   # Wan 2.x
+    "MMDiT": ("joint_blocks", None),  # SD3 / SD3.5
+    "WanModel": ("blocks", None),  # Wan 2.x
     "HunyuanVideo": ("double_blocks", "single_blocks"),
     "QwenImageTransformer2DModel": ("transformer_blocks", None),
     "Chroma": ("double_blocks", "single_blocks"),
@@ -491,10 +548,13 @@ def _block_patch(run, unit):
             elif k in inputs and v.shape == inputs[k].shape:
                 res[k] = v - inputs[k]
             else:
-                raise SelfCheckError(f"ECAD: block output {k!r} cannot be expressed as a residual of its input "
-                                     f"(shape {tuple(v.shape)}); block caching is not supported for this model")
+                raise SelfCheckError(
+                    f"ECAD: block output {k!r} cannot be expressed as a residual of its input "
+                    f"(shape {tuple(v.shape)}); block caching is not supported for this model"
+                )
         eng.store(unit, sig, res)
         return out
+
     return mark(outside_compile(patch))
 
 
@@ -508,8 +568,13 @@ def _generic_adapter(dm, double_attr, single_attr) -> ComfyAdapter:
         for j in range(ns):
             mp.set_model_patch_replace(_block_patch(run, nd + j), "dit", "single_block", j)
 
-    return ComfyAdapter(f"ComfyUI {type(dm).__name__} ({nd}{f' + {ns} single' if ns else ''} blocks, "
-                        f"block-level units)", make_layout("dit_blocks", nd, ns), install, None, units_timeable=True)
+    return ComfyAdapter(
+        f"ComfyUI {type(dm).__name__} ({nd}{f' + {ns} single' if ns else ''} blocks, block-level units)",
+        make_layout("dit_blocks", nd, ns),
+        install,
+        None,
+        units_timeable=True,
+    )
 
 
 def adapter_for(model_patcher) -> ComfyAdapter:
@@ -527,4 +592,5 @@ def adapter_for(model_patcher) -> ComfyAdapter:
             return _generic_adapter(dm, d, s)
     raise ModelMismatchError(
         f"ECAD does not support {type(dm).__name__} models yet: supported are PixArt-α/Σ, FLUX.1, and at "
-        f"block level {', '.join(GENERIC_DITS)}")
+        f"block level {', '.join(GENERIC_DITS)}"
+    )

@@ -4,6 +4,7 @@ The numbers come from the loaded ComfyUI module (widths, depths, channels), so
 a fine-tune or a pruned variant is costed as it is; an architecture the cost
 model does not cover (SD3, Wan, ...) falls back to "every unit costs the same".
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,27 +25,48 @@ def arch_of(dm, name: str) -> Arch | None:
     if "PixArtMS" in cls or "PixArt" in cls:
         blk = dm.blocks[0]
         hidden = int(dm.hidden_size)
-        return Arch.pixart(name=name, hidden=hidden, heads=int(dm.num_heads), depth=len(dm.blocks),
-                           mlp_ratio=int(blk.mlp.fc1.weight.shape[0]) / hidden, patch=int(dm.patch_size),
-                           latent_channels=int(dm.in_channels), out_channels=int(dm.out_channels),
-                           caption_channels=_in_features(dm.y_embedder.y_proj.fc1),
-                           micro_conditioning=bool(getattr(dm, "micro_conditioning", False)))
+        return Arch.pixart(
+            name=name,
+            hidden=hidden,
+            heads=int(dm.num_heads),
+            depth=len(dm.blocks),
+            mlp_ratio=int(blk.mlp.fc1.weight.shape[0]) / hidden,
+            patch=int(dm.patch_size),
+            latent_channels=int(dm.in_channels),
+            out_channels=int(dm.out_channels),
+            caption_channels=_in_features(dm.y_embedder.y_proj.fc1),
+            micro_conditioning=bool(getattr(dm, "micro_conditioning", False)),
+        )
     if "Flux" in cls and "Chroma" not in cls and hasattr(dm, "double_blocks"):
         p = dm.params
         if int(p.patch_size) != 2:
             return None
         vec = getattr(dm, "vector_in", None)
-        return Arch.flux(name=name, hidden=int(dm.hidden_size), heads=int(dm.num_heads),
-                         depth=len(dm.double_blocks), single_depth=len(dm.single_blocks),
-                         mlp_ratio=float(p.mlp_ratio), latent_channels=int(p.in_channels),
-                         out_channels=int(p.out_channels), caption_channels=_in_features(dm.txt_in),
-                         pooled_dim=_in_features(vec.in_layer) if vec is not None else 0,
-                         guidance_embeds=bool(getattr(p, "guidance_embed", False)))
+        return Arch.flux(
+            name=name,
+            hidden=int(dm.hidden_size),
+            heads=int(dm.num_heads),
+            depth=len(dm.double_blocks),
+            single_depth=len(dm.single_blocks),
+            mlp_ratio=float(p.mlp_ratio),
+            latent_channels=int(p.in_channels),
+            out_channels=int(p.out_channels),
+            caption_channels=_in_features(dm.txt_in),
+            pooled_dim=_in_features(vec.in_layer) if vec is not None else 0,
+            guidance_embeds=bool(getattr(p, "guidance_embed", False)),
+        )
     return None
 
 
-def cost_for_comfy_model(model_patcher, layout: Layout, steps: int, height: int, width: int,
-                         text_tokens: int | None, name: str = "comfy-model") -> ComputeCost:
+def cost_for_comfy_model(
+    model_patcher,
+    layout: Layout,
+    steps: int,
+    height: int,
+    width: int,
+    text_tokens: int | None,
+    name: str = "comfy-model",
+) -> ComputeCost:
     dm = model_patcher.model.diffusion_model
     why = None
     try:

@@ -20,6 +20,7 @@ and must give the same tensor bit for bit; if not (a ComfyUI that changed the
 block, or a layout that rounds differently), sampling stops with SelfCheckError
 rather than produce a different image.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,9 @@ class PixArtBlocks:
         try:
             from comfy.ldm.pixart.blocks import t2i_modulate
         except ImportError as e:
-            raise SelfCheckError(f"ECAD: ComfyUI {version} lacks the PixArt internals this adapter uses "
-                                 f"({e})") from None
+            raise SelfCheckError(
+                f"ECAD: ComfyUI {version} lacks the PixArt internals this adapter uses ({e})"
+            ) from None
         self.modulate = t2i_modulate
         self.dm, self.run, self.version = dm, run, version
         self.stream_stride = None
@@ -55,10 +57,12 @@ class PixArtBlocks:
             if i == 0:  # the layout ComfyUI's residual adds keep through every block of this call
                 self.stream_stride = x.stride()
             if not checked[0]:  # every block, once per process (hooks.base: a mismatch can be data-dependent)
-                check_once(blk, PixArtBlocks, original, x,
-                           lambda: self._check(blk, original, x, y, t, mask, HW, kwargs))
+                check_once(
+                    blk, PixArtBlocks, original, x, lambda: self._check(blk, original, x, y, t, mask, HW, kwargs)
+                )
                 checked[0] = True
             return self.restated(blk, 3 * i, x, y, t, mask, HW)
+
         forward = outside_compile(forward)
         forward.ecad_patch = True  # comfy_adapters.is_ecad_patch: a later Apply replaces it
         return forward
@@ -74,10 +78,12 @@ class PixArtBlocks:
         stream = self.stream_stride
         B = x.shape[0]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            blk.scale_shift_table[None].to(dtype=x.dtype, device=x.device) + t.reshape(B, 6, -1)).chunk(6, dim=1)
+            blk.scale_shift_table[None].to(dtype=x.dtype, device=x.device) + t.reshape(B, 6, -1)
+        ).chunk(6, dim=1)
 
         def attn():
             return blk.attn(modulate(blk.norm1(x), shift_msa, scale_msa), HW=HW)
+
         x = x + (gate_msa * eng.call_lazy(unit, attn, (x,)))
 
         def cross_attn():
@@ -85,10 +91,12 @@ class PixArtBlocks:
             # input takes matmul + bias add, a contiguous one addmm with the bias fused: other rounding on a
             # GPU), so it gets the stream in ComfyUI's own layout: the same bits as ComfyUI's block
             return blk.cross_attn(_laid_out(x, stream), y, mask)
+
         x = x + eng.call_lazy(unit + 1, cross_attn, (x, y))
 
         def mlp():
             return blk.mlp(modulate(blk.norm2(x), shift_mlp, scale_mlp))
+
         return x + (gate_mlp * eng.call_lazy(unit + 2, mlp, (x,)))
 
     def _check(self, blk, original, x, y, t, mask, HW, kwargs) -> None:
@@ -102,7 +110,8 @@ class PixArtBlocks:
             raise SelfCheckError(
                 f"ECAD self-check failed on ComfyUI {self.version}: the PixArt block re-statement differs from "
                 f"ComfyUI's block ({why}); this ComfyUI version is not supported by this ECAD release - "
-                f"refusing to produce a different image")
+                f"refusing to produce a different image"
+            )
 
 
 def _laid_out(x: torch.Tensor, stride) -> torch.Tensor:

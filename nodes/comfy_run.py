@@ -13,6 +13,7 @@ cond/uncond split into separate calls all see the right step. If a sampler
 never calls back, the step falls back to the position of the current sigma in
 the run's sigmas.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,9 +48,9 @@ class ComfyRun:
         self.sigmas: torch.Tensor | None = None
         self.callback_seen = False
         self.first_eval_checks = []  # callables run once after the first model evaluation
-        self.pre_run_checks = []     # callables(latent_image) run before each sampling run
-        self.capture = None          # FLUX adapter: outputs captured while the original block runs
-        self.graph_mode = None       # ecad_core.engine.cuda_graphs.GraphMode when CUDA graphs are on
+        self.pre_run_checks = []  # callables(latent_image) run before each sampling run
+        self.capture = None  # FLUX adapter: outputs captured while the original block runs
+        self.graph_mode = None  # ecad_core.engine.cuda_graphs.GraphMode when CUDA graphs are on
         self.graph_status: dict | None = None
         self.history: list[dict] = []
 
@@ -59,8 +60,20 @@ class ComfyRun:
         return self
 
     # -- OUTER_SAMPLE ------------------------------------------------------------
-    def outer_sample_wrapper(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None,
-                             callback=None, disable_pbar=False, seed=None, *args, **kwargs):
+    def outer_sample_wrapper(
+        self,
+        executor,
+        noise,
+        latent_image,
+        sampler,
+        sigmas,
+        denoise_mask=None,
+        callback=None,
+        disable_pbar=False,
+        seed=None,
+        *args,
+        **kwargs,
+    ):
         for check in self.pre_run_checks:
             check(latent_image)
         guider = executor.class_obj
@@ -79,8 +92,9 @@ class ComfyRun:
 
         start = time.perf_counter()
         try:
-            return executor(noise, latent_image, sampler, sigmas, denoise_mask, step_callback, disable_pbar, seed,
-                            *args, **kwargs)
+            return executor(
+                noise, latent_image, sampler, sigmas, denoise_mask, step_callback, disable_pbar, seed, *args, **kwargs
+            )
         finally:
             elapsed = time.perf_counter() - start
             stats = self.engine.end_run()
@@ -93,13 +107,17 @@ class ComfyRun:
             exp = f", expected ~{self.expected_speedup:.2f}x fewer MACs" if self.expected_speedup else ""
             g = entry.get("cuda_graphs")
             if g:
-                exp += (f"; CUDA graphs: {g.get('replays', 0)} replays, {g.get('captures', 0)} captures"
-                        if g.get("active") and not g.get("reason") else f"; CUDA graphs off ({g.get('reason')})")
+                exp += (
+                    f"; CUDA graphs: {g.get('replays', 0)} replays, {g.get('captures', 0)} captures"
+                    if g.get("active") and not g.get("reason")
+                    else f"; CUDA graphs off ({g.get('reason')})"
+                )
             log.info("ECAD %s: %s; denoising took %.3f s%s", self.label, stats.summary(), elapsed, exp)
 
     # -- APPLY_MODEL ---------------------------------------------------------------
-    def apply_model_wrapper(self, executor, x, t, c_concat=None, c_crossattn=None, control=None,
-                            transformer_options=None, *args, **kwargs):
+    def apply_model_wrapper(
+        self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, *args, **kwargs
+    ):
         topts = transformer_options or {}
         if self.engine.in_run:
             self.engine.set_position(self._step(topts), self._branch(topts))

@@ -16,6 +16,7 @@ ComfyUI's model folders (extra_model_paths.yaml included), input or output
 folder, so that a workflow from someone else cannot make the server read
 other files.
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,7 +69,8 @@ def _checked_path(value: str, input_name: str, relative_to: str) -> str | None:
             f"Evaluate ECAD Schedule: {input_name} {value!r} resolves to {real}, outside ComfyUI's models, input "
             f"and output folders; the node reads only files there (a shared workflow must not read other files "
             f"on the server). Put it in models/{METRICS_DIR} (weights) or the input folder (FID reference), or "
-            f"add its folder to extra_model_paths.yaml")
+            f"add its folder to extra_model_paths.yaml"
+        )
     return str(real)
 
 
@@ -79,8 +81,9 @@ def _weights_path(value: str, input_name: str) -> str | None:
 class _ComfyGenerate:
     """``generate(schedule_or_None)`` for the runner: one KSampler run per sample, decoded when a VAE is given."""
 
-    def __init__(self, model, conds, negative, seeds, steps, cfg, sampler, scheduler, width, height, vae,
-                 offload, progress):
+    def __init__(
+        self, model, conds, negative, seeds, steps, cfg, sampler, scheduler, width, height, vae, offload, progress
+    ):
         self.model, self.conds, self.negative, self.seeds = model, conds, negative, seeds
         self.steps, self.cfg, self.sampler, self.scheduler = steps, cfg, sampler, scheduler
         self.width, self.height, self.vae, self.offload = width, height, vae, offload
@@ -99,8 +102,9 @@ class _ComfyGenerate:
         import nodes as comfy_nodes
 
         latent = {"samples": torch.zeros(1, 4, self.height // 8, self.width // 8)}
-        out = comfy_nodes.common_ksampler(model, seed, self.steps, self.cfg, self.sampler, self.scheduler, cond,
-                                          self.negative, latent, denoise=1.0)[0]["samples"]
+        out = comfy_nodes.common_ksampler(
+            model, seed, self.steps, self.cfg, self.sampler, self.scheduler, cond, self.negative, latent, denoise=1.0
+        )[0]["samples"]
         if self.vae is None:
             return out[0].float().cpu()
         return self.vae.decode(out)[0].permute(2, 0, 1).float().cpu()  # [H, W, 3] -> [3, H, W]
@@ -138,10 +142,12 @@ def _zero_conditioning(cond):
 
 
 class EvaluateECADSchedule:
-    DESCRIPTION = ("Compares a schedule with no cache on the same prompts and seeds: latency per image and MACs "
-                   "beside PSNR/SSIM/LPIPS to full compute, CLIP score, ImageReward and FID. Outputs the table, a "
-                   "no cache | schedule | difference grid, and writes JSON/CSV/markdown to the output folder. "
-                   "Metrics without local weights are skipped with a note.")
+    DESCRIPTION = (
+        "Compares a schedule with no cache on the same prompts and seeds: latency per image and MACs "
+        "beside PSNR/SSIM/LPIPS to full compute, CLIP score, ImageReward and FID. Outputs the table, a "
+        "no cache | schedule | difference grid, and writes JSON/CSV/markdown to the output folder. "
+        "Metrics without local weights are skipped with a note."
+    )
     CATEGORY = "ECAD"
     RETURN_TYPES = ("STRING", "IMAGE")
     RETURN_NAMES = ("table", "grid")
@@ -151,30 +157,54 @@ class EvaluateECADSchedule:
     @classmethod
     def INPUT_TYPES(cls):
         opts = library.options()
-        weights_tip = ("Path relative to models/ecad_metrics, or absolute inside ComfyUI's models, input or "
-                       "output folder (other files on the server are refused); empty: the metric is skipped.")
+        weights_tip = (
+            "Path relative to models/ecad_metrics, or absolute inside ComfyUI's models, input or "
+            "output folder (other files on the server are refused); empty: the metric is skipped."
+        )
         return {
             "required": {
                 "model": ("MODEL",),
-                "preset": (opts, {"default": opts[0] if opts else "",
-                                  "tooltip": "Schedule to evaluate; a connected schedule input wins."}),
-                "prompts": ("STRING", {"multiline": True, "default": "a red fox in the snow\na lighthouse at dusk",
-                                       "tooltip": "One prompt per line. Without a CLIP input they only label "
-                                                  "the samples: the positive conditioning is used for all, "
-                                                  "with seeds seed, seed+1, ... across all samples."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff}),
-                "seeds_per_prompt": ("INT", {"default": 1, "min": 1, "max": 64,
-                                             "tooltip": "Images per prompt, seeds seed, seed+1, ... (with CLIP: "
-                                                        "the same seeds for every prompt)."}),
+                "preset": (
+                    opts,
+                    {
+                        "default": opts[0] if opts else "",
+                        "tooltip": "Schedule to evaluate; a connected schedule input wins.",
+                    },
+                ),
+                "prompts": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "a red fox in the snow\na lighthouse at dusk",
+                        "tooltip": "One prompt per line. Without a CLIP input they only label "
+                        "the samples: the positive conditioning is used for all, "
+                        "with seeds seed, seed+1, ... across all samples.",
+                    },
+                ),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "seeds_per_prompt": (
+                    "INT",
+                    {
+                        "default": 1,
+                        "min": 1,
+                        "max": 64,
+                        "tooltip": "Images per prompt, seeds seed, seed+1, ... (with CLIP: "
+                        "the same seeds for every prompt).",
+                    },
+                ),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
                 "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
                 "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
                 "width": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
                 "height": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
-                "metrics": ("STRING", {"default": "all",
-                                       "tooltip": "all, or a comma-separated subset of psnr, ssim, lpips, clip, "
-                                                  "imagereward, fid."}),
+                "metrics": (
+                    "STRING",
+                    {
+                        "default": "all",
+                        "tooltip": "all, or a comma-separated subset of psnr, ssim, lpips, clip, imagereward, fid.",
+                    },
+                ),
                 "grid_rows": ("INT", {"default": 4, "min": 1, "max": 64}),
                 "filename_prefix": ("STRING", {"default": "ecad_eval/eval"}),
             },
@@ -184,16 +214,28 @@ class EvaluateECADSchedule:
                 "positive": ("CONDITIONING", {"tooltip": "Used for every sample when no CLIP is connected."}),
                 "negative": ("CONDITIONING", {"tooltip": "Default: the empty prompt (CLIP) or zeroed positive."}),
                 "vae": ("VAE", {"tooltip": "Decodes the samples; without it only latent fidelity is measured."}),
-                "clip_score_weights": ("STRING", {"default": "", "tooltip": "transformers CLIPModel folder. "
-                                                  + weights_tip}),
+                "clip_score_weights": (
+                    "STRING",
+                    {"default": "", "tooltip": "transformers CLIPModel folder. " + weights_tip},
+                ),
                 "imagereward_weights": ("STRING", {"default": "", "tooltip": "ImageReward.pt. " + weights_tip}),
-                "lpips_weights": ("STRING", {"default": "", "tooltip": "Folder with alex.pth and "
-                                             "alexnet-owt-7be5be79.pth. " + weights_tip}),
-                "inception_weights": ("STRING", {"default": "", "tooltip": "pt_inception-2015-12-05-6726825d.pth "
-                                                 "(FID). " + weights_tip}),
-                "fid_reference_folder": ("STRING", {"default": "", "tooltip": "Folder of reference images for a "
-                                                    "second FID column: relative to the input folder, or absolute "
-                                                    "inside ComfyUI's input, output or models folders."}),
+                "lpips_weights": (
+                    "STRING",
+                    {"default": "", "tooltip": "Folder with alex.pth and alexnet-owt-7be5be79.pth. " + weights_tip},
+                ),
+                "inception_weights": (
+                    "STRING",
+                    {"default": "", "tooltip": "pt_inception-2015-12-05-6726825d.pth (FID). " + weights_tip},
+                ),
+                "fid_reference_folder": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "Folder of reference images for a "
+                        "second FID column: relative to the input folder, or absolute "
+                        "inside ComfyUI's input, output or models folders.",
+                    },
+                ),
                 "warmup": ("BOOLEAN", {"default": True, "tooltip": "One untimed sample before each timed set."}),
                 "offload_cache_to_cpu": ("BOOLEAN", {"default": False}),
             },
@@ -211,18 +253,46 @@ class EvaluateECADSchedule:
         # schedule input is keyed by its own node)
         return library.fingerprint(preset)
 
-    def evaluate(self, model, preset, prompts, seed, seeds_per_prompt, steps, cfg, sampler_name, scheduler, width,
-                 height, metrics, grid_rows, filename_prefix, schedule=None, clip=None, positive=None,
-                 negative=None, vae=None, clip_score_weights="", imagereward_weights="", lpips_weights="",
-                 inception_weights="", fid_reference_folder="", warmup=True, offload_cache_to_cpu=False):
+    def evaluate(
+        self,
+        model,
+        preset,
+        prompts,
+        seed,
+        seeds_per_prompt,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        width,
+        height,
+        metrics,
+        grid_rows,
+        filename_prefix,
+        schedule=None,
+        clip=None,
+        positive=None,
+        negative=None,
+        vae=None,
+        clip_score_weights="",
+        imagereward_weights="",
+        lpips_weights="",
+        inception_weights="",
+        fid_reference_folder="",
+        warmup=True,
+        offload_cache_to_cpu=False,
+    ):
         # paths first: refused before anything is loaded or sampled
         fid_ref = _checked_path(fid_reference_folder, "fid_reference_folder", folder_paths.get_input_directory())
-        weights = MetricWeights(clip=_weights_path(clip_score_weights, "clip_score_weights"),
-                                imagereward=_weights_path(imagereward_weights, "imagereward_weights"),
-                                lpips=_weights_path(lpips_weights, "lpips_weights"),
-                                inception=_weights_path(inception_weights, "inception_weights"))
-        refuse_applied_model(model, "Evaluate ECAD Schedule", "the node applies the schedule itself and "
-                                                               "compares it with no cache")
+        weights = MetricWeights(
+            clip=_weights_path(clip_score_weights, "clip_score_weights"),
+            imagereward=_weights_path(imagereward_weights, "imagereward_weights"),
+            lpips=_weights_path(lpips_weights, "lpips_weights"),
+            inception=_weights_path(inception_weights, "inception_weights"),
+        )
+        refuse_applied_model(
+            model, "Evaluate ECAD Schedule", "the node applies the schedule itself and compares it with no cache"
+        )
         schedule = schedule if schedule is not None else library.resolve(preset)
         lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
         if clip is not None:
@@ -249,23 +319,62 @@ class EvaluateECADSchedule:
         adapter = adapter_for(model)
         schedule.check_fits(adapter.layout, adapter.kind)
         # the search's cost model, so reported MACs match the search's compute objective
-        cost = cost_for_comfy_model(model, adapter.layout, steps, height, width, int(conds[0][0][0].shape[1]),
-                                    name=adapter.arch_hint or "comfy-model")
+        cost = cost_for_comfy_model(
+            model,
+            adapter.layout,
+            steps,
+            height,
+            width,
+            int(conds[0][0][0].shape[1]),
+            name=adapter.arch_hint or "comfy-model",
+        )
         pbar = comfy.utils.ProgressBar(2 * len(conds))
-        gen = _ComfyGenerate(model, conds, negative, sample_seeds, steps, cfg, sampler_name, scheduler, width, height,
-                             vae, offload_cache_to_cpu, pbar)
-        settings = {"schedule": schedule.name, "steps": steps, "cfg": cfg, "sampler": sampler_name,
-                    "scheduler": scheduler, "width": width, "height": height, "seeds": seeds,
-                    "text": "clip" if clip is not None else "conditioning", "warmup": warmup,
-                    "weights": dict(vars(weights).items()), "fid_reference": fid_ref}
-        res = run_evaluation(gen, [(schedule.name, schedule)], suite, sample_prompts=sample_prompts,
-                             sample_seeds=sample_seeds, cost=cost_function(cost), warmup=warmup,
-                             kind="image" if vae is not None else "latent", settings=settings,
-                             keep_outputs=grid_rows)
+        gen = _ComfyGenerate(
+            model,
+            conds,
+            negative,
+            sample_seeds,
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            width,
+            height,
+            vae,
+            offload_cache_to_cpu,
+            pbar,
+        )
+        settings = {
+            "schedule": schedule.name,
+            "steps": steps,
+            "cfg": cfg,
+            "sampler": sampler_name,
+            "scheduler": scheduler,
+            "width": width,
+            "height": height,
+            "seeds": seeds,
+            "text": "clip" if clip is not None else "conditioning",
+            "warmup": warmup,
+            "weights": dict(vars(weights).items()),
+            "fid_reference": fid_ref,
+        }
+        res = run_evaluation(
+            gen,
+            [(schedule.name, schedule)],
+            suite,
+            sample_prompts=sample_prompts,
+            sample_seeds=sample_seeds,
+            cost=cost_function(cost),
+            warmup=warmup,
+            kind="image" if vae is not None else "latent",
+            settings=settings,
+            keep_outputs=grid_rows,
+        )
         table = to_markdown(res)
         grid = comparison_grid(res.rows[0].outputs, [(schedule.name, res.rows[1].outputs)], rows=grid_rows)
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, folder_paths.get_output_directory(), grid.shape[1], grid.shape[0])
+            filename_prefix, folder_paths.get_output_directory(), grid.shape[1], grid.shape[0]
+        )
         stem = f"{name}_{counter:05}_"
         write_reports(res, folder, stem=stem + "eval")
         save_png(grid, Path(folder) / f"{stem}grid.png")

@@ -11,6 +11,7 @@ Cancelling (ComfyUI's Cancel) raises inside an evaluation; the search saves
 its checkpoint before the exception leaves, and running the node again with the
 same settings resumes from it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,16 +50,20 @@ from .schedule_nodes import SCHEDULE_TYPE, patch_model, refuse_applied_model
 
 log = logging.getLogger("ecad")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # fullmatch: "$" would let a final newline in
-SEED_RANGE = 2 ** 64  # ComfyUI's noise seeds (KSampler's seed widget): 0 .. 2**64 - 1
-DEFAULT_PROMPTS = ("A photo of an astronaut riding a horse on the moon\n"
-                   "A cozy cabin in a snowy forest at dusk, warm light in the windows\n"
-                   "A close-up portrait of an old fisherman, dramatic lighting")
+SEED_RANGE = 2**64  # ComfyUI's noise seeds (KSampler's seed widget): 0 .. 2**64 - 1
+DEFAULT_PROMPTS = (
+    "A photo of an astronaut riding a horse on the moon\n"
+    "A cozy cabin in a snowy forest at dusk, warm light in the windows\n"
+    "A close-up portrait of an old fisherman, dramatic lighting"
+)
 
 
 def search_dir(output_name: str) -> Path:
     if not isinstance(output_name, str) or not _NAME_RE.fullmatch(output_name) or ".." in output_name:
-        raise EcadError(f"output_name {output_name!r}: use 1-80 letters, digits, '.', '_' or '-' (it names "
-                        f"the folder models/{library.FOLDER_NAME}/<output_name>)")
+        raise EcadError(
+            f"output_name {output_name!r}: use 1-80 letters, digits, '.', '_' or '-' (it names "
+            f"the folder models/{library.FOLDER_NAME}/<output_name>)"
+        )
     return library.user_dirs()[0] / output_name
 
 
@@ -105,8 +110,12 @@ def _model_digest(model) -> dict:
     params = list(dm.parameters())
     probe = [float(p.detach().float().flatten()[:4096].sum()) for p in (params[:2] + params[-2:])]
     patches = sorted((k, len(v)) for k, v in getattr(model, "patches", {}).items())
-    return {"class": type(dm).__name__, "n_params": len(params), "probe": [round(v, 6) for v in probe],
-            "patches": fingerprint(patches)}
+    return {
+        "class": type(dm).__name__,
+        "n_params": len(params),
+        "probe": [round(v, 6) for v in probe],
+        "patches": fingerprint(patches),
+    }
 
 
 class ComfyGenerate:
@@ -124,10 +133,17 @@ class ComfyGenerate:
         if width % ratio or height % ratio:
             raise EcadError(f"width {width} and height {height} must be multiples of {ratio} for this model")
         self.latent_shape = (1, int(fmt.latent_channels), height // ratio, width // ratio)
-        self.description = {"model": _model_digest(model), "conditioning": _cond_digest(positives + negatives),
-                            "samples": len(positives) * len(self.seeds), "seeds": self.seeds, "steps": self.steps,
-                            "cfg": self.cfg, "sampler": sampler_name, "scheduler": scheduler,
-                            "size": [width, height]}
+        self.description = {
+            "model": _model_digest(model),
+            "conditioning": _cond_digest(positives + negatives),
+            "samples": len(positives) * len(self.seeds),
+            "seeds": self.seeds,
+            "steps": self.steps,
+            "cfg": self.cfg,
+            "sampler": sampler_name,
+            "scheduler": scheduler,
+            "size": [width, height],
+        }
 
     def __call__(self, schedule: Schedule | None) -> list[torch.Tensor]:
         m = self.model if schedule is None else patch_model(self.model, schedule)
@@ -136,8 +152,20 @@ class ComfyGenerate:
             for seed in self.seeds:
                 latent = comfy.sample.fix_empty_latent_channels(m, torch.zeros(self.latent_shape))
                 noise = comfy.sample.prepare_noise(latent, seed)
-                samples = comfy.sample.sample(m, noise, self.steps, self.cfg, self.sampler_name, self.scheduler,
-                                              pos, neg, latent, denoise=1.0, disable_pbar=True, seed=seed)
+                samples = comfy.sample.sample(
+                    m,
+                    noise,
+                    self.steps,
+                    self.cfg,
+                    self.sampler_name,
+                    self.scheduler,
+                    pos,
+                    neg,
+                    latent,
+                    denoise=1.0,
+                    disable_pbar=True,
+                    seed=seed,
+                )
                 outs.append(samples[0].float().cpu())
         return outs
 
@@ -176,10 +204,12 @@ def _front_image(front_dir: Path | None) -> torch.Tensor:
 
 
 class EvolveECADSchedule:
-    DESCRIPTION = ("Finds cache schedules for YOUR model, prompts and sampler settings with ECAD's genetic "
-                   "search (NSGA-II): quality loss vs compute. Writes the Pareto front to "
-                   "models/ecad_schedules/<output_name>/front (listed by Apply ECAD Cache Schedule) and outputs "
-                   "the point picked for the target speedup. Cancel keeps a checkpoint; run again to resume.")
+    DESCRIPTION = (
+        "Finds cache schedules for YOUR model, prompts and sampler settings with ECAD's genetic "
+        "search (NSGA-II): quality loss vs compute. Writes the Pareto front to "
+        "models/ecad_schedules/<output_name>/front (listed by Apply ECAD Cache Schedule) and outputs "
+        "the point picked for the target speedup. Cancel keeps a checkpoint; run again to resume."
+    )
     CATEGORY = "ECAD"
     RETURN_TYPES = (SCHEDULE_TYPE, "IMAGE", "STRING")
     RETURN_NAMES = ("schedule", "front", "report")
@@ -191,13 +221,26 @@ class EvolveECADSchedule:
         return {
             "required": {
                 "model": ("MODEL",),
-                "prompts": ("STRING", {"multiline": True, "default": DEFAULT_PROMPTS, "tooltip":
-                            "Calibration prompts, one per line (needs the clip input). Ignored when a "
-                            "positive conditioning is connected."}),
+                "prompts": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": DEFAULT_PROMPTS,
+                        "tooltip": "Calibration prompts, one per line (needs the clip input). Ignored when a "
+                        "positive conditioning is connected.",
+                    },
+                ),
                 "seeds_per_prompt": ("INT", {"default": 1, "min": 1, "max": 16}),
-                "first_seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
-                                 "tooltip": "Noise seed of the first sample of each prompt; then +1, +2, ... "
-                                            "(after the largest seed comes 0)."}),
+                "first_seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "tooltip": "Noise seed of the first sample of each prompt; then +1, +2, ... "
+                        "(after the largest seed comes 0).",
+                    },
+                ),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
                 "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
                 "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
@@ -205,59 +248,128 @@ class EvolveECADSchedule:
                 "width": ("INT", {"default": 512, "min": 16, "max": 8192, "step": 16}),
                 "height": ("INT", {"default": 512, "min": 16, "max": 8192, "step": 16}),
                 "population": ("INT", {"default": 24, "min": 2, "max": 1024}),
-                "generations": ("INT", {"default": 10, "min": 0, "max": 100000, "tooltip":
-                                        "Evolved generations after the initial population (0: no limit; "
-                                        "stop by the time budget)."}),
-                "time_budget_minutes": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 1.0,
-                                                  "tooltip": "Stop after this much wall time (0: no limit)."}),
-                "quality_metric": (list(FIDELITY_SPACES), {"default": FIDELITY_SPACES[0], "tooltip":
-                                   "Fidelity to full compute on the same prompts and seeds: 'latent' (relative "
-                                   "MSE of the latents, no VAE needed), 'ssim' or 'image-mse' (decoded with the "
-                                   "vae input)."}),
-                "compute_objective": (["macs", "latency"], {"default": "macs", "tooltip":
-                                      "macs: analytic MACs of the loaded model. latency: each unit timed on "
-                                      "this device as the cache runs it, in one full-compute run (PixArt and "
-                                      "block-level models; "
-                                      "kept with the search for resumes)."}),
-                "target_speedup": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 100.0, "step": 0.05,
-                                             "tooltip": "Picks the best-quality front point at least this fast "
-                                                        "(0: the knee of the front)."}),
+                "generations": (
+                    "INT",
+                    {
+                        "default": 10,
+                        "min": 0,
+                        "max": 100000,
+                        "tooltip": "Evolved generations after the initial population (0: no limit; "
+                        "stop by the time budget).",
+                    },
+                ),
+                "time_budget_minutes": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 100000.0,
+                        "step": 1.0,
+                        "tooltip": "Stop after this much wall time (0: no limit).",
+                    },
+                ),
+                "quality_metric": (
+                    list(FIDELITY_SPACES),
+                    {
+                        "default": FIDELITY_SPACES[0],
+                        "tooltip": "Fidelity to full compute on the same prompts and seeds: 'latent' (relative "
+                        "MSE of the latents, no VAE needed), 'ssim' or 'image-mse' (decoded with the "
+                        "vae input).",
+                    },
+                ),
+                "compute_objective": (
+                    ["macs", "latency"],
+                    {
+                        "default": "macs",
+                        "tooltip": "macs: analytic MACs of the loaded model. latency: each unit timed on "
+                        "this device as the cache runs it, in one full-compute run (PixArt and "
+                        "block-level models; "
+                        "kept with the search for resumes).",
+                    },
+                ),
+                "target_speedup": (
+                    "FLOAT",
+                    {
+                        "default": 2.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.05,
+                        "tooltip": "Picks the best-quality front point at least this fast (0: the knee of the front).",
+                    },
+                ),
                 "output_name": ("STRING", {"default": "my-model-20steps"}),
-                "search_seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1}),
-                "resume": ("BOOLEAN", {"default": True, "tooltip":
-                           "Continue the search saved under this output name (off: start over)."}),
+                "search_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "resume": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "Continue the search saved under this output name (off: start over)."},
+                ),
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "Text encoder for the prompts."}),
                 "positive": ("CONDITIONING", {"tooltip": "Use this conditioning as the one calibration prompt."}),
                 "negative": ("CONDITIONING",),
                 "vae": ("VAE", {"tooltip": "Needed by the image-space metrics (ssim, image-mse)."}),
-                "warm_start": (SCHEDULE_TYPE, {"tooltip": "Put this schedule (e.g. a shipped preset) into "
-                                               "the initial population."}),
+                "warm_start": (
+                    SCHEDULE_TYPE,
+                    {"tooltip": "Put this schedule (e.g. a shipped preset) into the initial population."},
+                ),
             },
         }
 
-    def evolve(self, model, prompts, seeds_per_prompt, first_seed, steps, cfg, sampler_name, scheduler, width, height,
-               population, generations, time_budget_minutes, quality_metric, compute_objective, target_speedup,
-               output_name,
-               search_seed, resume, clip=None, positive=None, negative=None, vae=None, warm_start=None):
-        refuse_applied_model(model, "Evolve ECAD Schedule", "the search scores each candidate against the "
-                                                             "model's full compute and applies the candidates itself")
+    def evolve(
+        self,
+        model,
+        prompts,
+        seeds_per_prompt,
+        first_seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        width,
+        height,
+        population,
+        generations,
+        time_budget_minutes,
+        quality_metric,
+        compute_objective,
+        target_speedup,
+        output_name,
+        search_seed,
+        resume,
+        clip=None,
+        positive=None,
+        negative=None,
+        vae=None,
+        warm_start=None,
+    ):
+        refuse_applied_model(
+            model,
+            "Evolve ECAD Schedule",
+            "the search scores each candidate against the model's full compute and applies the candidates itself",
+        )
         adapter = adapter_for(model)
         out = search_dir(output_name)
         positives, negatives = self._conditioning(prompts, clip, positive, negative)
         if quality_metric in IMAGE_SPACES and vae is None:
-            raise SearchSettingsError(f"quality metric {quality_metric!r} compares decoded images: connect a VAE "
-                                      "or choose 'latent'")
-        settings = SearchSettings(population=population, generations=generations or None, seed=search_seed,
-                                  time_budget_s=time_budget_minutes * 60.0 if time_budget_minutes > 0 else None)
+            raise SearchSettingsError(
+                f"quality metric {quality_metric!r} compares decoded images: connect a VAE or choose 'latent'"
+            )
+        settings = SearchSettings(
+            population=population,
+            generations=generations or None,
+            seed=search_seed,
+            time_budget_s=time_budget_minutes * 60.0 if time_budget_minutes > 0 else None,
+        )
         settings.validate()
         seeds = sample_seeds(first_seed, seeds_per_prompt)
         gen = ComfyGenerate(model, positives, negatives, seeds, steps, cfg, sampler_name, scheduler, width, height)
         decode = None
         if vae is not None and quality_metric in IMAGE_SPACES:
+
             def decode(latent):
                 return vae.decode(latent[None])[0].movedim(-1, 0).clamp(0, 1)
+
         evaluator = LocalEvaluator(gen, decode=decode, space=quality_metric)
         if not resume and any((out / f).exists() for f in (CHECKPOINT_FILE, *LEGACY_CHECKPOINT_FILES)):
             log.info("ECAD search: resume is off: starting %s over", out)
@@ -266,23 +378,45 @@ class EvolveECADSchedule:
             cost = self._latency_cost(adapter, model, gen, steps, out)
         else:
             tokens = int(positives[0][0][0].shape[1])
-            cost = cost_for_comfy_model(model, adapter.layout, steps, height, width, tokens,
-                                        name=adapter.arch_hint or "comfy-model")
+            cost = cost_for_comfy_model(
+                model, adapter.layout, steps, height, width, tokens, name=adapter.arch_hint or "comfy-model"
+            )
         warm = [warm_start] if warm_start is not None else []
         if warm_start is not None and warm_start.layout != adapter.layout:
-            raise EcadError(f"warm_start schedule {warm_start.name!r} has {warm_start.layout.describe()}, the model "
-                            f"{adapter.layout.describe()}")
-        log.info("ECAD search %r: %s, %d sample(s), %d steps, population %d, %d generation(s), cost: %s",
-                 output_name, adapter.kind, len(positives) * len(seeds), steps, population, generations,
-                 cost.source)
+            raise EcadError(
+                f"warm_start schedule {warm_start.name!r} has {warm_start.layout.describe()}, the model "
+                f"{adapter.layout.describe()}"
+            )
+        log.info(
+            "ECAD search %r: %s, %d sample(s), %d steps, population %d, %d generation(s), cost: %s",
+            output_name,
+            adapter.kind,
+            len(positives) * len(seeds),
+            steps,
+            population,
+            generations,
+            cost.source,
+        )
         try:
-            result = run_search(evaluator, adapter.layout, steps, out, settings, cost=cost, warm_start=warm,
-                                warm_start_steps="remap", model=adapter.arch_hint,
-                                progress=_Progress(settings.generations),
-                                should_stop=comfy.model_management.processing_interrupted, resume=True)
+            result = run_search(
+                evaluator,
+                adapter.layout,
+                steps,
+                out,
+                settings,
+                cost=cost,
+                warm_start=warm,
+                warm_start_steps="remap",
+                model=adapter.arch_hint,
+                progress=_Progress(settings.generations),
+                should_stop=comfy.model_management.processing_interrupted,
+                resume=True,
+            )
         except CheckpointError as e:
-            raise CheckpointError(f"{e} (or turn 'resume' off: that deletes the folder "
-                                  f"models/{library.FOLDER_NAME}/{output_name} and starts over)") from None
+            raise CheckpointError(
+                f"{e} (or turn 'resume' off: that deletes the folder "
+                f"models/{library.FOLDER_NAME}/{output_name} and starts over)"
+            ) from None
         # a cancel seen between evaluations: the checkpoint is saved; surface it as ComfyUI's interruption
         # (not a result, which ComfyUI would cache and so never resume)
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -294,6 +428,7 @@ class EvolveECADSchedule:
         ui = {"text": [text]}
         try:
             import nodes as comfy_nodes  # ComfyUI's PreviewImage shows the plot on the node
+
             ui.update(comfy_nodes.PreviewImage().save_images(img, filename_prefix="ecad_front")["ui"])
         except Exception as e:  # noqa: BLE001 - the preview is a convenience; outputs still flow
             log.warning("ECAD: cannot preview the front plot (%s)", e)
@@ -308,11 +443,14 @@ class EvolveECADSchedule:
             if saved.unit.shape == (steps, adapter.layout.n_units):
                 return saved
         if not adapter.units_timeable:
-            raise SearchSettingsError(f"the latency objective times each unit, but the units of {adapter.kind} "
-                                      f"are computed inside ComfyUI's own blocks: use compute_objective 'macs'")
+            raise SearchSettingsError(
+                f"the latency objective times each unit, but the units of {adapter.kind} "
+                f"are computed inside ComfyUI's own blocks: use compute_objective 'macs'"
+            )
         full = Schedule.full(adapter.layout, steps, name="all-recompute")
-        cost = measured_latency_cost(model.model.diffusion_model, adapter.layout, steps, lambda: gen(None),
-                                     run_patched=lambda: gen(full))
+        cost = measured_latency_cost(
+            model.model.diffusion_model, adapter.layout, steps, lambda: gen(None), run_patched=lambda: gen(full)
+        )
         out.mkdir(parents=True, exist_ok=True)
         cost.save(path)
         return cost
@@ -324,11 +462,15 @@ class EvolveECADSchedule:
         else:
             lines = _prompt_lines(prompts)
             if not lines:
-                raise SearchSettingsError("no calibration prompts: write at least one prompt (one per line) and "
-                                          "connect a CLIP, or connect a positive CONDITIONING")
+                raise SearchSettingsError(
+                    "no calibration prompts: write at least one prompt (one per line) and "
+                    "connect a CLIP, or connect a positive CONDITIONING"
+                )
             if clip is None:
-                raise SearchSettingsError(f"{len(lines)} prompt(s) given but no text encoder: connect the clip "
-                                          "input (or a positive CONDITIONING)")
+                raise SearchSettingsError(
+                    f"{len(lines)} prompt(s) given but no text encoder: connect the clip "
+                    "input (or a positive CONDITIONING)"
+                )
             positives = [_encode(clip, ln) for ln in lines]
         if negative is not None:
             negatives = [negative] * len(positives)
@@ -341,13 +483,16 @@ class EvolveECADSchedule:
 
     @staticmethod
     def _report(name, result, chosen, evaluator) -> str:
-        lines = [f"ECAD search {name!r}: generation {result.generation}, {result.evaluations} schedules evaluated"
-                 f" ({evaluator.n_generate} sampling runs here), stopped: {result.stopped}"
-                 + (f", resumed from generation {result.resumed_from}" if result.resumed_from is not None else ""),
-                 f"front: {len(result.front)} point(s) in {result.front_dir}, hypervolume {result.hypervolume:.4f}",
-                 f"picked: {chosen.schedule.name} - expected {chosen.expected_speedup:.2f}x, quality loss "
-                 f"{chosen.quality_loss:.5f}"]
+        lines = [
+            f"ECAD search {name!r}: generation {result.generation}, {result.evaluations} schedules evaluated"
+            f" ({evaluator.n_generate} sampling runs here), stopped: {result.stopped}"
+            + (f", resumed from generation {result.resumed_from}" if result.resumed_from is not None else ""),
+            f"front: {len(result.front)} point(s) in {result.front_dir}, hypervolume {result.hypervolume:.4f}",
+            f"picked: {chosen.schedule.name} - expected {chosen.expected_speedup:.2f}x, quality loss "
+            f"{chosen.quality_loss:.5f}",
+        ]
         for p in sorted(result.front, key=lambda p: p.compute_fraction):
-            lines.append(f"  {p.expected_speedup:5.2f}x  loss {p.quality_loss:.5f}  "
-                         f"{p.path.name if p.path else p.schedule.name}")
+            lines.append(
+                f"  {p.expected_speedup:5.2f}x  loss {p.quality_loss:.5f}  {p.path.name if p.path else p.schedule.name}"
+            )
         return "\n".join(lines)

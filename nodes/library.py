@@ -7,6 +7,7 @@ by file modification time and size), so new files appear without a restart.
 A file that cannot be read is left out of the listings and logged once (file and
 reason); it never affects the other files or the nodes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,8 +28,12 @@ log = logging.getLogger("ecad")
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "schedules"
 FOLDER_NAME = "ecad_schedules"
 SEP = " · "
-PRETTY = {"pixart-alpha": "PixArt-α", "pixart-sigma": "PixArt-Σ", "flux-dev": "FLUX.1-dev",
-          "flux-schnell": "FLUX.1-schnell"}
+PRETTY = {
+    "pixart-alpha": "PixArt-α",
+    "pixart-sigma": "PixArt-Σ",
+    "flux-dev": "FLUX.1-dev",
+    "flux-schnell": "FLUX.1-schnell",
+}
 # the JSON files a search keeps beside its schedules (not schedules themselves); its other files
 # (checkpoint, references, evaluations.csv, front.png, *.tmp) are not *.json, so never listed
 SEARCH_BOOKKEEPING = (FRONT_INDEX, PROGRESS_FILE, LATENCY_COST_FILE)
@@ -42,6 +47,7 @@ _warned: set[str] = set()
 
 def register_user_folder() -> None:
     import folder_paths
+
     if FOLDER_NAME not in folder_paths.folder_names_and_paths:
         path = os.path.join(folder_paths.models_dir, FOLDER_NAME)
         folder_paths.folder_names_and_paths[FOLDER_NAME] = ([path], {".json"})
@@ -49,6 +55,7 @@ def register_user_folder() -> None:
 
 def user_dirs() -> list[Path]:
     import folder_paths
+
     register_user_folder()
     return [Path(p) for p in folder_paths.get_folder_paths(FOLDER_NAME)]
 
@@ -198,6 +205,9 @@ def resolve(value: str) -> Schedule:
     key = key_of(value)
     path = _path_of(key)
     if path is None:
-        raise ScheduleError(key, "no such ECAD schedule: not among the shipped presets nor in "
-                                 f"models/{FOLDER_NAME} (was it renamed or deleted?)")
+        raise ScheduleError(
+            key,
+            "no such ECAD schedule: not among the shipped presets nor in "
+            f"models/{FOLDER_NAME} (was it renamed or deleted?)",
+        )
     return _load(path)

@@ -8,6 +8,7 @@ architecture). The run-time check in the Apply node stays the authority.
 The answer is computed in a worker thread: reading a model file's header and the
 schedule files must not hold up ComfyUI's event loop (every other request).
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -6,6 +6,7 @@ while V1 is what every release loads the same way; V1's ``VALIDATE_INPUTS`` also
 lets the preset dropdown accept a saved workflow's value after the label's
 speedup text changes, and resolve it by its stable key.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,6 +47,7 @@ def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False, cuda_gr
     if schedule.model and adapter.arch_hint and schedule.model.split("-")[0] != adapter.arch_hint.split("-")[0]:
         raise EcadError(f"schedule {schedule.name!r} is for {schedule.model}, but the model is {adapter.kind}")
     from .comfy_adapters import remove_earlier_apply
+
     m = model.clone()
     # a later Apply replaces an earlier one: its hooks, wrappers, run and CUDA-graph forward go
     earlier = remove_earlier_apply(m)
@@ -56,14 +58,21 @@ def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False, cuda_gr
     adapter.install(m, run)
     if cuda_graphs:
         if offload_to_cpu:
-            raise EcadError("ECAD: CUDA graphs and offloading the cache to the CPU exclude each other (a graph "
-                            "cannot copy between devices); turn one of them off")
+            raise EcadError(
+                "ECAD: CUDA graphs and offloading the cache to the CPU exclude each other (a graph "
+                "cannot copy between devices); turn one of them off"
+            )
         install_graphs(m, run, adapter)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "ecad", run.outer_sample_wrapper)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "ecad", run.apply_model_wrapper)
     m.model_options["transformer_options"]["ecad"] = run
-    log.info("ECAD: applied schedule %r (%d steps, %.1f%% of units recomputed) to %s", schedule.name,
-             schedule.steps, 100 * schedule.recompute_fraction(), adapter.kind)
+    log.info(
+        "ECAD: applied schedule %r (%d steps, %.1f%% of units recomputed) to %s",
+        schedule.name,
+        schedule.steps,
+        100 * schedule.recompute_fraction(),
+        adapter.kind,
+    )
     return m
 
 
@@ -72,13 +81,17 @@ def refuse_applied_model(model, node: str, why: str) -> None:
     Apply ECAD would run that schedule in their "no cache" reference, so they refuse it."""
     run = model.model_options.get("transformer_options", {}).get("ecad")
     if run is not None:
-        raise EcadError(f"{node}: the MODEL already has an ECAD schedule applied ({getattr(run, 'label', '?')!r}, "
-                        f"by Apply ECAD Cache Schedule upstream); connect the model without it: {why}")
+        raise EcadError(
+            f"{node}: the MODEL already has an ECAD schedule applied ({getattr(run, 'label', '?')!r}, "
+            f"by Apply ECAD Cache Schedule upstream); connect the model without it: {why}"
+        )
 
 
 class ApplyECADSchedule:
-    DESCRIPTION = ("Makes a diffusion transformer (PixArt-α/Σ, FLUX.1, SD3, Wan, ...) faster by reusing "
-                   "component outputs between sampling steps, following an ECAD cache schedule.")
+    DESCRIPTION = (
+        "Makes a diffusion transformer (PixArt-α/Σ, FLUX.1, SD3, Wan, ...) faster by reusing "
+        "component outputs between sampling steps, following an ECAD cache schedule."
+    )
     CATEGORY = "ECAD"
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "apply"
@@ -88,23 +101,32 @@ class ApplyECADSchedule:
         return {
             "required": {
                 "model": ("MODEL",),
-                "preset": ([OFF] + library.options(), {
-                    "default": OFF,
-                    "tooltip": "A shipped ECAD preset or one of your schedules (models/ecad_schedules). "
-                               "'off' passes the model through. A connected schedule input wins."}),
-                "offload_cache_to_cpu": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": "Keep cached outputs in system RAM (less VRAM, some transfer time)."}),
+                "preset": (
+                    [OFF] + library.options(),
+                    {
+                        "default": OFF,
+                        "tooltip": "A shipped ECAD preset or one of your schedules (models/ecad_schedules). "
+                        "'off' passes the model through. A connected schedule input wins.",
+                    },
+                ),
+                "offload_cache_to_cpu": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "Keep cached outputs in system RAM (less VRAM, some transfer time)."},
+                ),
             },
             "optional": {
                 "schedule": (SCHEDULE_TYPE, {"tooltip": "From Load ECAD Schedule or Evolve Schedule."}),
-                "cuda_graphs": ("BOOLEAN", {
-                    "default": False,
-                    "tooltip": "PixArt on an NVIDIA GPU: capture each step once as a CUDA graph and replay it "
-                               "(same image, much faster at small sizes). Falls back to normal execution, "
-                               "with the reason in the log, where it cannot be used (CPU, low-VRAM loading, "
-                               "weight casting, LoRA applied on the fly, other models). Keeps the cache "
-                               "between runs."}),
+                "cuda_graphs": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "PixArt on an NVIDIA GPU: capture each step once as a CUDA graph and replay it "
+                        "(same image, much faster at small sizes). Falls back to normal execution, "
+                        "with the reason in the log, where it cannot be used (CPU, low-VRAM loading, "
+                        "weight casting, LoRA applied on the fly, other models). Keeps the cache "
+                        "between runs.",
+                    },
+                ),
             },
         }
 
@@ -162,19 +184,29 @@ class LoadECADSchedule:
 def _info_text(s: Schedule) -> str:
     info = s.summary()
     sp = library.speedup_of(s)
-    lines = [f"{s.name} ({library.PRETTY.get(s.model or '', s.family)})",
-             f"{info['steps']} steps, {s.layout.describe()}",
-             f"recomputed: {100 * info['recompute_fraction']:.1f}% of unit-steps"]
+    lines = [
+        f"{s.name} ({library.PRETTY.get(s.model or '', s.family)})",
+        f"{info['steps']} steps, {s.layout.describe()}",
+        f"recomputed: {100 * info['recompute_fraction']:.1f}% of unit-steps",
+    ]
     if sp:
         lines.append(f"speedup: {sp:.2f}x")
     return "\n".join(lines)
 
 
 # Colour of a recomputed cell per component (reused cells are dark).
-_COLORS = {"attn1": (0.95, 0.55, 0.2), "attn2": (0.3, 0.7, 0.95), "ff": (0.55, 0.85, 0.35),
-           "full_attn": (0.95, 0.55, 0.2), "full_ff": (0.55, 0.85, 0.35), "full_ff_context": (0.3, 0.7, 0.95),
-           "single_attn": (0.95, 0.4, 0.5), "single_proj_mlp": (0.8, 0.75, 0.3),
-           "single_proj_out": (0.6, 0.5, 0.95), "block": (0.9, 0.9, 0.9)}
+_COLORS = {
+    "attn1": (0.95, 0.55, 0.2),
+    "attn2": (0.3, 0.7, 0.95),
+    "ff": (0.55, 0.85, 0.35),
+    "full_attn": (0.95, 0.55, 0.2),
+    "full_ff": (0.55, 0.85, 0.35),
+    "full_ff_context": (0.3, 0.7, 0.95),
+    "single_attn": (0.95, 0.4, 0.5),
+    "single_proj_mlp": (0.8, 0.75, 0.3),
+    "single_proj_out": (0.6, 0.5, 0.95),
+    "block": (0.9, 0.9, 0.9),
+}
 
 
 # Longest side of the preview in pixels: a bigger schedule is drawn with smaller cells, then summarised.
@@ -189,7 +221,7 @@ def schedule_image(s: Schedule, cell: int = 4, max_side: int = MAX_PREVIEW_SIDE)
     eff = s.effective_bits()
     comps = [c for _, c in s.layout.iter_units()]
     col = np.array([_COLORS.get(c, (0.9, 0.9, 0.9)) for c in comps], np.float32)  # [U,3]
-    grid = np.where(eff[..., None], col[None], np.float32(0.12))                    # [S,U,3]
+    grid = np.where(eff[..., None], col[None], np.float32(0.12))  # [S,U,3]
     fy, fx = (math.ceil(n / max_side) for n in grid.shape[:2])
     if fy > 1 or fx > 1:
         return torch.from_numpy(np.ascontiguousarray(_bin_mean(_bin_mean(grid, fy, 0), fx, 1)))[None]

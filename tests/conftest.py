@@ -4,6 +4,7 @@ The ComfyUI end-to-end fixtures need ``.cache/ComfyUI`` (scripts/setup_env.sh).
 Without it they skip, unless ``ECAD_REQUIRE_COMFY=1`` (CI), which turns the skip
 into a failure.  The same applies to the browser (chromium + playwright-core).
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,9 @@ def comfy_dir() -> Path:
 @pytest.fixture(scope="session")
 def comfy_models(comfy_dir) -> dict[str, Path]:
     """Tiny random checkpoints (built once, cached in .cache/tiny-models): name -> path."""
-    return make_tiny.ensure_models(make_tiny.DEFAULT_MODELS_ROOT, comfy_dir=comfy_dir,
-                                   python=str(REPO_ROOT / ".venv" / "bin" / "python"))
+    return make_tiny.ensure_models(
+        make_tiny.DEFAULT_MODELS_ROOT, comfy_dir=comfy_dir, python=str(REPO_ROOT / ".venv" / "bin" / "python")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +82,12 @@ def comfy_server(comfy_dir, comfy_models):
 
     Set ECAD_KEEP_E2E=1 to keep its base dir (.cache/e2e-*, with server.log and outputs).
     """
-    srv = ComfyServer(comfy_dir=comfy_dir, models_root=make_tiny.DEFAULT_MODELS_ROOT, ensure_models=False,
-                      keep_base_dir=bool(os.environ.get("ECAD_KEEP_E2E")))
+    srv = ComfyServer(
+        comfy_dir=comfy_dir,
+        models_root=make_tiny.DEFAULT_MODELS_ROOT,
+        ensure_models=False,
+        keep_base_dir=bool(os.environ.get("ECAD_KEEP_E2E")),
+    )
     srv.start()
     try:
         yield srv
@@ -92,6 +98,7 @@ def comfy_server(comfy_dir, comfy_models):
 @pytest.fixture(scope="session")
 def browser_ready():
     from comfy_harness import browser
+
     parts = browser.browser_missing_parts()
     if parts:
         _missing("browser check unavailable, missing " + ", ".join(parts))

@@ -1,4 +1,5 @@
 """Apply ECAD Cache Schedule in a real ComfyUI v0.3.75 server (tiny stock-detected checkpoints)."""
+
 from __future__ import annotations
 
 import itertools
@@ -15,10 +16,15 @@ pytestmark = pytest.mark.comfy
 _seeds = itertools.count(5000)
 STEPS = 4
 # tiny checkpoints: PixArt depth 2; FLUX 1 double + 1 single block (make_tiny)
-LAYOUTS = {"ecad_tiny_pixart_alpha": make_layout("pixart", 2), "ecad_tiny_pixart_sigma": make_layout("pixart", 2),
-           "ecad_tiny_flux_dev": make_layout("flux", 1, 1), "ecad_tiny_flux_schnell": make_layout("flux", 1, 1),
-           # block-level adapters (SD3 joint blocks, Wan blocks): one unit per block
-           "ecad_tiny_sd3": make_layout("dit_blocks", 2), "ecad_tiny_wan": make_layout("dit_blocks", 2)}
+LAYOUTS = {
+    "ecad_tiny_pixart_alpha": make_layout("pixart", 2),
+    "ecad_tiny_pixart_sigma": make_layout("pixart", 2),
+    "ecad_tiny_flux_dev": make_layout("flux", 1, 1),
+    "ecad_tiny_flux_schnell": make_layout("flux", 1, 1),
+    # block-level adapters (SD3 joint blocks, Wan blocks): one unit per block
+    "ecad_tiny_sd3": make_layout("dit_blocks", 2),
+    "ecad_tiny_wan": make_layout("dit_blocks", 2),
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +45,10 @@ def _prompt(model, preset, seed, sampler="euler", denoise=1.0, prefix="ecad", **
     for k in ("7", "8", "9"):  # latents are enough here
         p.pop(k)
     if preset is not None:
-        p["20"] = {"class_type": "ApplyECADSchedule",
-                   "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": False, **apply_inputs}}
+        p["20"] = {
+            "class_type": "ApplyECADSchedule",
+            "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": False, **apply_inputs},
+        }
         p["5"]["inputs"]["model"] = ["20", 0]
     return p
 
@@ -51,12 +59,19 @@ def _latent(srv, prompt):
 
 
 def _last_stats(srv):
-    lines = re.findall(r"ECAD (\S+): (\d+)/(\d+) unit calls reused.*?over (\d+) steps, (\d+) model calls(.*)",
-                       srv.log_text())
+    lines = re.findall(
+        r"ECAD (\S+): (\d+)/(\d+) unit calls reused.*?over (\d+) steps, (\d+) model calls(.*)", srv.log_text()
+    )
     assert lines, "no ECAD statistics in the server log"
     name, reused, total, steps, calls, rest = lines[-1]
-    return {"name": name, "reused": int(reused), "total": int(total), "steps": int(steps),
-            "calls": int(calls), "rest": rest}
+    return {
+        "name": name,
+        "reused": int(reused),
+        "total": int(total),
+        "steps": int(steps),
+        "calls": int(calls),
+        "rest": rest,
+    }
 
 
 def test_nodes_are_registered(comfy_server, user_schedules):
@@ -94,17 +109,19 @@ def test_cuda_graphs_option_falls_back_with_the_reason_and_the_same_image(comfy_
     # No GPU here: the option must leave the image exactly as the eager engine makes it and say why in the
     # log (the captured path itself is checked on a GPU by bench_comfy --graphs: bit-identical to eager).
     srv = comfy_server
-    for model, why in (("ecad_tiny_pixart_alpha", "CUDA graphs off: CUDA graphs need a CUDA device"),
-                       ("ecad_tiny_flux_dev", "CUDA graphs: not offered for ComfyUI FLUX")):
+    for model, why in (
+        ("ecad_tiny_pixart_alpha", "CUDA graphs off: CUDA graphs need a CUDA device"),
+        ("ecad_tiny_flux_dev", "CUDA graphs: not offered for ComfyUI FLUX"),
+    ):
         seed = next(_seeds)
         eager = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_eager"))
-        graphs = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_graphs",
-                                      cuda_graphs=True))
+        graphs = _latent(srv, _prompt(model, f"user/{model}-mixed", seed, prefix=f"{model}_graphs", cuda_graphs=True))
         assert (graphs == eager).all()
         assert why in srv.log_text()
         assert "CUDA graphs off" in _last_stats(srv)["rest"]
-    p = _prompt("ecad_tiny_pixart_alpha", "user/ecad_tiny_pixart_alpha-mixed", next(_seeds), prefix="g_off",
-                cuda_graphs=True)
+    p = _prompt(
+        "ecad_tiny_pixart_alpha", "user/ecad_tiny_pixart_alpha-mixed", next(_seeds), prefix="g_off", cuda_graphs=True
+    )
     p["20"]["inputs"]["offload_cache_to_cpu"] = True
     with pytest.raises(PromptExecutionError, match="CUDA graphs and offloading"):
         srv.run(p, timeout=120)
@@ -143,8 +160,10 @@ def test_two_samplers_in_one_workflow(comfy_server, user_schedules):
     srv.free()  # drops ComfyUI's output cache: sampler A must really run again
     n_before = len(re.findall(r"unit calls reused", srv.log_text()))
     p = _prompt(model, f"user/{model}-mixed", seed, prefix="two_a")
-    p["40"] = {"class_type": "KSampler", "inputs": dict(p["5"]["inputs"], latent_image=["5", 0], denoise=0.5,
-                                                         seed=seed + 1)}
+    p["40"] = {
+        "class_type": "KSampler",
+        "inputs": dict(p["5"]["inputs"], latent_image=["5", 0], denoise=0.5, seed=seed + 1),
+    }
     p["41"] = {"class_type": "SaveLatent", "inputs": {"samples": ["40", 0], "filename_prefix": "latents/two_b"}}
     entry = srv.run(p, timeout=300)
     files = srv.output_files(entry, "latents")
@@ -153,8 +172,9 @@ def test_two_samplers_in_one_workflow(comfy_server, user_schedules):
     # sampler A is unaffected by sampler B sharing the model (state is per run)
     assert (first == single).all()
     assert np.isfinite(second.numpy()).all() and not (second == first).all()
-    runs = re.findall(r"ECAD (\S+): (\d+)/(\d+) unit calls reused.*?over (\d+) steps, (\d+) model calls(.*)",
-                      srv.log_text())[n_before:]
+    runs = re.findall(
+        r"ECAD (\S+): (\d+)/(\d+) unit calls reused.*?over (\d+) steps, (\d+) model calls(.*)", srv.log_text()
+    )[n_before:]
     assert len(runs) == 2, runs
     assert int(runs[0][1]) > 0 and int(runs[0][3]) == STEPS and "remapped" not in runs[0][5]
     # B runs the second half of the schedule's time axis: denoise 0.5 is remapped and says so

@@ -1,6 +1,7 @@
 """Two Apply ECAD Cache Schedule nodes in a chain (real ComfyUI v0.3.75 server): the later one replaces the
 earlier one, on every model family, whether each gets its schedule from the preset list or the schedule input;
 "off" passes the model through unchanged."""
+
 from __future__ import annotations
 
 import itertools
@@ -15,8 +16,11 @@ from ecad_core import Schedule, make_layout
 pytestmark = pytest.mark.comfy
 _seeds = itertools.count(9000)
 STEPS = 4
-LAYOUTS = {"ecad_tiny_pixart_alpha": make_layout("pixart", 2), "ecad_tiny_flux_dev": make_layout("flux", 1, 1),
-           "ecad_tiny_sd3": make_layout("dit_blocks", 2)}
+LAYOUTS = {
+    "ecad_tiny_pixart_alpha": make_layout("pixart", 2),
+    "ecad_tiny_flux_dev": make_layout("flux", 1, 1),
+    "ecad_tiny_sd3": make_layout("dit_blocks", 2),
+}
 STATS = re.compile(r"ECAD (\S+): (\d+)/(\d+) unit calls reused.*?over (\d+) steps, (\d+) model calls")
 
 
@@ -71,8 +75,10 @@ def _run(srv, prompt):
 ORDERS = [("preset", "preset"), ("schedule", "preset"), ("preset", "schedule"), ("schedule", "schedule")]
 
 
-CASES = [("ecad_tiny_pixart_alpha", o) for o in ORDERS] + [("ecad_tiny_flux_dev", ("preset", "schedule")),
-                                                           ("ecad_tiny_sd3", ("schedule", "preset"))]
+CASES = [("ecad_tiny_pixart_alpha", o) for o in ORDERS] + [
+    ("ecad_tiny_flux_dev", ("preset", "schedule")),
+    ("ecad_tiny_sd3", ("schedule", "preset")),
+]
 
 
 @pytest.mark.parametrize("model,order", CASES, ids=[f"{m[10:]}-{a}-{b}" for m, (a, b) in CASES])
@@ -98,8 +104,9 @@ def test_off_after_an_apply_passes_the_model_through(comfy_server, chain_schedul
     srv = comfy_server
     seed = next(_seeds)
     only_a, stats_a = _run(srv, _prompt(model, seed, f"off_{model}_a", [("preset", f"user/chain-{model}-a")]))
-    chained, stats = _run(srv, _prompt(model, seed, f"off_{model}_aoff",
-                                       [("preset", f"user/chain-{model}-a"), ("off", None)]))
+    chained, stats = _run(
+        srv, _prompt(model, seed, f"off_{model}_aoff", [("preset", f"user/chain-{model}-a"), ("off", None)])
+    )
     assert _equal(chained, only_a) and stats == stats_a and stats[0][0] == f"chain-{model}-a"
 
 

@@ -1,6 +1,7 @@
 """What a second Apply ECAD node leaves on its clone, with ComfyUI's own ModelPatcher in-process (the sampled
 results are pinned on a real server in test_comfy_chain.py): nothing of the earlier Apply, everything of other
 nodes, and the earlier clone untouched."""
+
 from __future__ import annotations
 
 import importlib
@@ -18,12 +19,15 @@ UNITS = ("attn", "cross_attn", "mlp")
 def pack(comfy_dir):
     bench_comfy.import_comfy("cpu")
     bench_comfy.pack_modules()
-    return {m: importlib.import_module(f"comfyui_ecad_bench.{m}")
-            for m in ("nodes.schedule_nodes", "nodes.comfy_adapters", "ecad_core.schedule", "ecad_core.engine.cuda_graphs")}
+    return {
+        m: importlib.import_module(f"comfyui_ecad_bench.{m}")
+        for m in ("nodes.schedule_nodes", "nodes.comfy_adapters", "ecad_core.schedule", "ecad_core.engine.cuda_graphs")
+    }
 
 
 def _patcher(dm):
     import comfy.model_patcher
+
     base = torch.nn.Module()
     base.diffusion_model = dm
     return comfy.model_patcher.ModelPatcher(base, torch.device("cpu"), torch.device("cpu"))
@@ -61,6 +65,7 @@ def test_a_later_pixart_apply_replaces_every_patch_of_the_earlier_one_and_keeps_
 
     def foreign1(*a, **k):  # and of block 1, between them
         return type(pixart.blocks[1]).forward(pixart.blocks[1], *a, **k)
+
     base.add_object_patch("diffusion_model.blocks.0.forward", foreign0)
     a, b = _schedules(pack, base)
     m1 = patch_model(base, a)
@@ -77,8 +82,9 @@ def test_a_later_pixart_apply_replaces_every_patch_of_the_earlier_one_and_keeps_
     assert m2.object_patches["diffusion_model.blocks.0.forward"] is foreign0
     assert m2.object_patches["diffusion_model.blocks.1.forward"] is foreign1
     n = len(pixart.blocks)
-    expected = ({f"diffusion_model.blocks.{i}.{u}.forward" for i in (0, 1) for u in UNITS}
-                | {f"diffusion_model.blocks.{i}.forward" for i in range(2, n)})
+    expected = {f"diffusion_model.blocks.{i}.{u}.forward" for i in (0, 1) for u in UNITS} | {
+        f"diffusion_model.blocks.{i}.forward" for i in range(2, n)
+    }
     ours1, ours2 = _ours(pack, m1.object_patches), _ours(pack, m2.object_patches)
     assert set(ours2) == expected
     assert not {id(f) for f in ours1.values()} & {id(f) for f in ours2.values()}, "an earlier Apply's patch survived"
@@ -102,6 +108,7 @@ def test_an_earlier_applys_cuda_graph_forward_is_removed_but_another_nodes_is_ke
 
     def foreign(*a, **k):
         return type(pixart).forward(pixart, *a, **k)
+
     base = _patcher(pixart)
     base.add_object_patch("diffusion_model.forward", foreign)
     assert patch_model(patch_model(base, a), b).object_patches["diffusion_model.forward"] is foreign

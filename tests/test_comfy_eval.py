@@ -1,4 +1,5 @@
 """Evaluate ECAD Schedule in a real ComfyUI v0.3.75 server, on the tiny stock-detected PixArt-α checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,11 @@ def eval_setup(comfy_server):
     # metric weights live in models/ecad_metrics (the node reads nothing outside ComfyUI's folders); the
     # node gets them as paths relative to it
     w = comfy_server.base_dir / "models" / "ecad_metrics"
-    paths = {"lpips": write_lpips(w / "lpips"), "clip": write_clip(w / "clip"),
-             "imagereward": write_imagereward(w / "imagereward")}
+    paths = {
+        "lpips": write_lpips(w / "lpips"),
+        "clip": write_clip(w / "clip"),
+        "imagereward": write_imagereward(w / "imagereward"),
+    }
     return {k: str(v.relative_to(w)) for k, v in paths.items()}
 
 
@@ -40,14 +44,35 @@ def _prompt(inputs: dict, vae: bool = True, schedule_input: str | None = None, m
     flux = "flux" in model
     dim, pooled = (make_tiny.FLUX_CONTEXT_DIM, make_tiny.FLUX_POOLED_DIM) if flux else (make_tiny.PIXART_COND_DIM, 0)
     p = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": make_tiny.file_name(model), "weight_dtype": "default"}},
-        "2": {"class_type": "TestRandomConditioning",
-              "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": 1, "zero": False}},
-        "10": {"class_type": "EvaluateECADSchedule", "inputs": {
-            "model": ["1", 0], "preset": "user/eval-mixed", "prompts": "a red fox in the snow\na lighthouse",
-            "seed": 40, "seeds_per_prompt": 1, "steps": STEPS, "cfg": 2.0, "sampler_name": "euler",
-            "scheduler": "normal", "width": 512, "height": 32, "metrics": "all", "grid_rows": 2,
-            "filename_prefix": "ecad_eval/test", "positive": ["2", 0], **inputs}},
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": make_tiny.file_name(model), "weight_dtype": "default"},
+        },
+        "2": {
+            "class_type": "TestRandomConditioning",
+            "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": 1, "zero": False},
+        },
+        "10": {
+            "class_type": "EvaluateECADSchedule",
+            "inputs": {
+                "model": ["1", 0],
+                "preset": "user/eval-mixed",
+                "prompts": "a red fox in the snow\na lighthouse",
+                "seed": 40,
+                "seeds_per_prompt": 1,
+                "steps": STEPS,
+                "cfg": 2.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "width": 512,
+                "height": 32,
+                "metrics": "all",
+                "grid_rows": 2,
+                "filename_prefix": "ecad_eval/test",
+                "positive": ["2", 0],
+                **inputs,
+            },
+        },
     }
     if vae:
         p["3"] = {"class_type": "VAELoader", "inputs": {"vae_name": make_tiny.file_name("ecad_tiny_taesd_4ch")}}
@@ -69,8 +94,16 @@ def _report(srv, entry) -> tuple[str, dict, list]:
 def test_evaluate_node_table_files_and_skipped_metrics(comfy_server, eval_setup):
     srv = comfy_server
     assert "EvaluateECADSchedule" in srv.object_info()
-    entry = srv.run(_prompt({"lpips_weights": eval_setup["lpips"], "clip_score_weights": eval_setup["clip"],
-                             "imagereward_weights": eval_setup["imagereward"]}), timeout=600)
+    entry = srv.run(
+        _prompt(
+            {
+                "lpips_weights": eval_setup["lpips"],
+                "clip_score_weights": eval_setup["clip"],
+                "imagereward_weights": eval_setup["imagereward"],
+            }
+        ),
+        timeout=600,
+    )
     table, report, grids = _report(srv, entry)
     assert "| no cache |" in table and "| eval-mixed |" in table, table
     # no Inception weights given: skipped with its reason, shown as n/a
@@ -118,8 +151,10 @@ def test_bad_inputs_are_clear_node_errors(comfy_server, eval_setup):
     assert "connect a CLIP" in str(e.value)
     # an already patched MODEL would make the "no cache" row cached too
     p = _prompt({})
-    p["20"] = {"class_type": "ApplyECADSchedule",
-               "inputs": {"model": ["1", 0], "preset": "user/eval-mixed", "offload_cache_to_cpu": False}}
+    p["20"] = {
+        "class_type": "ApplyECADSchedule",
+        "inputs": {"model": ["1", 0], "preset": "user/eval-mixed", "offload_cache_to_cpu": False},
+    }
     p["10"]["inputs"]["model"] = ["20", 0]
     with pytest.raises(PromptExecutionError) as e:
         comfy_server.run(p, timeout=120)
@@ -136,16 +171,31 @@ def test_prompts_through_a_text_encoder_on_sd3(comfy_server, eval_setup):
     d = comfy_server.base_dir / "models" / "ecad_schedules"
     lay = make_layout("dit_blocks", 2)  # make_tiny: SD3 depth 2, block-level units
     Schedule.every_n(lay, STEPS, 2, name="eval-sd3-every2").save(d / "eval-sd3-every2.json")
-    p = _prompt({"preset": "user/eval-sd3-every2", "prompts": "a red fox in the snow\na lighthouse",
-                 "seeds_per_prompt": 2, "metrics": "psnr", "scheduler": "simple", "width": 128, "height": 128,
-                 "warmup": False}, vae=False, model="ecad_tiny_sd3")
+    p = _prompt(
+        {
+            "preset": "user/eval-sd3-every2",
+            "prompts": "a red fox in the snow\na lighthouse",
+            "seeds_per_prompt": 2,
+            "metrics": "psnr",
+            "scheduler": "simple",
+            "width": 128,
+            "height": 128,
+            "warmup": False,
+        },
+        vae=False,
+        model="ecad_tiny_sd3",
+    )
     del p["10"]["inputs"]["positive"]
     p["2"] = {"class_type": "TestTinyCLIP", "inputs": {"hidden": make_tiny.FLUX_CONTEXT_DIM, "seed": 0}}
     p["10"]["inputs"]["clip"] = ["2", 0]
     entry = comfy_server.run(p, timeout=600)
     _table, report, _ = _report(comfy_server, entry)
     assert [(s["prompt"], s["seed"]) for s in report["samples"]] == [
-        ("a red fox in the snow", 40), ("a red fox in the snow", 41), ("a lighthouse", 40), ("a lighthouse", 41)]
+        ("a red fox in the snow", 40),
+        ("a red fox in the snow", 41),
+        ("a lighthouse", 40),
+        ("a lighthouse", 41),
+    ]
     row = report["rows"][1]
     assert row["label"] == "eval-sd3-every2" and 0 < row["reuse_fraction"] < 1
     assert row["cost_model"] == "uniform", row  # no analytic cost model for SD3: every unit costs the same
@@ -160,12 +210,14 @@ def test_paths_outside_comfyuis_folders_are_refused_naming_the_input(comfy_serve
     link = metrics_dir / "link-out"
     if not link.is_symlink():
         os.symlink(outside, link)  # a symlink inside models/ecad_metrics to a folder outside
-    cases = [("lpips_weights", str(outside / "lpips")),           # absolute, outside
-             ("clip_score_weights", "../../../clip"),             # relative, escapes with ..
-             ("lpips_weights", "link-out/lpips"),                 # through a symlink
-             ("inception_weights", "/etc/passwd"),
-             ("fid_reference_folder", str(outside / "refs")),
-             ("fid_reference_folder", "../../refs")]
+    cases = [
+        ("lpips_weights", str(outside / "lpips")),  # absolute, outside
+        ("clip_score_weights", "../../../clip"),  # relative, escapes with ..
+        ("lpips_weights", "link-out/lpips"),  # through a symlink
+        ("inception_weights", "/etc/passwd"),
+        ("fid_reference_folder", str(outside / "refs")),
+        ("fid_reference_folder", "../../refs"),
+    ]
     for name, value in cases:
         p = _prompt({name: value, "metrics": "psnr, fid", "warmup": False}, vae=False)
         with pytest.raises(PromptExecutionError) as e:
@@ -181,9 +233,16 @@ def test_paths_inside_comfyuis_folders_are_resolved_and_used(comfy_server, eval_
     alias = srv.base_dir / "models" / "ecad_metrics" / "lpips-alias"
     if not alias.is_symlink():  # a symlink that stays inside ComfyUI's folders is fine
         os.symlink(srv.base_dir / "models" / "ecad_metrics" / "lpips", alias)
-    p = _prompt({"fid_reference_folder": "fid_refs", "lpips_weights": "lpips-alias",
-                 "clip_score_weights": str(srv.base_dir / "models" / "ecad_metrics" / eval_setup["clip"]),
-                 "metrics": "psnr, lpips, fid", "warmup": False, "prompts": "a red fox"})
+    p = _prompt(
+        {
+            "fid_reference_folder": "fid_refs",
+            "lpips_weights": "lpips-alias",
+            "clip_score_weights": str(srv.base_dir / "models" / "ecad_metrics" / eval_setup["clip"]),
+            "metrics": "psnr, lpips, fid",
+            "warmup": False,
+            "prompts": "a red fox",
+        }
+    )
     _, report, _ = _report(srv, srv.run(p, timeout=600))
     settings = report["settings"]
     # relative FID folder: in the input folder; weights relative to models/ecad_metrics; all resolved

@@ -1,4 +1,5 @@
 """Evolve ECAD Schedule in a real ComfyUI v0.3.75 server, on the tiny stock-detected checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,26 @@ FLUX = "ecad_tiny_flux_dev"
 
 
 def _evolve_inputs(**kw):
-    d = {"prompts": "", "seeds_per_prompt": 1, "first_seed": 7, "steps": STEPS, "cfg": 2.0, "sampler_name": "euler",
-         "scheduler": "normal", "width": 512, "height": 32, "population": 6, "generations": 1,
-         "time_budget_minutes": 0.0, "quality_metric": "latent", "compute_objective": "macs", "target_speedup": 1.3,
-         "output_name": "tiny-pixart", "search_seed": 0, "resume": True}
+    d = {
+        "prompts": "",
+        "seeds_per_prompt": 1,
+        "first_seed": 7,
+        "steps": STEPS,
+        "cfg": 2.0,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "width": 512,
+        "height": 32,
+        "population": 6,
+        "generations": 1,
+        "time_budget_minutes": 0.0,
+        "quality_metric": "latent",
+        "compute_objective": "macs",
+        "target_speedup": 1.3,
+        "output_name": "tiny-pixart",
+        "search_seed": 0,
+        "resume": True,
+    }
     d.update(kw)
     return d
 
@@ -32,10 +49,14 @@ def _pixart_evolve_prompt(**kw):
     p["5"]["inputs"]["steps"] = STEPS
     for k in ("7", "8", "9"):
         p.pop(k)
-    p["30"] = {"class_type": "EvolveECADSchedule",
-               "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], **_evolve_inputs(**kw)}}
-    p["31"] = {"class_type": "ApplyECADSchedule", "inputs": {"model": ["1", 0], "preset": "off",
-                                                             "offload_cache_to_cpu": False, "schedule": ["30", 0]}}
+    p["30"] = {
+        "class_type": "EvolveECADSchedule",
+        "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], **_evolve_inputs(**kw)},
+    }
+    p["31"] = {
+        "class_type": "ApplyECADSchedule",
+        "inputs": {"model": ["1", 0], "preset": "off", "offload_cache_to_cpu": False, "schedule": ["30", 0]},
+    }
     p["5"]["inputs"]["model"] = ["31", 0]
     return p
 
@@ -98,8 +119,7 @@ def test_rerun_resumes_and_cancel_keeps_checkpoint(comfy_server):
     report = _report(entry)
     assert f"resumed from generation {gen}" in report and f"generation {gen + 1}," in report, report
     # resume off: starts over
-    entry = srv.run(_pixart_evolve_prompt(output_name=name, generations=1, resume=False, prefix="r3"),
-                    timeout=600)
+    entry = srv.run(_pixart_evolve_prompt(output_name=name, generations=1, resume=False, prefix="r3"), timeout=600)
     assert "resumed" not in _report(entry) and "generation 1," in _report(entry)
     # another sampling setting under the same name is refused, naming what differs
     with pytest.raises(PromptExecutionError) as e:
@@ -111,19 +131,33 @@ def test_prompts_through_a_text_encoder_on_sd3(comfy_server):
     """Prompt lines encoded by a real ComfyUI CLIP; SD3 gets block-level units and uniform costs."""
     srv = comfy_server
     p = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": make_tiny.file_name("ecad_tiny_sd3"),
-                                                     "weight_dtype": "default"}},
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": make_tiny.file_name("ecad_tiny_sd3"), "weight_dtype": "default"},
+        },
         "2": {"class_type": "TestTinyCLIP", "inputs": {"hidden": make_tiny.FLUX_CONTEXT_DIM, "seed": 0}},
-        "3": {"class_type": "EvolveECADSchedule", "inputs": {
-            "model": ["1", 0], "clip": ["2", 0],
-            **_evolve_inputs(prompts="a red fox in the snow\n# comment lines are skipped\na blue vase",
-                             scheduler="simple", width=128, height=128, population=4, generations=1,
-                             target_speedup=0.0, output_name="tiny-sd3")}},
+        "3": {
+            "class_type": "EvolveECADSchedule",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["2", 0],
+                **_evolve_inputs(
+                    prompts="a red fox in the snow\n# comment lines are skipped\na blue vase",
+                    scheduler="simple",
+                    width=128,
+                    height=128,
+                    population=4,
+                    generations=1,
+                    target_speedup=0.0,
+                    output_name="tiny-sd3",
+                ),
+            },
+        },
     }
     entry = srv.run(p, timeout=600)
     report = _report(entry, "3")
     front = json.loads((_search_dir(srv, "tiny-sd3") / "front" / "front.json").read_text())
-    assert front["evaluator"]["samples"] == 2, front["evaluator"]   # two prompts x one seed
+    assert front["evaluator"]["samples"] == 2, front["evaluator"]  # two prompts x one seed
     assert front["cost"]["source"] == "uniform" and front["layout"].startswith("dit_blocks"), front
     assert "picked:" in report
 
@@ -133,10 +167,24 @@ def test_flux_search_costs_analytic_macs(comfy_server):
     p = ksampler_prompt(FLUX, "flux_evolve", 3)
     for k in ("4", "5", "6", "7", "8", "9"):
         p.pop(k)
-    p["30"] = {"class_type": "EvolveECADSchedule", "inputs": {
-        "model": ["1", 0], "positive": ["10", 0],
-        **_evolve_inputs(cfg=1.0, steps=2, scheduler="simple", width=128, height=128, population=2,
-                         generations=1, target_speedup=0.0, output_name="tiny-flux")}}
+    p["30"] = {
+        "class_type": "EvolveECADSchedule",
+        "inputs": {
+            "model": ["1", 0],
+            "positive": ["10", 0],
+            **_evolve_inputs(
+                cfg=1.0,
+                steps=2,
+                scheduler="simple",
+                width=128,
+                height=128,
+                population=2,
+                generations=1,
+                target_speedup=0.0,
+                output_name="tiny-flux",
+            ),
+        },
+    }
     entry = srv.run(p, timeout=600)
     front = json.loads((_search_dir(srv, "tiny-flux") / "front" / "front.json").read_text())
     assert front["cost"]["source"] == "macs" and front["cost"]["arch"] == "flux-dev", front["cost"]
@@ -145,34 +193,54 @@ def test_flux_search_costs_analytic_macs(comfy_server):
 
 def test_latency_objective_measured_once_and_kept(comfy_server):
     srv = comfy_server
-    entry = srv.run(_pixart_evolve_prompt(output_name="tiny-latency", compute_objective="latency",
-                                          prefix="lat"), timeout=600)
+    entry = srv.run(
+        _pixart_evolve_prompt(output_name="tiny-latency", compute_objective="latency", prefix="lat"), timeout=600
+    )
     d = _search_dir(srv, "tiny-latency")
     front = json.loads((d / "front" / "front.json").read_text())
     assert front["cost"]["source"] == "latency" and front["cost"]["seconds_per_step"] > 0, front["cost"]
     saved = (d / "latency_cost.json").read_text()
-    entry = srv.run(_pixart_evolve_prompt(output_name="tiny-latency", compute_objective="latency", generations=2,
-                                          prefix="lat2"), timeout=600)
+    entry = srv.run(
+        _pixart_evolve_prompt(output_name="tiny-latency", compute_objective="latency", generations=2, prefix="lat2"),
+        timeout=600,
+    )
     assert "resumed from generation 1" in _report(entry)
     assert (d / "latency_cost.json").read_text() == saved
     # ComfyUI FLUX's attention units are computed inside ComfyUI's own blocks: they cannot be timed one by one
     p = ksampler_prompt(FLUX, "flux_lat", 3)
     for k in ("4", "5", "6", "7", "8", "9"):
         p.pop(k)
-    p["30"] = {"class_type": "EvolveECADSchedule", "inputs": {
-        "model": ["1", 0], "positive": ["10", 0],
-        **_evolve_inputs(cfg=1.0, steps=2, scheduler="simple", width=128, height=128, population=2,
-                         generations=1, compute_objective="latency", output_name="tiny-flux-lat")}}
+    p["30"] = {
+        "class_type": "EvolveECADSchedule",
+        "inputs": {
+            "model": ["1", 0],
+            "positive": ["10", 0],
+            **_evolve_inputs(
+                cfg=1.0,
+                steps=2,
+                scheduler="simple",
+                width=128,
+                height=128,
+                population=2,
+                generations=1,
+                compute_objective="latency",
+                output_name="tiny-flux-lat",
+            ),
+        },
+    }
     with pytest.raises(PromptExecutionError) as e:
         srv.run(p, timeout=300)
     assert "use compute_objective 'macs'" in str(e.value)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"prompts": "   \n"}, "no calibration prompts"),
-    ({"prompts": "a cat"}, "no text encoder"),
-    ({"output_name": "../escape"}, "output_name"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"prompts": "   \n"}, "no calibration prompts"),
+        ({"prompts": "a cat"}, "no text encoder"),
+        ({"output_name": "../escape"}, "output_name"),
+    ],
+)
 def test_bad_settings_are_clear_node_errors(comfy_server, change, message):
     p = _pixart_evolve_prompt(output_name="tiny-bad", prefix="bad")
     inputs = p["30"]["inputs"]

@@ -1,4 +1,5 @@
 """Evolve ECAD Schedule in a real ComfyUI v0.3.75 server: hostile or careless inputs (issue 14)."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,7 @@ def test_old_pickle_checkpoint_is_refused_never_loaded(comfy_server):
     assert "turn 'resume' off" in msg, msg[:2000]
     assert not marker.exists() and (d / "checkpoint.pkl").is_file()
     # resume off starts over: the pickle is deleted, never read
-    entry = srv.run(_pixart_evolve_prompt(output_name=name, population=2, resume=False, prefix="legacy1"),
-                    timeout=600)
+    entry = srv.run(_pixart_evolve_prompt(output_name=name, population=2, resume=False, prefix="legacy1"), timeout=600)
     assert "generation 1," in _report(entry) and "resumed" not in _report(entry)
     assert not marker.exists() and not (d / "checkpoint.pkl").exists()
     assert (d / "checkpoint.safetensors").is_file()
@@ -51,11 +51,15 @@ def test_output_name_with_a_trailing_newline_is_refused(comfy_server):
 def test_largest_first_seed_with_two_seeds_per_prompt_wraps_to_zero(comfy_server):
     srv = comfy_server
     name = "tiny-max-seed"
-    entry = srv.run(_pixart_evolve_prompt(output_name=name, population=2, seeds_per_prompt=2,
-                                          first_seed=0xffffffffffffffff, prefix="maxseed"), timeout=600)
+    entry = srv.run(
+        _pixart_evolve_prompt(
+            output_name=name, population=2, seeds_per_prompt=2, first_seed=0xFFFFFFFFFFFFFFFF, prefix="maxseed"
+        ),
+        timeout=600,
+    )
     assert "picked:" in _report(entry)
     front = json.loads((_search_dir(srv, name) / "front" / "front.json").read_text())
-    assert front["evaluator"]["seeds"] == [2 ** 64 - 1, 0], front["evaluator"]
+    assert front["evaluator"]["seeds"] == [2**64 - 1, 0], front["evaluator"]
 
 
 def test_a_model_with_a_schedule_applied_is_refused(comfy_server):
@@ -65,8 +69,10 @@ def test_a_model_with_a_schedule_applied_is_refused(comfy_server):
     earlier = _search_dir(srv, "evolve-applied-earlier.json")
     Schedule.every_n(make_layout("pixart", 2), STEPS, 2, name="evolve-applied-earlier").save(earlier)
     p = _pixart_evolve_prompt(output_name=name, population=2, generations=1, prefix="applied")
-    p["32"] = {"class_type": "ApplyECADSchedule",
-               "inputs": {"model": ["1", 0], "preset": "user/evolve-applied-earlier", "offload_cache_to_cpu": False}}
+    p["32"] = {
+        "class_type": "ApplyECADSchedule",
+        "inputs": {"model": ["1", 0], "preset": "user/evolve-applied-earlier", "offload_cache_to_cpu": False},
+    }
     p["30"]["inputs"]["model"] = ["32", 0]
     try:
         with pytest.raises(PromptExecutionError) as e:
@@ -74,7 +80,8 @@ def test_a_model_with_a_schedule_applied_is_refused(comfy_server):
     finally:
         earlier.unlink()
     msg = str(e.value)
-    assert "Evolve ECAD Schedule: the MODEL already has an ECAD schedule applied ('evolve-applied-earlier'" in msg, \
-        msg[:2000]
+    assert "Evolve ECAD Schedule: the MODEL already has an ECAD schedule applied ('evolve-applied-earlier'" in msg, msg[
+        :2000
+    ]
     assert "connect the model without it" in msg, msg[:2000]
     assert not _search_dir(srv, name).exists()  # refused before anything is written

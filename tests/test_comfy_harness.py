@@ -5,6 +5,7 @@ checkpoints; the tests prove that stock workflows run on them, that the UI->API
 converter produces runnable prompts, that errors surface, and that the browser
 check can both pass and fail.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,6 +23,7 @@ _seeds = itertools.count(1000)
 
 def _read_latent(path):
     from safetensors.torch import load_file
+
     return load_file(str(path))["latent_tensor"]
 
 
@@ -42,15 +44,34 @@ def ksampler_prompt(model: str, prefix: str, seed: int) -> dict:
         latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 32, "batch_size": 1}}
         cfg, scheduler = 2.0, "normal"
     p = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": make_tiny.file_name(model), "weight_dtype": "default"}},
-        "2": {"class_type": "TestRandomConditioning",
-              "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": seed, "zero": False}},
-        "3": {"class_type": "TestRandomConditioning",
-              "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": 0, "zero": True}},
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": make_tiny.file_name(model), "weight_dtype": "default"},
+        },
+        "2": {
+            "class_type": "TestRandomConditioning",
+            "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": seed, "zero": False},
+        },
+        "3": {
+            "class_type": "TestRandomConditioning",
+            "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": 0, "zero": True},
+        },
         "4": latent,
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "seed": seed, "steps": 3, "cfg": cfg, "sampler_name": "euler", "scheduler": scheduler, "denoise": 1.0}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": seed,
+                "steps": 3,
+                "cfg": cfg,
+                "sampler_name": "euler",
+                "scheduler": scheduler,
+                "denoise": 1.0,
+            },
+        },
         "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}},
         "7": {"class_type": "VAELoader", "inputs": {"vae_name": make_tiny.file_name(vae)}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["7", 0]}},
@@ -63,6 +84,7 @@ def ksampler_prompt(model: str, prefix: str, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- server basics
+
 
 def test_server_loads_support_pack(comfy_server):
     info = comfy_server.object_info()
@@ -91,14 +113,19 @@ def test_tiny_models_are_cached(comfy_models):
 
 # ----------------------------------------------------------------------------- stock KSampler
 
-@pytest.mark.parametrize("model,latent_shape", [
-    ("ecad_tiny_pixart_alpha", (1, 4, 4, 64)),
-    ("ecad_tiny_pixart_sigma", (1, 4, 4, 64)),
-    ("ecad_tiny_flux_dev", (1, 16, 16, 16)),
-    ("ecad_tiny_flux_schnell", (1, 16, 16, 16)),
-])
+
+@pytest.mark.parametrize(
+    "model,latent_shape",
+    [
+        ("ecad_tiny_pixart_alpha", (1, 4, 4, 64)),
+        ("ecad_tiny_pixart_sigma", (1, 4, 4, 64)),
+        ("ecad_tiny_flux_dev", (1, 16, 16, 16)),
+        ("ecad_tiny_flux_schnell", (1, 16, 16, 16)),
+    ],
+)
 def test_stock_ksampler_on_tiny_model(comfy_server, model, latent_shape):
     import torch
+
     seed = next(_seeds)
     prefix = f"harness_{model}_{seed}"
     entry = comfy_server.run(ksampler_prompt(model, prefix, seed), timeout=300)
@@ -111,6 +138,7 @@ def test_stock_ksampler_on_tiny_model(comfy_server, model, latent_shape):
     assert torch.isfinite(lat).all(), f"non-finite latent from {model}"
     assert lat.float().std() > 0
     from PIL import Image
+
     with Image.open(images[0]) as im:
         assert im.size == (latent_shape[3] * 8, latent_shape[2] * 8)
 
@@ -119,7 +147,7 @@ def test_identical_prompt_is_cached_until_free(comfy_server):
     """ComfyUI serves an identical re-POST from its cache (no new file); free() drops that cache."""
     prefix = f"cache_{next(_seeds)}"
     p = ksampler_prompt("ecad_tiny_pixart_sigma", prefix, next(_seeds))
-    del p["7"], p["8"], p["9"]                  # SaveLatent only
+    del p["7"], p["8"], p["9"]  # SaveLatent only
     saved = lambda: sorted((comfy_server.output_dir / "latents").glob(prefix + "_*"))
     first = comfy_server.output_files(comfy_server.run(p), "latents")
     assert saved() == first
@@ -132,10 +160,11 @@ def test_identical_prompt_is_cached_until_free(comfy_server):
     comfy_server.free()
     third = comfy_server.output_files(comfy_server.run(p), "latents")
     assert len(third) == 1 and third != first and len(saved()) == 2
-    assert _read_latent(third[0]).equal(_read_latent(first[0]))   # same seed, same result
+    assert _read_latent(third[0]).equal(_read_latent(first[0]))  # same seed, same result
 
 
 # ----------------------------------------------------------------------------- error paths
+
 
 def test_invalid_prompt_raises_with_node_errors(comfy_server):
     p = ksampler_prompt("ecad_tiny_pixart_sigma", "invalid", next(_seeds))
@@ -158,10 +187,21 @@ def test_execution_error_raises_with_message(comfy_server):
 
 # ----------------------------------------------------------------------------- UI -> API
 
+
 def _ui_node(nid, ntype, widgets=None, inputs=(), outputs=(), mode=0, pos=(0, 0), title=None):
-    n = {"id": nid, "type": ntype, "pos": list(pos), "size": [300, 120], "flags": {}, "order": nid, "mode": mode,
-         "inputs": [dict(i) for i in inputs], "outputs": [dict(o) for o in outputs],
-         "properties": {"Node name for S&R": ntype}, "widgets_values": list(widgets or [])}
+    n = {
+        "id": nid,
+        "type": ntype,
+        "pos": list(pos),
+        "size": [300, 120],
+        "flags": {},
+        "order": nid,
+        "mode": mode,
+        "inputs": [dict(i) for i in inputs],
+        "outputs": [dict(o) for o in outputs],
+        "properties": {"Node name for S&R": ntype},
+        "widgets_values": list(widgets or []),
+    }
     if title:
         n["title"] = title
     return n
@@ -177,51 +217,117 @@ def ui_workflow(model="ecad_tiny_pixart_sigma", prefix="latents/ui_converted", e
     for core nodes (for the browser check; it is not meant to run).
     """
     M = lambda name, typ, links, slot=0: {"name": name, "type": typ, "links": links, "slot_index": slot}
-    In = lambda name, typ, link, widget=None: dict({"name": name, "type": typ, "link": link},
-                                                  **({"widget": {"name": widget}} if widget else {}))
+    In = lambda name, typ, link, widget=None: dict(
+        {"name": name, "type": typ, "link": link}, **({"widget": {"name": widget}} if widget else {})
+    )
     nodes = [
-        _ui_node(1, "UNETLoader", [make_tiny.file_name(model), "default"], outputs=[M("MODEL", "MODEL", [1])],
-                 pos=(0, 0)),
+        _ui_node(
+            1, "UNETLoader", [make_tiny.file_name(model), "default"], outputs=[M("MODEL", "MODEL", [1])], pos=(0, 0)
+        ),
         _ui_node(4, "EmptyLatentImage", [512, 32, 1], outputs=[M("LATENT", "LATENT", [4])], pos=(0, 400)),
-        _ui_node(5, "KSampler", [123, "randomize", 3, 2.0, "euler", "normal", 1.0],
-                 inputs=[In("model", "MODEL", 1), In("positive", "CONDITIONING", 2), In("negative", "CONDITIONING", 3),
-                         In("latent_image", "LATENT", 4)],
-                 outputs=[M("LATENT", "LATENT", [5])], pos=(400, 0)),
-        _ui_node(6, "LatentUpscaleBy", ["nearest-exact", 1.5], inputs=[In("samples", "LATENT", 5)],
-                 outputs=[M("LATENT", "LATENT", [6])], mode=4, pos=(750, 0)),
-        _ui_node(7, "Reroute", [], inputs=[{"name": "", "type": "*", "link": 6}],
-                 outputs=[{"name": "", "type": "LATENT", "links": [7], "slot_index": 0}], pos=(1000, 0)),
+        _ui_node(
+            5,
+            "KSampler",
+            [123, "randomize", 3, 2.0, "euler", "normal", 1.0],
+            inputs=[
+                In("model", "MODEL", 1),
+                In("positive", "CONDITIONING", 2),
+                In("negative", "CONDITIONING", 3),
+                In("latent_image", "LATENT", 4),
+            ],
+            outputs=[M("LATENT", "LATENT", [5])],
+            pos=(400, 0),
+        ),
+        _ui_node(
+            6,
+            "LatentUpscaleBy",
+            ["nearest-exact", 1.5],
+            inputs=[In("samples", "LATENT", 5)],
+            outputs=[M("LATENT", "LATENT", [6])],
+            mode=4,
+            pos=(750, 0),
+        ),
+        _ui_node(
+            7,
+            "Reroute",
+            [],
+            inputs=[{"name": "", "type": "*", "link": 6}],
+            outputs=[{"name": "", "type": "LATENT", "links": [7], "slot_index": 0}],
+            pos=(1000, 0),
+        ),
         _ui_node(8, "SaveLatent", [prefix], inputs=[In("samples", "LATENT", 7)], pos=(1100, 0)),
         _ui_node(10, "Note", ["a note; not part of the prompt"], pos=(0, 600)),
     ]
-    links = [[1, 1, 0, 5, 0, "MODEL"], [2, 2, 0, 5, 1, "CONDITIONING"], [3, 3, 0, 5, 2, "CONDITIONING"],
-             [4, 4, 0, 5, 3, "LATENT"], [5, 5, 0, 6, 0, "LATENT"], [6, 6, 0, 7, 0, "*"], [7, 7, 0, 8, 0, "LATENT"]]
+    links = [
+        [1, 1, 0, 5, 0, "MODEL"],
+        [2, 2, 0, 5, 1, "CONDITIONING"],
+        [3, 3, 0, 5, 2, "CONDITIONING"],
+        [4, 4, 0, 5, 3, "LATENT"],
+        [5, 5, 0, 6, 0, "LATENT"],
+        [6, 6, 0, 7, 0, "*"],
+        [7, 7, 0, 8, 0, "LATENT"],
+    ]
     if core_only:
         nodes += [
-            _ui_node(12, "ConditioningZeroOut", [], inputs=[In("conditioning", "CONDITIONING", None)],
-                     outputs=[M("CONDITIONING", "CONDITIONING", [2, 3])], pos=(0, 200)),
+            _ui_node(
+                12,
+                "ConditioningZeroOut",
+                [],
+                inputs=[In("conditioning", "CONDITIONING", None)],
+                outputs=[M("CONDITIONING", "CONDITIONING", [2, 3])],
+                pos=(0, 200),
+            ),
         ]
         links[1] = [2, 12, 0, 5, 1, "CONDITIONING"]
         links[2] = [3, 12, 0, 5, 2, "CONDITIONING"]
     else:
         nodes += [
-            _ui_node(2, "TestRandomConditioning", [8, make_tiny.PIXART_COND_DIM, 0, 5, "fixed", False],
-                     inputs=[In("seed", "INT", 10, widget="seed")], outputs=[M("CONDITIONING", "CONDITIONING", [2])],
-                     pos=(0, 150), title="positive"),
-            _ui_node(3, "TestRandomConditioning", [8, make_tiny.PIXART_COND_DIM, 0, 0, "fixed", True],
-                     outputs=[M("CONDITIONING", "CONDITIONING", [3])], pos=(0, 300)),
-            _ui_node(9, "PrimitiveNode", [777, "fixed"],
-                     outputs=[{"name": "INT", "type": "INT", "links": [10], "slot_index": 0,
-                               "widget": {"name": "seed"}}], pos=(-300, 150)),
-            _ui_node(11, "TestRandomConditioning", [8, 4, 0, 1, "fixed", False],
-                     outputs=[M("CONDITIONING", "CONDITIONING", [])], mode=2, pos=(0, 800)),
+            _ui_node(
+                2,
+                "TestRandomConditioning",
+                [8, make_tiny.PIXART_COND_DIM, 0, 5, "fixed", False],
+                inputs=[In("seed", "INT", 10, widget="seed")],
+                outputs=[M("CONDITIONING", "CONDITIONING", [2])],
+                pos=(0, 150),
+                title="positive",
+            ),
+            _ui_node(
+                3,
+                "TestRandomConditioning",
+                [8, make_tiny.PIXART_COND_DIM, 0, 0, "fixed", True],
+                outputs=[M("CONDITIONING", "CONDITIONING", [3])],
+                pos=(0, 300),
+            ),
+            _ui_node(
+                9,
+                "PrimitiveNode",
+                [777, "fixed"],
+                outputs=[{"name": "INT", "type": "INT", "links": [10], "slot_index": 0, "widget": {"name": "seed"}}],
+                pos=(-300, 150),
+            ),
+            _ui_node(
+                11,
+                "TestRandomConditioning",
+                [8, 4, 0, 1, "fixed", False],
+                outputs=[M("CONDITIONING", "CONDITIONING", [])],
+                mode=2,
+                pos=(0, 800),
+            ),
         ]
         links.append([10, 9, 0, 2, 3, "INT"])
     nodes += list(extra_nodes)
-    return {"id": "00000000-0000-4000-8000-000000000000", "revision": 0,
-            "last_node_id": max(n["id"] for n in nodes), "last_link_id": max(link[0] for link in links),
-            "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [100, 100]}}, "version": 0.4}
+    return {
+        "id": "00000000-0000-4000-8000-000000000000",
+        "revision": 0,
+        "last_node_id": max(n["id"] for n in nodes),
+        "last_link_id": max(link[0] for link in links),
+        "nodes": nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [100, 100]}},
+        "version": 0.4,
+    }
 
 
 def test_ui_to_api_converts_and_runs(comfy_server):
@@ -229,23 +335,41 @@ def test_ui_to_api_converts_and_runs(comfy_server):
     prompt = comfy_server.ui_to_api(wf)
     strip = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
     assert strip == {
-        "1": {"class_type": "UNETLoader",
-              "inputs": {"unet_name": "ecad_tiny_pixart_sigma.safetensors", "weight_dtype": "default"}},
-        "2": {"class_type": "TestRandomConditioning",
-              "inputs": {"tokens": 8, "dim": 4096, "pooled_dim": 0, "seed": 777, "zero": False}},
-        "3": {"class_type": "TestRandomConditioning",
-              "inputs": {"tokens": 8, "dim": 4096, "pooled_dim": 0, "seed": 0, "zero": True}},
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": "ecad_tiny_pixart_sigma.safetensors", "weight_dtype": "default"},
+        },
+        "2": {
+            "class_type": "TestRandomConditioning",
+            "inputs": {"tokens": 8, "dim": 4096, "pooled_dim": 0, "seed": 777, "zero": False},
+        },
+        "3": {
+            "class_type": "TestRandomConditioning",
+            "inputs": {"tokens": 8, "dim": 4096, "pooled_dim": 0, "seed": 0, "zero": True},
+        },
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 32, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "seed": 123, "steps": 3, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0]}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": 123,
+                "steps": 3,
+                "cfg": 2.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+            },
+        },
         "8": {"class_type": "SaveLatent", "inputs": {"filename_prefix": "latents/ui_converted", "samples": ["5", 0]}},
     }
     assert prompt["2"]["_meta"]["title"] == "positive"
     entry = comfy_server.run(prompt, timeout=300)
     (latent_file,) = comfy_server.output_files(entry, "latents")
     lat = _read_latent(latent_file)
-    assert tuple(lat.shape) == (1, 4, 4, 64)   # LatentUpscaleBy was bypassed
+    assert tuple(lat.shape) == (1, 4, 4, 64)  # LatentUpscaleBy was bypassed
 
 
 def test_ui_to_api_rejects_unknown_and_mismatched(comfy_server):
@@ -268,14 +392,17 @@ def test_ui_to_api_rejects_unknown_and_mismatched(comfy_server):
 
 # ----------------------------------------------------------------------------- browser
 
+
 @pytest.fixture(scope="module")
 def browser_results(comfy_server, browser_ready, artifacts_dir):
     """All browser checks in one chromium session (a launch costs ~5-10 s on 2 cores)."""
     core = ui_workflow(core_only=True)
     bogus = ui_workflow(core_only=True, extra_nodes=[_ui_node(60, "EcadBogusNodeType", [], pos=(400, 500))])
-    jobs = [(core, artifacts_dir / "harness_core_workflow.png"),
-            (bogus, artifacts_dir / "harness_missing_node.png"),
-            (ui_workflow(), None, True)]       # full workflow: also get the frontend's graphToPrompt
+    jobs = [
+        (core, artifacts_dir / "harness_core_workflow.png"),
+        (bogus, artifacts_dir / "harness_missing_node.png"),
+        (ui_workflow(), None, True),
+    ]  # full workflow: also get the frontend's graphToPrompt
     return browser_ready.load_workflows_in_browser(comfy_server.url, jobs)
 
 
@@ -283,7 +410,7 @@ def browser_results(comfy_server, browser_ready, artifacts_dir):
 def test_browser_core_workflow_has_no_missing_nodes(browser_results):
     res = browser_results[0]
     assert res.missing == [], res.raw
-    assert res.raw["reported_missing"] == [], res.raw       # the frontend's own list was captured
+    assert res.raw["reported_missing"] == [], res.raw  # the frontend's own list was captured
     assert res.graph_node_count >= 8
     assert res.frontend_version == "1.32.9"
     assert not res.page_errors, res.page_errors

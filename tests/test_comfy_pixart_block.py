@@ -1,6 +1,7 @@
 """The ComfyUI PixArt block re-statement (nodes/comfy_pixart.py) on ComfyUI's own PixArtMS (tiny, random weights):
 reused units' norm + modulation are skipped, the image equals the module-level cache's, and a block that no
 longer matches ComfyUI's fails loudly."""
+
 from __future__ import annotations
 
 import importlib
@@ -52,13 +53,17 @@ def _patched_loop(comfy, sched, mp=None, counts=None):
     if counts is not None:
         for i, blk in enumerate(den.model.blocks):
             for name in ("norm1", "norm2"):
-                hooks.append(getattr(blk, name).register_forward_hook(
-                    lambda *_, k=(i, name): counts.__setitem__(k, counts.get(k, 0) + 1)))
+                hooks.append(
+                    getattr(blk, name).register_forward_hook(
+                        lambda *_, k=(i, name): counts.__setitem__(k, counts.get(k, 0) + 1)
+                    )
+                )
 
     def pre(i):
         if i == 0:
             eng.begin_run(STEPS)
         eng.set_position(i, ("cond", "uncond"))
+
     try:
         with torch.no_grad():
             x = den.loop(pre)
@@ -120,6 +125,7 @@ def test_a_changed_comfyui_block_fails_loudly(comfy, monkeypatch):
 
     def changed(self, x, y, t, mask=None, HW=None, **kw):  # e.g. a future ComfyUI with another residual scale
         return original(self, x, y, t, mask, HW, **kw) * 1.0001
+
     monkeypatch.setattr(cls, "forward", changed)
     layout = adapters._pixart_adapter(den.model).layout
     with pytest.raises(adapters.SelfCheckError, match="PixArt block re-statement differs from ComfyUI's block"):
@@ -135,6 +141,7 @@ def test_another_nodes_block_patch_is_kept_and_its_modules_are_cached(comfy, cap
     def foreign(*a, **k):  # another pack's block patch: must stay in place and still run
         calls.append(1)
         return type(blk0).forward(blk0, *a, **k)
+
     mp = bench_comfy._Patcher(den.model, {})
     mp.add_object_patch("diffusion_model.blocks.0.forward", foreign)
     with caplog.at_level(logging.INFO, logger="ecad"):
@@ -176,9 +183,13 @@ def test_restated_blocks_keep_the_stream_contiguous_but_q_linear_sees_comfyuis_l
         hs = []
         for b in den.model.blocks:
             hs.append(b.norm1.register_forward_pre_hook(lambda m, a, k=key: seen[k].append(("norm1", a[0].stride()))))
-            hs.append(b.cross_attn.q_linear.register_forward_pre_hook(
-                lambda m, a, k=key: seen[k].append(("q_linear", a[0].stride()))))
+            hs.append(
+                b.cross_attn.q_linear.register_forward_pre_hook(
+                    lambda m, a, k=key: seen[k].append(("q_linear", a[0].stride()))
+                )
+            )
         return hs
+
     hs = probe("plain")
     with torch.no_grad():
         plain = den.loop()

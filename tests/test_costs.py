@@ -1,4 +1,5 @@
 """Cost model: formulas checked against real modules and against ECAD's stored MACs."""
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,7 @@ def ecad_run(rel: str):
     batch = np.full(s.steps, 2)
     pipe = cfg.get("pipeline") or {}
     if pipe.get("name") == "tgate":
-        batch[pipe["kwargs"]["gate_step"]:] = 1
+        batch[pipe["kwargs"]["gate_step"] :] = 1
     arch = ARCHS["pixart-alpha"] if s.family == "pixart" else ARCHS["flux-dev"]
     tt = 120 if s.family == "pixart" else None
     return s, d.get("metrics") or {}, arch, h, w, tt, batch
@@ -92,8 +93,8 @@ HEADLINE = [  # (file, README / task figure in TMACs)
 def test_headline_totals(rel, tmacs):
     s, m, arch, h, w, tt, _ = ecad_run(rel)
     total = schedule_macs(s, arch, h, w, text_tokens=tt)
-    assert abs(total / 1e12 - tmacs) / tmacs < 0.002       # the rounded figure
-    assert total == m["total_macs"]                          # and the stored count, to the MAC
+    assert abs(total / 1e12 - tmacs) / tmacs < 0.002  # the rounded figure
+    assert total == m["total_macs"]  # and the stored count, to the MAC
 
 
 @needs_ref
@@ -101,8 +102,9 @@ def test_pixart_default_schedule():
     # the README lists no total for it (no total_macs_T), but total_macs is stored and equals cand_071's
     d = json.loads((REF / "alpha_cache_schedules/gen_default/default.json").read_text())
     s = load_schedule(REF / "alpha_cache_schedules/gen_default/default.json")
-    ref = json.loads((REF / "population_initialization/pixart_alpha_256x256/gen_000/candidates/"
-                             "cand_071.json").read_text())
+    ref = json.loads(
+        (REF / "population_initialization/pixart_alpha_256x256/gen_000/candidates/cand_071.json").read_text()
+    )
     assert s.effective_bits().all()
     total = schedule_macs(s, "pixart-alpha", 256, 256)
     assert total == no_cache_macs(20, "pixart-alpha", 256, 256) == ref["metrics"]["total_macs"]
@@ -167,13 +169,17 @@ def _count(model, unit_of, run):
     for name, mod in model.named_modules():
         key = unit_of(name)
         if isinstance(mod, torch.nn.Linear):
+
             def hook(m, inp, out, key=key):
                 linear[key] = linear.get(key, 0) + inp[0].numel() * m.out_features
+
             hooks.append(mod.register_forward_hook(hook))
         elif isinstance(mod, torch.nn.Conv2d):
+
             def hook(m, inp, out, key=key):
                 k = m.kernel_size[0] * m.kernel_size[1]
                 linear[key] = linear.get(key, 0) + out.numel() * m.in_channels // m.groups * k
+
             hooks.append(mod.register_forward_hook(hook))
         if re.search(r"\.attn\d?$", name):
             hooks.append(mod.register_forward_pre_hook(lambda m, a, key=key: current.append(key)))
@@ -216,9 +222,18 @@ def test_pixart_formula_matches_hooked_modules(micro):
     from diffusers import PixArtTransformer2DModel
 
     torch.manual_seed(0)
-    cfg = dict(num_attention_heads=2, attention_head_dim=24, in_channels=4, out_channels=8, num_layers=3,
-               sample_size=8, patch_size=2, caption_channels=40, cross_attention_dim=48,
-               use_additional_conditions=micro)
+    cfg = dict(
+        num_attention_heads=2,
+        attention_head_dim=24,
+        in_channels=4,
+        out_channels=8,
+        num_layers=3,
+        sample_size=8,
+        patch_size=2,
+        caption_channels=40,
+        cross_attention_dim=48,
+        use_additional_conditions=micro,
+    )
     model = PixArtTransformer2DModel(**cfg).eval()
     arch = Arch.from_diffusers_config(model.config, text_tokens=7)
     assert (arch.hidden, arch.depth, arch.micro_conditioning, arch.token_in, arch.token_out) == (48, 3, micro, 16, 32)
@@ -231,8 +246,12 @@ def test_pixart_formula_matches_hooked_modules(micro):
 
     def run():
         cond = {"resolution": torch.tensor([[64.0, 96.0]] * batch), "aspect_ratio": torch.tensor([[1.5]] * batch)}
-        model(torch.randn(batch, 4, h // 8, w // 8), encoder_hidden_states=torch.randn(batch, tt, 40),
-              timestep=torch.tensor([500] * batch), added_cond_kwargs=cond if micro else None)
+        model(
+            torch.randn(batch, 4, h // 8, w // 8),
+            encoder_hidden_states=torch.randn(batch, tt, 40),
+            timestep=torch.tensor([500] * batch),
+            added_cond_kwargs=cond if micro else None,
+        )
 
     linear, attn = _count(model, unit_of, run)
     _check_against_hooks(arch, layout, linear, attn, h, w, batch, tt)
@@ -244,10 +263,18 @@ def test_flux_formula_matches_hooked_modules(guidance):
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
-    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=3,
-                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=40,
-                                   pooled_projection_dim=24, guidance_embeds=guidance,
-                                   axes_dims_rope=(4, 6, 6)).eval()
+    model = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=3,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=40,
+        pooled_projection_dim=24,
+        guidance_embeds=guidance,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
     arch = Arch.from_diffusers_config(model.config, text_tokens=7)
     assert (arch.hidden, arch.depth, arch.single_depth, arch.latent_channels, arch.token_in) == (32, 2, 3, 4, 16)
     h, w, batch, tt = 64, 96, 2, 7  # latent 8x12, packed 2x2 -> 4x6 = 24 tokens
@@ -263,10 +290,15 @@ def test_flux_formula_matches_hooked_modules(guidance):
         return (f"single_{m.group(1)}", f"single_{m.group(2)}") if m else "fixed"
 
     def run():
-        model(hidden_states=torch.randn(batch, n, 16), encoder_hidden_states=torch.randn(batch, tt, 40),
-              pooled_projections=torch.randn(batch, 24), timestep=torch.tensor([0.5] * batch),
-              img_ids=torch.zeros(n, 3), txt_ids=torch.zeros(tt, 3),
-              guidance=torch.tensor([3.5] * batch) if guidance else None)
+        model(
+            hidden_states=torch.randn(batch, n, 16),
+            encoder_hidden_states=torch.randn(batch, tt, 40),
+            pooled_projections=torch.randn(batch, 24),
+            timestep=torch.tensor([0.5] * batch),
+            img_ids=torch.zeros(n, 3),
+            txt_ids=torch.zeros(tt, 3),
+            guidance=torch.tensor([3.5] * batch) if guidance else None,
+        )
 
     linear, attn = _count(model, unit_of, run)
     _check_against_hooks(arch, layout, linear, attn, h, w, batch, tt)
@@ -275,8 +307,12 @@ def test_flux_formula_matches_hooked_modules(guidance):
 # -- architectures and configs ----------------------------------------------------
 def _init_defaults(cls) -> dict:
     import inspect
-    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+
+    return {
+        k: p.default
+        for k, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _numbers(a: Arch) -> dict:
@@ -300,8 +336,9 @@ def test_configs_of_the_real_models():
     sigma = Arch.from_diffusers_config({**pix, "use_additional_conditions": False}, text_tokens=300)
     assert step_costs(sigma, 512, 512).full_step == step_costs("pixart-sigma", 512, 512).full_step
     with pytest.raises(ValueError, match="neither a PixArt nor a FLUX"):
-        Arch.from_diffusers_config({"_class_name": "UNet2DConditionModel", "num_attention_heads": 8,
-                                    "attention_head_dim": 64})
+        Arch.from_diffusers_config(
+            {"_class_name": "UNet2DConditionModel", "num_attention_heads": 8, "attention_head_dim": 64}
+        )
 
 
 def test_known_numbers():
@@ -322,9 +359,13 @@ def test_known_numbers():
 
 
 def test_full_mode_adds_attention_products():
-    for name, res, share_lo, share_hi in [("pixart-alpha", 256, 0.03, 0.05), ("pixart-alpha", 1024, 0.3, 0.4),
-                                          ("flux-dev", 256, 0.03, 0.05), ("flux-dev", 1024, 0.18, 0.22),
-                                          ("flux-dev", 2048, 0.45, 0.5)]:
+    for name, res, share_lo, share_hi in [
+        ("pixart-alpha", 256, 0.03, 0.05),
+        ("pixart-alpha", 1024, 0.3, 0.4),
+        ("flux-dev", 256, 0.03, 0.05),
+        ("flux-dev", 1024, 0.18, 0.22),
+        ("flux-dev", 2048, 0.45, 0.5),
+    ]:
         e, f = step_costs(name, res, res), step_costs(name, res, res, mode="full")
         share = 1 - e.full_step / f.full_step
         assert share_lo < share < share_hi, (name, res, share)
@@ -338,8 +379,10 @@ def test_micro_conditioning_auto_for_alpha():
     extra = 2 * 3 * (256 * s + s * s)  # batch 2, three size rows per sample
     for res in (256, 512):
         assert step_costs("pixart-alpha", res, res).fixed == step_costs("pixart-sigma", res, res, text_tokens=120).fixed
-    assert (step_costs("pixart-alpha", 1024, 1024).fixed
-            == step_costs("pixart-sigma", 1024, 1024, text_tokens=120).fixed + extra)
+    assert (
+        step_costs("pixart-alpha", 1024, 1024).fixed
+        == step_costs("pixart-sigma", 1024, 1024, text_tokens=120).fixed + extra
+    )
 
 
 # -- schedule-level functions ---------------------------------------------------
@@ -375,8 +418,9 @@ def test_schedule_functions_agree():
 
 
 def test_errors_are_clear():
-    with pytest.raises(ValueError, match="unknown architecture 'sd3'; known: flux-dev, flux-schnell, "
-                                         "pixart-alpha, pixart-sigma"):
+    with pytest.raises(
+        ValueError, match="unknown architecture 'sd3'; known: flux-dev, flux-schnell, pixart-alpha, pixart-sigma"
+    ):
         get_arch("sd3")
     with pytest.raises(ValueError, match="height must be a positive multiple of 16 for PixArt"):
         step_costs("pixart-alpha", 250, 256)
@@ -401,8 +445,17 @@ def test_errors_are_clear():
 
 
 def test_tiny_explicit_arch():
-    tiny = Arch.flux(hidden=32, heads=2, depth=2, single_depth=3, latent_channels=4, out_channels=4,
-                     caption_channels=40, pooled_dim=24, text_tokens=7)
+    tiny = Arch.flux(
+        hidden=32,
+        heads=2,
+        depth=2,
+        single_depth=3,
+        latent_channels=4,
+        out_channels=4,
+        caption_channels=40,
+        pooled_dim=24,
+        text_tokens=7,
+    )
     s = Schedule.every_n(tiny.layout(), 10, 3)
     assert tiny.layout() == make_layout("flux", 2, 3)
     assert 1.5 < expected_speedup(s, tiny, 64, 96) < 10 / 4  # 4 of 10 steps, plus fixed costs

@@ -1,4 +1,5 @@
 """The cache engine on real diffusers PixArt-α/Σ and FLUX (tiny random weights)."""
+
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +76,13 @@ class ReferenceCache:
             if self.step > 0 and not self.bits[self.step, i] and (i, self.branch) in self.store:
                 return self.store[(i, self.branch)]
             return orig(*a, **k)
+
         return fwd
 
     def _post(self, i):
         def hook(mod, args, out):
             self.store[(i, self.branch)] = out
+
         return hook
 
     def remove(self):
@@ -125,8 +128,15 @@ def test_consecutive_runs_identical_and_reset(pipe):
         b = _run(pipe)
         s2 = h.stats.as_dict()
         # a different resolution / batch in the next run never reuses old tensors
-        c = _run(pipe, prompt=["one prompt only"], **({"height": 128, "width": 128, "use_resolution_binning": False}
-                                                       if "PixArt" in type(pipe).__name__ else {"height": 64, "width": 64}))
+        c = _run(
+            pipe,
+            prompt=["one prompt only"],
+            **(
+                {"height": 128, "width": 128, "use_resolution_binning": False}
+                if "PixArt" in type(pipe).__name__
+                else {"height": 64, "width": 64}
+            ),
+        )
         s3 = h.stats
     assert torch.equal(a, b) and s1 == s2
     assert s3.fallback.sum() == 0 and s3.total_reused == s1["reused"]
@@ -162,12 +172,24 @@ def test_separate_cfg_calls_keep_their_own_cache():
             for t in ts:
                 tt = torch.tensor([t, t])
                 if split:
-                    o = torch.cat([tr(x[i:i + 1], encoder_hidden_states=ctx[i:i + 1], timestep=tt[i:i + 1],
-                                      added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-                                   for i in range(2)])
+                    o = torch.cat(
+                        [
+                            tr(
+                                x[i : i + 1],
+                                encoder_hidden_states=ctx[i : i + 1],
+                                timestep=tt[i : i + 1],
+                                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                            ).sample
+                            for i in range(2)
+                        ]
+                    )
                 else:
-                    o = tr(x, encoder_hidden_states=ctx, timestep=tt,
-                           added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
+                    o = tr(
+                        x,
+                        encoder_hidden_states=ctx,
+                        timestep=tt,
+                        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                    ).sample
                 outs.append(o)
             stats = h.stats
         return torch.stack(outs), stats
@@ -198,10 +220,15 @@ def test_shape_change_inside_a_run_never_reuses():
 
 def test_outputs_are_kept_only_while_a_later_call_can_reuse_them():
     lay = make_layout("pixart", 1)  # 3 units
-    bits = np.array([[1, 1, 1],
-                     [0, 1, 1],   # unit 0 reused at step 1
-                     [1, 1, 0],   # unit 2 reused at step 2
-                     [1, 1, 1]], bool)
+    bits = np.array(
+        [
+            [1, 1, 1],
+            [0, 1, 1],  # unit 0 reused at step 1
+            [1, 1, 0],  # unit 2 reused at step 2
+            [1, 1, 1],
+        ],
+        bool,
+    )
     f = lambda x: x + 1
     x = torch.ones(2, 3)
 
@@ -213,8 +240,8 @@ def test_outputs_are_kept_only_while_a_later_call_can_reuse_them():
 
     eng = CacheEngine(Schedule(lay, bits))
     eng.begin_run()
-    assert step(eng, 0) == {0}          # only unit 0 is reused next step
-    assert step(eng, 1) == {0, 2}       # unit 0 stays stored (a second call of this step may reuse it)
+    assert step(eng, 0) == {0}  # only unit 0 is reused next step
+    assert step(eng, 1) == {0, 2}  # unit 0 stays stored (a second call of this step may reuse it)
     assert step(eng, 2) == {2}
     assert step(eng, 3) == set() and eng.cache_bytes() == 0
     st = eng.end_run()
@@ -243,8 +270,8 @@ def test_outputs_are_kept_only_while_a_later_call_can_reuse_them():
     eng.begin_run()
     step(eng, 0)
     eng.set_position(1)
-    eng.call(0, f, (torch.ones(4, 3),), {})   # batch changed: fallback
-    eng.call(0, f, (torch.ones(4, 3),), {})   # same step again: reuses that output
+    eng.call(0, f, (torch.ones(4, 3),), {})  # batch changed: fallback
+    eng.call(0, f, (torch.ones(4, 3),), {})  # same step again: reuses that output
     st = eng.end_run()
     assert st.fallback[1] == 1 and st.reused[1] == 1
 
@@ -281,11 +308,19 @@ def test_too_many_steps_on_a_bare_transformer_is_a_clear_error():
     x, ctx = torch.randn(1, 4, 32, 32), torch.randn(1, 5, 32)
     with cached(tr, sched), torch.no_grad():
         for t in (900, 500):
-            tr(x, encoder_hidden_states=ctx, timestep=torch.tensor([t]),
-               added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+            tr(
+                x,
+                encoder_hidden_states=ctx,
+                timestep=torch.tensor([t]),
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            )
         with pytest.raises(EcadError, match="sampling step 3.*covers 2 steps"):
-            tr(x, encoder_hidden_states=ctx, timestep=torch.tensor([100]),
-               added_cond_kwargs={"resolution": None, "aspect_ratio": None})
+            tr(
+                x,
+                encoder_hidden_states=ctx,
+                timestep=torch.tensor([100]),
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            )
 
 
 def test_pipeline_step_count_is_remapped():
@@ -300,8 +335,7 @@ def test_pipeline_step_count_is_remapped():
 
 @pytest.fixture(scope="module")
 def full_depth():
-    return {"pixart": tiny_pixart_pipeline("alpha", layers=28),
-            "flux": tiny_flux_pipeline(double=19, single=38)}
+    return {"pixart": tiny_pixart_pipeline("alpha", layers=28), "flux": tiny_flux_pipeline(double=19, single=38)}
 
 
 @pytest.mark.parametrize("path", reference.params("*/*.json", reference.PAPER, lambda p: f"{p.parent.name}/{p.stem}"))
@@ -309,9 +343,16 @@ def test_every_paper_schedule_runs_on_matching_structure(full_depth, path):
     s = load_schedule(path)
     pipe = full_depth[s.family]
     with cached(pipe, s) as h:
-        out = _run(pipe, steps=s.steps, prompt=["a lighthouse at dusk"],
-                   **({"height": 64, "width": 64} if s.family == "flux" else
-                      {"height": 64, "width": 64, "use_resolution_binning": False}))
+        out = _run(
+            pipe,
+            steps=s.steps,
+            prompt=["a lighthouse at dusk"],
+            **(
+                {"height": 64, "width": 64}
+                if s.family == "flux"
+                else {"height": 64, "width": 64, "use_resolution_binning": False}
+            ),
+        )
         st = h.stats
     assert torch.isfinite(out).all()
     eff = s.effective_bits()

@@ -1,4 +1,5 @@
 """``python -m ecad_core eval`` end to end on the built-in tiny PixArt-α, metric models from local files."""
+
 from __future__ import annotations
 
 import csv
@@ -34,17 +35,50 @@ def files(tmp_path_factory):
 
 def _eval(files, *extra):
     d = files["dir"]
-    return main(["eval", "--model", "tiny:pixart-alpha", "--prompts", str(d / "prompts.txt"), "--seeds", "0", "1",
-                 "--height", "64", "--width", "64", "--quiet", *extra])
+    return main(
+        [
+            "eval",
+            "--model",
+            "tiny:pixart-alpha",
+            "--prompts",
+            str(d / "prompts.txt"),
+            "--seeds",
+            "0",
+            "1",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_eval_end_to_end_on_tiny_pixart(files, capsys):
     d = files["dir"]
     out = d / "out"
-    rc = _eval(files, "--schedule", str(d / "full.json"), "--schedule", str(d / "mixed.json"),
-               "--metrics", "psnr,ssim,lpips,clip,fid", "--lpips-weights", str(files["lpips"]),
-               "--inception-weights", str(files["inception"]), "--fid-reference", str(files["reference"]),
-               "--grid-rows", "2", "--save-images", "--no-warmup", "--out", str(out))
+    rc = _eval(
+        files,
+        "--schedule",
+        str(d / "full.json"),
+        "--schedule",
+        str(d / "mixed.json"),
+        "--metrics",
+        "psnr,ssim,lpips,clip,fid",
+        "--lpips-weights",
+        str(files["lpips"]),
+        "--inception-weights",
+        str(files["inception"]),
+        "--fid-reference",
+        str(files["reference"]),
+        "--grid-rows",
+        "2",
+        "--save-images",
+        "--no-warmup",
+        "--out",
+        str(out),
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     report = json.loads((out / "eval.json").read_text())

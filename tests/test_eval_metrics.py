@@ -1,4 +1,5 @@
 """Evaluation metrics on synthetic data against known values; metric models loaded from local files."""
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,7 @@ def test_frechet_distance_known_values():
         fid_from_features(f[:1], f)
     # few images (sample-space SVD) and many images (covariance route) give the same distance
     a, b = rng.normal(size=(5, 40)), 2 * rng.normal(size=(7, 40)) + 0.3
-    assert fid_from_features(a, b) == pytest.approx(frechet_distance(*feature_stats(a), *feature_stats(b)),
-                                                    rel=1e-6)
+    assert fid_from_features(a, b) == pytest.approx(frechet_distance(*feature_stats(a), *feature_stats(b)), rel=1e-6)
 
 
 def test_clean_resize_is_pil_bicubic_per_channel_on_uint8():
@@ -193,10 +193,19 @@ def test_report_tables_mark_skipped_and_not_applicable(inception):
     from ecad_core import Schedule, make_layout
 
     sched = Schedule.every_n(make_layout("pixart", 2), 4, 2, name="every2")
-    suite = MetricSuite(("psnr", "ssim", "fid", "clip"), models={"fid": inception},
-                        skipped={"clip": "no CLIP weights given"})
-    res = run_evaluation(_FakeGenerate(2), [("every2", sched)], suite, sample_prompts=["a", "b"],
-                         sample_seeds=[0, 0], warmup=False, settings={"steps": 4}, keep_outputs=1)
+    suite = MetricSuite(
+        ("psnr", "ssim", "fid", "clip"), models={"fid": inception}, skipped={"clip": "no CLIP weights given"}
+    )
+    res = run_evaluation(
+        _FakeGenerate(2),
+        [("every2", sched)],
+        suite,
+        sample_prompts=["a", "b"],
+        sample_seeds=[0, 0],
+        warmup=False,
+        settings={"steps": 4},
+        keep_outputs=1,
+    )
     md = to_markdown(res)
     assert "| no cache |" in md and "| every2 |" in md and "clip skipped: no CLIP weights given" in md
     nocache, row = res.rows
@@ -221,8 +230,9 @@ def test_shipped_and_user_prompt_sets(tmp_path):
     assert len(db) == 200 and not db[66].startswith('"')
     assert len(load_eval_prompts(prompt_set="ecad-calibration", limit=5)) == 5
     mjhq = tmp_path / "meta_data.json"
-    mjhq.write_text(json.dumps({"a1": {"prompt": "a cat", "category": "animals"},
-                                "b2": {"prompt": "a city", "category": "places"}}))
+    mjhq.write_text(
+        json.dumps({"a1": {"prompt": "a cat", "category": "animals"}, "b2": {"prompt": "a city", "category": "places"}})
+    )
     assert load_eval_prompts(mjhq) == ["a cat", "a city"]
     coco = tmp_path / "captions_val2014.json"
     coco.write_text(json.dumps({"annotations": [{"image_id": 1, "caption": " A dog. "}]}))

@@ -7,6 +7,7 @@ prompts: ``imagereward_fixture.official_scores`` (run as that module's script, i
 separate environment with the official package). The fixture writes the same files
 on every run, so these tests compare our port with the official code without it.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -26,13 +27,56 @@ from support.imagereward_fixture import (
 from ecad_core.metrics import ImageRewardScore, MetricUnavailable, load_metric, score_drop
 from ecad_core.metrics import imagereward as irm
 
-OFFICIAL_SCORES = [-0.38077306747436523, -0.458724707365036, -0.48554718494415283, -0.44723156094551086,
-                   -0.4789646565914154]
-OFFICIAL_IDS = [[2, 11, 47, 48, 49, 50, 51, 3], [2, 52, 53, 54, 5, 71, 72, 3],
-                [2, 57, 58, 59, 60, 11, 61, 5, 86, 62, 5, 73, 74, 75, 56, 11, 76, 68, 50, 78, 53, 79, 60, 80, 87, 81,
-                 64, 50, 82, 57, 95, 57, 83, 84, 3],
-                [2, 48, 96, 87, 7, 36, 96, 93, 109, 92, 27, 111, 100, 103, 110, 1, 3],
-                [2, 55, 56, 11, 63, 64, 11, 66, 65, 3]]
+OFFICIAL_SCORES = [
+    -0.38077306747436523,
+    -0.458724707365036,
+    -0.48554718494415283,
+    -0.44723156094551086,
+    -0.4789646565914154,
+]
+OFFICIAL_IDS = [
+    [2, 11, 47, 48, 49, 50, 51, 3],
+    [2, 52, 53, 54, 5, 71, 72, 3],
+    [
+        2,
+        57,
+        58,
+        59,
+        60,
+        11,
+        61,
+        5,
+        86,
+        62,
+        5,
+        73,
+        74,
+        75,
+        56,
+        11,
+        76,
+        68,
+        50,
+        78,
+        53,
+        79,
+        60,
+        80,
+        87,
+        81,
+        64,
+        50,
+        82,
+        57,
+        95,
+        57,
+        83,
+        84,
+        3,
+    ],
+    [2, 48, 96, 87, 7, 36, 96, 93, 109, 92, 27, 111, 100, 103, 110, 1, 3],
+    [2, 55, 56, 11, 63, 64, 11, 66, 65, 3],
+]
 TOL = 1e-5  # float32 roundoff is ~4e-7; one pixel one gray level off already moves a score by ~3e-5
 
 
@@ -63,8 +107,10 @@ def test_scores_equal_the_official_implementation(tiny):
 
 def test_tokenization_is_blips(tiny):
     tok = ImageRewardScore(tiny)._model.tokenizer
-    assert len(tok) == len(tok.get_vocab()) and tok.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [len(tok) - 2,
-                                                                                                len(tok) - 1]
+    assert len(tok) == len(tok.get_vocab()) and tok.convert_tokens_to_ids(["[DEC]", "[ENC]"]) == [
+        len(tok) - 2,
+        len(tok) - 1,
+    ]
     enc = tok(PROMPTS, padding="max_length", truncation=True, max_length=35)
     assert all(len(ids) == 35 and ids[0] == tok.cls_token_id for ids in enc["input_ids"])  # [CLS], not [ENC]
     # the official tokenizer's ids (transformers 4.36 slow BertTokenizer), padding (0) left out
@@ -77,9 +123,15 @@ def test_preprocess_is_the_official_transform():
     tv = pytest.importorskip("torchvision.transforms")
     from PIL import Image
 
-    official = tv.Compose([tv.Resize(224, interpolation=tv.InterpolationMode.BICUBIC), tv.CenterCrop(224),
-                           lambda im: im.convert("RGB"), tv.ToTensor(),
-                           tv.Normalize(irm.CLIP_MEAN, irm.CLIP_STD)])
+    official = tv.Compose(
+        [
+            tv.Resize(224, interpolation=tv.InterpolationMode.BICUBIC),
+            tv.CenterCrop(224),
+            lambda im: im.convert("RGB"),
+            tv.ToTensor(),
+            tv.Normalize(irm.CLIP_MEAN, irm.CLIP_STD),
+        ]
+    )
     g = torch.Generator().manual_seed(0)
     for h, w in [(224, 224), (225, 301), (301, 225), (50, 50), (64, 48), (400, 200), (223, 224)]:
         x = torch.rand(2, 3, h, w, generator=g)
@@ -96,8 +148,10 @@ def test_load_metric_and_score_drop(tiny):
     ref_scores = metric.score(ref, prompts)
     assert ref_scores.tolist() == pytest.approx(OFFICIAL_SCORES[:3], abs=TOL)
     assert score_drop(metric, list(ref), prompts, ref_scores) == pytest.approx(0.0, abs=1e-12)
-    worse = [(r + 0.3 * torch.rand(r.shape, generator=torch.Generator().manual_seed(i))).clamp(0, 1)
-             for i, r in enumerate(ref)]
+    worse = [
+        (r + 0.3 * torch.rand(r.shape, generator=torch.Generator().manual_seed(i))).clamp(0, 1)
+        for i, r in enumerate(ref)
+    ]
     drop = score_drop(metric, worse, prompts, ref_scores)
     assert drop == pytest.approx(float(ref_scores.mean() - metric.score(torch.stack(worse), prompts).mean()))
     assert drop != 0
@@ -111,13 +165,19 @@ def _write(tmp_path, sd, **kw):
 def test_missing_or_renamed_key_raises(tmp_path):
     sd = state_dict()
     del sd["blip.text_encoder.encoder.layer.0.crossattention.self.key.weight"]
-    with pytest.raises(MetricUnavailable, match=r"missing key\(s\) blip\.text_encoder\.encoder\.layer\.0\."
-                                                r"crossattention\.self\.key\.weight"):
+    with pytest.raises(
+        MetricUnavailable,
+        match=r"missing key\(s\) blip\.text_encoder\.encoder\.layer\.0\."
+        r"crossattention\.self\.key\.weight",
+    ):
         ImageRewardScore(_write(tmp_path, sd))
     sd = state_dict()
     sd["mlp.layer.7.weight"] = sd.pop("mlp.layers.7.weight")
-    with pytest.raises(MetricUnavailable, match=r"missing key\(s\) mlp\.layers\.7\.weight; "
-                                                r"unexpected key\(s\) mlp\.layer\.7\.weight"):
+    with pytest.raises(
+        MetricUnavailable,
+        match=r"missing key\(s\) mlp\.layers\.7\.weight; "
+        r"unexpected key\(s\) mlp\.layer\.7\.weight",
+    ):
         ImageRewardScore(_write(tmp_path, sd))
     sd = state_dict()  # an extra module the official model does not have
     sd["blip.text_encoder.pooler.dense.weight"] = torch.zeros(768, 768)
@@ -146,20 +206,35 @@ def test_wrong_or_corrupt_files_raise(tmp_path):
     with pytest.raises(MetricUnavailable, match="not an ImageReward checkpoint"):
         ImageRewardScore(bad)
     torch.save({"model.weight": torch.zeros(1)}, bad)  # some other model's state dict
-    with pytest.raises(MetricUnavailable, match=r"not an ImageReward checkpoint: missing key\(s\) .*"
-                                                r"blip\.visual_encoder\.cls_token"):
+    with pytest.raises(
+        MetricUnavailable,
+        match=r"not an ImageReward checkpoint: missing key\(s\) .*"
+        r"blip\.visual_encoder\.cls_token",
+    ):
         ImageRewardScore(bad)
 
 
 def test_med_config_defaults_only_when_they_fit(tmp_path, monkeypatch):
     path = write_tiny_imagereward(tmp_path / "w", med_config=False)
     # BLIP's defaults (12 layers, vocab 30524, ...) do not fit the tiny checkpoint: say so, never guess
-    with pytest.raises(MetricUnavailable, match=r"BLIP's default text config \(med_config\.json not found beside "
-                                                r"it.*missing key\(s\) blip\.text_encoder\.encoder\.layer\.1\."):
+    with pytest.raises(
+        MetricUnavailable,
+        match=r"BLIP's default text config \(med_config\.json not found beside "
+        r"it.*missing key\(s\) blip\.text_encoder\.encoder\.layer\.1\.",
+    ):
         ImageRewardScore(path)
     # defaults that fit the shapes are used (here: defaults patched to the tiny config)
-    monkeypatch.setattr(irm, "MED_DEFAULTS", {**irm.MED_DEFAULTS, **{k: MED_CONFIG[k] for k in (
-        "num_hidden_layers", "intermediate_size", "max_position_embeddings", "vocab_size")}})
+    monkeypatch.setattr(
+        irm,
+        "MED_DEFAULTS",
+        {
+            **irm.MED_DEFAULTS,
+            **{
+                k: MED_CONFIG[k]
+                for k in ("num_hidden_layers", "intermediate_size", "max_position_embeddings", "vocab_size")
+            },
+        },
+    )
     assert _score_sets(ImageRewardScore(path)) == pytest.approx(OFFICIAL_SCORES, abs=TOL)
     monkeypatch.setattr(irm, "MED_DEFAULTS", {**irm.MED_DEFAULTS, "intermediate_size": 300})
     with pytest.raises(MetricUnavailable, match=r"intermediate\.dense\.weight \(256, 768\) \(expected \(300, 768\)\)"):
@@ -169,9 +244,12 @@ def test_med_config_defaults_only_when_they_fit(tmp_path, monkeypatch):
 def test_tokenizer_lookup_and_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(irm, "TOKENIZER_HUB_IDS", ("ecad-test/no-such-tokenizer",))  # not in any local cache
     path = write_tiny_imagereward(tmp_path / "w", tokenizer=False)
-    with pytest.raises(MetricUnavailable, match=r"bert-base-uncased tokenizer \(vocab\.txt\) from local files; "
-                                                r"looked in: .*w/tokenizer; .*w/bert-base-uncased; "
-                                                r"ecad-test/no-such-tokenizer in the local Hugging Face cache"):
+    with pytest.raises(
+        MetricUnavailable,
+        match=r"bert-base-uncased tokenizer \(vocab\.txt\) from local files; "
+        r"looked in: .*w/tokenizer; .*w/bert-base-uncased; "
+        r"ecad-test/no-such-tokenizer in the local Hugging Face cache",
+    ):
         ImageRewardScore(path)
     with pytest.raises(MetricUnavailable, match=r"tokenizer not found: .*elsewhere/vocab\.txt does not exist"):
         ImageRewardScore(path, tokenizer=tmp_path / "elsewhere")
@@ -184,8 +262,11 @@ def test_tokenizer_lookup_and_clear_errors(tmp_path, monkeypatch):
     with open(path.parent / "bert-base-uncased" / "vocab.txt", "a", encoding="utf-8") as f:
         f.write("extra\n")
     n = MED_CONFIG["vocab_size"]
-    with pytest.raises(MetricUnavailable, match=rf"has {n + 1} tokens with \[DEC\] and \[ENC\] but the "
-                                                rf"checkpoint's text encoder has {n}"):
+    with pytest.raises(
+        MetricUnavailable,
+        match=rf"has {n + 1} tokens with \[DEC\] and \[ENC\] but the "
+        rf"checkpoint's text encoder has {n}",
+    ):
         ImageRewardScore(path)
 
 

@@ -3,6 +3,7 @@
 Every import counts, also one inside a function (it runs when the function does); imports under
 ``if TYPE_CHECKING:`` do not (they never run).
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,7 +25,8 @@ def modules(root: Path, package: str = "ecad_core") -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, int]]:
@@ -44,7 +46,7 @@ def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, int]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -74,12 +76,19 @@ def violations(root: Path) -> list[str]:
             top = target.split(".")[0]
             if top in HOSTS:
                 bad.append(f"{where}:{line}: ecad_core imports the host ({target}); ComfyUI glue belongs in nodes/")
-            if _within(m, "ecad_core.search") and (top in ("diffusers", "transformers") or any(
-                    _within(target, p) for p in ("ecad_core.engine", "ecad_core.diffusers"))):
-                bad.append(f"{where}:{line}: the search imports {target}; it scores schedules through an "
-                           "Evaluator and never touches a model")
-            if _within(m, "ecad_core.metrics") and _within(target, "ecad_core") and not any(
-                    _within(target, p) for p in ("ecad_core.metrics", "ecad_core.errors", "ecad_core._lazy")):
+            if _within(m, "ecad_core.search") and (
+                top in ("diffusers", "transformers")
+                or any(_within(target, p) for p in ("ecad_core.engine", "ecad_core.diffusers"))
+            ):
+                bad.append(
+                    f"{where}:{line}: the search imports {target}; it scores schedules through an "
+                    "Evaluator and never touches a model"
+                )
+            if (
+                _within(m, "ecad_core.metrics")
+                and _within(target, "ecad_core")
+                and not any(_within(target, p) for p in ("ecad_core.metrics", "ecad_core.errors", "ecad_core._lazy"))
+            ):
                 bad.append(f"{where}:{line}: metrics import {target}; they import nothing above them but errors")
             if _within(m, "ecad_core.schedule") and top == "torch":
                 bad.append(f"{where}:{line}: schedule/ imports torch; `ecad info` must not load it")
@@ -141,19 +150,21 @@ def test_the_checker_finds_each_planted_violation(tmp_path):
         "ecad_core/a.py": "from . import b\n",
         "ecad_core/b.py": "from .a import x\n",
         "ecad_core/typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import comfy\n"
-                             "    from . import c\n",
+        "    from . import c\n",
         "ecad_core/c.py": "from . import typed\n",
     }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(textwrap.dedent(text))
     found = violations(tmp_path)
-    expected = ["ecad_core/glue.py:2: ecad_core imports the host (folder_paths)",
-                "ecad_core/search/loop.py:1: the search imports ecad_core.engine",
-                "ecad_core/search/loop.py:2: the search imports diffusers",
-                "ecad_core/metrics/__init__.py:2: metrics import ecad_core.search.loop",
-                "ecad_core/schedule/__init__.py:1: schedule/ imports torch",
-                "import cycle: ecad_core.a -> ecad_core.b -> ecad_core.a"]
+    expected = [
+        "ecad_core/glue.py:2: ecad_core imports the host (folder_paths)",
+        "ecad_core/search/loop.py:1: the search imports ecad_core.engine",
+        "ecad_core/search/loop.py:2: the search imports diffusers",
+        "ecad_core/metrics/__init__.py:2: metrics import ecad_core.search.loop",
+        "ecad_core/schedule/__init__.py:1: schedule/ imports torch",
+        "import cycle: ecad_core.a -> ecad_core.b -> ecad_core.a",
+    ]
     for e in expected:
         assert any(f.startswith(e) for f in found), (e, found)
     assert len(found) == len(expected), found  # errors import is allowed; TYPE_CHECKING imports never count

@@ -7,6 +7,7 @@ layout-sensitive the same way, so these runs (random biases, as in a real checkp
 all-recompute must equal no cache, and the pack must equal the module-output ceiling, bit for bit.
 (ComfyUI's PixArt in fp16: tests/test_comfy_pixart_block.py.)
 """
+
 from __future__ import annotations
 
 import pytest
@@ -35,16 +36,55 @@ def test_the_cpu_stands_in_for_the_gpu_here(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_comfy_flux_restatement_is_bit_identical_in_low_precision(comfy_dir, dtype):
-    res = bench_comfy.main(["--tiny", "--device", "cpu", "--variant", "flux", "--res", "64", "--steps", "3",
-                            "--rounds", "1", "--dtype", dtype, "--presets", "flux-dev-1024-fast,flux-dev-256-faster"])
+    res = bench_comfy.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--variant",
+            "flux",
+            "--res",
+            "64",
+            "--steps",
+            "3",
+            "--rounds",
+            "1",
+            "--dtype",
+            dtype,
+            "--presets",
+            "flux-dev-1024-fast,flux-dev-256-faster",
+        ]
+    )
     _bit_identical(res["variants"])
     assert res["variants"]["pack flux-dev-256-faster"]["stats"]["reused"] > 0
 
 
-@pytest.mark.parametrize("model,presets", [("pixart-alpha", "pixart-alpha-256-fast,pixart-alpha-256-fastest"),
-                                           ("flux-dev", "flux-dev-1024-fast,flux-dev-256-faster")])
+@pytest.mark.parametrize(
+    "model,presets",
+    [
+        ("pixart-alpha", "pixart-alpha-256-fast,pixart-alpha-256-fastest"),
+        ("flux-dev", "flux-dev-1024-fast,flux-dev-256-faster"),
+    ],
+)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_diffusers_restatements_are_bit_identical_in_low_precision(model, presets, dtype):
-    res = bench_diffusers.main(["--tiny", "--device", "cpu", "--model", model, "--res", "64", "--steps", "3",
-                                "--rounds", "1", "--dtype", dtype, "--presets", presets])
+    res = bench_diffusers.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--model",
+            model,
+            "--res",
+            "64",
+            "--steps",
+            "3",
+            "--rounds",
+            "1",
+            "--dtype",
+            dtype,
+            "--presets",
+            presets,
+        ]
+    )
     _bit_identical(res["variants"])

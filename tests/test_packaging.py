@@ -1,5 +1,6 @@
 """The wheel ships every backend package and ``py.typed`` (a sub-package missing from the wheel imports fine from
 a checkout but breaks `pip install`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,10 +19,30 @@ def test_the_wheel_ships_every_ecad_core_package_and_py_typed(tmp_path):
 
     # build from a copy: a build in the checkout leaves build/ and *.egg-info behind
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".cache", ".git", "test-artifacts", "build",
-                                                             "*.egg-info", "__pycache__", "node_modules"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".cache", ".git", "test-artifacts", "build", "*.egg-info", "__pycache__", "node_modules"
+        ),
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (wheel,) = (tmp_path / "dist").glob("comfyui_ecad-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -43,8 +64,9 @@ def test_setup_stops_with_a_clear_message_when_the_disk_cannot_hold_torch(tmp_pa
     fake_py.write_text(f'#!/bin/sh\necho "$*" >> {calls}\necho "- -"\n')
     fake_py.chmod(0o755)
     env = dict(os.environ, ECAD_SETUP_TORCH_DISK_GB="100000000")
-    r = subprocess.run(["bash", "scripts/setup_env.sh", "venv"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["bash", "scripts/setup_env.sh", "venv"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "not enough disk for torch 2.14.1" in r.stdout
     assert "about 100000000 GB needed" in r.stdout

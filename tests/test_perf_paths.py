@@ -1,5 +1,6 @@
 """Performance paths, checked for correctness (not timed): the zero-overhead ceiling cache, the engine's
 sync-free step tracking and in-place store, the CUDA-graph mode's CPU fallback, and the benches' CPU smoke runs."""
+
 from __future__ import annotations
 
 import logging
@@ -90,13 +91,14 @@ def test_step_tracker_reads_scheduler_views_without_a_device_read(alpha, monkeyp
     tr.scheduler_set(ts)
     assert tr.value_without_sync(ts[3].expand(2)) == float(ts[3])
     assert tr.value_without_sync(ts[3][None].expand(2)) == float(ts[3])
-    assert tr.value_without_sync(ts[3].clone()) is None          # another tensor: read it
-    assert tr.value_without_sync(ts[2:4]) is None                 # two different timesteps
-    assert tr.value_without_sync(ts[3].float()) is None           # converted (FLUX pipelines): read it
+    assert tr.value_without_sync(ts[3].clone()) is None  # another tensor: read it
+    assert tr.value_without_sync(ts[2:4]) is None  # two different timesteps
+    assert tr.value_without_sync(ts[3].float()) is None  # converted (FLUX pipelines): read it
 
     # a whole engine loop whose timesteps are views never reads the timestep's value from the device
     def no_read(args, kwargs):
         raise AssertionError("the step tracker read the timestep from the device")
+
     monkeypatch.setattr(diffusers_api, "_timestep_value", no_read)
     sched = load_schedule(SCHEDULES / "pixart-alpha-256-fast.json")
     a, stats = _engine_loop(alpha, sched)
@@ -113,8 +115,15 @@ def test_tiny_pipeline_run_tracks_steps_from_scheduler_views(monkeypatch):
     monkeypatch.setattr(diffusers_api, "_timestep_value", lambda a, k: (_ for _ in ()).throw(AssertionError("read")))
     with cached(pipe, sched) as h:
         pipe.set_progress_bar_config(disable=True)
-        pipe("a red cube", num_inference_steps=4, height=64, width=64, output_type="latent", clean_caption=False,
-             generator=torch.Generator().manual_seed(0))
+        pipe(
+            "a red cube",
+            num_inference_steps=4,
+            height=64,
+            width=64,
+            output_type="latent",
+            clean_caption=False,
+            generator=torch.Generator().manual_seed(0),
+        )
         st = h.finish_run()
     assert st.computed.tolist() == [6, 0, 6, 0] and st.reused.tolist() == [0, 6, 0, 6]
 
@@ -202,11 +211,33 @@ def test_cuda_graph_reasons_name_the_obstacle(alpha, monkeypatch):
 def test_bench_diffusers_smoke_writes_results(tmp_path):
     out = tmp_path / "d.json"
     # 4 steps (the engine remaps the preset; the ceiling replays its first rows): a smoke run, not a timing
-    res = bench_diffusers.main(["--tiny", "--device", "cpu", "--res", "64", "--steps", "4", "--rounds", "1",
-                                "--graphs", "--presets", "pixart-alpha-256-fastest", "--out", str(out)])
+    res = bench_diffusers.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--res",
+            "64",
+            "--steps",
+            "4",
+            "--rounds",
+            "1",
+            "--graphs",
+            "--presets",
+            "pixart-alpha-256-fastest",
+            "--out",
+            str(out),
+        ]
+    )
     v = res["variants"]
-    assert set(v) == {"no cache", "patched, all recompute", "engine pixart-alpha-256-fastest",
-                      "ceiling pixart-alpha-256-fastest", "graphs, no cache", "graphs pixart-alpha-256-fastest"}
+    assert set(v) == {
+        "no cache",
+        "patched, all recompute",
+        "engine pixart-alpha-256-fastest",
+        "ceiling pixart-alpha-256-fastest",
+        "graphs, no cache",
+        "graphs pixart-alpha-256-fastest",
+    }
     assert v["patched, all recompute"]["diff_vs_ref"] == 0.0
     assert v["graphs pixart-alpha-256-fastest"]["diff_vs_ref"] == 0.0  # the fallback is the eager engine
     assert v["graphs pixart-alpha-256-fastest"]["stats"]["cuda_graphs"]["active"] is False
@@ -216,8 +247,23 @@ def test_bench_diffusers_smoke_writes_results(tmp_path):
 def test_bench_comfy_smoke_on_comfyui_pixart(tmp_path, comfy_dir):
     # ComfyUI v0.3.75's PixArt needs a latent of at least 48 (its position embedding divides by
     # round(latent/64)), so the smallest run is 384²; two steps of a remapped preset keep it short.
-    res = bench_comfy.main(["--tiny", "--device", "cpu", "--res", "384", "--steps", "2", "--rounds", "1",
-                            "--presets", "pixart-alpha-256-fast", "--profile", str(tmp_path / "prof")])
+    res = bench_comfy.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--res",
+            "384",
+            "--steps",
+            "2",
+            "--rounds",
+            "1",
+            "--presets",
+            "pixart-alpha-256-fast",
+            "--profile",
+            str(tmp_path / "prof"),
+        ]
+    )
     v = res["variants"]
     assert v["patched, all recompute"]["diff_vs_ref"] == 0.0
     st = v["pack pixart-alpha-256-fast"]["stats"]
@@ -228,8 +274,23 @@ def test_bench_comfy_smoke_on_comfyui_pixart(tmp_path, comfy_dir):
 def test_bench_comfy_smoke_on_comfyui_flux(comfy_dir):
     # ComfyUI's own FLUX.1-dev (57 tiny blocks): pack and ceiling replay the same remapped schedule through the
     # block hooks, bit-identical to each other, and all-recompute equals no cache
-    res = bench_comfy.main(["--tiny", "--device", "cpu", "--variant", "flux", "--res", "64", "--steps", "3",
-                            "--rounds", "1", "--presets", "flux-dev-1024-fast"])
+    res = bench_comfy.main(
+        [
+            "--tiny",
+            "--device",
+            "cpu",
+            "--variant",
+            "flux",
+            "--res",
+            "64",
+            "--steps",
+            "3",
+            "--rounds",
+            "1",
+            "--presets",
+            "flux-dev-1024-fast",
+        ]
+    )
     v = res["variants"]
     assert res["model"] == "flux-dev"
     assert v["patched, all recompute"]["diff_vs_ref"] == 0.0
@@ -262,17 +323,33 @@ def test_comfy_graph_mode_checks_and_microconds(comfy_dir):
         assert ad.graph_kwargs == ("context", "c_size", "c_ar")
         x, ctx = den.x0, den.inputs["context"]
         t = den.inputs["timesteps"][0].expand(x.shape[0])
-        own = dm(x, t, context=ctx, transformer_options={})          # PixArt makes c_size / c_ar itself
+        own = dm(x, t, context=ctx, transformer_options={})  # PixArt makes c_size / c_ar itself
         args, kw = ad.graph_prepare((x, t), {"context": ctx, "transformer_options": {}})
         assert kw["c_size"].shape == (2, 2) and kw["c_ar"].shape == (2, 1)
         assert torch.equal(dm(*args, **kw), own)
         given = {"context": ctx, "c_size": kw["c_size"] * 2, "c_ar": kw["c_ar"]}
-        assert ad.graph_prepare((x, t), given)[1] is given          # given conditioning is left alone
+        assert ad.graph_prepare((x, t), given)[1] is given  # given conditioning is left alone
 
 
 def test_bench_search_smoke_splits_the_time(tmp_path):
-    res = bench_search.main(["--layers", "2", "--steps", "3", "--size", "64", "--prompts", "1", "--population", "4",
-                             "--generations", "1", "--out", str(tmp_path / "s.json")])
+    res = bench_search.main(
+        [
+            "--layers",
+            "2",
+            "--steps",
+            "3",
+            "--size",
+            "64",
+            "--prompts",
+            "1",
+            "--population",
+            "4",
+            "--generations",
+            "1",
+            "--out",
+            str(tmp_path / "s.json"),
+        ]
+    )
     assert res["evaluations"] >= 4 and res["evaluations_per_min"] > 0
     assert abs(sum(res["time_share"].values()) - 1) < 0.01 and (tmp_path / "s.json").is_file()
 
@@ -297,9 +374,16 @@ def test_flux_single_block_computes_only_the_linear1_rows_a_step_needs(comfy_dir
 
     def run(attn=None, mlp=None):
         got = {}
-        out = fb._single_forward(blk, {**args, "img": args["img"].clone()}, attn, mlp, None,
-                                 lambda v: got.setdefault("attn", v), lambda v: got.setdefault("mlp", v),
-                                 lambda v: got.setdefault("proj", v))
+        out = fb._single_forward(
+            blk,
+            {**args, "img": args["img"].clone()},
+            attn,
+            mlp,
+            None,
+            lambda v: got.setdefault("attn", v),
+            lambda v: got.setdefault("mlp", v),
+            lambda v: got.setdefault("proj", v),
+        )
         return out["img"], got
 
     with torch.no_grad():
@@ -325,8 +409,12 @@ def test_gpu_suite_refuses_without_cuda_and_summarises(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device"):
         gpu_suite.main(["--out", "/tmp/unused-ecad-suite"])
-    suite = {"hardware": {"gpu": "X"}, "sections": {"s": {"variants": {"no cache": {
-        "median_ms": 2.0, "speedup": 1.0, "spread_pct": 1.0}}}}, "errors": {"t": "boom"}, "skipped": ["u"]}
+    suite = {
+        "hardware": {"gpu": "X"},
+        "sections": {"s": {"variants": {"no cache": {"median_ms": 2.0, "speedup": 1.0, "spread_pct": 1.0}}}},
+        "errors": {"t": "boom"},
+        "skipped": ["u"],
+    }
     text = gpu_suite.summary(suite)
     assert "no cache" in text and "t: ERROR boom" in text and "skipped: u" in text
 
@@ -358,6 +446,7 @@ def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_d
         if only is not None and blk is not den.model.single_blocks[only]:
             return out
         return {key: v * 1.001 for key, v in out.items()}
+
     monkeypatch.setattr(fb, name, staticmethod(off))
     ad = adapters._flux_adapter(den.model)
     eng = engine_mod.CacheEngine(schedule_mod.Schedule.full(ad.layout, 2))
@@ -368,8 +457,13 @@ def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_d
         eng.begin_run(2)
         eng.set_position(0, ("cond",))
         where = f"{kind}_blocks.{only or 0}"
-        with torch.no_grad(), pytest.raises(adapters.SelfCheckError, match=f"FLUX {kind} block re-statement "
-                                            f"differs from ComfyUI's block \\({where}[,:]"):
+        with (
+            torch.no_grad(),
+            pytest.raises(
+                adapters.SelfCheckError,
+                match=f"FLUX {kind} block re-statement differs from ComfyUI's block \\({where}[,:]",
+            ),
+        ):
             den.call(den.x0.clone(), 0)
     finally:
         eng.end_run()

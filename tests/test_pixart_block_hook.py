@@ -1,6 +1,7 @@
 """The diffusers PixArt block re-statement (ecad_core.hooks.PixArtBlockHook) on a tiny random PixArt-α:
 a reused unit's norm + modulation is skipped, the output equals the module-output ceiling bit for bit,
 blocks it does not cover are hooked at their modules, and a block that changed fails loudly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,11 @@ def _schedule(den, seed=0):
 
 
 def _norms(den):
-    return [((i, name), getattr(blk, name)) for i, blk in enumerate(den.model.transformer_blocks)
-            for name in ("norm1", "norm2")]
+    return [
+        ((i, name), getattr(blk, name))
+        for i, blk in enumerate(den.model.transformer_blocks)
+        for name in ("norm1", "norm2")
+    ]
 
 
 def test_reused_units_skip_their_norm_and_modulation(alpha):
@@ -60,6 +64,7 @@ def test_a_block_with_a_wrapped_forward_is_hooked_at_its_modules(alpha):
     def wrapped(*a, **k):  # as accelerate's offload hook wraps a module with parameters of its own
         seen.append(1)
         return own(blk, *a, **k)
+
     blk.forward = wrapped
     try:
         sched = _schedule(alpha, seed=1)
@@ -78,6 +83,7 @@ def test_a_changed_block_fails_the_first_use_check(alpha, monkeypatch):
 
     def changed(self, hidden_states, *a, **k):  # e.g. a diffusers release that scales the residual
         return original(self, hidden_states, *a, **k) * 1.0001
+
     monkeypatch.setattr(cls, "forward", changed)
     with pytest.raises(SelfCheckError, match="re-statement differs from transformer_blocks.0's own forward"):
         engine_loop(alpha, _schedule(alpha))
@@ -92,6 +98,7 @@ def test_a_block_that_differs_after_the_first_fails_too(alpha, monkeypatch):
     def changed(self, hidden_states, *a, **k):
         out = original(self, hidden_states, *a, **k)
         return out * 1.0001 if self is odd else out
+
     monkeypatch.setattr(cls, "forward", changed)
     with pytest.raises(SelfCheckError, match="re-statement differs from transformer_blocks.3's own forward"):
         engine_loop(alpha, _schedule(alpha))
@@ -104,6 +111,7 @@ def _reused_inputs(preset: str, steps: int) -> int:
     """Reused attn1 + ff unit calls of ``preset`` replayed at ``steps`` steps (each skips 4 device ops)."""
     from bench.common import SCHEDULES, replay_bits
     from ecad_core import load_schedule
+
     bits = replay_bits(load_schedule(SCHEDULES / f"{preset}.json"), steps)
     return int((~bits[:, 0::3]).sum() + (~bits[:, 2::3]).sum())
 
@@ -111,6 +119,7 @@ def _reused_inputs(preset: str, steps: int) -> int:
 @pytest.mark.parametrize("path,res", [("diffusers", 64), ("comfy", 384)])
 def test_op_counts_engine_launches_four_fewer_ops_per_reused_input_than_the_ceiling(path, res, request):
     from bench import op_counts
+
     if path == "comfy":
         request.getfixturevalue("comfy_dir")
     preset = "pixart-alpha-256-fastest"
@@ -121,6 +130,7 @@ def test_op_counts_engine_launches_four_fewer_ops_per_reused_input_than_the_ceil
         # not counted) for one visible copy per block (tests/test_comfy_pixart_block.py)
         r = v[name]
         return r["ops"] - r["by_op"].get("aten.clone", 0) - r["by_op"].get("aten.copy_", 0)
+
     eng = compute_ops(f"{'engine' if path == 'diffusers' else 'pack'} {preset}")
     ceil = compute_ops(f"ceiling {preset}")
     # steady state: all recompute is no cache; the one-off first image runs every block twice more (its own

@@ -4,6 +4,7 @@ Three layers: the safetensors-header probe (ecad_core.schedule.model_files), the
 route (GET /ecad/presets) in a real ComfyUI, and the frontend extension
 (web/ecad.js) in headless chromium, re-filtering when the loader's file changes.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,14 @@ from ecad_core import make_layout
 from ecad_core.schedule import model_files
 from ecad_core.schedule.model_files import layout_of_file, layout_of_keys
 
-FAMILY = {"ecad_tiny_pixart_alpha": "pixart", "ecad_tiny_pixart_sigma": "pixart", "ecad_tiny_flux_dev": "flux",
-          "ecad_tiny_flux_schnell": "flux", "ecad_tiny_sd3": "sd3", "ecad_tiny_wan": "wan"}
+FAMILY = {
+    "ecad_tiny_pixart_alpha": "pixart",
+    "ecad_tiny_pixart_sigma": "pixart",
+    "ecad_tiny_flux_dev": "flux",
+    "ecad_tiny_flux_schnell": "flux",
+    "ecad_tiny_sd3": "sd3",
+    "ecad_tiny_wan": "wan",
+}
 
 
 @pytest.mark.comfy
@@ -46,8 +53,15 @@ def test_header_probe_diffusers_and_prefixed_keys_and_junk(tmp_path):
     n_double, n_single = len(fx.transformer_blocks), len(fx.single_transformer_blocks)
     assert layout_of_keys(list(fx.state_dict())) == (make_layout("flux", n_double, n_single), "flux")
     # a full checkpoint: the diffusion model's keys carry a prefix
-    keys = ["model.diffusion_model." + k for k in ("x_embedder.proj.weight", "y_embedder.y_proj.fc1.weight",
-                                                   "blocks.0.attn.qkv.weight", "blocks.11.attn.qkv.weight")]
+    keys = [
+        "model.diffusion_model." + k
+        for k in (
+            "x_embedder.proj.weight",
+            "y_embedder.y_proj.fc1.weight",
+            "blocks.0.attn.qkv.weight",
+            "blocks.11.attn.qkv.weight",
+        )
+    ]
     assert layout_of_keys(keys + ["first_stage_model.decoder.conv_in.weight"])[0] == make_layout("pixart", 12)
     # not a DiT / not safetensors / truncated: None, never an exception
     save_file({"down_blocks.0.weight": torch.zeros(2)}, str(tmp_path / "unet.safetensors"))
@@ -71,8 +85,9 @@ def test_route_filters_by_model_file(comfy_server, user_schedules):  # noqa: F81
     keys = {o.split(" · ")[0] for o in flux["options"][1:]}
     # both tiny FLUX variants share the 1 double + 1 single layout (other tests' FLUX schedules may be
     # in the shared server's folder too); no shipped preset (19 + 38 blocks) and no other family fits
-    assert keys >= {f"user/{m}-{k}" for m in ("ecad_tiny_flux_dev", "ecad_tiny_flux_schnell")
-                    for k in ("full", "mixed")}, keys
+    assert keys >= {
+        f"user/{m}-{k}" for m in ("ecad_tiny_flux_dev", "ecad_tiny_flux_schnell") for k in ("full", "mixed")
+    }, keys
     assert all(k.startswith("user/") for k in keys), keys
     assert not any(w in k for k in keys for w in ("pixart", "sd3", "wan")), keys
     wan = _presets(srv, "UNETLoader", make_tiny.file_name("ecad_tiny_wan"))
@@ -85,13 +100,32 @@ def test_route_filters_by_model_file(comfy_server, user_schedules):  # noqa: F81
 
 def _filter_workflow(model):
     M = {"name": "MODEL", "type": "MODEL", "links": [1], "slot_index": 0}
-    nodes = [_ui_node(1, "UNETLoader", [make_tiny.file_name(model), "default"], outputs=[M]),
-             _ui_node(2, "ApplyECADSchedule", ["off", False], pos=(400, 0),
-                      inputs=[{"name": "model", "type": "MODEL", "link": 1},
-                              {"name": "schedule", "type": "ECAD_SCHEDULE", "link": None, "shape": 7}],
-                      outputs=[{"name": "MODEL", "type": "MODEL", "links": [], "slot_index": 0}])]
-    return {"id": "ecad-filter-test", "revision": 0, "last_node_id": 2, "last_link_id": 1, "nodes": nodes,
-            "links": [[1, 1, 0, 2, 0, "MODEL"]], "groups": [], "config": {}, "extra": {}, "version": 0.4}
+    nodes = [
+        _ui_node(1, "UNETLoader", [make_tiny.file_name(model), "default"], outputs=[M]),
+        _ui_node(
+            2,
+            "ApplyECADSchedule",
+            ["off", False],
+            pos=(400, 0),
+            inputs=[
+                {"name": "model", "type": "MODEL", "link": 1},
+                {"name": "schedule", "type": "ECAD_SCHEDULE", "link": None, "shape": 7},
+            ],
+            outputs=[{"name": "MODEL", "type": "MODEL", "links": [], "slot_index": 0}],
+        ),
+    ]
+    return {
+        "id": "ecad-filter-test",
+        "revision": 0,
+        "last_node_id": 2,
+        "last_link_id": 1,
+        "nodes": nodes,
+        "links": [[1, 1, 0, 2, 0, "MODEL"]],
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }
 
 
 PROBE = """(async () => {{
@@ -114,11 +148,15 @@ PROBE = """(async () => {{
 
 @pytest.mark.comfy
 @pytest.mark.browser
-def test_frontend_dropdown_follows_the_connected_model(comfy_server, user_schedules, browser_ready,  # noqa: F811
-                                                        artifacts_dir):
+def test_frontend_dropdown_follows_the_connected_model(
+    comfy_server,
+    user_schedules,
+    browser_ready,  # noqa: F811
+    artifacts_dir,
+):
     res = browser_ready.load_workflows_in_browser(
-        comfy_server.url, [(_filter_workflow("ecad_tiny_flux_dev"), artifacts_dir / "preset_filter.png", False,
-                            PROBE)])[0]
+        comfy_server.url, [(_filter_workflow("ecad_tiny_flux_dev"), artifacts_dir / "preset_filter.png", False, PROBE)]
+    )[0]
     probe = res.probe
     assert isinstance(probe, dict) and "probe_error" not in probe, json.dumps(probe)[:2000]
     before = {o.split(" · ")[0] for o in probe["before"]}
@@ -184,7 +222,7 @@ def test_header_probe_is_cached_by_path_mtime_and_size(tmp_path, fresh_probe_cac
     st = p.stat()
     _header_file(p, n_blocks=3)  # another model under the same name (another size): read again
     assert layout_of_file(p)[0] == make_layout("pixart", 3) and len(reads) == 2
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # touched: read again
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: read again
     assert layout_of_file(p)[0] == make_layout("pixart", 3) and len(reads) == 3
     assert layout_of_file(p)[0] == make_layout("pixart", 3) and len(reads) == 3
 
@@ -203,7 +241,7 @@ def test_route_works_off_the_event_loop(comfy_server, ecad_reference):
     models = srv.base_dir / "models" / "diffusion_models"
     models.mkdir(parents=True, exist_ok=True)
     big = _header_file(models / "ecad-big-header.safetensors", n_blocks=100000)
-    assert 8 * 2 ** 20 < big.stat().st_size < 10 * 2 ** 20  # under the cap: parsed
+    assert 8 * 2**20 < big.stat().st_size < 10 * 2**20  # under the cap: parsed
     got = {}
 
     def presets():
@@ -219,10 +257,14 @@ def test_route_works_off_the_event_loop(comfy_server, ecad_reference):
         t_stats = time.monotonic()
         t.join(300)
         assert "done" in got, "no answer from /ecad/presets"
-        assert t_stats < got["done"], (f"/system_stats waited for /ecad/presets ({t_stats - t0:.2f} s; presets done "
-                                      f"{got['done'] - t0:.2f} s after it was asked)")
+        assert t_stats < got["done"], (
+            f"/system_stats waited for /ecad/presets ({t_stats - t0:.2f} s; presets done "
+            f"{got['done'] - t0:.2f} s after it was asked)"
+        )
         assert t_stats - t0 < 1.5
-        assert got["body"]["model"] == "pixart: pixart: 100000 main blocks x attn1/attn2/ff" and got["body"]["options"] == ["off"]
+        assert got["body"]["model"] == "pixart: pixart: 100000 main blocks x attn1/attn2/ff" and got["body"][
+            "options"
+        ] == ["off"]
     finally:
         shutil.rmtree(many, ignore_errors=True)
         big.unlink(missing_ok=True)

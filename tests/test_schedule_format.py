@@ -1,4 +1,5 @@
 """Schedules: the project format, ECAD's reference format, validation and remapping."""
+
 import json
 import subprocess
 import sys
@@ -131,14 +132,17 @@ def _load_bounded(path, timeout=60):
     """load_schedule(path) in a child with 1 GB of address space to spare and a time limit: what the
     child prints (the ScheduleError), or why it did not finish. Before the fixes, these files read
     forever (/dev/zero, a FIFO) or built a huge set; the limits make that a failure, not a stuck test."""
-    code = ("import resource, sys\n"
-            "from ecad_core import load_schedule, ScheduleError\n"
-            "vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize')][0].split()[1]) * 1024\n"
-            "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))\n"
-            "try:\n    load_schedule(sys.argv[1])\nexcept ScheduleError as e:\n    print(e)\n")
+    code = (
+        "import resource, sys\n"
+        "from ecad_core import load_schedule, ScheduleError\n"
+        "vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize')][0].split()[1]) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))\n"
+        "try:\n    load_schedule(sys.argv[1])\nexcept ScheduleError as e:\n    print(e)\n"
+    )
     try:
-        r = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(
+            [sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return f"still reading after {timeout} s"
     return r.stdout if r.returncode == 0 else f"exit {r.returncode}: {r.stderr[-1000:]}"
@@ -283,12 +287,19 @@ def test_the_format_doc_states_the_limits():
 
     doc = (REPO / "docs" / "schedule-format.md").read_text(encoding="utf-8")
     assert "\n## Limits\n" in doc
-    rows = {ln.split("|")[3].strip(" `"): ln for ln in doc.split("\n## Limits\n")[1].split("\n## ")[0].splitlines()
-            if ln.startswith("| ") and ln.count("|") == 4}
-    assert sch.MAX_ABS_INT == 2 ** 63  # the doc writes it as 2⁶³
-    for const, shown in (("MAX_FILE_BYTES", f"{sch.MAX_FILE_BYTES // 2 ** 20} MiB"),
-                         ("MAX_STEPS", f"1 to {sch.MAX_STEPS}"), ("MAX_UNITS", f"1 to {sch.MAX_UNITS}"),
-                         ("MAX_UNIT_STEPS", f"{sch.MAX_UNIT_STEPS:,}".replace(",", " ")),
-                         ("MAX_DEPTH", f"at most {sch.MAX_DEPTH} levels"), ("MAX_ABS_INT", "−2⁶³ and 2⁶³")):
+    rows = {
+        ln.split("|")[3].strip(" `"): ln
+        for ln in doc.split("\n## Limits\n")[1].split("\n## ")[0].splitlines()
+        if ln.startswith("| ") and ln.count("|") == 4
+    }
+    assert sch.MAX_ABS_INT == 2**63  # the doc writes it as 2⁶³
+    for const, shown in (
+        ("MAX_FILE_BYTES", f"{sch.MAX_FILE_BYTES // 2**20} MiB"),
+        ("MAX_STEPS", f"1 to {sch.MAX_STEPS}"),
+        ("MAX_UNITS", f"1 to {sch.MAX_UNITS}"),
+        ("MAX_UNIT_STEPS", f"{sch.MAX_UNIT_STEPS:,}".replace(",", " ")),
+        ("MAX_DEPTH", f"at most {sch.MAX_DEPTH} levels"),
+        ("MAX_ABS_INT", "−2⁶³ and 2⁶³"),
+    ):
         assert shown in rows.get(const, ""), (const, shown, rows.get(const))
     assert "zero units" in rows["MAX_UNITS"] and "finite only" in doc and "lone surrogate" in doc

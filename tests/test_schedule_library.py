@@ -3,6 +3,7 @@
 In-process tests use ComfyUI's real ``folder_paths`` (from .cache/ComfyUI) with the user folder
 pointed at a temporary directory; the ``comfy`` tests run a real ComfyUI server.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -61,7 +62,9 @@ def _keys(values):
 
 
 def _skips(caplog, path):
-    return [r for r in caplog.records if "skipping unreadable schedule" in r.getMessage() and str(path) in r.getMessage()]
+    return [
+        r for r in caplog.records if "skipping unreadable schedule" in r.getMessage() and str(path) in r.getMessage()
+    ]
 
 
 def test_library_lists_every_good_file_and_logs_each_bad_one_once(lib, caplog):
@@ -72,8 +75,9 @@ def test_library_lists_every_good_file_and_logs_each_bad_one_once(lib, caplog):
     for p in sorted((REPO / "schedules").glob("pixart-alpha-256-f*.json")):
         good.append(shutil.copy(p, user / p.name))
     odd = user / "odd-but-valid.json"  # junk metrics a label must survive
-    Schedule.full(make_layout("pixart", 2), 3, name="odd",
-                  metrics={"expected_speedup": {"a": [1, None]}, "compute_fraction": -1}).save(odd)
+    Schedule.full(
+        make_layout("pixart", 2), 3, name="odd", metrics={"expected_speedup": {"a": [1, None]}, "compute_fraction": -1}
+    ).save(odd)
     good.append(odd)
     # fuzzed files are good or bad as the loader says; every named one is bad
     bad = [p for p, _ in named]
@@ -94,8 +98,8 @@ def test_library_lists_every_good_file_and_logs_each_bad_one_once(lib, caplog):
         # the pack's class
         pixart28 = importlib.import_module(f"{PACK}.ecad_core.schedule.layout").make_layout("pixart", 28)
         assert _keys(lib.options_fitting(pixart28)) == {
-            rel(p) for p in good if load_schedule(p).layout == make_layout("pixart", 28)} | {
-            k for k in shipped if k.startswith("pixart-")}
+            rel(p) for p in good if load_schedule(p).layout == make_layout("pixart", 28)
+        } | {k for k in shipped if k.startswith("pixart-")}
     for p in bad:
         logged = _skips(caplog, p)
         assert len(logged) == 1, (p, [r.getMessage() for r in logged])
@@ -105,8 +109,9 @@ def test_library_lists_every_good_file_and_logs_each_bad_one_once(lib, caplog):
         assert str(e.value) in logged[0].getMessage()  # the log line gives the reason too
     for p, msg in named:
         assert msg in _skips(caplog, p)[0].getMessage()
-    assert not [r for r in caplog.records if "skipping" in r.getMessage() and not any(str(p) in r.getMessage()
-                                                                                         for p in bad)]
+    assert not [
+        r for r in caplog.records if "skipping" in r.getMessage() and not any(str(p) in r.getMessage() for p in bad)
+    ]
     assert lib.resolve(rel(odd)).name == "odd" and lib.speedup_of(lib.resolve(rel(odd))) is None
 
 
@@ -163,15 +168,46 @@ def test_a_search_folder_lists_its_schedules_only(lib, caplog, tmp_path, capsys)
 
     out = lib.user / "tiny-search"
     (tmp_path / "p.txt").write_text("a red cat\n")
-    assert main(["evolve", "--model", "tiny:pixart-alpha", "--prompts", str(tmp_path / "p.txt"), "--steps", "3",
-                 "--height", "64", "--width", "64", "--population", "2", "--generations", "1", "--out", str(out),
-                 "--quiet", "--cost", "latency"]) == 0
+    assert (
+        main(
+            [
+                "evolve",
+                "--model",
+                "tiny:pixart-alpha",
+                "--prompts",
+                str(tmp_path / "p.txt"),
+                "--steps",
+                "3",
+                "--height",
+                "64",
+                "--width",
+                "64",
+                "--population",
+                "2",
+                "--generations",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+                "--cost",
+                "latency",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     front = {f for f in written if f.startswith("front/") and f.endswith(".json") and f != "front/front.json"}
-    assert front and written == front | {"checkpoint.safetensors", "progress.json", "evaluations.csv",
-                                         "references.pt", "latency_cost.json", "picked.json", "front/front.json",
-                                         "front/front.png"}, written
+    assert front and written == front | {
+        "checkpoint.safetensors",
+        "progress.json",
+        "evaluations.csv",
+        "references.pt",
+        "latency_cost.json",
+        "picked.json",
+        "front/front.json",
+        "front/front.png",
+    }, written
     with caplog.at_level(logging.WARNING, logger="ecad"):
         listed = {k for k in _keys(lib.options()) if k.startswith("user/")}
     assert not [r.getMessage() for r in caplog.records], "a search's own file was logged"
@@ -195,7 +231,7 @@ def test_preview_small_schedules_are_pixel_exact(comfy_dir):
     for s in range(3):
         for u, comp in enumerate(["attn1", "attn2", "ff"] * 2):
             want = col[comp] if bits[s, u] else np.full(3, 0.12, np.float32)
-            cell = img[4 * s: 4 * s + 4, 4 * u: 4 * u + 4]
+            cell = img[4 * s : 4 * s + 4, 4 * u : 4 * u + 4]
             last = 4 * u + 3 in (11, 23)  # each block's last pixel column is darkened
             assert np.array_equal(cell[:, :3], np.broadcast_to(want, (4, 3, 3)))
             assert np.allclose(cell[:, 3], want * (0.5 if last else 1.0))
@@ -212,7 +248,7 @@ def test_preview_of_the_largest_schedule_is_bounded(comfy_dir):
     nodes = _pack_module("schedule_nodes")
     lay = make_layout("dit_blocks", 1024, 1024)
     bits = np.zeros((488, 2048), bool)
-    bits[:, ::2] = True            # every other unit recomputed: each 2-unit bin is half bright
+    bits[:, ::2] = True  # every other unit recomputed: each 2-unit bin is half bright
     s = Schedule(lay, bits)
     tracemalloc.start()
     t0 = time.perf_counter()
@@ -221,9 +257,9 @@ def test_preview_of_the_largest_schedule_is_bounded(comfy_dir):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert img.shape == (488, 1024, 3)
-    assert peak < 80 * 2 ** 20 and took < 10, (peak, took)
+    assert peak < 80 * 2**20 and took < 10, (peak, took)
     bright = np.array(nodes._COLORS["block"], np.float32)
-    assert np.allclose(img[1:], (bright + 0.12) / 2)    # step 0 is always computed: fully bright
+    assert np.allclose(img[1:], (bright + 0.12) / 2)  # step 0 is always computed: fully bright
     assert np.allclose(img[0], bright)
     assert nodes._picture_note(s) == "picture summarised: each pixel averages 1 step(s) x 2 unit(s)"
 
@@ -262,8 +298,9 @@ def test_bad_files_in_the_servers_folder_break_nothing_else(comfy_server):
         srv.run(_prompt("ecad_tiny_pixart_alpha", "user/hostile-good", next(_seeds), prefix="hostile"), timeout=300)
         assert _last_stats(srv)["name"] == "hostile-good"
         with pytest.raises(PromptExecutionError) as e:
-            srv.run(_prompt("ecad_tiny_pixart_alpha", "pixart-alpha-256-fast", next(_seeds), prefix="hostile2"),
-                    timeout=300)
+            srv.run(
+                _prompt("ecad_tiny_pixart_alpha", "pixart-alpha-256-fast", next(_seeds), prefix="hostile2"), timeout=300
+            )
         assert "pixart-alpha-256-fast" in str(e.value) and "28 main blocks" in str(e.value)
         log = srv.log_text()
         for p, msg in named:  # each bad file logged once, with its reason
@@ -321,8 +358,17 @@ def test_an_edited_schedule_file_is_evaluated_when_the_same_prompt_is_queued_aga
     d = srv.base_dir / "models" / "ecad_schedules" / "edited-eval"
     mixed = np.zeros((STEPS, lay.n_units), bool)
     mixed[::2] = True
-    prompt = _prompt({"preset": "user/edited-eval/a", "metrics": "psnr", "prompts": "", "warmup": False,
-                      "seed": next(_seeds), "filename_prefix": "ecad_eval/edited"}, vae=False)
+    prompt = _prompt(
+        {
+            "preset": "user/edited-eval/a",
+            "metrics": "psnr",
+            "prompts": "",
+            "warmup": False,
+            "seed": next(_seeds),
+            "filename_prefix": "ecad_eval/edited",
+        },
+        vae=False,
+    )
     try:
         Schedule.full(lay, STEPS, name="a-all-recompute").save(d / "a.json")
         _, report, first = _report(srv, srv.run(prompt, timeout=300))

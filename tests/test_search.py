@@ -1,4 +1,5 @@
 """Schedule search: genome, seeds, metrics, NSGA-II loop, checkpoints, front, CLI (tiny diffusers models)."""
+
 from __future__ import annotations
 
 import itertools
@@ -103,8 +104,15 @@ def test_genome_roundtrip_and_step0():
 
 
 # -- seeds ---------------------------------------------------------------------------
-@pytest.mark.parametrize("layout,steps", [(make_layout("pixart", 28), 20), (make_layout("flux", 19, 38), 20),
-                                          (make_layout("dit_blocks", 12, 4), 10), (make_layout("pixart", 2), 6)])
+@pytest.mark.parametrize(
+    "layout,steps",
+    [
+        (make_layout("pixart", 28), 20),
+        (make_layout("flux", 19, 38), 20),
+        (make_layout("dit_blocks", 12, 4), 10),
+        (make_layout("pixart", 2), 6),
+    ],
+)
 def test_initial_population_any_layout(layout, steps):
     sp = GenomeSpace(layout, steps)
     pop = initial_population(sp, 40, seed=3)
@@ -163,18 +171,18 @@ def test_warm_start(tmp_path):
 def _ssim_reference(x, y, size=11, sigma=1.5, L=1.0):
     """Plain loops over window positions (independent of the conv implementation)."""
     t = np.arange(size) - (size - 1) / 2
-    g = np.exp(-t ** 2 / (2 * sigma ** 2))
+    g = np.exp(-(t**2) / (2 * sigma**2))
     w = np.outer(g, g) / np.outer(g, g).sum()
     c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
     vals = []
     for c in range(x.shape[0]):
         for i in range(x.shape[1] - size + 1):
             for j in range(x.shape[2] - size + 1):
-                a, b = x[c, i:i + size, j:j + size], y[c, i:i + size, j:j + size]
+                a, b = x[c, i : i + size, j : j + size], y[c, i : i + size, j : j + size]
                 ma, mb = (w * a).sum(), (w * b).sum()
-                va, vb = (w * a * a).sum() - ma ** 2, (w * b * b).sum() - mb ** 2
+                va, vb = (w * a * a).sum() - ma**2, (w * b * b).sum() - mb**2
                 cov = (w * a * b).sum() - ma * mb
-                vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+                vals.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
     return float(np.mean(vals))
 
 
@@ -204,8 +212,7 @@ def test_latent_rel_mse():
     assert float(latent_rel_mse(ref, ref)) == 0.0
     assert float(latent_rel_mse(torch.zeros_like(ref), ref)) == pytest.approx(1.0)
     assert float(latent_rel_mse(ref * 1.1, ref)) == pytest.approx(0.01)
-    assert latent_rel_mse(torch.stack([ref, ref]), torch.stack([ref, 2 * ref])).tolist() == \
-        pytest.approx([0.0, 0.25])
+    assert latent_rel_mse(torch.stack([ref, ref]), torch.stack([ref, 2 * ref])).tolist() == pytest.approx([0.0, 0.25])
     assert fidelity_loss([ref * 1.1, ref], [ref, ref]) == pytest.approx(0.005)
     assert fidelity_loss([ref * float("nan")], [ref]) == math.inf
 
@@ -229,8 +236,9 @@ def test_compute_cost_matches_cost_model():
     from ecad_core import costs
 
     c = macs_cost(s.layout, s.steps, "pixart-alpha", 256, 256)
-    assert c.fraction(s.effective_bits()) == pytest.approx(costs.fraction_of_full(s, "pixart-alpha", 256, 256),
-                                                           rel=1e-12)
+    assert c.fraction(s.effective_bits()) == pytest.approx(
+        costs.fraction_of_full(s, "pixart-alpha", 256, 256), rel=1e-12
+    )
     u = uniform_cost(s.layout, s.steps)
     assert u.fraction(s.bits) == pytest.approx(s.recompute_fraction())
     # the formula of the brief: (fixed*steps + sum(bits*unit)) / (fixed*steps + steps*sum(unit))
@@ -297,8 +305,9 @@ def test_hypervolume_grows_and_front_is_nondominated(tmp_path):
         assert any(dominates(q, f) or tuple(q) == tuple(f) for q in front)
     # files: schedule per point + index + plot, loadable
     loaded = load_front(res.front_dir)
-    assert [(p.quality_loss, p.compute_fraction) for p in loaded] == \
-        sorted([(p.quality_loss, p.compute_fraction) for p in res.front], key=lambda t: -t[1])
+    assert [(p.quality_loss, p.compute_fraction) for p in loaded] == sorted(
+        [(p.quality_loss, p.compute_fraction) for p in res.front], key=lambda t: -t[1]
+    )
     for p in loaded:
         s = load_schedule(p.path)
         assert s.metrics["expected_speedup"] == pytest.approx(1 / s.metrics["compute_fraction"])
@@ -308,9 +317,8 @@ def test_hypervolume_grows_and_front_is_nondominated(tmp_path):
     assert idx["stopped"] == "generations" and len(idx["points"]) == len(res.front)
     # an earlier front warm-starts the next search: its points come first in generation 0
     ev2 = Synthetic()
-    run_search(ev2, PIX, 8, None, SearchSettings(population=len(loaded) + 2, generations=1),
-               warm_start=[res.front_dir])
-    assert [s.bits.tobytes() for s in ev2.seen[:len(loaded)]] == [p.schedule.bits.tobytes() for p in loaded]
+    run_search(ev2, PIX, 8, None, SearchSettings(population=len(loaded) + 2, generations=1), warm_start=[res.front_dir])
+    assert [s.bits.tobytes() for s in ev2.seen[: len(loaded)]] == [p.schedule.bits.tobytes() for p in loaded]
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -340,8 +348,15 @@ def test_cancel_mid_generation_then_resume(tmp_path):
         return polls["n"] > 13  # gen 0 (1 + 8 polls), then 3 schedules into gen 1
 
     phases = []
-    first = run_search(Synthetic(batch_size=1), PIX, 8, tmp_path / "b", SearchSettings(**st), should_stop=stop,
-                       progress=lambda *a: phases.append(a))
+    first = run_search(
+        Synthetic(batch_size=1),
+        PIX,
+        8,
+        tmp_path / "b",
+        SearchSettings(**st),
+        should_stop=stop,
+        progress=lambda *a: phases.append(a),
+    )
     assert first.stopped == "cancelled" and first.generation == 0 and first.evaluations == 11
     assert ("generation", 1, 4) in phases and ("evaluate", 3, 8) in phases
     assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
@@ -364,8 +379,14 @@ def test_duplicates_never_reevaluated_and_step0_computed(tmp_path):
 
 def test_time_budget_and_progress(tmp_path):
     phases = []
-    res = run_search(Synthetic(), PIX, 6, None, SearchSettings(population=4, generations=None, time_budget_s=1e-6),
-                     progress=lambda *a: phases.append(a))
+    res = run_search(
+        Synthetic(),
+        PIX,
+        6,
+        None,
+        SearchSettings(population=4, generations=None, time_budget_s=1e-6),
+        progress=lambda *a: phases.append(a),
+    )
     assert res.stopped == "time_budget" and res.generation == 0  # generation 0 always runs
     assert phases[-1] == ("generation", 1, 0)
 
@@ -402,8 +423,11 @@ def test_bad_settings_raise_clear_errors(tmp_path):
         run_search(Synthetic(), PIX, 6, tmp_path, SearchSettings(population=6, generations=1))
     from safetensors.numpy import save_file
 
-    save_file({"x": np.zeros(2)}, str(tmp_path / "checkpoint.safetensors"),
-              metadata={"comfyui-ecad": json.dumps({"format": "something else"})})
+    save_file(
+        {"x": np.zeros(2)},
+        str(tmp_path / "checkpoint.safetensors"),
+        metadata={"comfyui-ecad": json.dumps({"format": "something else"})},
+    )
     with pytest.raises(CheckpointError, match="not a comfyui-ecad search checkpoint"):
         run_search(Synthetic(), PIX, 6, tmp_path, SearchSettings(population=4, generations=1))
 
@@ -432,8 +456,7 @@ def test_local_evaluator_on_tiny_pixart(pixart, tmp_path):
     for st in gen.last_stats:
         assert st.computed[0] == lay.n_units * st.calls // 5 and st.reused[0] == 0
     # references come from the search folder on resume: no full-compute run
-    ev2 = LocalEvaluator(diffusers_generate_fn(pixart, ["a red cat on a mat", "a blue dog"], [0, 1], 5, 4.5,
-                                               64, 64))
+    ev2 = LocalEvaluator(diffusers_generate_fn(pixart, ["a red cat on a mat", "a blue dog"], [0, 1], 5, 4.5, 64, 64))
     ev2.prepare(tmp_path, "fp")
     assert ev2.n_generate == 0
     assert ev2.evaluate([Schedule.every_n(lay, 5, 2)]) == [losses[1]]
@@ -472,9 +495,30 @@ def test_cli_evolve_and_run(tmp_path, capsys):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([{"id": "1", "prompt": "a red cat on a mat"}, {"id": "2", "prompt": "a dog"}]))
     out = tmp_path / "search"
-    args = ["evolve", "--model", "tiny:pixart-alpha", "--prompts", prompts, "--num-prompts", 1, "--steps", 4,
-            "--height", 64, "--width", 64, "--population", 4, "--generations", 2, "--out", out, "--quiet",
-            "--target-speedup", 1.5]
+    args = [
+        "evolve",
+        "--model",
+        "tiny:pixart-alpha",
+        "--prompts",
+        prompts,
+        "--num-prompts",
+        1,
+        "--steps",
+        4,
+        "--height",
+        64,
+        "--width",
+        64,
+        "--population",
+        4,
+        "--generations",
+        2,
+        "--out",
+        out,
+        "--quiet",
+        "--target-speedup",
+        1.5,
+    ]
     assert cli(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["generation"] == 2 and summary["compute_model"] == "macs"
@@ -485,12 +529,34 @@ def test_cli_evolve_and_run(tmp_path, capsys):
         s = load_schedule(f)
         assert s.steps == 4 and s.layout == make_layout("pixart", 4) and s.bits[0].all()
     picked = load_schedule(out / "picked.json")
-    assert picked.metrics["expected_speedup"] >= 1.5 or summary["picked"]["expected_speedup"] == \
-        max(p["expected_speedup"] for p in summary["front"])
+    assert picked.metrics["expected_speedup"] >= 1.5 or summary["picked"]["expected_speedup"] == max(
+        p["expected_speedup"] for p in summary["front"]
+    )
     # run: images + reuse stats
     img_dir = tmp_path / "images"
-    assert cli(["run", "--model", "tiny:pixart-alpha", "--schedule", out / "picked.json", "--prompt", "a cat",
-                "--seeds", 0, 1, "--height", 64, "--width", 64, "--out", img_dir]) == 0
+    assert (
+        cli(
+            [
+                "run",
+                "--model",
+                "tiny:pixart-alpha",
+                "--schedule",
+                out / "picked.json",
+                "--prompt",
+                "a cat",
+                "--seeds",
+                0,
+                1,
+                "--height",
+                64,
+                "--width",
+                64,
+                "--out",
+                img_dir,
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "unit calls reused" in text
     from PIL import Image
@@ -567,8 +633,28 @@ def test_measured_latency_cost_times_units_as_the_cache_runs_them():
 def test_cli_evolve_latency_objective_is_kept_for_resume(tmp_path, capsys):
     out = tmp_path / "search"
     (tmp_path / "p.txt").write_text("a red cat\n")
-    args = ["evolve", "--model", "tiny:pixart-alpha", "--prompts", tmp_path / "p.txt", "--steps", 3, "--height", 64,
-            "--width", 64, "--population", 4, "--generations", 1, "--out", out, "--quiet", "--cost", "latency"]
+    args = [
+        "evolve",
+        "--model",
+        "tiny:pixart-alpha",
+        "--prompts",
+        tmp_path / "p.txt",
+        "--steps",
+        3,
+        "--height",
+        64,
+        "--width",
+        64,
+        "--population",
+        4,
+        "--generations",
+        1,
+        "--out",
+        out,
+        "--quiet",
+        "--cost",
+        "latency",
+    ]
     assert cli(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["compute_model"] == "latency"
@@ -606,7 +692,7 @@ def test_load_prompts_formats(tmp_path):
     assert load_prompts(tmp_path / "b.json") == ["x", "y"]
     assert load_prompts(tmp_path / "c.tsv") == ['say "hi"']
     assert load_prompts(tmp_path / "a.txt", limit=1) == ["one"]
-    (tmp_path / "d.json").write_text('[1]')
+    (tmp_path / "d.json").write_text("[1]")
     with pytest.raises(SearchSettingsError, match="item 0"):
         load_prompts(tmp_path / "d.json")
     shipped = REPO / "prompts" / "ImageRewardPrompts.json"  # ECAD's calibration set, as the repository ships it
@@ -617,11 +703,11 @@ def test_front_files_hold_seeds_beyond_int64(tmp_path):
     # ComfyUI noise seeds reach 2**64 - 1; schedule files keep only int64 integers, so such values are strings
     class WithSeeds(Synthetic):
         def describe(self):
-            return {"evaluator": "synthetic", "seeds": [2 ** 64 - 1, 0]}
+            return {"evaluator": "synthetic", "seeds": [2**64 - 1, 0]}
 
-    res = run_search(WithSeeds(), PIX, 6, tmp_path, SearchSettings(population=4, generations=1, seed=2 ** 70))
+    res = run_search(WithSeeds(), PIX, 6, tmp_path, SearchSettings(population=4, generations=1, seed=2**70))
     loaded = load_front(res.front_dir)
     assert len(loaded) == len(res.front) > 0
     prov = loaded[0].schedule.provenance["search"]
-    assert prov["evaluator"]["seeds"] == [str(2 ** 64 - 1), 0] and prov["seed"] == str(2 ** 70)
-    assert json.loads((res.front_dir / "front.json").read_text())["evaluator"]["seeds"] == [2 ** 64 - 1, 0]
+    assert prov["evaluator"]["seeds"] == [str(2**64 - 1), 0] and prov["seed"] == str(2**70)
+    assert json.loads((res.front_dir / "front.json").read_text())["evaluator"]["seeds"] == [2**64 - 1, 0]

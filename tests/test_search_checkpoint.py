@@ -1,4 +1,5 @@
 """Search checkpoints: data only (safetensors + JSON), resumes bit for bit, never a pickle, never the global RNG."""
+
 from __future__ import annotations
 
 import json
@@ -52,10 +53,16 @@ def _settings(generations, **kw):
 
 def _sig(res):
     """Everything a search result promises, bit for bit (wall-clock times left out)."""
-    return {"front": [(p.quality_loss, p.compute_fraction, p.generation, p.schedule.name, p.schedule.bits.tobytes())
-                      for p in res.front],
-            "archive": res.archive.tobytes(), "generation": res.generation, "evaluations": res.evaluations,
-            "history": [{k: v for k, v in h.items() if k != "elapsed_s"} for h in res.history]}
+    return {
+        "front": [
+            (p.quality_loss, p.compute_fraction, p.generation, p.schedule.name, p.schedule.bits.tobytes())
+            for p in res.front
+        ],
+        "archive": res.archive.tobytes(),
+        "generation": res.generation,
+        "evaluations": res.evaluations,
+        "history": [{k: v for k, v in h.items() if k != "elapsed_s"} for h in res.history],
+    }
 
 
 def _read(path):
@@ -113,8 +120,7 @@ def test_cancel_inside_generations_then_resume_equals_uninterrupted(tmp_path, st
     assert ref.evaluations > cuts[-1] and ref.history[0]["evaluated"] > cuts[0]
     for cut in cuts:
         ev = Scored(batch_size=1)
-        res = run_search(ev, PIX, STEPS, tmp_path, _settings(6),
-                         should_stop=lambda: len(seen) + len(ev.seen) >= cut)  # noqa: B023 - used in this iteration
+        res = run_search(ev, PIX, STEPS, tmp_path, _settings(6), should_stop=lambda: len(seen) + len(ev.seen) >= cut)  # noqa: B023 - used in this iteration
         assert res.stopped == "cancelled" and res.evaluations == cut
         seen += ev.seen
     ev = Scored(batch_size=3)
@@ -178,13 +184,17 @@ def test_checkpoint_of_another_pymoo_is_refused(tmp_path):
     meta, tensors = _read(tmp_path / CHECKPOINT_FILE)
     meta["pymoo"] = "0.5.0"
     _write(tmp_path / CHECKPOINT_FILE, meta, tensors)
-    with pytest.raises(CheckpointError, match=r"written with pymoo 0\.5\.0, this is pymoo 0\.6\.2; resume with the "
-                                              r"same pymoo version or use another output folder"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"written with pymoo 0\.5\.0, this is pymoo 0\.6\.2; resume with the "
+        r"same pymoo version or use another output folder",
+    ):
         run_search(Scored(), PIX, STEPS, tmp_path, _settings(2))
 
 
 def _damaged_variants(meta: dict, tensors: dict):
     """(what, meta, tensors) with one thing wrong each."""
+
     def m(**kw):
         return {**meta, **kw}
 
@@ -251,9 +261,14 @@ def test_damaged_checkpoints_give_checkpoint_errors_naming_the_file(tmp_path):
         n += 1
     assert n >= 30
     raw = (good / CHECKPOINT_FILE).read_bytes()
-    for what, data in [("empty", b""), ("truncated header", raw[:5]), ("truncated JSON", raw[:200]),
-                       ("truncated arrays", raw[:-7]), ("not safetensors", b"hello world, not a checkpoint"),
-                       ("JSON instead", json.dumps(meta).encode())]:
+    for what, data in [
+        ("empty", b""),
+        ("truncated header", raw[:5]),
+        ("truncated JSON", raw[:200]),
+        ("truncated arrays", raw[:-7]),
+        ("not safetensors", b"hello world, not a checkpoint"),
+        ("JSON instead", json.dumps(meta).encode()),
+    ]:
         path.write_bytes(data)
         with pytest.raises(CheckpointError) as e:
             run_search(Scored(), PIX, STEPS, d, _settings(3))
@@ -297,7 +312,7 @@ def test_checkpoint_is_data_only(tmp_path):
     run_search(Scored(), PIX, STEPS, tmp_path, _settings(1))
     raw = (tmp_path / CHECKPOINT_FILE).read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + header_len])  # plain safetensors: a JSON header, then raw numbers
+    header = json.loads(raw[8 : 8 + header_len])  # plain safetensors: a JSON header, then raw numbers
     meta = json.loads(header.pop("__metadata__")["comfyui-ecad"])
     assert {v["dtype"] for v in header.values()} <= {"BOOL", "U8", "I64", "F64"}
     assert meta["format"] == "comfyui-ecad/search-checkpoint" and meta["version"] == 2
@@ -315,7 +330,8 @@ def test_front_without_matplotlib(tmp_path):
         f"res = run_search(Scored(), PIX, STEPS, {str(tmp_path)!r}, _settings(1))\n"
         "assert not (res.front_dir / 'front.png').exists()\n"
         "assert len(load_front(res.front_dir)) == len(res.front) > 0\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
 

@@ -3,6 +3,7 @@
 One local Ray cluster (2 CPUs) is started for the module; every search here uses
 the tiny random-weight PixArt-α (``tiny:pixart-alpha``), 1 prompt, 4 steps, 64².
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,23 @@ from ecad_core.search import EvaluationError, SearchSettings, SearchSettingsErro
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red cat on a mat"
-SEARCH = ["--model", "tiny:pixart-alpha", "--steps", 4, "--height", 64, "--width", 64, "--population", 6,
-          "--generations", 2, "--seed", 3, "--quiet"]
+SEARCH = [
+    "--model",
+    "tiny:pixart-alpha",
+    "--steps",
+    4,
+    "--height",
+    64,
+    "--width",
+    64,
+    "--population",
+    6,
+    "--generations",
+    2,
+    "--seed",
+    3,
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +70,15 @@ def local_search(tmp_path_factory, prompts_file):
 
 def _front_points(out: Path):
     idx = json.loads((out / "front" / "front.json").read_text())
-    return [(p["quality_loss"], p["compute_fraction"], p["generation"],
-             json.loads((out / "front" / p["file"]).read_text())["bits"]) for p in idx["points"]]
+    return [
+        (
+            p["quality_loss"],
+            p["compute_fraction"],
+            p["generation"],
+            json.loads((out / "front" / p["file"]).read_text())["bits"],
+        )
+        for p in idx["points"]
+    ]
 
 
 def _same_search(a: Path, b: Path):
@@ -81,8 +104,7 @@ def _pids_gone(pids, timeout=20.0):
 
 
 # -- same front as the local backend ------------------------------------------------------
-def test_ray_cli_gives_the_local_front_and_resumes_locally(ray_cluster, local_search, prompts_file, tmp_path,
-                                                         capsys):
+def test_ray_cli_gives_the_local_front_and_resumes_locally(ray_cluster, local_search, prompts_file, tmp_path, capsys):
     capsys.readouterr()
     out = tmp_path / "ray"
     args = ["evolve", *SEARCH, "--prompts", prompts_file, "--out", out]
@@ -90,14 +112,16 @@ def test_ray_cli_gives_the_local_front_and_resumes_locally(ray_cluster, local_se
     assert cli(args + ["--ray", "auto", "--ray-workers", 2]) == 0
     summary = json.loads(capsys.readouterr().out)
     workers = summary["ray"]["workers"]
-    assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2 and os.getpid() not in \
-        {w["pid"] for w in workers}
+    assert (
+        len(workers) == 2 and len({w["pid"] for w in workers}) == 2 and os.getpid() not in {w["pid"] for w in workers}
+    )
     assert summary["ray"]["lost_workers"] == 0
     assert summary["generation"] == 1 and summary["sampling_runs"] == summary["evaluations"] + 1
     # generations 0 and 1 exactly as the local backend evaluated them
     local_rows = (local_search / "evaluations.csv").read_text().splitlines()
-    assert (out / "evaluations.csv").read_text().splitlines() == \
-        [r for r in local_rows if r.split(",")[1] in ("generation", "0", "1")]
+    assert (out / "evaluations.csv").read_text().splitlines() == [
+        r for r in local_rows if r.split(",")[1] in ("generation", "0", "1")
+    ]
     # the workers stop with the command (the cluster, which the command did not start, stays)
     assert not _pids_gone([w["pid"] for w in workers])
     assert ray_cluster.is_initialized()
@@ -124,7 +148,7 @@ class _FaultyGenerate:
         marker = self.folder / f"hit-{schedule.name}" if how else None
         if how and not marker.exists():
             marker.write_text(str(os.getpid()))
-            if how == "exit":     # the process dies (as with a crash or the OOM killer)
+            if how == "exit":  # the process dies (as with a crash or the OOM killer)
                 os._exit(1)
             # "kill": ask the test to ray.kill() this actor while it is busy
             import ray
@@ -147,8 +171,7 @@ class _FaultySpec:
 def test_killed_workers_lose_no_evaluation(ray_cluster, local_search, tmp_path):
     from ecad_core.search.ray_backend import RayEvaluator
 
-    spec = EvolveSpec(model="tiny:pixart-alpha", prompts=(PROMPT,), seeds=(0,), steps=4, cfg=4.5, height=64,
-                      width=64)
+    spec = EvolveSpec(model="tiny:pixart-alpha", prompts=(PROMPT,), seeds=(0,), steps=4, cfg=4.5, height=64, width=64)
     faults = tmp_path / "faults"
     faults.mkdir()
     # in generation 1 the test kills a busy actor with ray.kill; "doomed" makes its worker process exit
@@ -171,8 +194,7 @@ def test_killed_workers_lose_no_evaluation(ray_cluster, local_search, tmp_path):
         t.start()
         layout, cost, hint = ev.on_worker(spec.search_inputs)
         out = tmp_path / "search"
-        res = run_search(ev, layout, 4, out, SearchSettings(population=6, generations=2, seed=3), cost=cost,
-                         model=hint)
+        res = run_search(ev, layout, 4, out, SearchSettings(population=6, generations=2, seed=3), cost=cost, model=hint)
         t.join(timeout=5)
         assert killed and [p.name for p in faults.glob("hit-*")] == ["hit-gen001-001"]
         assert ev.lost_workers == 1 and ev.reruns == 1
@@ -194,8 +216,7 @@ def test_killed_workers_lose_no_evaluation(ray_cluster, local_search, tmp_path):
 def test_ray_setting_errors(ray_cluster, prompts_file, tmp_path, capsys):
     from ecad_core.search.ray_backend import RayEvaluator
 
-    spec = EvolveSpec(model="tiny:pixart-alpha", prompts=(PROMPT,), seeds=(0,), steps=4, cfg=4.5, height=64,
-                      width=64)
+    spec = EvolveSpec(model="tiny:pixart-alpha", prompts=(PROMPT,), seeds=(0,), steps=4, cfg=4.5, height=64, width=64)
     with pytest.raises(SearchSettingsError, match=r"3 Ray worker\(s\).*do not fit the Ray cluster, which has 0 GPU"):
         RayEvaluator(spec, workers=3, gpus_per_worker=1).start()
     with pytest.raises(SearchSettingsError, match="Ray workers must be an integer >= 1"):
@@ -208,8 +229,7 @@ def test_ray_setting_errors(ray_cluster, prompts_file, tmp_path, capsys):
     assert cli(base + ["--ray-workers", 0]) == 2
     assert "--ray-workers must be >= 1" in capsys.readouterr().out
     # a model the workers cannot load: the worker's own error, not a Ray traceback
-    bad = ["evolve", *SEARCH, "--prompts", prompts_file, "--out", tmp_path / "o", "--ray", "auto",
-           "--ray-workers", 1]
+    bad = ["evolve", *SEARCH, "--prompts", prompts_file, "--out", tmp_path / "o", "--ray", "auto", "--ray-workers", 1]
     bad[bad.index("tiny:pixart-alpha")] = str(tmp_path / "no-such-model")
     assert cli(bad) == 2
     text = capsys.readouterr().out
@@ -241,7 +261,8 @@ def test_local_search_and_node_pack_never_import_ray():
         "        return [float((~x.bits).sum()) for x in s]\n"
         "run_search(Ev(), make_layout('pixart', 2), 4, None, SearchSettings(population=4, generations=1))\n"
         "assert 'ray' not in sys.modules, 'ray was imported'\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
     # the ComfyUI node pack: no ray import anywhere in it

@@ -3,6 +3,7 @@ decisions stay out of the compiled graphs, so the model compiles once (not once 
 eager engine's image bit for bit (backend "eager": the same kernels) and reuses the same units.
 ComfyUI's TorchCompileModel node (inductor) is covered by tests/test_comfy_apply.py: there, without this, the
 PixArt blocks traced into inductor's graphs differ from their eager re-statement and sampling stops."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@
     the ECAD preset swapped for test stand-ins);
 (d) each loads in the real frontend (headless chromium) with no missing node types.
 """
+
 from __future__ import annotations
 
 import copy
@@ -77,8 +78,11 @@ def workflow_problems(workflow: dict, object_info: dict) -> list[str]:
                 elif value not in options:
                     problems.append(f"{where}: not one of {options[:8]}...")
             elif typ in ("INT", "FLOAT"):
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                        (typ == "INT" and not float(value).is_integer()):
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or (typ == "INT" and not float(value).is_integer())
+                ):
                     problems.append(f"{where}: not a {typ}")
                 elif ("min" in opts and value < opts["min"]) or ("max" in opts and value > opts["max"]):
                     problems.append(f"{where}: outside [{opts.get('min')}, {opts.get('max')}]")
@@ -102,6 +106,7 @@ def object_info(comfy_server):
 
 # ----------------------------------------------------------------------------- (a) + (b)
 
+
 def test_same_files_in_both_folders():
     a = sorted(p.name for p in DIRS[0].glob("*.json"))
     b = sorted(p.name for p in DIRS[1].glob("*.json"))
@@ -120,11 +125,21 @@ def test_workflow_nodes_and_widgets_valid(object_info, path):
         # ComfyUI v0.3.75's PixArt divides by zero below (W+H)/2 = 384 px (pe_interpolation/base_size round to 0)
         for n in wf["nodes"]:
             if n["type"] == "EmptyLatentImage" or n["type"] == "EvolveECADSchedule":
-                w, h = ui_to_api(wf, object_info)[str(n["id"])]["inputs"]["width"], \
-                    ui_to_api(wf, object_info)[str(n["id"])]["inputs"]["height"]
+                w, h = (
+                    ui_to_api(wf, object_info)[str(n["id"])]["inputs"]["width"],
+                    ui_to_api(wf, object_info)[str(n["id"])]["inputs"]["height"],
+                )
                 assert (w + h) / 2 >= 384, (n["type"], w, h)
-    assert {"ApplyECADSchedule", "PreviewECADSchedule", "UNETLoader", "KSampler",
-            "VAELoader", "VAEDecode", "SaveImage", "CLIPTextEncode"} <= types
+    assert {
+        "ApplyECADSchedule",
+        "PreviewECADSchedule",
+        "UNETLoader",
+        "KSampler",
+        "VAELoader",
+        "VAEDecode",
+        "SaveImage",
+        "CLIPTextEncode",
+    } <= types
     assert ("DualCLIPLoader" if "flux" in path.name else "CLIPLoader") in types
     if path.name == EVOLVE:
         api = ui_to_api(wf, object_info)
@@ -138,8 +153,11 @@ def test_workflow_nodes_and_widgets_valid(object_info, path):
         assert ev["inputs"]["clip"] and ev["inputs"]["population"] >= 2 and ev["inputs"]["generations"] >= 1
         return
     assert "LoadECADSchedule" in types
-    expected = {"ecad_pixart_alpha.json": "pixart-alpha-256-fast", "ecad_pixart_sigma.json": "pixart-sigma-256-fast",
-                "ecad_flux_dev.json": "flux-dev-256-fast"}[path.name]
+    expected = {
+        "ecad_pixart_alpha.json": "pixart-alpha-256-fast",
+        "ecad_pixart_sigma.json": "pixart-sigma-256-fast",
+        "ecad_flux_dev.json": "flux-dev-256-fast",
+    }[path.name]
     apply = next(n for n in wf["nodes"] if n["type"] == "ApplyECADSchedule")
     assert _key(apply["widgets_values"][0]) == expected
     ks = next(n for n in wf["nodes"] if n["type"] == "KSampler")
@@ -151,19 +169,22 @@ def test_workflow_check_catches_bad_workflows(object_info):
     assert workflow_problems(wf, object_info) == []
 
     bogus = copy.deepcopy(wf)
-    bogus["nodes"].append({"id": 99, "type": "EcadNoSuchNode", "mode": 0, "inputs": [], "outputs": [],
-                           "widgets_values": []})
+    bogus["nodes"].append(
+        {"id": 99, "type": "EcadNoSuchNode", "mode": 0, "inputs": [], "outputs": [], "widgets_values": []}
+    )
     assert any("EcadNoSuchNode" in p for p in workflow_problems(bogus, object_info))
 
     bad_preset = copy.deepcopy(wf)
-    next(n for n in bad_preset["nodes"] if n["type"] == "ApplyECADSchedule")["widgets_values"][0] = \
+    next(n for n in bad_preset["nodes"] if n["type"] == "ApplyECADSchedule")["widgets_values"][0] = (
         "pixart-alpha-999-bogus · PixArt-α · 9.99×"
+    )
     assert any("pixart-alpha-999-bogus" in p for p in workflow_problems(bad_preset, object_info))
 
     # a changed speedup text still resolves by key
     relabelled = copy.deepcopy(wf)
-    next(n for n in relabelled["nodes"] if n["type"] == "ApplyECADSchedule")["widgets_values"][0] = \
+    next(n for n in relabelled["nodes"] if n["type"] == "ApplyECADSchedule")["widgets_values"][0] = (
         "pixart-alpha-256-fast · PixArt-α · 1.23×"
+    )
     assert workflow_problems(relabelled, object_info) == []
 
     bad_steps = copy.deepcopy(wf)
@@ -180,6 +201,7 @@ def test_workflow_check_catches_bad_workflows(object_info):
 
 
 # ----------------------------------------------------------------------------- (c) runs end to end
+
 
 @pytest.fixture(scope="module")
 def tiny_schedules(comfy_server):
@@ -200,16 +222,22 @@ def tiny_prompt(wf: dict, wf_name: str, object_info: dict, schedule_name: str, s
     for nid in [k for k, v in p.items() if v["class_type"] in ("CLIPLoader", "DualCLIPLoader")]:
         del p[nid]
     if wf_name == EVOLVE:
-        p["900"] = {"class_type": "TestRandomConditioning",  # the search's calibration prompt stand-in
-                    "inputs": {"tokens": 8, "dim": make_tiny.PIXART_COND_DIM, "pooled_dim": 0, "seed": seed,
-                               "zero": False}}
+        p["900"] = {
+            "class_type": "TestRandomConditioning",  # the search's calibration prompt stand-in
+            "inputs": {"tokens": 8, "dim": make_tiny.PIXART_COND_DIM, "pooled_dim": 0, "seed": seed, "zero": False},
+        }
     dim, pooled = (make_tiny.FLUX_CONTEXT_DIM, make_tiny.FLUX_POOLED_DIM) if is_flux else (make_tiny.PIXART_COND_DIM, 0)
     for v in p.values():
         ct, ins = v["class_type"], v["inputs"]
         if ct == "CLIPTextEncode":
             v["class_type"] = "TestRandomConditioning"
-            v["inputs"] = {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": seed,
-                           "zero": "negative" in v["_meta"]["title"].lower()}
+            v["inputs"] = {
+                "tokens": 8,
+                "dim": dim,
+                "pooled_dim": pooled,
+                "seed": seed,
+                "zero": "negative" in v["_meta"]["title"].lower(),
+            }
         elif ct == "UNETLoader":
             ins["unet_name"] = make_tiny.file_name(model)
         elif ct == "VAELoader":
@@ -218,8 +246,15 @@ def tiny_prompt(wf: dict, wf_name: str, object_info: dict, schedule_name: str, s
             ins["preset"] = f"user/{schedule_name}"
         elif ct == "EvolveECADSchedule":
             ins.pop("clip")
-            ins.update(positive=["900", 0], steps=STEPS, width=512, height=32, population=4, generations=1,
-                       output_name=f"wf-evolve-{seed}")
+            ins.update(
+                positive=["900", 0],
+                steps=STEPS,
+                width=512,
+                height=32,
+                population=4,
+                generations=1,
+                output_name=f"wf-evolve-{seed}",
+            )
         elif ct == "KSampler":
             ins.update(steps=STEPS, seed=seed)
         elif ct in ("EmptyLatentImage", "EmptySD3LatentImage"):
@@ -254,6 +289,7 @@ def test_workflow_runs_on_tiny_model(comfy_server, object_info, tiny_schedules, 
 
 
 # ----------------------------------------------------------------------------- (d) browser
+
 
 @pytest.fixture(scope="module")
 def browser_results(comfy_server, browser_ready, artifacts_dir):

@@ -4,6 +4,7 @@ One module per group of commands, each with ``register(subparsers)``: ``schedule
 ``demo``, ``search`` (evolve), ``run``, ``evaluate`` (eval). Building the parser imports no torch; a command
 imports what it needs when it runs. Bad input exits with status 2 and one line on stderr that says what is wrong.
 """
+
 from __future__ import annotations
 
 import argparse

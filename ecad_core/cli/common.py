@@ -1,4 +1,5 @@
 """Options and inputs the pipeline-driving commands share (evolve, run, eval)."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,24 @@ def positive_float(s: str) -> float:
 
 
 def add_model_and_prompt_args(q) -> None:
-    q.add_argument("--model", required=True,
-                   help="diffusers model folder or cached model id (local files only), or tiny:pixart-alpha, "
-                        "tiny:pixart-sigma, tiny:flux-dev, tiny:flux-schnell (built-in random weights)")
-    q.add_argument("--prompts", default=None, help="prompts file: .txt (one per line), .json (list of strings "
-                                                   "or ECAD's [{\"id\", \"prompt\"}]) or .tsv (column Prompt)")
-    q.add_argument("--prompts-set", default=None, choices=sorted(CALIBRATION_SETS),
-                   help="a prompt set shipped with the repository (ecad-calibration: ImageReward's 100 prompts)")
+    q.add_argument(
+        "--model",
+        required=True,
+        help="diffusers model folder or cached model id (local files only), or tiny:pixart-alpha, "
+        "tiny:pixart-sigma, tiny:flux-dev, tiny:flux-schnell (built-in random weights)",
+    )
+    q.add_argument(
+        "--prompts",
+        default=None,
+        help="prompts file: .txt (one per line), .json (list of strings "
+        'or ECAD\'s [{"id", "prompt"}]) or .tsv (column Prompt)',
+    )
+    q.add_argument(
+        "--prompts-set",
+        default=None,
+        choices=sorted(CALIBRATION_SETS),
+        help="a prompt set shipped with the repository (ecad-calibration: ImageReward's 100 prompts)",
+    )
     q.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
     add_sampling_args(q)
 

@@ -1,4 +1,5 @@
 """``python -m ecad_core run``: generate images with a schedule on a diffusers pipeline."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 from ..errors import EcadError
 from .common import add_model_and_prompt_args, prompts_from_args
 
-SEED_RANGE = 2 ** 64  # noise seeds of `run --seeds`: what torch.Generator.manual_seed takes
+SEED_RANGE = 2**64  # noise seeds of `run --seeds`: what torch.Generator.manual_seed takes
 
 
 def cmd_run(a) -> int:
@@ -24,8 +25,18 @@ def cmd_run(a) -> int:
     schedule = load_schedule(a.schedule) if a.schedule else None
     steps = a.steps or (schedule.steps if schedule is not None else 20)
     pipe, _ = load_pipeline(a.model, a.device, a.dtype)
-    gen = diffusers_generate_fn(pipe, prompts, a.seeds, steps, a.cfg, a.height, a.width, output="image",
-                                batch_size=a.batch_size, model_name=a.model)
+    gen = diffusers_generate_fn(
+        pipe,
+        prompts,
+        a.seeds,
+        steps,
+        a.cfg,
+        a.height,
+        a.width,
+        output="image",
+        batch_size=a.batch_size,
+        model_name=a.model,
+    )
     t = time.perf_counter()
     images = gen(schedule)
     secs = time.perf_counter() - t
@@ -46,12 +57,13 @@ def cmd_run(a) -> int:
     if schedule is not None:
         reused = sum(s["reused"] for s in stats)
         total = reused + sum(s["computed"] for s in stats)
-        line = (f"{reused}/{total} unit calls reused ({100 * reused / max(total, 1):.1f}%) with schedule "
-                f"{schedule.name!r} over {len(stats)} pipeline call(s)")
+        line = (
+            f"{reused}/{total} unit calls reused ({100 * reused / max(total, 1):.1f}%) with schedule "
+            f"{schedule.name!r} over {len(stats)} pipeline call(s)"
+        )
     else:
         line = "no schedule: full compute"
-    report = {"schedule": a.schedule, "steps": steps, "images": files, "seconds": round(secs, 3),
-              "stats": stats}
+    report = {"schedule": a.schedule, "steps": steps, "images": files, "seconds": round(secs, 3), "stats": stats}
     (out / "run.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(line)
     print(f"wrote {len(files)} image(s) to {out} in {secs:.2f}s")
@@ -60,9 +72,12 @@ def cmd_run(a) -> int:
 
 def register(subparsers) -> None:
     """Add ``run`` to ``python -m ecad_core``'s subparsers."""
-    q = subparsers.add_parser("run", help="generate images with a schedule on a diffusers pipeline",
-                              description="Generate PNG images with a cache schedule applied (or full compute "
-                                          "without --schedule) and print how many unit calls were reused.")
+    q = subparsers.add_parser(
+        "run",
+        help="generate images with a schedule on a diffusers pipeline",
+        description="Generate PNG images with a cache schedule applied (or full compute "
+        "without --schedule) and print how many unit calls were reused.",
+    )
     add_model_and_prompt_args(q)
     q.add_argument("--schedule", default=None, help="schedule file (project or ECAD format)")
     q.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")

@@ -1,4 +1,5 @@
 """``python -m ecad_core info | convert | macs``: schedule files (no torch is imported)."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,21 @@ def cmd_info(a) -> int:
     info = s.summary()
     info["file"] = str(a.file)
     ecad = s.provenance.get("ecad", {}) if isinstance(s.provenance, dict) else {}
-    if isinstance(ecad, dict) and ecad.get("num_inference_steps") not in (None, s.steps) \
-            and "num_inference_steps" in ecad:
-        info["note"] = (f"the file declares num_inference_steps={ecad['num_inference_steps']} "
-                        f"but stores {s.steps} steps; the stored steps are used")
+    if (
+        isinstance(ecad, dict)
+        and ecad.get("num_inference_steps") not in (None, s.steps)
+        and "num_inference_steps" in ecad
+    ):
+        info["note"] = (
+            f"the file declares num_inference_steps={ecad['num_inference_steps']} "
+            f"but stores {s.steps} steps; the stored steps are used"
+        )
     if isinstance(ecad, dict) and ecad.get("block_extras"):
-        info["note_extras"] = ("per-block extras " + ", ".join(ecad["block_extras"]) +
-                               " are kept for export but not run by this engine (bits only)")
+        info["note_extras"] = (
+            "per-block extras "
+            + ", ".join(ecad["block_extras"])
+            + " are kept for export but not run by this engine (bits only)"
+        )
     for key in ("total_macs_T",):
         if key in s.metrics:
             info["measured_" + key] = s.metrics[key]
@@ -53,17 +62,25 @@ def cmd_macs(a) -> int:
     s = load_schedule(a.file)
     arch = costs.get_arch(a.model)
     s.check_fits(arch.layout(), a.model)
-    b = costs.cost_breakdown(s, arch, a.height, a.width, batch=a.cfg_batch or costs.DEFAULT_BATCH,
-                             text_tokens=a.text_tokens, mode=a.mode)
-    report = {"file": str(a.file), "model": b["arch"], "mode": b["mode"], "height": b["height"],
-              "width": b["width"], "batch": b["batch"], "text_tokens": b["text_tokens"], "steps": b["steps"],
-              "total_TMACs": round(b["total_macs"] / 1e12, 4),
-              "no_cache_TMACs": round(b["no_cache_macs"] / 1e12, 4),
-              "speedup_vs_no_cache": round(b["expected_speedup"], 4),
-              "fraction_of_full": round(b["fraction_of_full"], 6)}
+    b = costs.cost_breakdown(
+        s, arch, a.height, a.width, batch=a.cfg_batch or costs.DEFAULT_BATCH, text_tokens=a.text_tokens, mode=a.mode
+    )
+    report = {
+        "file": str(a.file),
+        "model": b["arch"],
+        "mode": b["mode"],
+        "height": b["height"],
+        "width": b["width"],
+        "batch": b["batch"],
+        "text_tokens": b["text_tokens"],
+        "steps": b["steps"],
+        "total_TMACs": round(b["total_macs"] / 1e12, 4),
+        "no_cache_TMACs": round(b["no_cache_macs"] / 1e12, 4),
+        "speedup_vs_no_cache": round(b["expected_speedup"], 4),
+        "fraction_of_full": round(b["fraction_of_full"], 6),
+    }
     print(json.dumps(report, indent=2))
     return 0
-
 
 
 def register(sub) -> None:
@@ -75,8 +92,7 @@ def register(sub) -> None:
     q = sub.add_parser("convert", help="convert between ECAD's reference format and the project format")
     q.add_argument("input")
     q.add_argument("output")
-    q.add_argument("--to", choices=["project", "ecad"], default=None,
-                   help="output format (default: the other one)")
+    q.add_argument("--to", choices=["project", "ecad"], default=None, help="output format (default: the other one)")
     q.set_defaults(fn=cmd_convert)
 
     q = sub.add_parser("macs", help="total TMACs of a schedule and its speedup over no cache")
@@ -84,9 +100,14 @@ def register(sub) -> None:
     q.add_argument("--model", required=True, help="pixart-alpha, pixart-sigma, flux-dev or flux-schnell")
     q.add_argument("--height", type=int, required=True)
     q.add_argument("--width", type=int, required=True)
-    q.add_argument("--cfg-batch", type=int, default=None,
-                   help="batch per model call (default: 2 = CFG batch, as ECAD measured)")
+    q.add_argument(
+        "--cfg-batch", type=int, default=None, help="batch per model call (default: 2 = CFG batch, as ECAD measured)"
+    )
     q.add_argument("--text-tokens", type=int, default=None, help="text length (default: the model's)")
-    q.add_argument("--mode", choices=["ecad", "full"], default="ecad",
-                   help="ecad: linear layers only, as ECAD measured; full: with attention products")
+    q.add_argument(
+        "--mode",
+        choices=["ecad", "full"],
+        default="ecad",
+        help="ecad: linear layers only, as ECAD measured; full: with attention products",
+    )
     q.set_defaults(fn=cmd_macs)

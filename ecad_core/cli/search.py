@@ -3,6 +3,7 @@
 ``register(subparsers)`` adds the subcommand; handlers raise EcadError/ValueError for bad input (the main CLI
 prints one line and exits 2).
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,10 +41,22 @@ class EvolveSpec:
 
     @classmethod
     def from_args(cls, a, prompts) -> EvolveSpec:
-        return cls(model=a.model, prompts=tuple(prompts), seeds=tuple(range(a.seeds_per_prompt)), steps=a.steps,
-                   cfg=a.cfg, height=a.height, width=a.width, batch_size=a.batch_size, metric=a.metric,
-                   metric_weights=a.metric_weights, cost=a.cost, cost_mode=a.cost_mode, device=a.device,
-                   dtype=a.dtype)
+        return cls(
+            model=a.model,
+            prompts=tuple(prompts),
+            seeds=tuple(range(a.seeds_per_prompt)),
+            steps=a.steps,
+            cfg=a.cfg,
+            height=a.height,
+            width=a.width,
+            batch_size=a.batch_size,
+            metric=a.metric,
+            metric_weights=a.metric_weights,
+            cost=a.cost,
+            cost_mode=a.cost_mode,
+            device=a.device,
+            dtype=a.dtype,
+        )
 
     def __call__(self):
         """Load the pipeline (and a learned metric) and return a ``LocalEvaluator`` on it."""
@@ -54,10 +67,21 @@ class EvolveSpec:
 
         pipe, _ = load_pipeline(self.model, self.device, self.dtype)
         output = "image" if self.metric in ("ssim", "image-mse") + LEARNED_METRICS else "latent"
-        gen = diffusers_generate_fn(pipe, list(self.prompts), list(self.seeds), self.steps, self.cfg, self.height,
-                                    self.width, batch_size=self.batch_size, output=output, model_name=self.model)
-        metric = (load_metric(self.metric, self.metric_weights, gen.pipe.device)
-                  if self.metric in LEARNED_METRICS else None)
+        gen = diffusers_generate_fn(
+            pipe,
+            list(self.prompts),
+            list(self.seeds),
+            self.steps,
+            self.cfg,
+            self.height,
+            self.width,
+            batch_size=self.batch_size,
+            output=output,
+            model_name=self.model,
+        )
+        metric = (
+            load_metric(self.metric, self.metric_weights, gen.pipe.device) if self.metric in LEARNED_METRICS else None
+        )
         return LocalEvaluator(gen, space=self.metric, metric=metric)
 
     def search_inputs(self, evaluator, saved_cost=None):
@@ -81,11 +105,19 @@ class EvolveSpec:
                 cost = saved_cost
             else:
                 full = Schedule.full(layout, self.steps, name="all-recompute")
-                cost = measured_latency_cost(pipe.transformer, layout, self.steps, lambda: gen(None),
-                                             run_patched=lambda: gen(full))
+                cost = measured_latency_cost(
+                    pipe.transformer, layout, self.steps, lambda: gen(None), run_patched=lambda: gen(full)
+                )
         else:
-            cost = cost_for_transformer(pipe.transformer, layout, self.steps, self.height, self.width,
-                                        text_tokens=text_tokens(pipe, gen), mode=self.cost_mode)
+            cost = cost_for_transformer(
+                pipe.transformer,
+                layout,
+                self.steps,
+                self.height,
+                self.width,
+                text_tokens=text_tokens(pipe, gen),
+                mode=self.cost_mode,
+            )
         hint = None if self.model.startswith(TINY_PREFIX) else model_hint(pipe)
         return layout, cost, hint
 
@@ -96,8 +128,13 @@ def _ray_evaluator(a, spec: EvolveSpec):
 
     if a.ray_workers is not None and a.ray_workers < 1:
         raise SearchSettingsError(f"--ray-workers must be >= 1, got {a.ray_workers}")
-    return RayEvaluator(spec, address=a.ray, workers=a.ray_workers, gpus_per_worker=a.ray_gpus_per_worker,
-                        cpus_per_worker=a.ray_cpus_per_worker)
+    return RayEvaluator(
+        spec,
+        address=a.ray,
+        workers=a.ray_workers,
+        gpus_per_worker=a.ray_gpus_per_worker,
+        cpus_per_worker=a.ray_cpus_per_worker,
+    )
 
 
 def cmd_evolve(a) -> int:
@@ -105,9 +142,15 @@ def cmd_evolve(a) -> int:
 
     if a.seeds_per_prompt < 1:
         raise SearchSettingsError(f"--seeds-per-prompt must be >= 1, got {a.seeds_per_prompt}")
-    settings = SearchSettings(population=a.population, generations=a.generations, time_budget_s=a.time_budget,
-                              seed=a.seed, mutation_prob=a.mutation_prob, crossover_points=a.crossover_points,
-                              heuristic_seeds=not a.no_heuristic_seeds)
+    settings = SearchSettings(
+        population=a.population,
+        generations=a.generations,
+        time_budget_s=a.time_budget,
+        seed=a.seed,
+        mutation_prob=a.mutation_prob,
+        crossover_points=a.crossover_points,
+        heuristic_seeds=not a.no_heuristic_seeds,
+    )
     settings.validate()  # before loading anything heavy
     prompts = prompts_from_args(a)
     spec = EvolveSpec.from_args(a, prompts)
@@ -115,6 +158,7 @@ def cmd_evolve(a) -> int:
     cost_file = Path(a.out) / LATENCY_COST_FILE
     if a.cost == "latency" and cost_file.is_file():
         from ..costs import ComputeCost
+
         saved = ComputeCost.load(cost_file)
     if a.ray:
         evaluator = _ray_evaluator(a, spec)  # checks that Ray is installed before anything starts
@@ -152,84 +196,161 @@ def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
             print(f"computing full-compute references ({n_samples} samples)...", file=sys.stderr)
         elif phase == "generation":
             tot = f"/{total - 1}" if total else ""
-            print(f"generation {done - 1}{tot} done: {evaluator.n_generate} sampling runs, "
-                  f"{time.monotonic() - t0:.1f}s", file=sys.stderr)
+            print(
+                f"generation {done - 1}{tot} done: {evaluator.n_generate} sampling runs, {time.monotonic() - t0:.1f}s",
+                file=sys.stderr,
+            )
 
-    res = run_search(evaluator, layout, a.steps, a.out, settings, cost=cost, warm_start=a.warm_start or (),
-                     warm_start_steps="remap" if a.remap_warm_start else "refuse", model=hint, progress=progress)
+    res = run_search(
+        evaluator,
+        layout,
+        a.steps,
+        a.out,
+        settings,
+        cost=cost,
+        warm_start=a.warm_start or (),
+        warm_start_steps="remap" if a.remap_warm_start else "refuse",
+        model=hint,
+        progress=progress,
+    )
     if not res.front:
         raise EcadError("the search evaluated nothing (cancelled before the first generation)")
     chosen = pick(res.front, target_speedup=a.target_speedup, max_quality_loss=a.max_quality_loss)
     picked_path = Path(a.out) / "picked.json"
     chosen.schedule.save(picked_path)
     summary = {
-        "out": str(a.out), "front_dir": str(res.front_dir), "generation": res.generation,
-        "evaluations": res.evaluations, "stopped": res.stopped, "resumed_from_generation": res.resumed_from,
-        "hypervolume": res.hypervolume, "compute_model": cost.source, "metric": a.metric,
-        "sampling_runs": evaluator.n_generate, "seconds": round(time.monotonic() - t0, 2),
-        "front": [{"file": p.path.name if p.path else None, "quality_loss": p.quality_loss,
-                   "expected_speedup": round(p.expected_speedup, 4), "generation": p.generation}
-                  for p in res.front],
-        "picked": {"file": str(picked_path), "from": chosen.path.name if chosen.path else None,
-                   "quality_loss": chosen.quality_loss, "expected_speedup": round(chosen.expected_speedup, 4)},
+        "out": str(a.out),
+        "front_dir": str(res.front_dir),
+        "generation": res.generation,
+        "evaluations": res.evaluations,
+        "stopped": res.stopped,
+        "resumed_from_generation": res.resumed_from,
+        "hypervolume": res.hypervolume,
+        "compute_model": cost.source,
+        "metric": a.metric,
+        "sampling_runs": evaluator.n_generate,
+        "seconds": round(time.monotonic() - t0, 2),
+        "front": [
+            {
+                "file": p.path.name if p.path else None,
+                "quality_loss": p.quality_loss,
+                "expected_speedup": round(p.expected_speedup, 4),
+                "generation": p.generation,
+            }
+            for p in res.front
+        ],
+        "picked": {
+            "file": str(picked_path),
+            "from": chosen.path.name if chosen.path else None,
+            "quality_loss": chosen.quality_loss,
+            "expected_speedup": round(chosen.expected_speedup, 4),
+        },
     }
     if a.ray:
-        summary["ray"] = {"workers": evaluator.workers, "lost_workers": evaluator.lost_workers,
-                          "reruns": evaluator.reruns}
-    print(json.dumps(summary, indent=2, default=lambda x: None if isinstance(x, float) and not math.isfinite(x)
-                     else str(x)))
+        summary["ray"] = {
+            "workers": evaluator.workers,
+            "lost_workers": evaluator.lost_workers,
+            "reruns": evaluator.reruns,
+        }
+    print(
+        json.dumps(
+            summary, indent=2, default=lambda x: None if isinstance(x, float) and not math.isfinite(x) else str(x)
+        )
+    )
     return 0
 
 
 def register(subparsers) -> None:
     """Add ``evolve`` to ``python -m ecad_core``'s subparsers."""
 
-    q = subparsers.add_parser("evolve", help="search cache schedules (NSGA-II) for a diffusers pipeline",
-                              description="Search ECAD cache schedules with NSGA-II: quality loss vs the "
-                                          "full-compute outputs of the calibration prompts, and compute "
-                                          "fraction. Resumes automatically from a checkpoint in --out.")
+    q = subparsers.add_parser(
+        "evolve",
+        help="search cache schedules (NSGA-II) for a diffusers pipeline",
+        description="Search ECAD cache schedules with NSGA-II: quality loss vs the "
+        "full-compute outputs of the calibration prompts, and compute "
+        "fraction. Resumes automatically from a checkpoint in --out.",
+    )
     add_model_and_prompt_args(q)
     q.add_argument("--seeds-per-prompt", type=int, default=1, help="images per prompt (seeds 0..K-1)")
     q.add_argument("--steps", type=int, default=20)
     q.add_argument("--population", type=int, default=24)
-    q.add_argument("--generations", type=int, default=10,
-                   help="generations after the initial population (default 10)")
-    q.add_argument("--time-budget", type=positive_float, default=None,
-                   help="seconds; no generation starts after it (a running one finishes)")
+    q.add_argument("--generations", type=int, default=10, help="generations after the initial population (default 10)")
+    q.add_argument(
+        "--time-budget",
+        type=positive_float,
+        default=None,
+        help="seconds; no generation starts after it (a running one finishes)",
+    )
     q.add_argument("--seed", type=int, default=0, help="seed of the search (population, operators)")
     q.add_argument("--out", required=True, help="output folder: checkpoint, references, front/")
-    q.add_argument("--warm-start", action="append", default=None,
-                   help="schedule file or folder (e.g. an earlier front/) to seed the population; repeatable")
-    q.add_argument("--remap-warm-start", action="store_true",
-                   help="remap warm-start schedules with another step count (default: refuse them)")
-    q.add_argument("--metric", default="latent", choices=list(FIDELITY_SPACES + LEARNED_METRICS),
-                   help="quality loss: latent (relative MSE of final latents vs full compute; default), "
-                        "ssim (1-SSIM of images), image-mse, or the learned clip / imagereward (score drop)")
-    q.add_argument("--metric-weights", default=None,
-                   help="local weights of a learned metric (CLIP folder, or ImageReward.pt)")
-    q.add_argument("--cost", default="macs", choices=["macs", "latency", "uniform"],
-                   help="compute objective: analytic MACs of the model (default; uniform if unknown), latency "
-                        "of each unit measured on this device in one full-compute run (kept in "
-                        f"<out>/{LATENCY_COST_FILE} for resumes), or every unit equal")
-    q.add_argument("--cost-mode", default="ecad", choices=["ecad", "full"],
-                   help="MAC counting: ecad (linear layers, as ECAD measured) or full (with attention products)")
-    q.add_argument("--mutation-prob", type=float, default=None,
-                   help="per-bit flip probability (default: 1 / units per step)")
+    q.add_argument(
+        "--warm-start",
+        action="append",
+        default=None,
+        help="schedule file or folder (e.g. an earlier front/) to seed the population; repeatable",
+    )
+    q.add_argument(
+        "--remap-warm-start",
+        action="store_true",
+        help="remap warm-start schedules with another step count (default: refuse them)",
+    )
+    q.add_argument(
+        "--metric",
+        default="latent",
+        choices=list(FIDELITY_SPACES + LEARNED_METRICS),
+        help="quality loss: latent (relative MSE of final latents vs full compute; default), "
+        "ssim (1-SSIM of images), image-mse, or the learned clip / imagereward (score drop)",
+    )
+    q.add_argument(
+        "--metric-weights", default=None, help="local weights of a learned metric (CLIP folder, or ImageReward.pt)"
+    )
+    q.add_argument(
+        "--cost",
+        default="macs",
+        choices=["macs", "latency", "uniform"],
+        help="compute objective: analytic MACs of the model (default; uniform if unknown), latency "
+        "of each unit measured on this device in one full-compute run (kept in "
+        f"<out>/{LATENCY_COST_FILE} for resumes), or every unit equal",
+    )
+    q.add_argument(
+        "--cost-mode",
+        default="ecad",
+        choices=["ecad", "full"],
+        help="MAC counting: ecad (linear layers, as ECAD measured) or full (with attention products)",
+    )
+    q.add_argument(
+        "--mutation-prob", type=float, default=None, help="per-bit flip probability (default: 1 / units per step)"
+    )
     q.add_argument("--crossover-points", type=int, default=4)
-    q.add_argument("--no-heuristic-seeds", action="store_true",
-                   help="initial population from warm starts + mutated copies only")
-    q.add_argument("--target-speedup", type=positive_float, default=None,
-                   help="pick: lowest-loss front point at least this fast")
-    q.add_argument("--max-quality-loss", type=float, default=None,
-                   help="pick: fastest front point with at most this loss")
+    q.add_argument(
+        "--no-heuristic-seeds", action="store_true", help="initial population from warm starts + mutated copies only"
+    )
+    q.add_argument(
+        "--target-speedup", type=positive_float, default=None, help="pick: lowest-loss front point at least this fast"
+    )
+    q.add_argument(
+        "--max-quality-loss", type=float, default=None, help="pick: fastest front point with at most this loss"
+    )
     q.add_argument("--quiet", action="store_true", help="no per-generation lines on stderr")
-    q.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
-                   help="evaluate on Ray workers (pip install 'comfyui-ecad[ray]'): auto (the cluster running on "
-                        "this machine or in RAY_ADDRESS, else a new local one), local, or a cluster address")
-    q.add_argument("--ray-workers", type=int, default=None,
-                   help="number of Ray workers, each holding a loaded pipeline (default: one per GPU of the "
-                        "cluster, or one per CPU without GPUs)")
-    q.add_argument("--ray-gpus-per-worker", type=float, default=None,
-                   help="GPUs per Ray worker (default: 1 if the cluster has GPUs, else 0; 0.5 puts two on a GPU)")
+    q.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|local|ADDRESS",
+        help="evaluate on Ray workers (pip install 'comfyui-ecad[ray]'): auto (the cluster running on "
+        "this machine or in RAY_ADDRESS, else a new local one), local, or a cluster address",
+    )
+    q.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        help="number of Ray workers, each holding a loaded pipeline (default: one per GPU of the "
+        "cluster, or one per CPU without GPUs)",
+    )
+    q.add_argument(
+        "--ray-gpus-per-worker",
+        type=float,
+        default=None,
+        help="GPUs per Ray worker (default: 1 if the cluster has GPUs, else 0; 0.5 puts two on a GPU)",
+    )
     q.add_argument("--ray-cpus-per-worker", type=float, default=1.0, help="CPUs per Ray worker (default 1)")
     q.set_defaults(fn=cmd_evolve)

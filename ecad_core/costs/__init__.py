@@ -1,5 +1,6 @@
 """Compute cost: the analytic MACs model (``macs.py``), the search's cost tables built from it (``compute.py``)
 and costs measured on a device (``latency.py``, imported on first use: it needs torch)."""
+
 from typing import Any
 
 from .compute import LATENCY_COST_FILE, ComputeCost, cost_for_transformer, macs_cost, uniform_cost

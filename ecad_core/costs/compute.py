@@ -10,6 +10,7 @@ resolution) when the model is known, else every unit costs 1 and the fixed
 part is 0 (``uniform``: the fraction is then the recompute fraction).
 ``latency.measured_latency_cost`` instead measures the costs on this device.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,8 @@ LATENCY_COST_FILE = "latency_cost.json"
 class ComputeCost:
     """Per-step, per-unit recompute costs and a fixed per-step cost."""
 
-    unit: np.ndarray          # float64 [steps, n_units]
-    fixed: np.ndarray         # float64 [steps]
+    unit: np.ndarray  # float64 [steps, n_units]
+    fixed: np.ndarray  # float64 [steps]
     source: str = "uniform"
     info: dict = field(default_factory=dict, compare=False)
 
@@ -70,8 +71,14 @@ class ComputeCost:
     def save(self, path: str | Path) -> Path:
         """JSON with the full tables (a measured cost must be reused as is on resume)."""
         path = Path(path)
-        d = {"format": "comfyui-ecad/compute-cost", "version": 1, "source": self.source, "info": self.info,
-             "unit": self.unit.tolist(), "fixed": self.fixed.tolist()}
+        d = {
+            "format": "comfyui-ecad/compute-cost",
+            "version": 1,
+            "source": self.source,
+            "info": self.info,
+            "unit": self.unit.tolist(),
+            "fixed": self.fixed.tolist(),
+        }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(d) + "\n", encoding="utf-8")
         tmp.replace(path)
@@ -83,11 +90,16 @@ class ComputeCost:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
             if d.get("format") != "comfyui-ecad/compute-cost":
                 raise ValueError("not a comfyui-ecad compute-cost file")
-            return cls(np.array(d["unit"], np.float64), np.array(d["fixed"], np.float64), source=d["source"],
-                       info=dict(d.get("info") or {}))
+            return cls(
+                np.array(d["unit"], np.float64),
+                np.array(d["fixed"], np.float64),
+                source=d["source"],
+                info=dict(d.get("info") or {}),
+            )
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SearchSettingsError(f"{path}: cannot read the saved compute cost ({e}); delete it to measure "
-                                      "again") from None
+            raise SearchSettingsError(
+                f"{path}: cannot read the saved compute cost ({e}); delete it to measure again"
+            ) from None
 
 
 def uniform_cost(layout: Layout, steps: int, unit_cost=None, fixed_per_step: float = 0.0) -> ComputeCost:
@@ -99,30 +111,52 @@ def uniform_cost(layout: Layout, steps: int, unit_cost=None, fixed_per_step: flo
     return ComputeCost(u, np.full(steps, float(fixed_per_step)), source=src)
 
 
-def macs_cost(layout: Layout, steps: int, arch, height: int, width: int, *, text_tokens: int | None = None,
-              mode: str = "ecad") -> ComputeCost:
+def macs_cost(
+    layout: Layout, steps: int, arch, height: int, width: int, *, text_tokens: int | None = None, mode: str = "ecad"
+) -> ComputeCost:
     """Analytic MACs of ``arch`` (an ``ecad_core.costs.Arch`` or a name) at ``height`` x ``width``."""
     from .macs import step_costs
 
     c = step_costs(arch, height, width, text_tokens=text_tokens, mode=mode)
     if c.layout != layout:
-        raise SearchSettingsError(f"cost model {c.arch.name!r} has {c.layout.describe()} but the model being "
-                                  f"searched has {layout.describe()}")
+        raise SearchSettingsError(
+            f"cost model {c.arch.name!r} has {c.layout.describe()} but the model being searched has {layout.describe()}"
+        )
     unit = np.broadcast_to(c.unit.astype(np.float64), (steps, layout.n_units)).copy()
-    return ComputeCost(unit, np.full(steps, float(c.fixed)), source="macs",
-                       info={"arch": c.arch.name, "mode": mode, "height": c.height, "width": c.width,
-                             "text_tokens": c.text_tokens, "full_step_macs": int(c.full_step),
-                             "fixed_step_macs": int(c.fixed)})
+    return ComputeCost(
+        unit,
+        np.full(steps, float(c.fixed)),
+        source="macs",
+        info={
+            "arch": c.arch.name,
+            "mode": mode,
+            "height": c.height,
+            "width": c.width,
+            "text_tokens": c.text_tokens,
+            "full_step_macs": int(c.full_step),
+            "fixed_step_macs": int(c.fixed),
+        },
+    )
 
 
-def cost_for_transformer(transformer, layout: Layout, steps: int, height: int, width: int, *,
-                         text_tokens: int | None = None, mode: str = "ecad") -> ComputeCost:
+def cost_for_transformer(
+    transformer,
+    layout: Layout,
+    steps: int,
+    height: int,
+    width: int,
+    *,
+    text_tokens: int | None = None,
+    mode: str = "ecad",
+) -> ComputeCost:
     """MACs from a diffusers transformer's config when ``ecad_core.costs`` knows it, else uniform."""
     try:
         from .macs import Arch
+
         arch = Arch.from_diffusers_config(dict(transformer.config), text_tokens=text_tokens)
         return macs_cost(layout, steps, arch, height, width, text_tokens=text_tokens, mode=mode)
     except (ImportError, ValueError, KeyError, TypeError, AttributeError) as e:
         cost = uniform_cost(layout, steps)
-        return ComputeCost(cost.unit, cost.fixed, source="uniform",
-                           info={"why": f"no analytic cost model for this transformer ({e})"})
+        return ComputeCost(
+            cost.unit, cost.fixed, source="uniform", info={"why": f"no analytic cost model for this transformer ({e})"}
+        )

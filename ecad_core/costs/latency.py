@@ -6,6 +6,7 @@ only for a computed unit; the fixed part is everything else the transformer
 does), for a search that minimises measured latency. Units are timed through
 the engine's timing seam (``ecad_core.engine.unit_timing``).
 """
+
 from __future__ import annotations
 
 import time
@@ -18,9 +19,16 @@ from ..schedule import Layout
 from .compute import ComputeCost
 
 
-def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Callable[[], object], *,
-                          unit_modules=None, warmup: bool = True,
-                          run_patched: Callable[[], object] | None = None) -> ComputeCost:
+def measured_latency_cost(
+    transformer,
+    layout: Layout,
+    steps: int,
+    run_full: Callable[[], object],
+    *,
+    unit_modules=None,
+    warmup: bool = True,
+    run_patched: Callable[[], object] | None = None,
+) -> ComputeCost:
     """Unit times in seconds, timed on this device while ``steps`` steps are sampled with full compute.
 
     With ``run_patched`` (sampling with this pack's cache attached and every unit computed), each unit is
@@ -41,6 +49,7 @@ def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Cal
 
     if run_patched is None and unit_modules is None:
         from ..diffusers.adapters import find_diffusers_units
+
         um = find_diffusers_units(transformer)
         if um.layout != layout:
             raise SearchSettingsError(f"the transformer has {um.layout.describe()}, the search {layout.describe()}")
@@ -62,12 +71,14 @@ def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Cal
         def hook(module, args, kwargs=None):
             sync()
             starts[key] = time.perf_counter()
+
         return hook
 
     def post(key, into):
         def hook(module, args, *rest):
             sync()
             into(key, time.perf_counter() - starts.pop(key))
+
         return hook
 
     def add_unit(i, dt):
@@ -90,6 +101,7 @@ def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Cal
                 handles.append(m.register_forward_hook(post(i, add_unit)))
         handles.append(transformer.register_forward_pre_hook(pre("call")))
         handles.append(transformer.register_forward_hook(post("call", add_call)))
+
         def time_unit(unit, compute):
             sync()
             t0 = time.perf_counter()
@@ -98,7 +110,8 @@ def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Cal
             unit_s[unit] += time.perf_counter() - t0
             timed[unit] += 1
             return out
-        with torch.no_grad(), (unit_timing(time_unit) if run_patched is not None else contextlib.nullcontext()):
+
+        with torch.no_grad(), unit_timing(time_unit) if run_patched is not None else contextlib.nullcontext():
             run()
     finally:
         for h in handles:
@@ -108,10 +121,18 @@ def measured_latency_cost(transformer, layout: Layout, steps: int, run_full: Cal
     if run_patched is not None and not timed.all():
         raise SearchSettingsError(
             f"measuring latency: {int((timed == 0).sum())} of {layout.n_units} units never ran through the cache "
-            f"(first: unit {int(np.argmin(timed))}); this model's units cannot be timed one by one")
+            f"(first: unit {int(np.argmin(timed))}); this model's units cannot be timed one by one"
+        )
     fixed = max(call_s[0] - float(unit_s.sum()), 0.0) / steps
     unit = np.broadcast_to(unit_s / steps, (steps, layout.n_units)).copy()
-    return ComputeCost(unit, np.full(steps, fixed), source="latency",
-                       info={"device": str(device), "seconds_per_step": round(call_s[0] / steps, 6),
-                             "transformer_calls": calls[0],
-                             "units_timed": "modules" if run_patched is None else "as the cache runs them"})
+    return ComputeCost(
+        unit,
+        np.full(steps, fixed),
+        source="latency",
+        info={
+            "device": str(device),
+            "seconds_per_step": round(call_s[0] / steps, 6),
+            "transformer_calls": calls[0],
+            "units_timed": "modules" if run_patched is None else "as the cache runs them",
+        },
+    )

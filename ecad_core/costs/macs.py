@@ -23,6 +23,7 @@ MACs are for one denoiser call on ``batch`` rows; ``batch=2`` is ECAD's
 convention (PixArt: the CFG pair of one image; FLUX-dev: two images, one
 guidance-distilled pass each). Speedups and fractions do not depend on it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,31 +45,40 @@ class Arch:
     """The numbers of a DiT that its MACs depend on."""
 
     name: str
-    family: str                     # layout family: "pixart" or "flux"
-    hidden: int                     # model width (heads x head dim)
+    family: str  # layout family: "pixart" or "flux"
+    hidden: int  # model width (heads x head dim)
     heads: int
-    depth: int                      # PixArt blocks / FLUX double-stream blocks
-    single_depth: int = 0           # FLUX single-stream blocks
-    mlp_ratio: float = 4.0          # feed-forward inner width / hidden
-    patch: int = 2                  # PixArt conv patch; FLUX 2x2 latent packing
-    vae_scale: int = 8              # pixels per latent pixel
-    latent_channels: int = 4        # transformer input channels per latent pixel
-    out_channels: int = 8           # output channels per latent pixel (PixArt: eps + learned sigma)
-    caption_channels: int = 4096    # T5-XXL width
-    text_tokens: int = 120          # default prompt length the pipeline pads to
-    pooled_dim: int = 0             # FLUX pooled CLIP width
-    guidance_embeds: bool = False   # FLUX-dev's guidance embedder
+    depth: int  # PixArt blocks / FLUX double-stream blocks
+    single_depth: int = 0  # FLUX single-stream blocks
+    mlp_ratio: float = 4.0  # feed-forward inner width / hidden
+    patch: int = 2  # PixArt conv patch; FLUX 2x2 latent packing
+    vae_scale: int = 8  # pixels per latent pixel
+    latent_channels: int = 4  # transformer input channels per latent pixel
+    out_channels: int = 8  # output channels per latent pixel (PixArt: eps + learned sigma)
+    caption_channels: int = 4096  # T5-XXL width
+    text_tokens: int = 120  # default prompt length the pipeline pads to
+    pooled_dim: int = 0  # FLUX pooled CLIP width
+    guidance_embeds: bool = False  # FLUX-dev's guidance embedder
     # PixArt-α resolution/aspect embedders. None = as the checkpoint for the
     # requested size: only the 1024-MS checkpoint has them, the 256/512 ones do not.
     micro_conditioning: bool | None = False
-    time_proj_dim: int = 256        # sinusoidal timestep features
+    time_proj_dim: int = 256  # sinusoidal timestep features
 
     def __post_init__(self):
         if self.family not in ("pixart", "flux"):
-            raise ValueError(f"architecture {self.name!r}: family must be 'pixart' or 'flux', "
-                             f"got {self.family!r}")
-        for f in ("hidden", "heads", "depth", "patch", "vae_scale", "latent_channels", "out_channels",
-                  "caption_channels", "text_tokens", "time_proj_dim"):
+            raise ValueError(f"architecture {self.name!r}: family must be 'pixart' or 'flux', got {self.family!r}")
+        for f in (
+            "hidden",
+            "heads",
+            "depth",
+            "patch",
+            "vae_scale",
+            "latent_channels",
+            "out_channels",
+            "caption_channels",
+            "text_tokens",
+            "time_proj_dim",
+        ):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"architecture {self.name!r}: {f} must be a positive integer, got {v!r}")
@@ -77,8 +87,9 @@ class Arch:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"architecture {self.name!r}: {f} must be a non-negative integer, got {v!r}")
         if self.hidden % self.heads:
-            raise ValueError(f"architecture {self.name!r}: hidden {self.hidden} is not a multiple of "
-                             f"heads {self.heads}")
+            raise ValueError(
+                f"architecture {self.name!r}: hidden {self.hidden} is not a multiple of heads {self.heads}"
+            )
         if not self.mlp_ratio > 0:
             raise ValueError(f"architecture {self.name!r}: mlp_ratio must be positive, got {self.mlp_ratio!r}")
         if self.family == "pixart" and self.single_depth:
@@ -91,11 +102,11 @@ class Arch:
 
     @property
     def token_in(self) -> int:
-        return self.latent_channels * self.patch ** 2
+        return self.latent_channels * self.patch**2
 
     @property
     def token_out(self) -> int:
-        return self.out_channels * self.patch ** 2
+        return self.out_channels * self.patch**2
 
     @property
     def size_multiple(self) -> int:
@@ -128,8 +139,9 @@ class Arch:
         return dataclasses.replace(ARCHS["flux-dev"], name=name, **numbers)
 
     @classmethod
-    def from_diffusers_config(cls, config: Mapping[str, Any], name: str | None = None,
-                              text_tokens: int | None = None) -> Arch:
+    def from_diffusers_config(
+        cls, config: Mapping[str, Any], name: str | None = None, text_tokens: int | None = None
+    ) -> Arch:
         """From ``PixArtTransformer2DModel.config`` or ``FluxTransformer2DModel.config``.
 
         The prompt length is a pipeline setting, not in the config: defaults are
@@ -143,18 +155,26 @@ class Arch:
             pack = 2  # the pipeline packs 2x2 latent pixels into one token
             cin = int(c.get("in_channels", 64))
             cout = int(c.get("out_channels") or cin)
-            if cin % pack ** 2 or cout % pack ** 2:
-                raise ValueError(f"FLUX config: in/out channels {cin}/{cout} are not multiples of {pack ** 2}")
+            if cin % pack**2 or cout % pack**2:
+                raise ValueError(f"FLUX config: in/out channels {cin}/{cout} are not multiples of {pack**2}")
             if int(c.get("patch_size", 1)) != 1:
                 raise ValueError("FLUX config: only patch_size 1 (2x2 packing in the pipeline) is supported")
             guidance = bool(c.get("guidance_embeds", False))
-            return cls(name=name or ("flux-dev" if guidance else "flux-schnell") + "-config", family="flux",
-                       hidden=heads * head_dim, heads=heads, depth=int(c.get("num_layers", 19)),
-                       single_depth=int(c.get("num_single_layers", 38)), patch=pack,
-                       latent_channels=cin // pack ** 2, out_channels=cout // pack ** 2,
-                       caption_channels=int(c.get("joint_attention_dim", 4096)),
-                       text_tokens=text_tokens or (512 if guidance else 256),
-                       pooled_dim=int(c.get("pooled_projection_dim", 768)), guidance_embeds=guidance)
+            return cls(
+                name=name or ("flux-dev" if guidance else "flux-schnell") + "-config",
+                family="flux",
+                hidden=heads * head_dim,
+                heads=heads,
+                depth=int(c.get("num_layers", 19)),
+                single_depth=int(c.get("num_single_layers", 38)),
+                patch=pack,
+                latent_channels=cin // pack**2,
+                out_channels=cout // pack**2,
+                caption_channels=int(c.get("joint_attention_dim", 4096)),
+                text_tokens=text_tokens or (512 if guidance else 256),
+                pooled_dim=int(c.get("pooled_projection_dim", 768)),
+                guidance_embeds=guidance,
+            )
         if "caption_channels" in c or "PixArt" in cls_name:
             if c.get("norm_type", "ada_norm_single") != "ada_norm_single":
                 raise ValueError("PixArt config: only norm_type 'ada_norm_single' is supported")
@@ -168,28 +188,76 @@ class Arch:
             if micro is None:  # diffusers' rule
                 micro = int(c.get("sample_size", 128)) == 128
             cin = int(c.get("in_channels", 4))
-            return cls(name=name or "pixart-config", family="pixart", hidden=hidden, heads=heads,
-                       depth=int(c.get("num_layers", 28)), patch=int(c.get("patch_size", 2)),
-                       latent_channels=cin, out_channels=int(c.get("out_channels") or cin),
-                       caption_channels=int(c["caption_channels"]), text_tokens=text_tokens or 120,
-                       micro_conditioning=bool(micro))
-        raise ValueError(f"config of {cls_name or 'an unknown class'} is neither a PixArt nor a FLUX "
-                         "transformer config (supported: PixArtTransformer2DModel, FluxTransformer2DModel)")
+            return cls(
+                name=name or "pixart-config",
+                family="pixart",
+                hidden=hidden,
+                heads=heads,
+                depth=int(c.get("num_layers", 28)),
+                patch=int(c.get("patch_size", 2)),
+                latent_channels=cin,
+                out_channels=int(c.get("out_channels") or cin),
+                caption_channels=int(c["caption_channels"]),
+                text_tokens=text_tokens or 120,
+                micro_conditioning=bool(micro),
+            )
+        raise ValueError(
+            f"config of {cls_name or 'an unknown class'} is neither a PixArt nor a FLUX "
+            "transformer config (supported: PixArtTransformer2DModel, FluxTransformer2DModel)"
+        )
 
 
 ARCHS: dict[str, Arch] = {
     # PixArt-XL-2: α pads prompts to 120 T5 tokens; micro-conditioning only in the 1024-MS checkpoint.
-    "pixart-alpha": Arch("pixart-alpha", "pixart", hidden=1152, heads=16, depth=28, latent_channels=4,
-                         out_channels=8, text_tokens=120, micro_conditioning=None),
+    "pixart-alpha": Arch(
+        "pixart-alpha",
+        "pixart",
+        hidden=1152,
+        heads=16,
+        depth=28,
+        latent_channels=4,
+        out_channels=8,
+        text_tokens=120,
+        micro_conditioning=None,
+    ),
     # Σ: same transformer, 300-token prompts, no micro-conditioning.
-    "pixart-sigma": Arch("pixart-sigma", "pixart", hidden=1152, heads=16, depth=28, latent_channels=4,
-                         out_channels=8, text_tokens=300, micro_conditioning=False),
-    "flux-dev": Arch("flux-dev", "flux", hidden=3072, heads=24, depth=19, single_depth=38,
-                     latent_channels=16, out_channels=16, text_tokens=512, pooled_dim=768,
-                     guidance_embeds=True),
-    "flux-schnell": Arch("flux-schnell", "flux", hidden=3072, heads=24, depth=19, single_depth=38,
-                         latent_channels=16, out_channels=16, text_tokens=256, pooled_dim=768,
-                         guidance_embeds=False),
+    "pixart-sigma": Arch(
+        "pixart-sigma",
+        "pixart",
+        hidden=1152,
+        heads=16,
+        depth=28,
+        latent_channels=4,
+        out_channels=8,
+        text_tokens=300,
+        micro_conditioning=False,
+    ),
+    "flux-dev": Arch(
+        "flux-dev",
+        "flux",
+        hidden=3072,
+        heads=24,
+        depth=19,
+        single_depth=38,
+        latent_channels=16,
+        out_channels=16,
+        text_tokens=512,
+        pooled_dim=768,
+        guidance_embeds=True,
+    ),
+    "flux-schnell": Arch(
+        "flux-schnell",
+        "flux",
+        hidden=3072,
+        heads=24,
+        depth=19,
+        single_depth=38,
+        latent_channels=16,
+        out_channels=16,
+        text_tokens=256,
+        pooled_dim=768,
+        guidance_embeds=False,
+    ),
 }
 # Which architecture a schedule is costed with when none is given.
 FAMILY_DEFAULT = {"pixart": "pixart-alpha", "flux": "flux-dev"}
@@ -209,16 +277,17 @@ def arch_for_schedule(schedule: Schedule) -> Arch:
         return ARCHS[schedule.model]
     if schedule.family in FAMILY_DEFAULT:
         return ARCHS[FAMILY_DEFAULT[schedule.family]]
-    raise ValueError(f"no cost model for family {schedule.family!r}; pass an Arch "
-                     f"(known: {', '.join(sorted(ARCHS))})")
+    raise ValueError(f"no cost model for family {schedule.family!r}; pass an Arch (known: {', '.join(sorted(ARCHS))})")
 
 
 def _check_size(arch: Arch, what: str, v: Any) -> None:
     m = arch.size_multiple
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < m or v % m:
         kind = "PixArt" if arch.family == "pixart" else "FLUX"
-        raise ValueError(f"{what} must be a positive multiple of {m} for {kind} ({arch.name}: VAE "
-                         f"downsampling {arch.vae_scale} x patch {arch.patch}), got {v!r}")
+        raise ValueError(
+            f"{what} must be a positive multiple of {m} for {kind} ({arch.name}: VAE "
+            f"downsampling {arch.vae_scale} x patch {arch.patch}), got {v!r}"
+        )
 
 
 def _check_int(what: str, v: Any, minimum: int = 1) -> int:
@@ -232,8 +301,8 @@ class StepCosts:
     """MACs of one denoiser call: per unit (when recomputed) and the fixed part."""
 
     layout: Layout
-    unit: np.ndarray                 # int64 [n_units], flat layout order
-    fixed_parts: dict[str, int]      # what runs every step, by part
+    unit: np.ndarray  # int64 [n_units], flat layout order
+    fixed_parts: dict[str, int]  # what runs every step, by part
     arch: Arch
     height: int
     width: int
@@ -257,8 +326,15 @@ class StepCosts:
         return out
 
 
-def step_costs(arch: Arch | str, height: int, width: int, *, batch: int = DEFAULT_BATCH,
-               text_tokens: int | None = None, mode: str = "ecad") -> StepCosts:
+def step_costs(
+    arch: Arch | str,
+    height: int,
+    width: int,
+    *,
+    batch: int = DEFAULT_BATCH,
+    text_tokens: int | None = None,
+    mode: str = "ecad",
+) -> StepCosts:
     """Per-unit and fixed MACs of one step at ``height`` x ``width`` pixels."""
     a = get_arch(arch)
     if mode not in MODES:
@@ -267,9 +343,9 @@ def step_costs(arch: Arch | str, height: int, width: int, *, batch: int = DEFAUL
     B = _check_int("batch", batch)
     T = _check_int("text_tokens", a.text_tokens if text_tokens is None else text_tokens)
     D, F, attn = a.hidden, a.ff_dim, mode == "full"
-    temb = a.time_proj_dim * D + D * D          # sinusoid -> linear -> SiLU -> linear
+    temb = a.time_proj_dim * D + D * D  # sinusoid -> linear -> SiLU -> linear
     if a.family == "pixart":
-        self_attn = 4 * N * D * D + (2 * N * N * D if attn else 0)            # q, k, v, out (+ QK^T, AV)
+        self_attn = 4 * N * D * D + (2 * N * N * D if attn else 0)  # q, k, v, out (+ QK^T, AV)
         cross_attn = 2 * N * D * D + 2 * T * D * D + (2 * N * T * D if attn else 0)  # q, out on image; k, v on text
         ff = 2 * N * D * F
         per_block = [self_attn, cross_attn, ff]
@@ -288,12 +364,16 @@ def step_costs(arch: Arch | str, height: int, width: int, *, batch: int = DEFAUL
     else:
         L = N + T  # joint attention over image and text tokens
         joint = 2 * L * L * D if attn else 0
-        double = [4 * L * D * D + joint,      # q, k, v, out for both streams
-                  2 * N * D * F,              # image feed-forward
-                  2 * T * D * F]              # text feed-forward
-        single = [3 * L * D * D + joint,      # q, k, v (the output projection is fused into proj_out)
-                  L * D * F,                  # proj_mlp
-                  L * (D + F) * D]            # proj_out over [attn, mlp]
+        double = [
+            4 * L * D * D + joint,  # q, k, v, out for both streams
+            2 * N * D * F,  # image feed-forward
+            2 * T * D * F,
+        ]  # text feed-forward
+        single = [
+            3 * L * D * D + joint,  # q, k, v (the output projection is fused into proj_out)
+            L * D * F,  # proj_mlp
+            L * (D + F) * D,
+        ]  # proj_out over [attn, mlp]
         pooled = (a.pooled_dim * D + D * D) if a.pooled_dim else 0
         fixed = {
             "x_embedder": N * a.token_in * D,
@@ -313,8 +393,10 @@ def _resolve(schedule: Schedule, arch: Arch | str | None) -> Arch:
     a = arch_for_schedule(schedule) if arch is None else get_arch(arch)
     want = a.layout()
     if schedule.layout != want:
-        raise ModelMismatchError(f"schedule {schedule.name!r} has {schedule.layout.describe()} but "
-                                 f"architecture {a.name!r} has {want.describe()}")
+        raise ModelMismatchError(
+            f"schedule {schedule.name!r} has {schedule.layout.describe()} but "
+            f"architecture {a.name!r} has {want.describe()}"
+        )
     return a
 
 
@@ -331,24 +413,48 @@ def bits_macs(bits: np.ndarray, costs: StepCosts) -> np.ndarray:
     return counts.astype(np.float64) @ costs.unit.astype(np.float64) + b.shape[-2] * float(costs.fixed)
 
 
-def per_step_macs(schedule: Schedule, arch: Arch | str | None, height: int, width: int, *,
-                  batch: int = DEFAULT_BATCH, text_tokens: int | None = None,
-                  mode: str = "ecad") -> np.ndarray:
+def per_step_macs(
+    schedule: Schedule,
+    arch: Arch | str | None,
+    height: int,
+    width: int,
+    *,
+    batch: int = DEFAULT_BATCH,
+    text_tokens: int | None = None,
+    mode: str = "ecad",
+) -> np.ndarray:
     """MACs of each step (int64 [steps]) under the schedule's effective bits."""
     a = _resolve(schedule, arch)
     c = step_costs(a, height, width, batch=batch, text_tokens=text_tokens, mode=mode)
     return schedule.effective_bits().astype(np.int64) @ c.unit + c.fixed
 
 
-def schedule_macs(schedule: Schedule, arch: Arch | str | None, height: int, width: int, *,
-                  batch: int = DEFAULT_BATCH, text_tokens: int | None = None, mode: str = "ecad") -> int:
+def schedule_macs(
+    schedule: Schedule,
+    arch: Arch | str | None,
+    height: int,
+    width: int,
+    *,
+    batch: int = DEFAULT_BATCH,
+    text_tokens: int | None = None,
+    mode: str = "ecad",
+) -> int:
     """Total MACs over all steps (exact integer); ``arch=None`` infers it from the schedule."""
-    return sum(int(x) for x in per_step_macs(schedule, arch, height, width, batch=batch,
-                                             text_tokens=text_tokens, mode=mode))
+    return sum(
+        int(x) for x in per_step_macs(schedule, arch, height, width, batch=batch, text_tokens=text_tokens, mode=mode)
+    )
 
 
-def no_cache_macs(steps: int | Schedule, arch: Arch | str | None, height: int, width: int, *,
-                  batch: int = DEFAULT_BATCH, text_tokens: int | None = None, mode: str = "ecad") -> int:
+def no_cache_macs(
+    steps: int | Schedule,
+    arch: Arch | str | None,
+    height: int,
+    width: int,
+    *,
+    batch: int = DEFAULT_BATCH,
+    text_tokens: int | None = None,
+    mode: str = "ecad",
+) -> int:
     """MACs of ``steps`` uncached steps (or as many as a given schedule has)."""
     if isinstance(steps, Schedule):
         arch, steps = _resolve(steps, arch), steps.steps
@@ -358,23 +464,43 @@ def no_cache_macs(steps: int | Schedule, arch: Arch | str | None, height: int, w
     return n * step_costs(arch, height, width, batch=batch, text_tokens=text_tokens, mode=mode).full_step
 
 
-def fraction_of_full(schedule: Schedule, arch: Arch | str | None, height: int, width: int, *,
-                     text_tokens: int | None = None, mode: str = "ecad") -> float:
+def fraction_of_full(
+    schedule: Schedule,
+    arch: Arch | str | None,
+    height: int,
+    width: int,
+    *,
+    text_tokens: int | None = None,
+    mode: str = "ecad",
+) -> float:
     """Schedule MACs / no-cache MACs: the search's compute objective (batch cancels out)."""
     kw = dict(text_tokens=text_tokens, mode=mode)
-    return (schedule_macs(schedule, arch, height, width, **kw)
-            / no_cache_macs(schedule, arch, height, width, **kw))
+    return schedule_macs(schedule, arch, height, width, **kw) / no_cache_macs(schedule, arch, height, width, **kw)
 
 
-def expected_speedup(schedule: Schedule, arch: Arch | str | None, height: int, width: int, *,
-                     text_tokens: int | None = None, mode: str = "ecad") -> float:
+def expected_speedup(
+    schedule: Schedule,
+    arch: Arch | str | None,
+    height: int,
+    width: int,
+    *,
+    text_tokens: int | None = None,
+    mode: str = "ecad",
+) -> float:
     """No-cache MACs / schedule MACs: the speedup if time were proportional to MACs."""
     return 1.0 / fraction_of_full(schedule, arch, height, width, text_tokens=text_tokens, mode=mode)
 
 
-def cost_breakdown(schedule: Schedule, arch: Arch | str | None, height: int, width: int, *,
-                   batch: int = DEFAULT_BATCH, text_tokens: int | None = None,
-                   mode: str = "ecad") -> dict[str, Any]:
+def cost_breakdown(
+    schedule: Schedule,
+    arch: Arch | str | None,
+    height: int,
+    width: int,
+    *,
+    batch: int = DEFAULT_BATCH,
+    text_tokens: int | None = None,
+    mode: str = "ecad",
+) -> dict[str, Any]:
     """Everything at once, JSON-friendly: per step, per component, fixed parts, totals."""
     a = _resolve(schedule, arch)
     c = step_costs(a, height, width, batch=batch, text_tokens=text_tokens, mode=mode)
@@ -386,11 +512,19 @@ def cost_breakdown(schedule: Schedule, arch: Arch | str | None, height: int, wid
         comp_total[comp] = comp_total.get(comp, 0) + n * m
     total, full = sum(steps), schedule.steps * c.full_step
     return {
-        "arch": a.name, "mode": mode, "height": c.height, "width": c.width, "batch": c.batch,
-        "text_tokens": c.text_tokens, "steps": schedule.steps,
-        "total_macs": total, "no_cache_macs": full,
-        "fraction_of_full": total / full, "expected_speedup": full / total,
-        "full_step_macs": c.full_step, "fixed_step_macs": c.fixed,
+        "arch": a.name,
+        "mode": mode,
+        "height": c.height,
+        "width": c.width,
+        "batch": c.batch,
+        "text_tokens": c.text_tokens,
+        "steps": schedule.steps,
+        "total_macs": total,
+        "no_cache_macs": full,
+        "fraction_of_full": total / full,
+        "expected_speedup": full / total,
+        "full_step_macs": c.full_step,
+        "fixed_step_macs": c.fixed,
         "per_step_macs": steps,
         "by_component": comp_total,
         "fixed_parts": {k: v * schedule.steps for k, v in c.fixed_parts.items()},

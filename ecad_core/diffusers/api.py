@@ -7,6 +7,7 @@ When a pipeline is given, its scheduler's ``set_timesteps`` also marks the
 start of a run and tells the number of steps, so the schedule is remapped to
 the run's step count (and to img2img strength) before the first call.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,10 @@ def _timestep_value(args, kwargs) -> float:
     if t is None:
         # PixArt: forward(hidden_states, encoder_hidden_states, timestep, ...);
         # FLUX: forward(hidden_states, encoder_hidden_states, pooled_projections, timestep, ...)
-        raise TypeError("ECAD: the transformer was called without a 'timestep' keyword; "
-                        "call it as diffusers pipelines do (timestep=...)")
+        raise TypeError(
+            "ECAD: the transformer was called without a 'timestep' keyword; "
+            "call it as diffusers pipelines do (timestep=...)"
+        )
     if isinstance(t, torch.Tensor):
         return float(t.reshape(-1)[0].item())
     return float(t)
@@ -150,8 +153,7 @@ class StepTracker:
 class EcadHandle:
     """A schedule attached to a diffusers transformer; ``remove()`` restores the model exactly."""
 
-    def __init__(self, transformer, schedule: Schedule, engine: CacheEngine, hooks, tracker, handles,
-                 scheduler=None):
+    def __init__(self, transformer, schedule: Schedule, engine: CacheEngine, hooks, tracker, handles, scheduler=None):
         self.transformer = transformer
         self.schedule = schedule
         self.engine = engine
@@ -234,8 +236,9 @@ def _attach_hooks(units, engine: CacheEngine) -> list:
     return hooks
 
 
-def apply(target, schedule: Schedule | str | Path, *, offload_device=None, cuda_graphs: bool = False,
-          max_graphs: int = 64) -> EcadHandle:
+def apply(
+    target, schedule: Schedule | str | Path, *, offload_device=None, cuda_graphs: bool = False, max_graphs: int = 64
+) -> EcadHandle:
     """Attach ``schedule`` to a diffusers pipeline (with ``.transformer``) or a transformer.
 
     Returns a handle; ``handle.remove()`` (or ``with``) restores the model.
@@ -295,6 +298,7 @@ def apply(target, schedule: Schedule | str | Path, *, offload_device=None, cuda_
     handle = EcadHandle(transformer, schedule, engine, hooks, tracker, handles, scheduler)
     if cuda_graphs:
         from ..engine.cuda_graphs import GraphMode
+
         handle.graph_mode = GraphMode(transformer, engine, max_graphs=max_graphs)
     return handle
 

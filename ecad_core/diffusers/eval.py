@@ -5,6 +5,7 @@ computed once, ``ecad_core.apply`` for the schedule), so an evaluated schedule
 runs exactly as it ran when it was searched. Also gives the analytic cost of
 a schedule on this pipeline's transformer.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,8 +17,19 @@ from .generate import DiffusersGenerate
 class DiffusersImages:
     """``generate(schedule_or_None)`` -> images [3, H, W] in [0, 1], prompt-major then seed."""
 
-    def __init__(self, pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, cfg: float, height: int,
-                 width: int, *, batch_size: int | None = None, model_name: str | None = None):
+    def __init__(
+        self,
+        pipe,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int,
+        cfg: float,
+        height: int,
+        width: int,
+        *,
+        batch_size: int | None = None,
+        model_name: str | None = None,
+    ):
         kw = dict(output="image", batch_size=batch_size, model_name=model_name)
         self.gen = DiffusersGenerate(pipe, prompts, seeds, steps, cfg, height, width, **kw)
         # warm-up: the first prompt and seed only (loads, allocates and installs hooks untimed)
@@ -48,5 +60,6 @@ def pipeline_cost(pipe, steps: int, height: int, width: int, mode: str = "ecad")
     layout = find_diffusers_units(pipe.transformer).layout
     kind = type(pipe).__name__
     tokens = 300 if "Sigma" in kind else None  # PixArt-Σ pads prompts to 300 tokens, α to 120
-    return cost_function(cost_for_transformer(pipe.transformer, layout, steps, height, width,
-                                              text_tokens=tokens, mode=mode)), layout
+    return cost_function(
+        cost_for_transformer(pipe.transformer, layout, steps, height, width, text_tokens=tokens, mode=mode)
+    ), layout

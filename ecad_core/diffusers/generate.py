@@ -1,4 +1,5 @@
 """The search's and the evaluation's ``generate`` on a diffusers pipeline: every prompt x seed, same noise each call."""
+
 from __future__ import annotations
 
 import inspect
@@ -22,9 +23,22 @@ class DiffusersGenerate:
     last cached run.
     """
 
-    def __init__(self, pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, cfg: float,
-                 height: int, width: int, *, batch_size: int | None = None, output: str = "latent",
-                 extra_kwargs: dict | None = None, encode_once: bool = True, model_name: str | None = None):
+    def __init__(
+        self,
+        pipe,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int,
+        cfg: float,
+        height: int,
+        width: int,
+        *,
+        batch_size: int | None = None,
+        output: str = "latent",
+        extra_kwargs: dict | None = None,
+        encode_once: bool = True,
+        model_name: str | None = None,
+    ):
         prompts = [str(p) for p in prompts]
         if not prompts:
             raise SearchSettingsError("no calibration prompts: give at least one prompt")
@@ -50,24 +64,38 @@ class DiffusersGenerate:
         self._embeds: dict[tuple, dict] = {}
         self.encode_once = encode_once and (self.kind.startswith("PixArt") or self.kind.startswith("Flux"))
         params = inspect.signature(pipe.__call__).parameters
-        self._base = {"num_inference_steps": steps, "guidance_scale": self.cfg, "height": height, "width": width,
-                      "output_type": "latent" if output == "latent" else "pt"}
-        if "use_resolution_binning" in params:   # PixArt: generate exactly the asked size
+        self._base = {
+            "num_inference_steps": steps,
+            "guidance_scale": self.cfg,
+            "height": height,
+            "width": width,
+            "output_type": "latent" if output == "latent" else "pt",
+        }
+        if "use_resolution_binning" in params:  # PixArt: generate exactly the asked size
             self._base["use_resolution_binning"] = False
-        if "clean_caption" in params:            # PixArt: no bs4/ftfy caption cleaning
+        if "clean_caption" in params:  # PixArt: no bs4/ftfy caption cleaning
             self._base["clean_caption"] = False
         if self.kind.startswith("Flux") and "max_sequence_length" not in self.extra:
             tok = getattr(pipe, "tokenizer_2", None)
             self.extra["max_sequence_length"] = int(min(512, getattr(tok, "model_max_length", 512) or 512))
         self._base.update(self.extra)
         self.sample_prompts = [p for p in prompts for _ in self.seeds]
-        self.description = {"pipeline": self.kind, "model": model_name, "prompts": prompts, "seeds": self.seeds,
-                            "steps": steps, "cfg": self.cfg, "height": height, "width": width, "output": output,
-                            "extra_kwargs": {k: repr(v) for k, v in sorted(self.extra.items())}}
+        self.description = {
+            "pipeline": self.kind,
+            "model": model_name,
+            "prompts": prompts,
+            "seeds": self.seeds,
+            "steps": steps,
+            "cfg": self.cfg,
+            "height": height,
+            "width": width,
+            "output": output,
+            "extra_kwargs": {k: repr(v) for k, v in sorted(self.extra.items())},
+        }
 
     def _chunks(self):
         for i in range(0, len(self.prompts), self.batch_size):
-            yield tuple(self.prompts[i:i + self.batch_size])
+            yield tuple(self.prompts[i : i + self.batch_size])
 
     def _text_kwargs(self, chunk: tuple) -> dict:
         if not self.encode_once:
@@ -80,14 +108,21 @@ class DiffusersGenerate:
                     kw = {}
                     if "max_sequence_length" in self.extra:
                         kw["max_sequence_length"] = self.extra["max_sequence_length"]
-                    pe, pm, ne, nm = pipe.encode_prompt(list(chunk), do_classifier_free_guidance=self.cfg > 1.0,
-                                                        negative_prompt="", device=dev, clean_caption=False, **kw)
+                    pe, pm, ne, nm = pipe.encode_prompt(
+                        list(chunk),
+                        do_classifier_free_guidance=self.cfg > 1.0,
+                        negative_prompt="",
+                        device=dev,
+                        clean_caption=False,
+                        **kw,
+                    )
                     d = {"prompt_embeds": pe, "prompt_attention_mask": pm, "negative_prompt": None}
                     if self.cfg > 1.0:
                         d.update(negative_prompt_embeds=ne, negative_prompt_attention_mask=nm)
                 else:
-                    pe, pooled, _ = pipe.encode_prompt(list(chunk), prompt_2=None, device=dev,
-                                                       max_sequence_length=self.extra["max_sequence_length"])
+                    pe, pooled, _ = pipe.encode_prompt(
+                        list(chunk), prompt_2=None, device=dev, max_sequence_length=self.extra["max_sequence_length"]
+                    )
                     d = {"prompt_embeds": pe, "pooled_prompt_embeds": pooled}
             self._embeds[chunk] = d
         return dict(self._embeds[chunk])
@@ -115,11 +150,13 @@ class DiffusersGenerate:
         if handle is not None:
             self.last_stats = stats
         # prompt-major, then seed: output k belongs to sample_prompts[k]
-        return [results[(ci, i, seed)] for ci, chunk in enumerate(chunks) for i in range(len(chunk))
-                for seed in self.seeds]
+        return [
+            results[(ci, i, seed)] for ci, chunk in enumerate(chunks) for i in range(len(chunk)) for seed in self.seeds
+        ]
 
 
-def diffusers_generate_fn(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, cfg: float,
-                          height: int, width: int, **kw) -> DiffusersGenerate:
+def diffusers_generate_fn(
+    pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, cfg: float, height: int, width: int, **kw
+) -> DiffusersGenerate:
     """A ``generate`` function for ``LocalEvaluator`` on a diffusers pipeline (see ``DiffusersGenerate``)."""
     return DiffusersGenerate(pipe, prompts, seeds, steps, cfg, height, width, **kw)

@@ -1,5 +1,6 @@
 """Loading diffusers pipelines for the commands (local files only, or built-in tiny ones) and what a pipeline
 tells about its model: the schedule model hint and the prompt length the cost model needs."""
+
 from __future__ import annotations
 
 from ..errors import EcadError
@@ -30,23 +31,25 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto"):
     if model.startswith(TINY_PREFIX):
         from .tiny import tiny_pipeline
 
-        pipe = tiny_pipeline(model[len(TINY_PREFIX):])
+        pipe = tiny_pipeline(model[len(TINY_PREFIX) :])
         hint = None  # tiny random weights: not a real architecture's schedule
     else:
         try:
             from diffusers import DiffusionPipeline
         except ImportError:
-            raise EcadError("this command needs the 'diffusers' package (pip install diffusers transformers)") \
-                from None
+            raise EcadError("this command needs the 'diffusers' package (pip install diffusers transformers)") from None
         try:
             pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True, torch_dtype=dt)
         except (OSError, ValueError) as e:
-            raise EcadError(f"cannot load a diffusers pipeline from {model!r} with local files only: "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise EcadError(
+                f"cannot load a diffusers pipeline from {model!r} with local files only: "
+                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
         hint = model_hint(pipe)
     if getattr(pipe, "transformer", None) is None:
-        raise EcadError(f"{model!r}: the pipeline has no transformer (ECAD caches DiT blocks; "
-                        f"got {type(pipe).__name__})")
+        raise EcadError(
+            f"{model!r}: the pipeline has no transformer (ECAD caches DiT blocks; got {type(pipe).__name__})"
+        )
     pipe = pipe.to(dev)
     if pipe.transformer.dtype != dt:
         pipe = pipe.to(dtype=dt)

@@ -10,6 +10,7 @@ torch.compile traces, it makes a graph break and runs the function eagerly.
 The rest of a compiled model (embedders, final layer, anything between the
 blocks) stays compiled, and compiling happens once, not per step.
 """
+
 from __future__ import annotations
 
 import functools
@@ -19,16 +20,20 @@ import torch
 
 log = logging.getLogger("ecad")
 _told = False
-FULLGRAPH_REASON = ("ECAD's cache decides at every step whether a unit runs, so its hooked blocks run outside "
-                    "compiled graphs: compile with fullgraph=False (ComfyUI's TorchCompileModel does), or compile "
-                    "the model without ECAD")
+FULLGRAPH_REASON = (
+    "ECAD's cache decides at every step whether a unit runs, so its hooked blocks run outside "
+    "compiled graphs: compile with fullgraph=False (ComfyUI's TorchCompileModel does), or compile "
+    "the model without ECAD"
+)
 
 
 def outside_compile(fn):
     """``fn``, kept out of torch.compile's graphs (a graph break around each call while compiling)."""
+
     def eager(*args, **kwargs):
         _tell()
         return fn(*args, **kwargs)
+
     try:  # the reason is printed by torch.compile(fullgraph=True), which cannot include these calls
         disabled = torch.compiler.disable(eager, reason=FULLGRAPH_REASON)
     except TypeError:  # torch before 2.8: no reason argument
@@ -40,6 +45,7 @@ def outside_compile(fn):
         if is_compiling():
             return disabled(*args, **kwargs)
         return fn(*args, **kwargs)
+
     return call
 
 
@@ -47,6 +53,8 @@ def _tell() -> None:
     global _told
     if not _told:
         _told = True
-        log.info("ECAD: this model is compiled (torch.compile / TorchCompileModel): ECAD's cached blocks run "
-                 "outside the compiled graphs (their per-step cache decisions would make torch.compile recompile "
-                 "at every step); the rest of the model stays compiled")
+        log.info(
+            "ECAD: this model is compiled (torch.compile / TorchCompileModel): ECAD's cached blocks run "
+            "outside the compiled graphs (their per-step cache decisions would make torch.compile recompile "
+            "at every step); the rest of the model stays compiled"
+        )

@@ -30,6 +30,7 @@ run eager, and graphs captured against weights that have since moved (other
 storage, as after a LoRA re-patch) are dropped and captured again, never
 replayed against stale memory.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,10 @@ def unsupported_reason(transformer: torch.nn.Module, engine) -> str | None:
         dev = "no parameters" if p is None else p.device
         return f"CUDA graphs need the model on a CUDA device (it is on {dev}); running eagerly"
     if engine.offload_device is not None:
-        return (f"the cache is offloaded to {engine.offload_device}: per-step copies between devices cannot be "
-                f"captured in a graph; running eagerly")
+        return (
+            f"the cache is offloaded to {engine.offload_device}: per-step copies between devices cannot be "
+            f"captured in a graph; running eagerly"
+        )
     if any(hasattr(m, "_hf_hook") for m in transformer.modules()):
         return "the model has accelerate offload hooks (weights move during the forward); running eagerly"
     return None
@@ -72,8 +75,18 @@ class _Graph:
 class GraphMode:
     """Captures and replays the transformer's forward of an ``EcadHandle`` (see the module doc)."""
 
-    def __init__(self, transformer: torch.nn.Module, engine, max_graphs: int = 64, *, original=None,
-                 key_kwargs: tuple | None = None, defer_checks: bool = False, run_check=None, prepare=None):
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        engine,
+        max_graphs: int = 64,
+        *,
+        original=None,
+        key_kwargs: tuple | None = None,
+        defer_checks: bool = False,
+        run_check=None,
+        prepare=None,
+    ):
         """``original``: the callable to run and capture (default: the transformer's forward, which is then
         replaced by ``self.forward``; with ``original`` the caller installs ``self.forward`` itself).
         ``key_kwargs``: only these keyword arguments are graph inputs; the others are passed through to
@@ -98,8 +111,11 @@ class GraphMode:
         self._run_seen = None
         self._weights = None
         if defer_checks:
-            self.reason = None if torch.cuda.is_available() else \
-                "CUDA graphs need a CUDA device and this PyTorch has none; running eagerly"
+            self.reason = (
+                None
+                if torch.cuda.is_available()
+                else "CUDA graphs need a CUDA device and this PyTorch has none; running eagerly"
+            )
         else:
             self.reason = unsupported_reason(transformer, engine)
         self._original = None
@@ -134,13 +150,20 @@ class GraphMode:
         self.engine.clear()
 
     def status(self) -> dict:
-        return {"active": self.active, "reason": self.reason or self.run_reason, "graphs": len(self.graphs),
-                "captures": self.captures, "replays": self.replays, "eager_calls": self.eager_calls,
-                "recaptures": self.recaptures}
+        return {
+            "active": self.active,
+            "reason": self.reason or self.run_reason,
+            "graphs": len(self.graphs),
+            "captures": self.captures,
+            "replays": self.replays,
+            "eager_calls": self.eager_calls,
+            "recaptures": self.recaptures,
+        }
 
     def _weights_key(self) -> tuple:
-        return tuple(t.data_ptr() for t in self.transformer.parameters()) + \
-            tuple(t.data_ptr() for t in self.transformer.buffers())
+        return tuple(t.data_ptr() for t in self.transformer.parameters()) + tuple(
+            t.data_ptr() for t in self.transformer.buffers()
+        )
 
     def _start_run(self) -> None:
         """Deferred checks, once per sampling run."""
@@ -192,9 +215,11 @@ class GraphMode:
             if (branch, sig) not in self.warm or not self._reuse_ready(row, branch):
                 return self._eager_warm(branch, sig, args, {**kwargs, **passed})
             if len(self.graphs) >= self.max_graphs:
-                self._disable(f"dynamic shapes: more than {self.max_graphs} graphs were needed (input shapes, "
-                              f"non-tensor arguments or the schedule's rows vary too much); running eagerly "
-                              f"from here")
+                self._disable(
+                    f"dynamic shapes: more than {self.max_graphs} graphs were needed (input shapes, "
+                    f"non-tensor arguments or the schedule's rows vary too much); running eagerly "
+                    f"from here"
+                )
                 self.eager_calls += 1
                 return self._original(*args, **kwargs, **passed)
             g = self._capture(key, leaves, spec, row, passed)
@@ -236,8 +261,7 @@ class GraphMode:
     def _capture(self, key, leaves, spec, row, passed=None):
         eng = self.engine
         static_inputs = [t.clone() if isinstance(t, torch.Tensor) else None for t in leaves]
-        sargs, skwargs = pytree.tree_unflatten([s if s is not None else t for s, t in zip(static_inputs, leaves)],
-                                               spec)
+        sargs, skwargs = pytree.tree_unflatten([s if s is not None else t for s, t in zip(static_inputs, leaves)], spec)
         n_units = len(eng._bits[0])
         compute = [u for u in range(n_units) if row is None or row[u]]
         # capture executes nothing: only replays count, so the counters are restored afterwards

@@ -24,6 +24,7 @@ uses this: the search drives sampling through hosts that create their own
 engines). With no timer the hot path is the plain ``_unit_call``: setting one
 installs a timing wrapper on the instance, so the untimed path pays nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,14 +45,15 @@ log = logging.getLogger("ecad")
 @dataclass
 class RunStats:
     """Per-step counts of one sampling run."""
+
     steps: int
     units: int
     computed: np.ndarray = None  # [steps] unit calls that ran
-    reused: np.ndarray = None    # [steps] unit calls served from the cache
+    reused: np.ndarray = None  # [steps] unit calls served from the cache
     fallback: np.ndarray = None  # [steps] reuse wanted, computed instead (nothing valid stored)
-    calls: int = 0               # model calls seen (a step may have several: CFG split, Heun)
+    calls: int = 0  # model calls seen (a step may have several: CFG split, Heun)
     remapped_from: int | None = None
-    cache_bytes: int = 0         # bytes held by stored outputs at the end of the run
+    cache_bytes: int = 0  # bytes held by stored outputs at the end of the run
 
     def __post_init__(self):
         for k in ("computed", "reused", "fallback"):
@@ -87,8 +89,10 @@ class RunStats:
         }
 
     def summary(self) -> str:
-        s = (f"{self.total_reused}/{self.total_computed + self.total_reused} unit calls reused "
-             f"({100 * self.reuse_fraction:.1f}%) over {self.steps} steps, {self.calls} model calls")
+        s = (
+            f"{self.total_reused}/{self.total_computed + self.total_reused} unit calls reused "
+            f"({100 * self.reuse_fraction:.1f}%) over {self.steps} steps, {self.calls} model calls"
+        )
         if self.fallback.sum():
             s += f", {int(self.fallback.sum())} reuse(s) computed for lack of a valid cached output"
         if self.remapped_from is not None:
@@ -202,7 +206,9 @@ class CacheEngine:
         def timed(unit, fn, args, kwargs, sig_args, sig_kwargs):
             def run(*a, **k):
                 return timer(unit, lambda: fn(*a, **k))
+
             return untimed(unit, run, args, kwargs, sig_args, sig_kwargs)
+
         self._unit_call = timed  # type: ignore[method-assign]
 
     def _set_active(self, sched: Schedule, remapped_from: int | None):
@@ -242,8 +248,13 @@ class CacheEngine:
             key = (int(steps), round(float(denoise), 6))
             if key not in self._remap_cache:
                 self._remap_cache[key] = remap_steps(self.schedule, int(steps), denoise)
-                log.info("ECAD: schedule %r has %d steps; remapped to %d steps (denoise %.3g)",
-                         self.schedule.name, self.schedule.steps, steps, denoise)
+                log.info(
+                    "ECAD: schedule %r has %d steps; remapped to %d steps (denoise %.3g)",
+                    self.schedule.name,
+                    self.schedule.steps,
+                    steps,
+                    denoise,
+                )
             sched, src = self._remap_cache[key], self.schedule.steps
         self._set_active(sched, src)
         self._use_timer(self._unit_timer if self._unit_timer is not None else _ambient_timer[0])
@@ -255,7 +266,8 @@ class CacheEngine:
             raise EcadError(
                 f"ECAD: the model was called at sampling step {step + 1}, but schedule "
                 f"{self.schedule.name!r} covers {self.active.steps} steps; run with that many steps or "
-                f"remap the schedule (ecad_core.remap_steps)")
+                f"remap the schedule (ecad_core.remap_steps)"
+            )
         self.step, self.branch = step, branch
         self._stats.calls += 1
 

@@ -7,6 +7,7 @@ With several schedules the columns repeat (schedule, difference) per schedule.
 Latent outputs (no decoder) are shown as their first three channels, each
 sample min-max normalised.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,8 +40,12 @@ def _caption(text: str, width: int) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def comparison_grid(reference: Sequence[torch.Tensor], schedules: Sequence[tuple[str, Sequence[torch.Tensor]]],
-                    rows: int = 4, diff_gain: float = 4.0) -> torch.Tensor:
+def comparison_grid(
+    reference: Sequence[torch.Tensor],
+    schedules: Sequence[tuple[str, Sequence[torch.Tensor]]],
+    rows: int = 4,
+    diff_gain: float = 4.0,
+) -> torch.Tensor:
     """IMAGE [H, W, 3] float in [0, 1] (ComfyUI's layout without the batch dimension)."""
     n = min([int(rows), len(reference)] + [len(outs) for _, outs in schedules])
     if n < 1:
@@ -50,20 +55,21 @@ def comparison_grid(reference: Sequence[torch.Tensor], schedules: Sequence[tuple
     cols: list[tuple[str, list[torch.Tensor]]] = [("no cache", ref)]
     for label, outs in schedules:
         imgs = [as_display(o) for o in outs[:n]]
-        diffs = [((a - b).abs().mean(0, keepdim=True) * diff_gain).clamp(0, 1).expand(3, -1, -1)
-                 for a, b in zip(imgs, ref)]
+        diffs = [
+            ((a - b).abs().mean(0, keepdim=True) * diff_gain).clamp(0, 1).expand(3, -1, -1) for a, b in zip(imgs, ref)
+        ]
         cols += [(label, imgs), (f"|diff| x{diff_gain:g}", diffs)]
     width = len(cols) * (w + PAD) - PAD
     height = CAPTION_H + n * (h + PAD) - PAD
     canvas = np.zeros((height, width, 3), np.float32)
     for ci, (label, imgs) in enumerate(cols):
         x0 = ci * (w + PAD)
-        canvas[:CAPTION_H, x0:x0 + w] = _caption(label, w)
+        canvas[:CAPTION_H, x0 : x0 + w] = _caption(label, w)
         for ri, img in enumerate(imgs):
             if tuple(img.shape[1:]) != (h, w):
                 raise ValueError(f"grid cell of {label!r} is {tuple(img.shape[1:])}, expected {(h, w)}")
             y0 = CAPTION_H + ri * (h + PAD)
-            canvas[y0:y0 + h, x0:x0 + w] = img.permute(1, 2, 0).numpy()
+            canvas[y0 : y0 + h, x0 : x0 + w] = img.permute(1, 2, 0).numpy()
     return torch.from_numpy(canvas)
 
 

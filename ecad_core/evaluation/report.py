@@ -5,6 +5,7 @@ row to itself); "n/a" where it was skipped, with the reason in a note under the
 table (and in JSON ``skipped``). Infinite values (PSNR of identical images) are
 "inf" in JSON/CSV and "∞" in markdown.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,9 +16,16 @@ from pathlib import Path
 
 from .runner import EvaluationResult, ScheduleResult
 
-HEADERS = {"psnr": "PSNR dB ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓", "clip": "CLIP score ↑",
-           "imagereward": "ImageReward ↑", "fid": "FID vs no cache ↓", "fid_ref": "FID vs reference ↓",
-           "latent_rel_mse": "latent rel. MSE ↓"}
+HEADERS = {
+    "psnr": "PSNR dB ↑",
+    "ssim": "SSIM ↑",
+    "lpips": "LPIPS ↓",
+    "clip": "CLIP score ↑",
+    "imagereward": "ImageReward ↑",
+    "fid": "FID vs no cache ↓",
+    "fid_ref": "FID vs reference ↓",
+    "latent_rel_mse": "latent rel. MSE ↓",
+}
 FIDELITY_COLUMNS = ("psnr", "ssim", "lpips", "latent_rel_mse", "fid")
 NOT_APPLICABLE, SKIPPED = "—", "n/a"
 
@@ -48,28 +56,52 @@ def _metric_cell(res: EvaluationResult, row: ScheduleResult, col: str):
 def row_dict(res: EvaluationResult, row: ScheduleResult) -> dict:
     s = row.schedule
     return {
-        "label": row.label, "schedule": s.name if s is not None else None,
+        "label": row.label,
+        "schedule": s.name if s is not None else None,
         "steps": s.steps if s is not None else res.settings.get("steps"),
-        "samples": row.samples, "seconds": row.seconds, "seconds_per_image": row.latency,
-        "measured_speedup": row.speedup, "reuse_fraction": row.reuse_fraction,
-        "tmacs": row.cost.get("tmacs"), "compute_fraction": row.cost.get("compute_fraction"),
-        "expected_speedup": row.cost.get("expected_speedup"), "cost_model": row.cost.get("cost_model"),
+        "samples": row.samples,
+        "seconds": row.seconds,
+        "seconds_per_image": row.latency,
+        "measured_speedup": row.speedup,
+        "reuse_fraction": row.reuse_fraction,
+        "tmacs": row.cost.get("tmacs"),
+        "compute_fraction": row.cost.get("compute_fraction"),
+        "expected_speedup": row.cost.get("expected_speedup"),
+        "cost_model": row.cost.get("cost_model"),
         "metrics": {c: _metric_cell(res, row, c) for c in res.columns},
         "per_sample": row.per_sample,
     }
 
 
 def to_json_dict(res: EvaluationResult) -> dict:
-    return _clean({
-        "settings": res.settings, "outputs": res.kind, "columns": res.columns, "skipped": res.skipped,
-        "samples": [{"prompt": p, "seed": s} for p, s in zip(res.sample_prompts, res.sample_seeds or
-                                                              [None] * len(res.sample_prompts))],
-        "rows": [row_dict(res, r) for r in res.rows],
-    })
+    return _clean(
+        {
+            "settings": res.settings,
+            "outputs": res.kind,
+            "columns": res.columns,
+            "skipped": res.skipped,
+            "samples": [
+                {"prompt": p, "seed": s}
+                for p, s in zip(res.sample_prompts, res.sample_seeds or [None] * len(res.sample_prompts))
+            ],
+            "rows": [row_dict(res, r) for r in res.rows],
+        }
+    )
 
 
-CSV_FIXED = ["label", "schedule", "steps", "samples", "seconds_per_image", "measured_speedup", "reuse_fraction",
-             "tmacs", "compute_fraction", "expected_speedup", "cost_model"]
+CSV_FIXED = [
+    "label",
+    "schedule",
+    "steps",
+    "samples",
+    "seconds_per_image",
+    "measured_speedup",
+    "reuse_fraction",
+    "tmacs",
+    "compute_fraction",
+    "expected_speedup",
+    "cost_model",
+]
 
 
 def to_csv(res: EvaluationResult) -> str:
@@ -78,8 +110,9 @@ def to_csv(res: EvaluationResult) -> str:
     w.writerow(CSV_FIXED + res.columns)
     for r in res.rows:
         d = row_dict(res, r)
-        w.writerow([_num(d[k]) if d[k] is not None else "" for k in CSV_FIXED]
-                   + [_num(d["metrics"][c]) for c in res.columns])
+        w.writerow(
+            [_num(d[k]) if d[k] is not None else "" for k in CSV_FIXED] + [_num(d["metrics"][c]) for c in res.columns]
+        )
     return buf.getvalue()
 
 
@@ -101,15 +134,21 @@ def to_markdown(res: EvaluationResult) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in res.rows:
         tm = r.cost.get("tmacs")
-        cells = [r.label, f"{r.latency:.4g}", f"{r.speedup:.2f}×" if r.speedup else NOT_APPLICABLE,
-                 f"{tm:.4g}" if tm is not None else SKIPPED,
-                 f"{r.cost['expected_speedup']:.2f}×" if r.cost.get("expected_speedup") else SKIPPED,
-                 f"{100 * r.reuse_fraction:.1f}%" if r.reuse_fraction is not None else SKIPPED]
+        cells = [
+            r.label,
+            f"{r.latency:.4g}",
+            f"{r.speedup:.2f}×" if r.speedup else NOT_APPLICABLE,
+            f"{tm:.4g}" if tm is not None else SKIPPED,
+            f"{r.cost['expected_speedup']:.2f}×" if r.cost.get("expected_speedup") else SKIPPED,
+            f"{100 * r.reuse_fraction:.1f}%" if r.reuse_fraction is not None else SKIPPED,
+        ]
         cells += [_fmt(_metric_cell(res, r, c)) for c in res.columns]
         lines.append("| " + " | ".join(cells) + " |")
     n = len(res.sample_prompts)
-    notes = [f"{n} sample(s) per row, same prompts and seeds; fidelity columns compare each image with the "
-             "no-cache image of the same prompt and seed."]
+    notes = [
+        f"{n} sample(s) per row, same prompts and seeds; fidelity columns compare each image with the "
+        "no-cache image of the same prompt and seed."
+    ]
     models = {r.cost.get("cost_model") for r in res.rows if r.cost}
     if "macs" in models:
         notes.append("TMACs per image as ECAD counts them (transformer linear layers, CFG batch of 2).")

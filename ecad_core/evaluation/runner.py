@@ -15,6 +15,7 @@ Latency is wall time of the whole ``generate`` call divided by the number of
 samples (text encoding included when ``generate`` does it; the diffusers
 helper encodes each prompt once and reuses it).
 """
+
 from __future__ import annotations
 
 import time
@@ -33,6 +34,7 @@ Progress = Callable[[str], None]
 @dataclass
 class ScheduleResult:
     """One row of the report: a schedule (or no cache), its timing, cost and scores."""
+
     label: str
     schedule: Schedule | None
     outputs: list
@@ -62,6 +64,7 @@ class EvaluationResult:
 
 def cost_function(cost) -> Callable[[Schedule | None], dict]:
     """Cost facts of a schedule from a search ``ComputeCost`` (``ecad_core.search.objectives``)."""
+
     def facts(schedule: Schedule | None) -> dict:
         if schedule is not None and schedule.steps != cost.steps:
             schedule = remap_steps(schedule, cost.steps)  # as the engine runs it at this step count
@@ -70,15 +73,25 @@ def cost_function(cost) -> Callable[[Schedule | None], dict]:
         # TMACs only from an analytic model; uniform unit counts are not MACs
         out["tmacs"] = cost.full * frac / 1e12 if cost.source == "macs" else None
         return out
+
     return facts
 
 
-def run_evaluation(generate: Callable, schedules: Sequence[tuple[str, Schedule]], suite: MetricSuite, *,
-                   sample_prompts: Sequence[str | None], sample_seeds: Sequence[int] = (),
-                   cost: Callable[[Schedule | None], dict] | None = None, warmup: bool = True,
-                   kind: str = "image", settings: dict | None = None, progress: Progress | None = None,
-                   keep_outputs: int | None = None,
-                   on_outputs: Callable[[ScheduleResult], None] | None = None) -> EvaluationResult:
+def run_evaluation(
+    generate: Callable,
+    schedules: Sequence[tuple[str, Schedule]],
+    suite: MetricSuite,
+    *,
+    sample_prompts: Sequence[str | None],
+    sample_seeds: Sequence[int] = (),
+    cost: Callable[[Schedule | None], dict] | None = None,
+    warmup: bool = True,
+    kind: str = "image",
+    settings: dict | None = None,
+    progress: Progress | None = None,
+    keep_outputs: int | None = None,
+    on_outputs: Callable[[ScheduleResult], None] | None = None,
+) -> EvaluationResult:
     """No cache first (the reference of every fidelity metric), then each ``(label, schedule)``.
 
     ``on_outputs(row)`` sees every row's outputs once they are scored (e.g. to save them);
@@ -100,13 +113,16 @@ def run_evaluation(generate: Callable, schedules: Sequence[tuple[str, Schedule]]
         secs = time.perf_counter() - t
         outs = [o.detach().float().cpu() for o in (list(outs) if isinstance(outs, torch.Tensor) else outs)]
         if rows and len(outs) != rows[0].samples:
-            raise ValueError(f"{label}: generate returned {len(outs)} sample(s), but {rows[0].samples} without a "
-                             "cache; it must produce the same samples")
+            raise ValueError(
+                f"{label}: generate returned {len(outs)} sample(s), but {rows[0].samples} without a "
+                "cache; it must produce the same samples"
+            )
         if len(outs) != len(sample_prompts):
             raise ValueError(f"{label}: {len(outs)} sample(s) but {len(sample_prompts)} sample prompt(s)")
         reuse = generate.reuse_fraction() if schedule is not None and hasattr(generate, "reuse_fraction") else None
-        row = ScheduleResult(label, schedule, outs, secs, len(outs), cost(schedule) if cost else {},
-                             0.0 if schedule is None else reuse)
+        row = ScheduleResult(
+            label, schedule, outs, secs, len(outs), cost(schedule) if cost else {}, 0.0 if schedule is None else reuse
+        )
         if progress:
             progress(f"scoring: {label}")
         row.metrics, row.per_sample = suite.score(outs, rows[0].outputs if rows else None, sample_prompts, kind)
@@ -118,5 +134,12 @@ def run_evaluation(generate: Callable, schedules: Sequence[tuple[str, Schedule]]
     base = rows[0].latency
     for r in rows:
         r.speedup = base / r.latency if r.latency > 0 else None
-    return EvaluationResult(rows, suite.columns(kind), dict(suite.skipped), list(sample_prompts),
-                            list(sample_seeds), kind, dict(settings or {}))
+    return EvaluationResult(
+        rows,
+        suite.columns(kind),
+        dict(suite.skipped),
+        list(sample_prompts),
+        list(sample_seeds),
+        kind,
+        dict(settings or {}),
+    )

@@ -15,6 +15,7 @@ Metrics, per schedule (means over the generated images):
   seeds, and ``fid_ref`` against a folder of reference images (e.g. COCO or
   MJHQ) when one is given; both with clean-fid's resizing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,16 @@ from ..metrics.names import METRICS
 log = logging.getLogger("ecad.eval")
 
 FIDELITY = ("psnr", "ssim", "lpips")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "clip": True, "imagereward": True,
-                    "fid": False, "fid_ref": False, "latent_rel_mse": False}
+HIGHER_IS_BETTER = {
+    "psnr": True,
+    "ssim": True,
+    "lpips": False,
+    "clip": True,
+    "imagereward": True,
+    "fid": False,
+    "fid_ref": False,
+    "latent_rel_mse": False,
+}
 
 
 def parse_metrics(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -63,15 +72,17 @@ def parse_metrics(text: str | Sequence[str] | None) -> tuple[str, ...]:
 @dataclass
 class MetricWeights:
     """Local weights of the model-based metrics (None: not given, the metric is skipped with a note)."""
-    clip: str | Path | None = None          # transformers CLIPModel folder
-    imagereward: str | Path | None = None   # ImageReward.pt or its folder (med_config.json, tokenizer beside)
-    lpips: str | Path | None = None         # folder: alex.pth + alexnet-owt-7be5be79.pth
-    inception: str | Path | None = None     # pt_inception-2015-12-05-6726825d.pth (or its folder)
+
+    clip: str | Path | None = None  # transformers CLIPModel folder
+    imagereward: str | Path | None = None  # ImageReward.pt or its folder (med_config.json, tokenizer beside)
+    lpips: str | Path | None = None  # folder: alex.pth + alexnet-owt-7be5be79.pth
+    inception: str | Path | None = None  # pt_inception-2015-12-05-6726825d.pth (or its folder)
 
 
 @dataclass
 class MetricSuite:
     """The requested metrics with their loaded models; ``skipped`` maps metric -> reason."""
+
     requested: tuple[str, ...]
     models: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
@@ -81,13 +92,22 @@ class MetricSuite:
     _nocache_features: np.ndarray | None = None
 
     @classmethod
-    def load(cls, metrics=None, weights: MetricWeights | None = None, *, fid_reference: str | Path | None = None,
-             device: str | torch.device = "cpu") -> MetricSuite:
+    def load(
+        cls,
+        metrics=None,
+        weights: MetricWeights | None = None,
+        *,
+        fid_reference: str | Path | None = None,
+        device: str | torch.device = "cpu",
+    ) -> MetricSuite:
         w = weights or MetricWeights()
         suite = cls(parse_metrics(metrics), fid_reference=str(fid_reference) if fid_reference else None)
-        loaders = {"lpips": lambda: Lpips(w.lpips, device), "clip": lambda: ClipScore(w.clip, device),
-                   "imagereward": lambda: ImageRewardScore(w.imagereward, device),
-                   "fid": lambda: InceptionFeatures(w.inception, device)}
+        loaders = {
+            "lpips": lambda: Lpips(w.lpips, device),
+            "clip": lambda: ClipScore(w.clip, device),
+            "imagereward": lambda: ImageRewardScore(w.imagereward, device),
+            "fid": lambda: InceptionFeatures(w.inception, device),
+        }
         for name in suite.requested:
             if name in loaders:
                 try:
@@ -119,8 +139,13 @@ class MetricSuite:
                 cols.append("fid_ref")
         return cols
 
-    def score(self, outputs: list[torch.Tensor], references: list[torch.Tensor] | None,
-              prompts: Sequence[str] | None, kind: str = "image") -> tuple[dict, dict]:
+    def score(
+        self,
+        outputs: list[torch.Tensor],
+        references: list[torch.Tensor] | None,
+        prompts: Sequence[str] | None,
+        kind: str = "image",
+    ) -> tuple[dict, dict]:
         """(means, per-sample values) of one schedule's outputs.
 
         ``references``: the no-cache outputs of the same samples (None for the

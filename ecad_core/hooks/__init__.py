@@ -12,6 +12,7 @@ module is exactly as it was.
   ``FluxSingleBlockHook`` (``flux.py``). ``BLOCK_HOOKS`` maps the block kinds
   of ``adapters.UnitMap.blocks`` to them.
 """
+
 from .base import check_once, forget_verified, has_hook, restatement_mismatch
 from .flux import FluxDoubleBlockHook, FluxSingleBlockHook
 from .pixart import PixArtBlockHook
@@ -19,5 +20,14 @@ from .unit import UnitHook
 
 BLOCK_HOOKS = {"pixart": PixArtBlockHook, "flux_double": FluxDoubleBlockHook, "flux_single": FluxSingleBlockHook}
 
-__all__ = ["BLOCK_HOOKS", "FluxDoubleBlockHook", "FluxSingleBlockHook", "PixArtBlockHook",
-           "UnitHook", "check_once", "forget_verified", "has_hook", "restatement_mismatch"]
+__all__ = [
+    "BLOCK_HOOKS",
+    "FluxDoubleBlockHook",
+    "FluxSingleBlockHook",
+    "PixArtBlockHook",
+    "UnitHook",
+    "check_once",
+    "forget_verified",
+    "has_hook",
+    "restatement_mismatch",
+]

@@ -1,4 +1,5 @@
 """What every hook shares: attach/detach of an instance ``forward``, and the first-use check of re-statements."""
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,9 @@ class _ForwardHook:
     def _install(self, module: torch.nn.Module, make_forward):
         """Set ``module.forward = make_forward(current forward)``."""
         if getattr(module, _ATTR, None) is not None:
-            raise RuntimeError(f"{self.name}: this module already has an ECAD hook; remove the other "
-                               f"schedule first (handle.remove())")
+            raise RuntimeError(
+                f"{self.name}: this module already has an ECAD hook; remove the other schedule first (handle.remove())"
+            )
         self.module = module
         self._had_instance_forward = "forward" in module.__dict__
         self._previous_forward = module.forward
@@ -60,8 +62,10 @@ def restatement_mismatch(ref, mine) -> str | None:
         if torch.equal(ref, mine):
             return None
         return f"max abs diff {(ref.float() - mine.float()).abs().max().item():.3g}"
-    return (f"output {type(ref).__name__} of shape {tuple(getattr(ref, 'shape', ()))} against "
-            f"{type(mine).__name__} of shape {tuple(getattr(mine, 'shape', ()))}")
+    return (
+        f"output {type(ref).__name__} of shape {tuple(getattr(ref, 'shape', ()))} against "
+        f"{type(mine).__name__} of shape {tuple(getattr(mine, 'shape', ()))}"
+    )
 
 
 def missing_attr(block: torch.nn.Module, attrs) -> str | None:
@@ -136,11 +140,18 @@ class BlockHook(_ForwardHook):
         names = {p.name for p in params}
         any_kw = any(p.kind is p.VAR_KEYWORD for p in params)
         missing = [n for n in cls.PARAMETERS if n not in names and not any_kw]
-        extra = [p.name for p in params if p.name not in cls.PARAMETERS and p.default is p.empty
-                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        extra = [
+            p.name
+            for p in params
+            if p.name not in cls.PARAMETERS
+            and p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
         if missing or extra:
-            return (f"its forward takes ({', '.join(p.name for p in params)}), the re-statement "
-                    f"({', '.join(cls.PARAMETERS)})")
+            return (
+                f"its forward takes ({', '.join(p.name for p in params)}), the re-statement "
+                f"({', '.join(cls.PARAMETERS)})"
+            )
         return None
 
     @classmethod
@@ -161,7 +172,9 @@ class BlockHook(_ForwardHook):
                     check_once(block, type(self), own_forward, x, lambda: self._check(original, args, kwargs))
                     checked[0] = True
                 return self._restated(*args, **kwargs)
+
             return outside_compile(forward)
+
         return self._install(block, make_forward)
 
     def _restated(self, *args, **kwargs):
@@ -173,11 +186,14 @@ class BlockHook(_ForwardHook):
             try:
                 mine = self._restated(*args, **kwargs)
             except TypeError as e:  # the block's signature changed
-                raise SelfCheckError(f"ECAD self-check failed: {self.name}'s forward takes other arguments "
-                                     f"than this release's {self.FAMILY} block re-statement ({e})") from None
+                raise SelfCheckError(
+                    f"ECAD self-check failed: {self.name}'s forward takes other arguments "
+                    f"than this release's {self.FAMILY} block re-statement ({e})"
+                ) from None
         why = restatement_mismatch(ref, mine)
         if why:
             raise SelfCheckError(
                 f"ECAD self-check failed: the {self.FAMILY} block re-statement differs from {self.name}'s own "
                 f"forward ({why}); this diffusers version is not supported by this ECAD release - refusing to "
-                f"produce a different image")
+                f"produce a different image"
+            )

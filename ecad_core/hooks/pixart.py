@@ -1,5 +1,6 @@
 """``PixArtBlockHook``: a diffusers PixArt block (``BasicTransformerBlock`` with ``norm_type="ada_norm_single"``)
 re-stated so that the norm + modulation feeding ``attn1`` / ``ff`` run only when that unit computes."""
+
 from __future__ import annotations
 
 import torch
@@ -11,8 +12,16 @@ class PixArtBlockHook(BlockHook):
     """Serves units ``unit`` .. ``unit + 2`` (attn1, attn2, ff) of one diffusers PixArt block from the engine."""
 
     FAMILY = "PixArt"
-    PARAMETERS = ("hidden_states", "attention_mask", "encoder_hidden_states", "encoder_attention_mask", "timestep",
-                  "cross_attention_kwargs", "class_labels", "added_cond_kwargs")
+    PARAMETERS = (
+        "hidden_states",
+        "attention_mask",
+        "encoder_hidden_states",
+        "encoder_attention_mask",
+        "timestep",
+        "cross_attention_kwargs",
+        "class_labels",
+        "added_cond_kwargs",
+    )
 
     @classmethod
     def _unfit(cls, block: torch.nn.Module) -> str | None:
@@ -27,13 +36,22 @@ class PixArtBlockHook(BlockHook):
             return "chunked feed-forward"
         return None
 
-    def _restated(self, hidden_states, attention_mask=None, encoder_hidden_states=None,
-                  encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None, class_labels=None,
-                  added_cond_kwargs=None):
+    def _restated(
+        self,
+        hidden_states,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        timestep=None,
+        cross_attention_kwargs=None,
+        class_labels=None,
+        added_cond_kwargs=None,
+    ):
         """``BasicTransformerBlock.forward`` (diffusers 0.3x-0.4x) for PixArt, with its units through the engine."""
         blk, eng, unit = self.module, self.engine, self.unit
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            blk.scale_shift_table[None] + timestep.reshape(hidden_states.shape[0], 6, -1)).chunk(6, dim=1)
+            blk.scale_shift_table[None] + timestep.reshape(hidden_states.shape[0], 6, -1)
+        ).chunk(6, dim=1)
         cross_attention_kwargs = cross_attention_kwargs.copy() if cross_attention_kwargs is not None else {}
         gligen_kwargs = cross_attention_kwargs.pop("gligen", None)
         mask = {"attention_mask": attention_mask}
@@ -41,8 +59,10 @@ class PixArtBlockHook(BlockHook):
         def attn1():
             norm_hidden_states = blk.norm1(hidden_states)
             norm_hidden_states = norm_hidden_states * (1 + scale_msa) + shift_msa
-            return blk.attn1(norm_hidden_states, encoder_hidden_states=None, attention_mask=attention_mask,
-                             **cross_attention_kwargs)
+            return blk.attn1(
+                norm_hidden_states, encoder_hidden_states=None, attention_mask=attention_mask, **cross_attention_kwargs
+            )
+
         attn_output = gate_msa * eng.call_lazy(unit, attn1, (hidden_states,), mask)
         hidden_states = attn_output + hidden_states
         if hidden_states.ndim == 4:
@@ -51,15 +71,25 @@ class PixArtBlockHook(BlockHook):
             hidden_states = blk.fuser(hidden_states, gligen_kwargs["objs"])
 
         def attn2():
-            return blk.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
-                             attention_mask=encoder_attention_mask, **cross_attention_kwargs)
-        hidden_states = eng.call_lazy(unit + 1, attn2, (hidden_states, encoder_hidden_states),
-                                      {"attention_mask": encoder_attention_mask}) + hidden_states
+            return blk.attn2(
+                hidden_states,
+                encoder_hidden_states=encoder_hidden_states,
+                attention_mask=encoder_attention_mask,
+                **cross_attention_kwargs,
+            )
+
+        hidden_states = (
+            eng.call_lazy(
+                unit + 1, attn2, (hidden_states, encoder_hidden_states), {"attention_mask": encoder_attention_mask}
+            )
+            + hidden_states
+        )
 
         def ff():
             norm_hidden_states = blk.norm2(hidden_states)
             norm_hidden_states = norm_hidden_states * (1 + scale_mlp) + shift_mlp
             return blk.ff(norm_hidden_states)
+
         hidden_states = gate_mlp * eng.call_lazy(unit + 2, ff, (hidden_states,)) + hidden_states
         if hidden_states.ndim == 4:
             hidden_states = hidden_states.squeeze(1)

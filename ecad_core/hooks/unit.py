@@ -1,4 +1,5 @@
 """``UnitHook``: one unit served from the engine at its component module's own forward."""
+
 from __future__ import annotations
 
 import functools
@@ -25,5 +26,7 @@ class UnitHook(_ForwardHook):
             @functools.wraps(original)
             def forward(*args, **kwargs):
                 return engine.call(unit, original, args, kwargs)
+
             return outside_compile(forward)
+
         return self._install(module, make_forward)

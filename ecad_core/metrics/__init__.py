@@ -6,6 +6,7 @@ ImageReward) from local weights: ``load_metric``; missing pieces raise
 ``MetricUnavailable``. FID with clean-fid's resizing (``fid``) and LPIPS (``lpips``),
 also from local weights only. Names are imported on first use (``names`` needs no torch).
 """
+
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
@@ -19,8 +20,10 @@ if TYPE_CHECKING:
     from .lpips import Lpips
 
 _EXPORTS = {
-    **dict.fromkeys(("fidelity_loss", "gaussian_window", "image_mse", "latent_rel_mse", "per_sample_loss", "psnr",
-                     "ssim"), ".fidelity"),
+    **dict.fromkeys(
+        ("fidelity_loss", "gaussian_window", "image_mse", "latent_rel_mse", "per_sample_loss", "psnr", "ssim"),
+        ".fidelity",
+    ),
     **dict.fromkeys(("ClipScore", "ImageRewardScore", "LearnedMetric", "load_metric", "score_drop"), ".learned"),
     "MetricUnavailable": ".base",
     **dict.fromkeys(("InceptionFeatures", "clean_resize", "fid_from_features", "frechet_distance"), ".fid"),

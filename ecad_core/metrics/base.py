@@ -1,4 +1,5 @@
 """What every metric module shares: the "cannot run here" error, reading local weights, offline loading."""
+
 from __future__ import annotations
 
 import contextlib

@@ -23,6 +23,7 @@ FID on fewer than a few thousand images is strongly biased upwards (the
 covariance of 2048-d features needs many samples); compare schedules only at
 equal image counts.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -44,8 +45,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[N, 3, H, W] floats in [0, 1] -> uint8 [N, H, W, 3], rounded as a PNG save would."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be a tensor [N, 3, H, W] in [0, 1], got "
-                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+        raise ValueError(
+            f"images must be a tensor [N, 3, H, W] in [0, 1], got "
+            f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
+        )
     arr = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return (arr * 255.0).round().astype(np.uint8)
 
@@ -59,9 +62,13 @@ def clean_resize(image: np.ndarray, size: int = FID_SIZE) -> np.ndarray:
 
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"clean_resize takes a uint8 image [H, W, 3], got {image.dtype} {image.shape}")
-    chans = [np.asarray(Image.fromarray(image[:, :, c].astype(np.float32), mode="F")
-                        .resize((size, size), resample=Image.BICUBIC), dtype=np.float32)
-             for c in range(3)]
+    chans = [
+        np.asarray(
+            Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize((size, size), resample=Image.BICUBIC),
+            dtype=np.float32,
+        )
+        for c in range(3)
+    ]
     return np.clip(np.stack(chans, axis=2), 0, 255)
 
 
@@ -122,8 +129,11 @@ def _fid_blocks():
             b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
             b3d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
             b3d = torch.cat([self.branch3x3dbl_3a(b3d), self.branch3x3dbl_3b(b3d)], 1)
-            pooled = (F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool
-                      else F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+            pooled = (
+                F.max_pool2d(x, 3, stride=1, padding=1)
+                if self.max_pool
+                else F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+            )
             return [b1, b3, b3d, self.branch_pool(pooled)]
 
     return tvi, FIDInceptionA, FIDInceptionC, FIDInceptionE
@@ -137,8 +147,10 @@ def build_fid_inception() -> torch.nn.Module:
     try:
         tvi, A, C, E = _fid_blocks()
     except ImportError:
-        raise MetricUnavailable("FID needs the 'torchvision' package for the Inception architecture, which is "
-                                "not installed (pip install torchvision)") from None
+        raise MetricUnavailable(
+            "FID needs the 'torchvision' package for the Inception architecture, which is "
+            "not installed (pip install torchvision)"
+        ) from None
     net = tvi.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
     net.Mixed_5b = A(192, pool_features=32)
     net.Mixed_5c = A(256, pool_features=64)
@@ -159,21 +171,25 @@ class InceptionFeatures:
 
     def __init__(self, path: str | Path | None, device: str | torch.device = "cpu", batch_size: int = 16):
         if path is None:
-            raise MetricUnavailable(f"FID needs local Inception weights: pass pytorch-fid's {WEIGHTS_FILE} "
-                                    "(nothing is downloaded)")
+            raise MetricUnavailable(
+                f"FID needs local Inception weights: pass pytorch-fid's {WEIGHTS_FILE} (nothing is downloaded)"
+            )
         p = Path(path)
         if p.is_dir():
             p = p / WEIGHTS_FILE
         if not p.is_file():
-            raise MetricUnavailable(f"FID Inception weights not found: {p} does not exist (expected pytorch-fid's "
-                                    f"{WEIGHTS_FILE}; nothing is downloaded)")
+            raise MetricUnavailable(
+                f"FID Inception weights not found: {p} does not exist (expected pytorch-fid's "
+                f"{WEIGHTS_FILE}; nothing is downloaded)"
+            )
         net = build_fid_inception()
         state = read_state_dict(p, "FID Inception weights")
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise MetricUnavailable(f"FID Inception weights {p} do not fit pytorch-fid's FID Inception v3: "
-                                    f"{str(e).splitlines()[0]}") from None
+            raise MetricUnavailable(
+                f"FID Inception weights {p} do not fit pytorch-fid's FID Inception v3: {str(e).splitlines()[0]}"
+            ) from None
         self.net = net.eval().to(device)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
@@ -189,8 +205,19 @@ class InceptionFeatures:
         x = n.Conv2d_3b_1x1(x)
         x = n.Conv2d_4a_3x3(x)
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for m in (n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a, n.Mixed_6b, n.Mixed_6c, n.Mixed_6d,
-                  n.Mixed_6e, n.Mixed_7a, n.Mixed_7b, n.Mixed_7c):
+        for m in (
+            n.Mixed_5b,
+            n.Mixed_5c,
+            n.Mixed_5d,
+            n.Mixed_6a,
+            n.Mixed_6b,
+            n.Mixed_6c,
+            n.Mixed_6d,
+            n.Mixed_6e,
+            n.Mixed_7a,
+            n.Mixed_7b,
+            n.Mixed_7c,
+        ):
             x = m(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
@@ -242,8 +269,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"FID statistics do not match: means {mu1.shape}/{mu2.shape}, "
-                         f"covariances {s1.shape}/{s2.shape}")
+        raise ValueError(
+            f"FID statistics do not match: means {mu1.shape}/{mu2.shape}, covariances {s1.shape}/{s2.shape}"
+        )
     r1 = _sqrt_psd(s1)
     m = r1 @ s2 @ r1
     eig = np.linalg.eigvalsh((m + m.T) / 2)
@@ -271,7 +299,7 @@ def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
     if n * m >= d * d:
         return frechet_distance(*feature_stats(a), *feature_stats(b))
     a1, b1 = a - a.mean(0), b - b.mean(0)
-    tr1, tr2 = float((a1 ** 2).sum()) / (n - 1), float((b1 ** 2).sum()) / (m - 1)
+    tr1, tr2 = float((a1**2).sum()) / (n - 1), float((b1**2).sum()) / (m - 1)
     tr_covmean = float(np.linalg.svd(a1 @ b1.T, compute_uv=False).sum()) / np.sqrt((n - 1) * (m - 1))
     diff = a.mean(0) - b.mean(0)
     return max(float(diff @ diff) + tr1 + tr2 - 2.0 * tr_covmean, 0.0)

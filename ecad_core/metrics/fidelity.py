@@ -21,6 +21,7 @@ The default space is ``"latent"`` (relative MSE of the final latents):
 lie in [0, 1] for sensible schedules, so the hypervolume reference point
 (1, 1) works for all three.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,18 +59,25 @@ def image_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """PSNR in dB per image [N]; ``inf`` for identical images."""
     mse = image_mse(x, y)
-    return 10.0 * torch.log10(data_range ** 2 / mse)  # mse 0 -> inf
+    return 10.0 * torch.log10(data_range**2 / mse)  # mse 0 -> inf
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float64) -> torch.Tensor:
     """Normalised 1-D Gaussian window."""
     t = torch.arange(size, dtype=dtype) - (size - 1) / 2.0
-    g = torch.exp(-(t ** 2) / (2.0 * sigma ** 2))
+    g = torch.exp(-(t**2) / (2.0 * sigma**2))
     return g / g.sum()
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size: int = 11,
-         sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
     """Mean SSIM per image [N] (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5),
     C1 = (0.01 L)^2, C2 = (0.03 L)^2, per channel, over the valid window positions,
     averaged over channels and positions. Images smaller than the window use the
@@ -88,11 +96,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size:
         return F.conv2d(z, win, groups=c)
 
     mu_x, mu_y = filt(x), filt(y)
-    sxx = filt(x * x) - mu_x ** 2
-    syy = filt(y * y) - mu_y ** 2
+    sxx = filt(x * x) - mu_x**2
+    syy = filt(y * y) - mu_y**2
     sxy = filt(x * y) - mu_x * mu_y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return s.flatten(1).mean(1)
 
 
@@ -108,7 +116,7 @@ def latent_rel_mse(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-12) -> torc
         x, y = x.reshape(1, -1), y.reshape(1, -1)
     else:
         x, y = x.flatten(1), y.flatten(1)
-    return ((x - y) ** 2).sum(1) / (y ** 2).sum(1).clamp_min(eps)
+    return ((x - y) ** 2).sum(1) / (y**2).sum(1).clamp_min(eps)
 
 
 def _cat(items: Sequence[torch.Tensor] | torch.Tensor, what: str) -> list[torch.Tensor]:
@@ -126,8 +134,10 @@ def per_sample_loss(outputs, references, space: str = DEFAULT_SPACE) -> torch.Te
         raise ValueError(f"unknown fidelity space {space!r}; known: {', '.join(FIDELITY_SPACES)}")
     outs, refs = _cat(outputs, "outputs"), _cat(references, "references")
     if len(outs) != len(refs):
-        raise ValueError(f"{len(outs)} output(s) but {len(refs)} reference(s): each output needs the "
-                         "reference of the same prompt and seed")
+        raise ValueError(
+            f"{len(outs)} output(s) but {len(refs)} reference(s): each output needs the "
+            "reference of the same prompt and seed"
+        )
     vals = []
     for o, r in zip(outs, refs):
         if space == "latent":

@@ -24,6 +24,7 @@ checkpoint, else BLIP's defaults (which must then fit the checkpoint). Nothing
 is downloaded. ``tests/test_imagereward.py`` compares the scores with the
 official implementation's on a small random checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,29 +40,48 @@ from .base import MetricUnavailable, offline
 
 CHECKPOINT = "ImageReward.pt"
 MED_CONFIG = "med_config.json"
-MAX_TEXT_LEN = 35                      # ImageReward.score: tokenizer(..., max_length=35)
-REWARD_MEAN = 0.16717362830052426      # ImageReward.mean / .std
+MAX_TEXT_LEN = 35  # ImageReward.score: tokenizer(..., max_length=35)
+REWARD_MEAN = 0.16717362830052426  # ImageReward.mean / .std
 REWARD_STD = 1.0333394966054072
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-VIT_HEAD_DIM = 64                      # every BLIP ViT: base 768/12, large 1024/16
-MLP_WIDTHS = (1024, 128, 64, 16, 1)    # ImageReward's MLP(768): Linear layers 0, 2, 4, 6, 7 of mlp.layers
+VIT_HEAD_DIM = 64  # every BLIP ViT: base 768/12, large 1024/16
+MLP_WIDTHS = (1024, 128, 64, 16, 1)  # ImageReward's MLP(768): Linear layers 0, 2, 4, 6, 7 of mlp.layers
 
 # BLIP's configs/med_config.json, the file THUDM/ImageReward ships: BERT-base with cross-attention.
 MED_DEFAULTS = {
-    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-    "hidden_act": "gelu", "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "vocab_size": 30524,
-    "pad_token_id": 0, "add_cross_attention": True, "position_embedding_type": "absolute",
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "vocab_size": 30524,
+    "pad_token_id": 0,
+    "add_cross_attention": True,
+    "position_embedding_type": "absolute",
 }
 # In the official model's state dict but unused by scoring: BLIP's contrastive projections and
 # BERT's position_ids buffer. Accepted when present, ignored.
-UNUSED_KEYS = frozenset({"blip.vision_proj.weight", "blip.vision_proj.bias", "blip.text_proj.weight",
-                         "blip.text_proj.bias", "blip.text_encoder.embeddings.position_ids"})
+UNUSED_KEYS = frozenset(
+    {
+        "blip.vision_proj.weight",
+        "blip.vision_proj.bias",
+        "blip.text_proj.weight",
+        "blip.text_proj.bias",
+        "blip.text_encoder.embeddings.position_ids",
+    }
+)
 TOKENIZER_DIRS = ("tokenizer", "bert-base-uncased")
 TOKENIZER_HUB_IDS = ("bert-base-uncased", "google-bert/bert-base-uncased")
 
-_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-                "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
 
 
 # -- vision: BLIP's ViT (timm VisionTransformer layout) -------------------------------------------
@@ -124,7 +144,7 @@ class BlipVit(nn.Module):
 
     def forward(self, x):
         x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed[:, :x.shape[1] + 1]
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed[:, : x.shape[1] + 1]
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -223,7 +243,7 @@ class BlipTextEncoder(nn.Module):
     def forward(self, ids, attention_mask, image_embeds):
         x = self.embeddings(ids)
         # med.py adds (1 - mask) * -10000 to the scores of padding keys
-        mask = ((1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0)
+        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
         for layer in self.encoder.layer:
             x = layer(x, mask, image_embeds)
         return x
@@ -241,9 +261,16 @@ class _RewardMlp(nn.Module):
         super().__init__()
         w = (width_in,) + MLP_WIDTHS
         # official: Linear, Dropout, Linear, Dropout, Linear, Dropout, Linear, Linear
-        self.layers = nn.Sequential(nn.Linear(w[0], w[1]), nn.Identity(), nn.Linear(w[1], w[2]), nn.Identity(),
-                                    nn.Linear(w[2], w[3]), nn.Identity(), nn.Linear(w[3], w[4]),
-                                    nn.Linear(w[4], w[5]))
+        self.layers = nn.Sequential(
+            nn.Linear(w[0], w[1]),
+            nn.Identity(),
+            nn.Linear(w[1], w[2]),
+            nn.Identity(),
+            nn.Linear(w[2], w[3]),
+            nn.Identity(),
+            nn.Linear(w[3], w[4]),
+            nn.Linear(w[4], w[5]),
+        )
 
     def forward(self, x):
         return self.layers(x)
@@ -281,24 +308,36 @@ def vision_config(sd: dict, where: Path) -> dict:
     need = [pre + k for k in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")]
     missing = [k for k in need if k not in sd]
     if missing:
-        raise MetricUnavailable(f"{where} is not an ImageReward checkpoint: missing key(s) {_keys(missing)} "
-                                f"(expected the official state dict with blip.visual_encoder.*, "
-                                f"blip.text_encoder.* and mlp.layers.*)")
+        raise MetricUnavailable(
+            f"{where} is not an ImageReward checkpoint: missing key(s) {_keys(missing)} "
+            f"(expected the official state dict with blip.visual_encoder.*, "
+            f"blip.text_encoder.* and mlp.layers.*)"
+        )
     if sd[pre + "pos_embed"].ndim != 3 or sd[pre + "patch_embed.proj.weight"].ndim != 4:
-        raise MetricUnavailable(f"{where}: unexpected BLIP ViT shapes (pos_embed "
-                                f"{tuple(sd[pre + 'pos_embed'].shape)}, patch_embed.proj.weight "
-                                f"{tuple(sd[pre + 'patch_embed.proj.weight'].shape)}); is this the official "
-                                "ImageReward.pt?")
+        raise MetricUnavailable(
+            f"{where}: unexpected BLIP ViT shapes (pos_embed "
+            f"{tuple(sd[pre + 'pos_embed'].shape)}, patch_embed.proj.weight "
+            f"{tuple(sd[pre + 'patch_embed.proj.weight'].shape)}); is this the official "
+            "ImageReward.pt?"
+        )
     width = sd[pre + "cls_token"].shape[-1]
     patch = sd[pre + "patch_embed.proj.weight"].shape[-1]
     tokens = sd[pre + "pos_embed"].shape[1] - 1
     grid = math.isqrt(tokens)
     depth = len({k.split(".")[3] for k in sd if k.startswith(pre + "blocks.")})
     if grid * grid != tokens or width % VIT_HEAD_DIM:
-        raise MetricUnavailable(f"{where}: unexpected BLIP ViT shapes (pos_embed with {tokens} patch tokens, "
-                                f"width {width}); is this the official ImageReward.pt?")
-    return {"image_size": grid * patch, "patch": patch, "width": width, "depth": depth,
-            "heads": width // VIT_HEAD_DIM, "hidden": sd[pre + "blocks.0.mlp.fc1.weight"].shape[0]}
+        raise MetricUnavailable(
+            f"{where}: unexpected BLIP ViT shapes (pos_embed with {tokens} patch tokens, "
+            f"width {width}); is this the official ImageReward.pt?"
+        )
+    return {
+        "image_size": grid * patch,
+        "patch": patch,
+        "width": width,
+        "depth": depth,
+        "heads": width // VIT_HEAD_DIM,
+        "hidden": sd[pre + "blocks.0.mlp.fc1.weight"].shape[0],
+    }
 
 
 def text_config(med_config: Path | None) -> dict:
@@ -314,20 +353,28 @@ def text_config(med_config: Path | None) -> dict:
         cfg.update({k: data[k] for k in MED_DEFAULTS if k in data})
     where = med_config or "BLIP's default med_config"
     if cfg["hidden_act"] not in _ACTIVATIONS:
-        raise MetricUnavailable(f"{where}: hidden_act {cfg['hidden_act']!r} is not supported "
-                                f"({', '.join(_ACTIVATIONS)})")
+        raise MetricUnavailable(
+            f"{where}: hidden_act {cfg['hidden_act']!r} is not supported ({', '.join(_ACTIVATIONS)})"
+        )
     if cfg["position_embedding_type"] != "absolute":
-        raise MetricUnavailable(f"{where}: position_embedding_type {cfg['position_embedding_type']!r} is not "
-                                "supported (ImageReward uses 'absolute')")
+        raise MetricUnavailable(
+            f"{where}: position_embedding_type {cfg['position_embedding_type']!r} is not "
+            "supported (ImageReward uses 'absolute')"
+        )
     if str(cfg["add_cross_attention"]).lower() not in ("true", "1"):
-        raise MetricUnavailable(f"{where}: add_cross_attention must be true (ImageReward's text encoder "
-                                "attends to the image)")
+        raise MetricUnavailable(
+            f"{where}: add_cross_attention must be true (ImageReward's text encoder attends to the image)"
+        )
     if cfg["max_position_embeddings"] < MAX_TEXT_LEN:
-        raise MetricUnavailable(f"{where}: max_position_embeddings {cfg['max_position_embeddings']} is less "
-                                f"than ImageReward's {MAX_TEXT_LEN} prompt tokens")
+        raise MetricUnavailable(
+            f"{where}: max_position_embeddings {cfg['max_position_embeddings']} is less "
+            f"than ImageReward's {MAX_TEXT_LEN} prompt tokens"
+        )
     if cfg["hidden_size"] % cfg["num_attention_heads"]:
-        raise MetricUnavailable(f"{where}: hidden_size {cfg['hidden_size']} is not a multiple of "
-                                f"num_attention_heads {cfg['num_attention_heads']}")
+        raise MetricUnavailable(
+            f"{where}: hidden_size {cfg['hidden_size']} is not a multiple of "
+            f"num_attention_heads {cfg['num_attention_heads']}"
+        )
     return cfg
 
 
@@ -340,8 +387,10 @@ def read_checkpoint(path: Path) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
         raise MetricUnavailable(f"cannot read the ImageReward checkpoint {path}: {first}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise MetricUnavailable(f"{path} is not an ImageReward checkpoint (expected a state dict of tensors, "
-                                "as THUDM/ImageReward's ImageReward.pt)")
+        raise MetricUnavailable(
+            f"{path} is not an ImageReward checkpoint (expected a state dict of tensors, "
+            "as THUDM/ImageReward's ImageReward.pt)"
+        )
     return sd
 
 
@@ -352,14 +401,15 @@ def load_state(model: ImageRewardModel, sd: dict, path: Path, config_note: str) 
     missing = own.keys() - given.keys()
     unexpected = given.keys() - own.keys()
     if missing or unexpected:
-        parts = ([f"missing key(s) {_keys(missing)}"] if missing else []) + \
-                ([f"unexpected key(s) {_keys(unexpected)}"] if unexpected else [])
+        parts = ([f"missing key(s) {_keys(missing)}"] if missing else []) + (
+            [f"unexpected key(s) {_keys(unexpected)}"] if unexpected else []
+        )
         raise MetricUnavailable(f"{path} does not match the ImageReward model {config_note}: {'; '.join(parts)}")
-    bad = [f"{k} {tuple(given[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-           if given[k].shape != v.shape]
+    bad = [
+        f"{k} {tuple(given[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items() if given[k].shape != v.shape
+    ]
     if bad:
-        raise MetricUnavailable(f"{path} does not match the ImageReward model {config_note}: shape of "
-                                f"{_keys(bad, 4)}")
+        raise MetricUnavailable(f"{path} does not match the ImageReward model {config_note}: shape of {_keys(bad, 4)}")
     model.load_state_dict({k: v.float() for k, v in given.items()}, strict=True, assign=True)
 
 
@@ -386,13 +436,17 @@ def load_tokenizer(checkpoint: Path, folder: str | Path | None, vocab_size: int)
     try:
         from transformers import BertTokenizer
     except ImportError:
-        raise MetricUnavailable("the ImageReward metric needs the 'transformers' package for its BERT tokenizer, "
-                                "which is not installed (pip install transformers)") from None
+        raise MetricUnavailable(
+            "the ImageReward metric needs the 'transformers' package for its BERT tokenizer, "
+            "which is not installed (pip install transformers)"
+        ) from None
     if folder is not None:
         c = Path(folder)
         if not ((c / "vocab.txt").is_file() or (c / "tokenizer.json").is_file()):
-            raise MetricUnavailable(f"ImageReward tokenizer not found: {c / 'vocab.txt'} does not exist (expected "
-                                    "the bert-base-uncased tokenizer files; nothing is downloaded)")
+            raise MetricUnavailable(
+                f"ImageReward tokenizer not found: {c / 'vocab.txt'} does not exist (expected "
+                "the bert-base-uncased tokenizer files; nothing is downloaded)"
+            )
         candidates = [c]
     else:
         candidates = [checkpoint.parent / d for d in TOKENIZER_DIRS]
@@ -405,8 +459,10 @@ def load_tokenizer(checkpoint: Path, folder: str | Path | None, vocab_size: int)
             with offline():
                 tok = BertTokenizer.from_pretrained(str(c), local_files_only=True)
         except (OSError, ValueError) as e:
-            raise MetricUnavailable(f"cannot load the ImageReward tokenizer from {c}: "
-                                    f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
+            raise MetricUnavailable(
+                f"cannot load the ImageReward tokenizer from {c}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+            ) from None
         break
     if tok is None and folder is None:
         for hub_id in TOKENIZER_HUB_IDS:
@@ -421,17 +477,21 @@ def load_tokenizer(checkpoint: Path, folder: str | Path | None, vocab_size: int)
             except (OSError, ValueError) as e:
                 tried.append(f"{hub_id} in the local Hugging Face cache ({cached}: {str(e).strip()[:200]})")
     if tok is None:
-        raise MetricUnavailable("ImageReward needs the bert-base-uncased tokenizer (vocab.txt) from local files; "
-                                f"looked in: {'; '.join(tried)}. Put bert-base-uncased's vocab.txt (and "
-                                f"tokenizer_config.json) in a 'tokenizer' folder beside {checkpoint.name} "
-                                "(nothing is downloaded)")
+        raise MetricUnavailable(
+            "ImageReward needs the bert-base-uncased tokenizer (vocab.txt) from local files; "
+            f"looked in: {'; '.join(tried)}. Put bert-base-uncased's vocab.txt (and "
+            f"tokenizer_config.json) in a 'tokenizer' folder beside {checkpoint.name} "
+            "(nothing is downloaded)"
+        )
     # BLIP's init_tokenizer
     tok.add_special_tokens({"bos_token": "[DEC]"})
     tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     if len(tok) != vocab_size:
-        raise MetricUnavailable(f"the ImageReward tokenizer ({getattr(tok, 'name_or_path', '?')}) has "
-                                f"{len(tok)} tokens with [DEC] and [ENC] but the checkpoint's text encoder has "
-                                f"{vocab_size}; ImageReward uses bert-base-uncased (30522 + 2)")
+        raise MetricUnavailable(
+            f"the ImageReward tokenizer ({getattr(tok, 'name_or_path', '?')}) has "
+            f"{len(tok)} tokens with [DEC] and [ENC] but the checkpoint's text encoder has "
+            f"{vocab_size}; ImageReward uses bert-base-uncased (30522 + 2)"
+        )
     return tok
 
 
@@ -464,21 +524,31 @@ def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
 class ImageReward:
     """The loaded model and tokenizer; ``score(images, prompts)`` -> float64 [N] on the CPU."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu",
-                 tokenizer: str | Path | None = None, batch_size: int = 16):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        tokenizer: str | Path | None = None,
+        batch_size: int = 16,
+    ):
         p = Path(path)
         if p.is_dir():
             p = p / CHECKPOINT
         if not p.is_file():
-            raise MetricUnavailable(f"ImageReward weights not found: {p} does not exist (the official "
-                                    "ImageReward.pt of THUDM/ImageReward; nothing is downloaded)")
+            raise MetricUnavailable(
+                f"ImageReward weights not found: {p} does not exist (the official "
+                "ImageReward.pt of THUDM/ImageReward; nothing is downloaded)"
+            )
         sd = read_checkpoint(p)
         vision = vision_config(sd, p)
         med = p.parent / MED_CONFIG
         text = text_config(med if med.is_file() else None)
-        note = (f"with the text config of {med}" if med.is_file() else
-                f"with BLIP's default text config ({MED_CONFIG} not found beside it: put the checkpoint's "
-                f"{MED_CONFIG} there)")
+        note = (
+            f"with the text config of {med}"
+            if med.is_file()
+            else f"with BLIP's default text config ({MED_CONFIG} not found beside it: put the checkpoint's "
+            f"{MED_CONFIG} there)"
+        )
         try:
             with torch.device("meta"):  # no initialization: every parameter comes from the checkpoint
                 model = ImageRewardModel(vision, text)
@@ -502,10 +572,14 @@ class ImageReward:
             images = images.expand(-1, 3, -1, -1)
         vals = []
         for i in range(0, images.shape[0], self.batch_size):
-            chunk = list(prompts[i:i + self.batch_size])
-            text = self.tokenizer(chunk, padding="max_length", truncation=True, max_length=MAX_TEXT_LEN,
-                                  return_tensors="pt")
-            pixels = preprocess(images[i:i + self.batch_size], self.model.image_size).to(self.device)
-            vals.append(self.model(pixels, text["input_ids"].to(self.device),
-                                   text["attention_mask"].to(self.device)).double().cpu())
+            chunk = list(prompts[i : i + self.batch_size])
+            text = self.tokenizer(
+                chunk, padding="max_length", truncation=True, max_length=MAX_TEXT_LEN, return_tensors="pt"
+            )
+            pixels = preprocess(images[i : i + self.batch_size], self.model.image_size).to(self.device)
+            vals.append(
+                self.model(pixels, text["input_ids"].to(self.device), text["attention_mask"].to(self.device))
+                .double()
+                .cpu()
+            )
         return torch.cat(vals) if vals else torch.zeros(0, dtype=torch.float64)

@@ -6,6 +6,7 @@ metric gives the *score drop* against the full-compute images of the same
 prompts and seeds: ``mean(score(reference)) - mean(score(output))`` (0 for the
 no-cache schedule, positive when caching hurts).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,18 +38,23 @@ class ClipScore:
 
     def __init__(self, path: str | Path | None, device: str | torch.device = "cpu"):
         if path is None:
-            raise MetricUnavailable("the CLIP score needs local CLIP weights: pass the folder of a "
-                                    "transformers CLIPModel (nothing is downloaded)")
+            raise MetricUnavailable(
+                "the CLIP score needs local CLIP weights: pass the folder of a "
+                "transformers CLIPModel (nothing is downloaded)"
+            )
         p = Path(path)
         if not (p / "config.json").is_file():
-            raise MetricUnavailable(f"CLIP weights not found: {p / 'config.json'} does not exist (expected a "
-                                    "transformers CLIPModel folder saved with save_pretrained; nothing is "
-                                    "downloaded)")
+            raise MetricUnavailable(
+                f"CLIP weights not found: {p / 'config.json'} does not exist (expected a "
+                "transformers CLIPModel folder saved with save_pretrained; nothing is "
+                "downloaded)"
+            )
         try:
             from transformers import CLIPModel, CLIPProcessor
         except ImportError:
-            raise MetricUnavailable("the CLIP score needs the 'transformers' package, which is not "
-                                    "installed (pip install transformers)") from None
+            raise MetricUnavailable(
+                "the CLIP score needs the 'transformers' package, which is not installed (pip install transformers)"
+            ) from None
         try:
             with offline():
                 self.model = CLIPModel.from_pretrained(str(p), local_files_only=True).eval().to(device)
@@ -62,8 +68,14 @@ class ClipScore:
         images = images.clamp(0, 1)
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} image(s) but {len(prompts)} prompt(s)")
-        inputs = self.processor(text=list(prompts), images=list(images.float().cpu()), return_tensors="pt",
-                                padding=True, truncation=True, do_rescale=False)
+        inputs = self.processor(
+            text=list(prompts),
+            images=list(images.float().cpu()),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            do_rescale=False,
+        )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         out = self.model(**inputs)
         img = torch.nn.functional.normalize(out.image_embeds.float(), dim=-1)
@@ -86,12 +98,19 @@ class ImageRewardScore:
 
     name = "imagereward"
 
-    def __init__(self, path: str | Path | None, device: str | torch.device = "cpu",
-                 tokenizer: str | Path | None = None, batch_size: int = 16):
+    def __init__(
+        self,
+        path: str | Path | None,
+        device: str | torch.device = "cpu",
+        tokenizer: str | Path | None = None,
+        batch_size: int = 16,
+    ):
         if path is None:
-            raise MetricUnavailable("the ImageReward metric needs its local checkpoint file ImageReward.pt "
-                                    "(THUDM/ImageReward, with med_config.json and the bert-base-uncased "
-                                    "tokenizer beside it); nothing is downloaded")
+            raise MetricUnavailable(
+                "the ImageReward metric needs its local checkpoint file ImageReward.pt "
+                "(THUDM/ImageReward, with med_config.json and the bert-base-uncased "
+                "tokenizer beside it); nothing is downloaded"
+            )
         from .imagereward import ImageReward
 
         self._model = ImageReward(path, device, tokenizer=tokenizer, batch_size=batch_size)
@@ -102,8 +121,7 @@ class ImageRewardScore:
         return self._model.score(images, prompts)
 
 
-def load_metric(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu"
-                ) -> LearnedMetric:
+def load_metric(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> LearnedMetric:
     """A learned metric by name (``clip`` or ``imagereward``) from local ``weights``."""
     if name == "clip":
         return ClipScore(weights, device)
@@ -112,8 +130,9 @@ def load_metric(name: str, weights: str | Path | None = None, device: str | torc
     raise ValueError(f"unknown learned metric {name!r}; known: {', '.join(LEARNED_METRICS)}")
 
 
-def score_drop(metric: LearnedMetric, outputs: Sequence[torch.Tensor], prompts: Sequence[str],
-               reference_scores: torch.Tensor) -> float:
+def score_drop(
+    metric: LearnedMetric, outputs: Sequence[torch.Tensor], prompts: Sequence[str], reference_scores: torch.Tensor
+) -> float:
     """mean(reference scores) - mean(scores of outputs): the search loss of a learned metric."""
     imgs = torch.stack([o if o.ndim == 3 else o[0] for o in outputs])
     s = metric.score(imgs, prompts)

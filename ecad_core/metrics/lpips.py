@@ -17,6 +17,7 @@ features are unit-normalised over channels, squared differences are weighted
 by the linear layer, averaged over space and summed over stages. 0 means
 identical; lower is better.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,9 @@ def build_lpips_alex() -> tuple[torch.nn.Module, torch.nn.ModuleList]:
     try:
         from torchvision.models import alexnet
     except ImportError:
-        raise MetricUnavailable("LPIPS needs the 'torchvision' package for AlexNet, which is not installed "
-                                "(pip install torchvision)") from None
+        raise MetricUnavailable(
+            "LPIPS needs the 'torchvision' package for AlexNet, which is not installed (pip install torchvision)"
+        ) from None
     features = alexnet(weights=None).features
     lins = torch.nn.ModuleList(torch.nn.Conv2d(c, 1, 1, bias=False) for c in CHANNELS)
     return features, lins
@@ -49,16 +51,22 @@ def build_lpips_alex() -> tuple[torch.nn.Module, torch.nn.ModuleList]:
 
 def _find_files(path: Path) -> tuple[Path, Path]:
     if not path.is_dir():
-        raise MetricUnavailable(f"LPIPS weights folder not found: {path} (expected a folder with the lpips "
-                                f"package's {LIN_FILE} and torchvision's alexnet-owt-7be5be79.pth)")
+        raise MetricUnavailable(
+            f"LPIPS weights folder not found: {path} (expected a folder with the lpips "
+            f"package's {LIN_FILE} and torchvision's alexnet-owt-7be5be79.pth)"
+        )
     lin = path / LIN_FILE
     backbones = sorted(path.glob(BACKBONE_GLOB))
     if not lin.is_file():
-        raise MetricUnavailable(f"LPIPS linear weights not found: {lin} does not exist (the lpips package's "
-                                "weights/v0.1/alex.pth; nothing is downloaded)")
+        raise MetricUnavailable(
+            f"LPIPS linear weights not found: {lin} does not exist (the lpips package's "
+            "weights/v0.1/alex.pth; nothing is downloaded)"
+        )
     if not backbones:
-        raise MetricUnavailable(f"LPIPS backbone weights not found: no {BACKBONE_GLOB} in {path} (torchvision's "
-                                "alexnet-owt-7be5be79.pth; nothing is downloaded)")
+        raise MetricUnavailable(
+            f"LPIPS backbone weights not found: no {BACKBONE_GLOB} in {path} (torchvision's "
+            "alexnet-owt-7be5be79.pth; nothing is downloaded)"
+        )
     return lin, backbones[0]
 
 
@@ -73,18 +81,21 @@ class Lpips:
 
     def __init__(self, path: str | Path | None, device: str | torch.device = "cpu"):
         if path is None:
-            raise MetricUnavailable(f"LPIPS needs local weights: a folder with the lpips package's {LIN_FILE} and "
-                                    "torchvision's alexnet-owt-7be5be79.pth (nothing is downloaded)")
+            raise MetricUnavailable(
+                f"LPIPS needs local weights: a folder with the lpips package's {LIN_FILE} and "
+                "torchvision's alexnet-owt-7be5be79.pth (nothing is downloaded)"
+            )
         lin_file, backbone_file = _find_files(Path(path))
         features, lins = build_lpips_alex()
-        backbone = {k[len("features."):]: v for k, v in _load(backbone_file).items() if k.startswith("features.")}
+        backbone = {k[len("features.") :]: v for k, v in _load(backbone_file).items() if k.startswith("features.")}
         lin = {k.replace("lin", "", 1).replace(".model.1.", "."): v for k, v in _load(lin_file).items()}
         try:
             features.load_state_dict(backbone, strict=True)
             lins.load_state_dict(lin, strict=True)
         except RuntimeError as e:
-            raise MetricUnavailable(f"LPIPS weights in {path} do not fit LPIPS-alex v0.1: "
-                                    f"{str(e).splitlines()[0]}") from None
+            raise MetricUnavailable(
+                f"LPIPS weights in {path} do not fit LPIPS-alex v0.1: {str(e).splitlines()[0]}"
+            ) from None
         self.features = features.eval().to(device)
         self.lins = lins.eval().to(device)
         self.device = torch.device(device)
@@ -106,8 +117,9 @@ class Lpips:
         x = x.unsqueeze(0) if x.ndim == 3 else x
         y = y.unsqueeze(0) if y.ndim == 3 else y
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"LPIPS needs two image batches [N, 3, H, W] of one shape, got {tuple(x.shape)} "
-                             f"and {tuple(y.shape)}")
+            raise ValueError(
+                f"LPIPS needs two image batches [N, 3, H, W] of one shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
         x = x.float().clamp(0, 1).to(self.device)
         y = y.float().clamp(0, 1).to(self.device)
         total = torch.zeros(x.shape[0], dtype=torch.float64)

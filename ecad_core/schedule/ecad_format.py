@@ -7,6 +7,7 @@ a bit (name, attributes, config, metrics, a declared step count that differs
 from the stored steps, TGATE's per-block ``custom_compute_attn``) is kept in
 the schedule's provenance so that export gives back the same file content.
 """
+
 from __future__ import annotations
 
 import re
@@ -75,8 +76,11 @@ def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
         # only numbers below the step count can be missing (a range up to max(step_ids) could be huge)
         missing = sorted(set(range(n_steps)) - set(step_ids))
         dup = len(set(step_ids)) != len(step_ids)
-        what = "duplicate step numbers (e.g. '0' and '000')" if dup else (
-            f"missing step(s) {', '.join(f'{m:03d}' for m in missing[:5])}")
+        what = (
+            "duplicate step numbers (e.g. '0' and '000')"
+            if dup
+            else (f"missing step(s) {', '.join(f'{m:03d}' for m in missing[:5])}")
+        )
         raise err(f"cache_schedule.schedule: {what}")
     key_of = {int(k): k for k in sched}
 
@@ -118,18 +122,24 @@ def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
         st = sched[k]
         extra_b = sorted(set(st) - set(expected_blocks), key=str)
         if extra_b:
-            raise err(f"step {k}: unknown block {extra_b[0]!r} (this {family} schedule has "
-                      f"{layout.describe()}; blocks are named {_block_name_hint(layout)})")
+            raise err(
+                f"step {k}: unknown block {extra_b[0]!r} (this {family} schedule has "
+                f"{layout.describe()}; blocks are named {_block_name_hint(layout)})"
+            )
         missing_b = [b for b in expected_blocks if b not in st]
         if missing_b:
-            raise err(f"step {k}: missing block {missing_b[0]!r} (num_blocks={n_blocks}"
-                      f"{'' if n_single is None else f', num_single_blocks={n_single}'})")
+            raise err(
+                f"step {k}: missing block {missing_b[0]!r} (num_blocks={n_blocks}"
+                f"{'' if n_single is None else f', num_single_blocks={n_single}'})"
+            )
         for b, comps in expected_blocks.items():
             v = st[b]
             wrong = sorted(set(v) - set(comps) - set(EXTRA_BLOCK_KEYS))
             if wrong:
-                raise err(f"step {k}, block {b}: component {wrong[0]!r} does not belong to this block "
-                          f"(expected {', '.join(comps)})")
+                raise err(
+                    f"step {k}, block {b}: component {wrong[0]!r} does not belong to this block "
+                    f"(expected {', '.join(comps)})"
+                )
             for c in comps:
                 if c not in v:
                     raise err(f"step {k}, block {b}: missing component {c!r}")
@@ -155,15 +165,20 @@ def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
         ecad_meta["config"] = d["config"]
     if extras:
         ecad_meta["block_extras"] = extras
-    extra_cs = sorted(set(cs) - {"num_blocks", "num_single_blocks", "num_inference_steps", "name",
-                                  "attributes", "schedule"})
+    extra_cs = sorted(
+        set(cs) - {"num_blocks", "num_single_blocks", "num_inference_steps", "name", "attributes", "schedule"}
+    )
     if extra_cs:
         ecad_meta["cache_schedule_extra"] = {k: cs[k] for k in extra_cs}
     name = cs.get("name")
-    return Schedule(layout, bits, name=name if isinstance(name, str) and name else "ecad-schedule",
-                    model=_model_hint(family, d.get("config", {})),
-                    provenance={"source": "ecad-reference-format", "ecad": ecad_meta},
-                    metrics=d.get("metrics", {}))
+    return Schedule(
+        layout,
+        bits,
+        name=name if isinstance(name, str) and name else "ecad-schedule",
+        model=_model_hint(family, d.get("config", {})),
+        provenance={"source": "ecad-reference-format", "ecad": ecad_meta},
+        metrics=d.get("metrics", {}),
+    )
 
 
 def _block_name_hint(layout) -> str:
@@ -190,8 +205,7 @@ def to_ecad_dict(schedule: Schedule) -> dict:
     cs: dict[str, Any] = {"num_blocks": groups[0].count}
     if schedule.family == "flux":
         cs["num_single_blocks"] = groups[1].count if len(groups) > 1 else 0
-    declared = ecad.get("num_inference_steps", schedule.steps) if "num_inference_steps" in ecad \
-        else schedule.steps
+    declared = ecad.get("num_inference_steps", schedule.steps) if "num_inference_steps" in ecad else schedule.steps
     if declared is not None:
         cs["num_inference_steps"] = declared
     cs["name"] = ecad.get("name") or schedule.name

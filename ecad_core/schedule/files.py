@@ -3,6 +3,7 @@
 ``load_schedule`` / ``loads_schedule`` read the project format (``schedule.py``) or ECAD's reference
 format (``ecad_format.py``); living here, neither format module imports the other's reader.
 """
+
 from __future__ import annotations
 
 import json

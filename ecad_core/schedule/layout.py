@@ -6,6 +6,7 @@ the group has. The flat unit order is group by group, block by block,
 component by component — the same order ECAD's GA flattens schedules in, so
 bit ``3*block + component`` of a PixArt step is ECAD's bit too.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -79,11 +80,15 @@ class Layout:
             if g.prefix == "single_":
                 return "single_blocks"
             return "double_blocks" if self.family == "flux" else "blocks"
+
         return {label(g): g.count for g in self.groups}
 
     def describe(self) -> str:
-        parts = [f"{g.count} {(g.prefix.rstrip('_') or 'main')} blocks x {'/'.join(g.components)}"
-                 for g in self.groups if g.count]
+        parts = [
+            f"{g.count} {(g.prefix.rstrip('_') or 'main')} blocks x {'/'.join(g.components)}"
+            for g in self.groups
+            if g.count
+        ]
         return f"{self.family}: " + ", ".join(parts)
 
     def to_json(self) -> list[dict]:
@@ -122,8 +127,9 @@ def layout_from_json(family: str, groups: list) -> Layout:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0 or count > 4096:
             raise ValueError(f"layout group {i}: count must be an integer in 0..4096, got {count!r}")
         if not isinstance(comps, list) or comps != list(spec[prefix]):
-            raise ValueError(f"layout group {i}: components must be {list(spec[prefix])} for family "
-                             f"{family!r}, got {comps!r}")
+            raise ValueError(
+                f"layout group {i}: components must be {list(spec[prefix])} for family {family!r}, got {comps!r}"
+            )
         out.append(BlockGroup(prefix, count, tuple(comps)))
     if len({g.prefix for g in out}) != len(out):
         raise ValueError("layout lists the same block prefix twice")

@@ -10,6 +10,7 @@ time as always. So does a header longer than MAX_HEADER (real ones are well
 under a megabyte) and anything that is not a regular file. Results are cached by
 (path, mtime, size).
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,7 @@ def header_keys(path: str | Path) -> list[str]:
 
 def _strip(keys: list[str]) -> list[str]:
     for p in PREFIXES:
-        inner = [k[len(p):] for k in keys if k.startswith(p)]
+        inner = [k[len(p) :] for k in keys if k.startswith(p)]
         if inner:
             return inner
     return keys
@@ -73,14 +74,15 @@ def layout_of_keys(keys: list[str]) -> tuple[Layout, str] | None:
             return make_layout("flux", _count(keys, "double_blocks."), _count(keys, "single_blocks.")), "flux"
     if "x_embedder.proj.weight" in ks and "y_embedder.y_proj.fc1.weight" in ks and _count(keys, "blocks."):
         return make_layout("pixart", _count(keys, "blocks.")), "pixart"
-    if "caption_projection.linear_1.weight" in ks and _count(keys, "transformer_blocks."):   # diffusers PixArt
+    if "caption_projection.linear_1.weight" in ks and _count(keys, "transformer_blocks."):  # diffusers PixArt
         return make_layout("pixart", _count(keys, "transformer_blocks.")), "pixart"
-    if "context_embedder.weight" in ks and _count(keys, "single_transformer_blocks."):      # diffusers FLUX
-        return make_layout("flux", _count(keys, "transformer_blocks."),
-                           _count(keys, "single_transformer_blocks.")), "flux"
-    if "joint_blocks.0.context_block.attn.qkv.weight" in ks:                                  # SD3 / SD3.5
+    if "context_embedder.weight" in ks and _count(keys, "single_transformer_blocks."):  # diffusers FLUX
+        return make_layout(
+            "flux", _count(keys, "transformer_blocks."), _count(keys, "single_transformer_blocks.")
+        ), "flux"
+    if "joint_blocks.0.context_block.attn.qkv.weight" in ks:  # SD3 / SD3.5
         return make_layout("dit_blocks", _count(keys, "joint_blocks.")), "sd3"
-    if "head.modulation" in ks and _count(keys, "blocks."):                                   # Wan
+    if "head.modulation" in ks and _count(keys, "blocks."):  # Wan
         return make_layout("dit_blocks", _count(keys, "blocks.")), "wan"
     return None
 

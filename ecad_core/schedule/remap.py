@@ -1,4 +1,5 @@
 """Fitting a schedule to a run of another number of steps (or denoise < 1)."""
+
 from __future__ import annotations
 
 import copy

@@ -5,6 +5,7 @@ False where it reuses the output it produced the last time it ran. Step 0 is
 always computed, whatever its bits say (ECAD's reference files sometimes store
 False there; those bits are kept so files round-trip, but never honoured).
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,7 +31,7 @@ MAX_UNITS = 2048
 MAX_UNIT_STEPS = 1_000_000
 # Real files nest at most 7 levels; deeper junk would only overflow the stack of copy/json later.
 MAX_DEPTH = 32
-MAX_ABS_INT = 2 ** 63
+MAX_ABS_INT = 2**63
 MAX_PROBLEM_CHARS = 300
 _LINE_BREAKS = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
 TOP_KEYS_REQUIRED = ("format", "version", "name", "family", "layout", "steps", "bits")
@@ -50,8 +51,9 @@ class Schedule:
         check_size(self.layout, None, lambda msg: ScheduleError(self.name, msg))
         self.bits = np.asarray(self.bits, dtype=bool)
         if self.bits.ndim != 2 or self.bits.shape[1] != self.layout.n_units:
-            raise ScheduleError(self.name, f"bits must have shape (steps, {self.layout.n_units}), "
-                                           f"got {tuple(self.bits.shape)}")
+            raise ScheduleError(
+                self.name, f"bits must have shape (steps, {self.layout.n_units}), got {tuple(self.bits.shape)}"
+            )
         if not 1 <= self.bits.shape[0] <= MAX_STEPS:
             raise ScheduleError(self.name, f"number of steps must be in 1..{MAX_STEPS}, got {self.bits.shape[0]}")
         check_size(self.layout, self.bits.shape[0], lambda msg: ScheduleError(self.name, msg))
@@ -101,19 +103,31 @@ class Schedule:
         if layout != self.layout:
             raise ModelMismatchError(
                 f"schedule {self.name!r} is for {self.layout.describe()}, but {model_desc} is "
-                f"{layout.describe()}; pick a schedule made for this model (or search one)")
+                f"{layout.describe()}; pick a schedule made for this model (or search one)"
+            )
 
     def copy(self, **changes) -> Schedule:
-        kw = dict(layout=self.layout, bits=self.bits.copy(), name=self.name, model=self.model,
-                  provenance=copy.deepcopy(self.provenance), metrics=copy.deepcopy(self.metrics))
+        kw = dict(
+            layout=self.layout,
+            bits=self.bits.copy(),
+            name=self.name,
+            model=self.model,
+            provenance=copy.deepcopy(self.provenance),
+            metrics=copy.deepcopy(self.metrics),
+        )
         kw.update(changes)
         return Schedule(**kw)
 
     def __eq__(self, other):
-        return (isinstance(other, Schedule) and self.layout == other.layout
-                and np.array_equal(self.bits, other.bits) and self.name == other.name
-                and self.model == other.model and self.provenance == other.provenance
-                and self.metrics == other.metrics)
+        return (
+            isinstance(other, Schedule)
+            and self.layout == other.layout
+            and np.array_equal(self.bits, other.bits)
+            and self.name == other.name
+            and self.model == other.model
+            and self.provenance == other.provenance
+            and self.metrics == other.metrics
+        )
 
     # -- constructors --------------------------------------------------------
     @classmethod
@@ -178,7 +192,7 @@ def one_line(text: str, limit: int | None = None) -> str:
     if limit is None or len(text) <= limit:
         return text
     head = (limit - 3) * 2 // 3
-    return text[:head] + "..." + text[len(text) - (limit - 3 - head):]
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
 
 
 def file_error(source: str, problem: str) -> ScheduleError:
@@ -191,11 +205,12 @@ def check_size(layout: Layout, steps: int | None, err) -> None:
     if n == 0:
         raise err(f"has no units: every block count is 0 ({layout.describe()})")
     if n > MAX_UNITS:
-        raise err(f"{n} units per step is more than the limit of {MAX_UNITS} "
-                  f"({layout.describe()}; real models have a few hundred)")
+        raise err(
+            f"{n} units per step is more than the limit of {MAX_UNITS} "
+            f"({layout.describe()}; real models have a few hundred)"
+        )
     if steps is not None and n * steps > MAX_UNIT_STEPS:
-        raise err(f"{steps} steps x {n} units = {n * steps} unit-steps is more than the limit of "
-                  f"{MAX_UNIT_STEPS}")
+        raise err(f"{steps} steps x {n} units = {n * steps} unit-steps is more than the limit of {MAX_UNIT_STEPS}")
 
 
 def check_plain_json(obj: Any, err) -> None:
@@ -243,6 +258,7 @@ def _row_to_str(row: np.ndarray, layout: Layout) -> str:
 
 def from_json_dict(d: Any, source: str = "<schedule>") -> Schedule:
     """Parse the project format; every problem raises ScheduleError naming ``source``."""
+
     def err(msg):
         return file_error(source, msg)
 
@@ -294,11 +310,13 @@ def from_json_dict(d: Any, source: str = "<schedule>") -> Schedule:
         if bad:
             raise err(f"bits of step {i}: only '0' and '1' are allowed, found {''.join(bad)!r}")
         if len(flat) != layout.n_units:
-            raise err(f"bits of step {i}: expected {layout.n_units} bits "
-                      f"({layout.describe()}), got {len(flat)}")
+            raise err(f"bits of step {i}: expected {layout.n_units} bits ({layout.describe()}), got {len(flat)}")
         if len(words) > 1 and [len(w) for w in words] != per_block:
-            raise err(f"bits of step {i}: space-separated groups must be one per block "
-                      f"({len(per_block)} groups of {per_block[0] if per_block else 0})")
+            raise err(
+                f"bits of step {i}: space-separated groups must be one per block "
+                f"({len(per_block)} groups of {per_block[0] if per_block else 0})"
+            )
         bits[i] = np.frombuffer(flat.encode(), np.uint8) == ord("1")
-    return Schedule(layout, bits, name=name, model=model,
-                    provenance=d.get("provenance", {}), metrics=d.get("metrics", {}))
+    return Schedule(
+        layout, bits, name=name, model=model, provenance=d.get("provenance", {}), metrics=d.get("metrics", {})
+    )

@@ -14,6 +14,7 @@ Public API (ComfyUI-independent)::
 
 See docs/search.md and docs/architecture.md.
 """
+
 from ..errors import CheckpointError, EvaluationError, SearchSettingsError
 from .evaluate import Evaluator, LocalEvaluator, fingerprint
 from .front import FrontPoint, dominates, hypervolume, knee, load_front, pareto_indices, pick, plot_front, write_front
@@ -24,30 +25,30 @@ from .sampling import heuristic_seeds, initial_population, load_warm_start
 from .termination import Termination
 
 __all__ = [
-                    "CheckpointError",
-                    "EvaluationError",
-                    "Evaluator",
-                    "FrontPoint",
-                    "GenomeSpace",
-                    "LocalEvaluator",
-                    "RayEvaluator",
-                    "SearchResult",
-                    "SearchRun",
-                    "SearchSettings",
-                    "SearchSettingsError",
-                    "Termination",
-                    "dominates",
-                    "fingerprint",
-                    "genome_key",
-                    "heuristic_seeds",
-                    "hypervolume",
-                    "initial_population",
-                    "knee",
-                    "load_front",
-                    "load_warm_start",
-                    "pareto_indices",
-                    "pick",
-                    "plot_front",
-                    "run_search",
-                    "write_front",
+    "CheckpointError",
+    "EvaluationError",
+    "Evaluator",
+    "FrontPoint",
+    "GenomeSpace",
+    "LocalEvaluator",
+    "RayEvaluator",
+    "SearchResult",
+    "SearchRun",
+    "SearchSettings",
+    "SearchSettingsError",
+    "Termination",
+    "dominates",
+    "fingerprint",
+    "genome_key",
+    "heuristic_seeds",
+    "hypervolume",
+    "initial_population",
+    "knee",
+    "load_front",
+    "load_warm_start",
+    "pareto_indices",
+    "pick",
+    "plot_front",
+    "run_search",
+    "write_front",
 ]

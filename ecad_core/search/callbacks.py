@@ -1,5 +1,6 @@
 """What the search reports while it runs: progress (``progress(phase, done, total)``), the log, and the
 per-generation history record kept in the checkpoint and ``progress.json``."""
+
 from __future__ import annotations
 
 import logging
@@ -27,17 +28,31 @@ class SearchCallback:
     def generation_done(self, record: dict, total_generations: int) -> None:
         if self.progress:
             self.progress("generation", record["generation"] + 1, total_generations)
-        log.info("ECAD search: generation %d: %d new, %d memo hits, front %d, HV %.6f", record["generation"],
-                 record["evaluated"], record["memo_hits"], record["front_size"], record["hypervolume"])
+        log.info(
+            "ECAD search: generation %d: %d new, %d memo hits, front %d, HV %.6f",
+            record["generation"],
+            record["evaluated"],
+            record["memo_hits"],
+            record["front_size"],
+            record["hypervolume"],
+        )
 
 
-def history_record(g: int, keys: list[bytes], memo: dict, archive: np.ndarray, quality_scale: float,
-                   elapsed_s: float) -> dict:
+def history_record(
+    g: int, keys: list[bytes], memo: dict, archive: np.ndarray, quality_scale: float, elapsed_s: float
+) -> dict:
     """The history entry of generation ``g``, whose population had the genome ``keys``."""
     hv = hypervolume(archive, quality_scale=quality_scale)
     # first evaluated in this generation, also by a session cancelled inside it: a resumed history is
     # the uninterrupted one
     n_new = len({k for k in keys if memo[k][2] == g})
-    return {"generation": g, "asked": len(keys), "evaluated": n_new, "memo_hits": len(keys) - n_new,
-            "evaluations_total": len(memo), "front_size": len(pareto_indices(archive)), "hypervolume": hv,
-            "elapsed_s": round(elapsed_s, 3)}
+    return {
+        "generation": g,
+        "asked": len(keys),
+        "evaluated": n_new,
+        "memo_hits": len(keys) - n_new,
+        "evaluations_total": len(memo),
+        "front_size": len(pareto_indices(archive)),
+        "hypervolume": hv,
+        "elapsed_s": round(elapsed_s, 3),
+    }

@@ -11,6 +11,7 @@ the generator may change between versions). An old pickle checkpoint
 over. Everything read back is type- and shape-checked; anything unusable is a
 ``CheckpointError`` naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,8 @@ _META_KEY = "comfyui-ecad"  # the safetensors metadata entry holding the JSON pa
 
 def pymoo_version() -> str:
     import pymoo
-    return getattr(pymoo, "__version__", "?")
 
+    return getattr(pymoo, "__version__", "?")
 
 
 # per-individual attributes NSGA-II reads when it mates the survivors (besides X and F)
@@ -49,10 +50,12 @@ _POP_DATA = {"rank": np.int64, "crowding": np.float64, "n_gen": np.int64, "n_ite
 def snapshot(algorithm) -> dict:
     """NSGA-II after a completed generation, as plain arrays and the generator state."""
     pop = algorithm.pop
-    snap = {"X": np.ascontiguousarray(pop.get("X"), dtype=bool),
-            "F": np.ascontiguousarray(pop.get("F"), dtype=np.float64),
-            "algorithm_n_iter": int(algorithm.n_iter),
-            "rng": _plain(algorithm.random_state.bit_generator.state)}
+    snap = {
+        "X": np.ascontiguousarray(pop.get("X"), dtype=bool),
+        "F": np.ascontiguousarray(pop.get("F"), dtype=np.float64),
+        "algorithm_n_iter": int(algorithm.n_iter),
+        "rng": _plain(algorithm.random_state.bit_generator.state),
+    }
     for k, dt in _POP_DATA.items():
         snap[k] = np.ascontiguousarray(pop.get(k), dtype=dt)
     return snap
@@ -83,25 +86,29 @@ class SearchState:
     """Everything a checkpoint holds."""
 
     def __init__(self):
-        self.algo: dict | None = None           # snapshot() after the last completed generation (None: none yet)
-        self.memo: dict[bytes, list] = {}      # key -> [loss, compute_fraction, first generation]
-        self.next_gen = 0                       # the generation to run next
+        self.algo: dict | None = None  # snapshot() after the last completed generation (None: none yet)
+        self.memo: dict[bytes, list] = {}  # key -> [loss, compute_fraction, first generation]
+        self.next_gen = 0  # the generation to run next
         self.history: list[dict] = []
         self.seed_keys: list[bytes] = []
-        self.elapsed_s = 0.0                    # wall clock over all sessions
-
-
+        self.elapsed_s = 0.0  # wall clock over all sessions
 
 
 START_OVER = "start the search over: delete the file (or the whole folder) or use another output folder"
-_MEMO = {"memo.key": np.uint8, "memo.loss": np.float64, "memo.compute_fraction": np.float64,
-         "memo.generation": np.int64}
+_MEMO = {
+    "memo.key": np.uint8,
+    "memo.loss": np.float64,
+    "memo.compute_fraction": np.float64,
+    "memo.generation": np.int64,
+}
 _NSGA = {"nsga.X": np.bool_, "nsga.F": np.float64, **{f"nsga.{k}": dt for k, dt in _POP_DATA.items()}}
 
 
 def _legacy_message(path: Path) -> str:
-    return (f"{path}: a search checkpoint in the old pickle format. comfyui-ecad no longer reads pickles "
-            f"(loading one can run arbitrary code), so this search cannot be resumed; {START_OVER}")
+    return (
+        f"{path}: a search checkpoint in the old pickle format. comfyui-ecad no longer reads pickles "
+        f"(loading one can run arbitrary code), so this search cannot be resumed; {START_OVER}"
+    )
 
 
 def refuse_legacy(out: Path) -> None:
@@ -111,8 +118,7 @@ def refuse_legacy(out: Path) -> None:
             raise CheckpointError(_legacy_message(out / name))
 
 
-def save_checkpoint(path: Path, state: SearchState, settings, fp: str, ident: dict,
-                     space: GenomeSpace) -> None:
+def save_checkpoint(path: Path, state: SearchState, settings, fp: str, ident: dict, space: GenomeSpace) -> None:
     from safetensors.numpy import save as save_tensors
 
     klen = (space.length + 7) // 8
@@ -127,10 +133,20 @@ def save_checkpoint(path: Path, state: SearchState, settings, fp: str, ident: di
     if state.algo is not None:
         tensors.update({name: state.algo[name[5:]] for name in _NSGA})
         nsga = {"n_iter": state.algo["algorithm_n_iter"], "rng": state.algo["rng"]}
-    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "pymoo": pymoo_version(),
-            "numpy": np.__version__, "fingerprint": fp, "ident": ident, "settings": settings.to_json(),
-            "next_gen": state.next_gen, "history": state.history, "seed_keys": [k.hex() for k in state.seed_keys],
-            "elapsed_s": state.elapsed_s, "nsga": nsga}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "pymoo": pymoo_version(),
+        "numpy": np.__version__,
+        "fingerprint": fp,
+        "ident": ident,
+        "settings": settings.to_json(),
+        "next_gen": state.next_gen,
+        "history": state.history,
+        "seed_keys": [k.hex() for k in state.seed_keys],
+        "elapsed_s": state.elapsed_s,
+        "nsga": nsga,
+    }
     data = save_tensors(tensors, metadata={_META_KEY: json.dumps(meta, default=str)})
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -162,8 +178,9 @@ def load_checkpoint(path: Path, fp: str, ident: dict, space: GenomeSpace) -> Sea
             text = (f.metadata() or {}).get(_META_KEY)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - whatever the parser says about a damaged file
-        raise CheckpointError(f"{path}: not a readable search checkpoint ({type(e).__name__}: {e}); "
-                              f"{START_OVER}") from None
+        raise CheckpointError(
+            f"{path}: not a readable search checkpoint ({type(e).__name__}: {e}); {START_OVER}"
+        ) from None
     try:
         d = json.loads(text) if isinstance(text, str) else None
     except (ValueError, RecursionError) as e:  # RecursionError: JSON nested beyond Python's stack
@@ -171,11 +188,14 @@ def load_checkpoint(path: Path, fp: str, ident: dict, space: GenomeSpace) -> Sea
     if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a comfyui-ecad search checkpoint; {START_OVER}")
     if d.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {d.get('version')!r}; this build reads "
-                              f"{CHECKPOINT_VERSION}; {START_OVER}")
+        raise CheckpointError(
+            f"{path}: checkpoint version {d.get('version')!r}; this build reads {CHECKPOINT_VERSION}; {START_OVER}"
+        )
     if d.get("pymoo") != pymoo_version():
-        raise CheckpointError(f"{path}: written with pymoo {d.get('pymoo')}, this is pymoo {pymoo_version()}; "
-                              "resume with the same pymoo version or use another output folder")
+        raise CheckpointError(
+            f"{path}: written with pymoo {d.get('pymoo')}, this is pymoo {pymoo_version()}; "
+            "resume with the same pymoo version or use another output folder"
+        )
     if d.get("fingerprint") != fp:
         old = d.get("ident") if isinstance(d.get("ident"), dict) else {}
         ident = json.loads(json.dumps(ident, default=str))  # compared as it was stored
@@ -183,25 +203,33 @@ def load_checkpoint(path: Path, fp: str, ident: dict, space: GenomeSpace) -> Sea
         detail = ""
         if "settings" in diff and isinstance(old.get("settings"), dict):
             so, sn = old["settings"], ident.get("settings", {})
-            detail = "; settings: " + ", ".join(f"{k} {so.get(k)!r} -> {sn.get(k)!r}"
-                                                 for k in sorted(set(so) | set(sn)) if so.get(k) != sn.get(k))
-        raise CheckpointError(f"{path}: this folder holds a search with other settings (differs in "
-                              f"{', '.join(diff) or 'details'}{detail}); use another output folder, or delete "
-                              "the checkpoint to start over")
+            detail = "; settings: " + ", ".join(
+                f"{k} {so.get(k)!r} -> {sn.get(k)!r}" for k in sorted(set(so) | set(sn)) if so.get(k) != sn.get(k)
+            )
+        raise CheckpointError(
+            f"{path}: this folder holds a search with other settings (differs in "
+            f"{', '.join(diff) or 'details'}{detail}); use another output folder, or delete "
+            "the checkpoint to start over"
+        )
     if d.get("numpy") != np.__version__:
-        log.warning("ECAD search: %s was written with numpy %s, this is numpy %s: the resumed search may draw "
-                    "other offspring than an uninterrupted one", path, d.get("numpy"), np.__version__)
+        log.warning(
+            "ECAD search: %s was written with numpy %s, this is numpy %s: the resumed search may draw "
+            "other offspring than an uninterrupted one",
+            path,
+            d.get("numpy"),
+            np.__version__,
+        )
     try:
         return _parse_state(d, tensors, space)
     except _Damaged as e:
         raise CheckpointError(f"{path}: damaged search checkpoint ({e}); {START_OVER}") from None
     except Exception as e:  # noqa: BLE001 - a check above missed something: still the file's fault
-        raise CheckpointError(f"{path}: damaged search checkpoint ({type(e).__name__}: {e}); "
-                              f"{START_OVER}") from None
+        raise CheckpointError(f"{path}: damaged search checkpoint ({type(e).__name__}: {e}); {START_OVER}") from None
 
 
 def _parse_state(d: dict, t: dict, space: GenomeSpace) -> SearchState:
     """Type and shape checks of everything the resumed search will use."""
+
     def need(ok, what):
         if not ok:
             raise _Damaged(what)
@@ -211,26 +239,41 @@ def _parse_state(d: dict, t: dict, space: GenomeSpace) -> SearchState:
 
     def array(name, dtype, shape):  # shape: None for any length on that axis
         a = t.get(name)
-        need(isinstance(a, np.ndarray) and a.dtype == dtype and a.ndim == len(shape)
-             and all(w is None or w == n for w, n in zip(shape, a.shape)),
-             f"{name}: want {np.dtype(dtype).name} {shape}, got "
-             f"{f'{a.dtype} {a.shape}' if isinstance(a, np.ndarray) else 'nothing'}")
+        need(
+            isinstance(a, np.ndarray)
+            and a.dtype == dtype
+            and a.ndim == len(shape)
+            and all(w is None or w == n for w, n in zip(shape, a.shape)),
+            f"{name}: want {np.dtype(dtype).name} {shape}, got "
+            f"{f'{a.dtype} {a.shape}' if isinstance(a, np.ndarray) else 'nothing'}",
+        )
         return a
 
     st = SearchState()
     st.next_gen = d.get("next_gen")
     need(integer(st.next_gen) and st.next_gen >= 0, f"next_gen {st.next_gen!r}")
     st.history = d.get("history")
-    need(isinstance(st.history, list) and len(st.history) == st.next_gen
-         and all(isinstance(h, dict) for h in st.history), "history: want one record per completed generation")
+    need(
+        isinstance(st.history, list)
+        and len(st.history) == st.next_gen
+        and all(isinstance(h, dict) for h in st.history),
+        "history: want one record per completed generation",
+    )
     st.elapsed_s = d.get("elapsed_s")
-    need(isinstance(st.elapsed_s, (int, float)) and not isinstance(st.elapsed_s, bool)
-         and math.isfinite(st.elapsed_s) and st.elapsed_s >= 0, f"elapsed_s {st.elapsed_s!r}")
+    need(
+        isinstance(st.elapsed_s, (int, float))
+        and not isinstance(st.elapsed_s, bool)
+        and math.isfinite(st.elapsed_s)
+        and st.elapsed_s >= 0,
+        f"elapsed_s {st.elapsed_s!r}",
+    )
     st.elapsed_s = float(st.elapsed_s)
     klen = (space.length + 7) // 8
     seeds = d.get("seed_keys")
-    need(isinstance(seeds, list) and all(isinstance(k, str) and len(k) == 2 * klen for k in seeds),
-         f"seed_keys: want hex strings of {klen} bytes")
+    need(
+        isinstance(seeds, list) and all(isinstance(k, str) and len(k) == 2 * klen for k in seeds),
+        f"seed_keys: want hex strings of {klen} bytes",
+    )
     try:
         st.seed_keys = [bytes.fromhex(k) for k in seeds]
     except ValueError as e:
@@ -247,8 +290,10 @@ def _parse_state(d: dict, t: dict, space: GenomeSpace) -> SearchState:
     need((np.isfinite(frac) & (frac > 0) & (frac <= 1)).all(), "memo.compute_fraction: want values in (0, 1]")
     need(((gen >= 0) & (gen <= st.next_gen)).all(), "memo.generation: out of range")
     # the padding bits of a key are zero, or the same genome would have two keys
-    need(np.array_equal(np.packbits(np.unpackbits(key, axis=1, count=space.length), axis=1), key),
-         "memo.key: padding bits set")
+    need(
+        np.array_equal(np.packbits(np.unpackbits(key, axis=1, count=space.length), axis=1), key),
+        "memo.key: padding bits set",
+    )
     keys = [row.tobytes() for row in key]
     need(len(set(keys)) == n, "memo.key: a genome listed twice")
     st.memo = {k: [float(lo), float(fr), int(g)] for k, lo, fr, g in zip(keys, loss, frac, gen)}
@@ -257,8 +302,10 @@ def _parse_state(d: dict, t: dict, space: GenomeSpace) -> SearchState:
     if st.next_gen == 0:
         need(nsga is None, "nsga: state before the first generation ended")
         return st
-    need(isinstance(nsga, dict) and integer(nsga.get("n_iter")) and nsga["n_iter"] == st.next_gen + 1,
-         "nsga.n_iter: want the generation count + 1")
+    need(
+        isinstance(nsga, dict) and integer(nsga.get("n_iter")) and nsga["n_iter"] == st.next_gen + 1,
+        "nsga.n_iter: want the generation count + 1",
+    )
     rng = nsga.get("rng")
     need(isinstance(rng, dict) and rng.get("bit_generator") == "PCG64", "nsga.rng: want a PCG64 state")
     try:
@@ -273,15 +320,26 @@ def _parse_state(d: dict, t: dict, space: GenomeSpace) -> SearchState:
     snap = {"X": X, "F": F, "algorithm_n_iter": nsga["n_iter"], "rng": rng}
     for k, dt in _POP_DATA.items():
         snap[k] = array(f"nsga.{k}", dt, (p,))
-    need((snap["rank"] >= 0).all() and not np.isnan(snap["crowding"]).any()
-         and (snap["n_gen"] >= 1).all() and (snap["n_iter"] >= 1).all(), "nsga: rank/crowding/n_gen out of range")
+    need(
+        (snap["rank"] >= 0).all()
+        and not np.isnan(snap["crowding"]).any()
+        and (snap["n_gen"] >= 1).all()
+        and (snap["n_iter"] >= 1).all(),
+        "nsga: rank/crowding/n_gen out of range",
+    )
     st.algo = snap
     return st
 
 
 def write_progress(out: Path, state: SearchState, settings, stopped: str | None = None) -> None:
-    d = {"generation": state.next_gen - 1, "evaluations": len(state.memo), "settings": settings.to_json(),
-         "stopped": stopped, "elapsed_s": round(state.elapsed_s, 3), "history": state.history}
+    d = {
+        "generation": state.next_gen - 1,
+        "evaluations": len(state.memo),
+        "settings": settings.to_json(),
+        "stopped": stopped,
+        "elapsed_s": round(state.elapsed_s, 3),
+        "history": state.history,
+    }
     tmp = out / (PROGRESS_FILE + ".tmp")
     tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / PROGRESS_FILE)

@@ -18,6 +18,7 @@ Optional parts of the protocol, used when present:
   in the checkpoint and in the provenance of found schedules; a resume with a
   different description is refused.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,18 +69,26 @@ class LocalEvaluator:
     ``ecad_core.metrics.load_metric`` and ``prompts``, one per sample).
     """
 
-    def __init__(self, generate: GenerateFn, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 space: str = "latent", *, metric=None, prompts: Sequence[str] | None = None,
-                 batch_size: int | None = 1, description: dict | None = None):
+    def __init__(
+        self,
+        generate: GenerateFn,
+        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        space: str = "latent",
+        *,
+        metric=None,
+        prompts: Sequence[str] | None = None,
+        batch_size: int | None = 1,
+        description: dict | None = None,
+    ):
         if not callable(generate):
             raise TypeError("generate must be callable: generate(schedule_or_None) -> list of tensors")
         if space not in FIDELITY_SPACES + LEARNED_METRICS:
-            raise SearchSettingsError(f"unknown quality metric {space!r}; known: "
-                                      f"{', '.join(FIDELITY_SPACES + LEARNED_METRICS)}")
+            raise SearchSettingsError(
+                f"unknown quality metric {space!r}; known: {', '.join(FIDELITY_SPACES + LEARNED_METRICS)}"
+            )
         if space in LEARNED_METRICS:
             if metric is None:
-                raise SearchSettingsError(f"metric {space!r} needs a loaded metric "
-                                          "(ecad_core.metrics.load_metric)")
+                raise SearchSettingsError(f"metric {space!r} needs a loaded metric (ecad_core.metrics.load_metric)")
             prompts = prompts if prompts is not None else getattr(generate, "sample_prompts", None)
             if not prompts:
                 raise SearchSettingsError(f"metric {space!r} needs the prompt of every sample")
@@ -89,9 +98,8 @@ class LocalEvaluator:
         self.metric = metric
         self.prompts = list(prompts) if prompts is not None else None
         self.batch_size = batch_size
-        self.description = dict(description if description is not None else
-                                getattr(generate, "description", {}) or {})
-        self.n_generate = 0              # generate() calls, references included
+        self.description = dict(description if description is not None else getattr(generate, "description", {}) or {})
+        self.n_generate = 0  # generate() calls, references included
         self.seconds_generating = 0.0
         self._refs: list[torch.Tensor] | None = None
         self._ref_scores: torch.Tensor | None = None
@@ -102,8 +110,9 @@ class LocalEvaluator:
     def describe(self) -> dict:
         return {"evaluator": "local", "metric": self.space, **self.description}
 
-    def prepare(self, out_dir: str | Path | None, fingerprint: str | None = None,
-                progress: Progress | None = None) -> None:
+    def prepare(
+        self, out_dir: str | Path | None, fingerprint: str | None = None, progress: Progress | None = None
+    ) -> None:
         self._ref_path = Path(out_dir) / REFERENCE_FILE if out_dir is not None else None
         self._fingerprint = fingerprint
         self.references(progress)
@@ -132,13 +141,14 @@ class LocalEvaluator:
         self._refs = outs
         if self.space in LEARNED_METRICS:
             self._check_prompts(len(outs))
-            self._ref_scores = self.metric.score(torch.stack([o if o.ndim == 3 else o[0] for o in outs]),
-                                                 self.prompts)
+            self._ref_scores = self.metric.score(torch.stack([o if o.ndim == 3 else o[0] for o in outs]), self.prompts)
         if self._ref_path is not None:
             self._ref_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._ref_path.with_suffix(".tmp")
-            torch.save({"fingerprint": self._fingerprint, "space": self.space, "outputs": outs,
-                        "scores": self._ref_scores}, tmp)
+            torch.save(
+                {"fingerprint": self._fingerprint, "space": self.space, "outputs": outs, "scores": self._ref_scores},
+                tmp,
+            )
             tmp.replace(self._ref_path)
         if progress:
             progress("reference", 1, 1)
@@ -151,8 +161,10 @@ class LocalEvaluator:
         for s in schedules:
             outs = self._comparable(self._run(s))
             if len(outs) != len(refs):
-                raise EvaluationError(f"generate returned {len(outs)} output(s) for schedule {s.name!r} but "
-                                      f"{len(refs)} for full compute; it must produce the same samples")
+                raise EvaluationError(
+                    f"generate returned {len(outs)} output(s) for schedule {s.name!r} but "
+                    f"{len(refs)} for full compute; it must produce the same samples"
+                )
             if self.space in LEARNED_METRICS:
                 loss = score_drop(self.metric, outs, self.prompts, self._ref_scores)
             else:
@@ -177,5 +189,6 @@ class LocalEvaluator:
 
     def _check_prompts(self, n):
         if len(self.prompts) != n:
-            raise SearchSettingsError(f"{n} calibration sample(s) but {len(self.prompts)} prompt(s) given to "
-                                      "the learned metric")
+            raise SearchSettingsError(
+                f"{n} calibration sample(s) but {len(self.prompts)} prompt(s) given to the learned metric"
+            )

@@ -26,6 +26,7 @@ Picking one point (``pick``), in this order:
 
 Ties are broken by lower loss, then lower compute.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,9 +64,14 @@ class FrontPoint:
         return (self.quality_loss, self.compute_fraction)
 
     def as_dict(self) -> dict:
-        return {"name": self.schedule.name, "quality_loss": _num(self.quality_loss),
-                "compute_fraction": self.compute_fraction, "expected_speedup": self.expected_speedup,
-                "generation": self.generation, "file": self.path.name if self.path else None}
+        return {
+            "name": self.schedule.name,
+            "quality_loss": _num(self.quality_loss),
+            "compute_fraction": self.compute_fraction,
+            "expected_speedup": self.expected_speedup,
+            "generation": self.generation,
+            "file": self.path.name if self.path else None,
+        }
 
 
 def _num(x: float):
@@ -117,8 +123,9 @@ def hypervolume(F, ref=(1.0, 1.0), quality_scale: float = 1.0) -> float:
 
 
 # -- picking ------------------------------------------------------------------
-def pick(front: Sequence[FrontPoint], target_speedup: float | None = None,
-         max_quality_loss: float | None = None) -> FrontPoint:
+def pick(
+    front: Sequence[FrontPoint], target_speedup: float | None = None, max_quality_loss: float | None = None
+) -> FrontPoint:
     """One point of the front by the documented rule (module docstring)."""
     pts = [p for p in front if math.isfinite(p.quality_loss)]
     if not pts:
@@ -165,9 +172,15 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-")[:60] or "schedule"
 
 
-def write_front(front_dir: str | Path, points: Sequence[FrontPoint], *, info: dict | None = None,
-                all_objectives: np.ndarray | None = None, seed_objectives: np.ndarray | None = None,
-                plot: bool = True) -> Path:
+def write_front(
+    front_dir: str | Path,
+    points: Sequence[FrontPoint],
+    *,
+    info: dict | None = None,
+    all_objectives: np.ndarray | None = None,
+    seed_objectives: np.ndarray | None = None,
+    plot: bool = True,
+) -> Path:
     """Write the points (slowest first) as schedule files + ``front.json`` (+ ``front.png``).
 
     Old ``*.json`` point files of an earlier write are replaced.
@@ -184,15 +197,13 @@ def write_front(front_dir: str | Path, points: Sequence[FrontPoint], *, info: di
         written.append(path)
     for f in old - set(written):
         f.unlink()
-    index = {"format": INDEX_FORMAT, "version": 1, **(info or {}),
-             "points": [p.as_dict() for p in pts]}
+    index = {"format": INDEX_FORMAT, "version": 1, **(info or {}), "points": [p.as_dict() for p in pts]}
     tmp = d / (FRONT_INDEX + ".tmp")
     tmp.write_text(json.dumps(index, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(d / FRONT_INDEX)
     if plot:
         try:
-            plot_front(d / FRONT_PLOT, pts, all_objectives, seed_objectives,
-                       title=(info or {}).get("title"))
+            plot_front(d / FRONT_PLOT, pts, all_objectives, seed_objectives, title=(info or {}).get("title"))
         except ImportError:  # matplotlib is optional
             pass
     return d
@@ -213,13 +224,21 @@ def load_front(front_dir: str | Path) -> list[FrontPoint]:
     for e in entries:
         s = load_schedule(d / e["file"])
         loss = e.get("quality_loss")
-        out.append(FrontPoint(s, math.inf if loss is None else float(loss), float(e["compute_fraction"]),
-                              int(e.get("generation", 0)), d / e["file"]))
+        out.append(
+            FrontPoint(
+                s,
+                math.inf if loss is None else float(loss),
+                float(e["compute_fraction"]),
+                int(e.get("generation", 0)),
+                d / e["file"],
+            )
+        )
     return out
 
 
-def plot_front(path: str | Path, front: Sequence[FrontPoint], all_objectives=None, seed_objectives=None,
-               title: str | None = None) -> Path:
+def plot_front(
+    path: str | Path, front: Sequence[FrontPoint], all_objectives=None, seed_objectives=None, title: str | None = None
+) -> Path:
     """PNG of loss vs expected speedup: all evaluated (grey), seeds (blue), front (red)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend change, no display needed
 

@@ -28,6 +28,7 @@ states are never read or changed.
 The front (``front.py``) is the non-dominated set of *all* evaluated genomes
 (an archive), so it never gets worse from one generation to the next.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,14 +64,14 @@ class SearchSettings:
     """Settings of one search. All but ``generations`` and ``time_budget_s`` must match on resume."""
 
     population: int = 24
-    generations: int | None = 10          # evolved generations after generation 0 (the seeds)
-    time_budget_s: float | None = None    # wall clock of this call; a started generation finishes
+    generations: int | None = 10  # evolved generations after generation 0 (the seeds)
+    time_budget_s: float | None = None  # wall clock of this call; a started generation finishes
     seed: int = 0
     crossover_points: int = 4
     crossover_prob: float = 0.9
-    mutation_prob: float | None = None    # per-bit flip probability; None: 1 / units per step
-    heuristic_seeds: bool = True          # add seeds.py's heuristics to the initial population
-    quality_scale: float = 1.0            # loss scale for the hypervolume (reference point (1, 1))
+    mutation_prob: float | None = None  # per-bit flip probability; None: 1 / units per step
+    heuristic_seeds: bool = True  # add seeds.py's heuristics to the initial population
+    quality_scale: float = 1.0  # loss scale for the hypervolume (reference point (1, 1))
 
     RESUME_FREE = ("generations", "time_budget_s")
 
@@ -86,8 +87,12 @@ class SearchSettings:
         if self.generations is not None and (not is_int(self.generations) or self.generations < 1):
             bad(f"generations must be an integer >= 1 (or None to stop by time only), got {self.generations!r}")
         if self.time_budget_s is not None:
-            if isinstance(self.time_budget_s, bool) or not isinstance(self.time_budget_s, (int, float)) \
-                    or not math.isfinite(self.time_budget_s) or self.time_budget_s <= 0:
+            if (
+                isinstance(self.time_budget_s, bool)
+                or not isinstance(self.time_budget_s, (int, float))
+                or not math.isfinite(self.time_budget_s)
+                or self.time_budget_s <= 0
+            ):
                 bad(f"time budget must be a positive number of seconds, got {self.time_budget_s!r}")
         if self.generations is None and self.time_budget_s is None:
             bad("give a number of generations, a time budget, or both: the search would never stop")
@@ -99,8 +104,12 @@ class SearchSettings:
             bad(f"crossover probability must be in [0, 1], got {self.crossover_prob!r}")
         if self.mutation_prob is not None and (not _prob(self.mutation_prob) or self.mutation_prob == 0):
             bad(f"mutation probability (per bit) must be in (0, 1], got {self.mutation_prob!r}")
-        if isinstance(self.quality_scale, bool) or not isinstance(self.quality_scale, (int, float)) \
-                or not self.quality_scale > 0 or not math.isfinite(self.quality_scale):
+        if (
+            isinstance(self.quality_scale, bool)
+            or not isinstance(self.quality_scale, (int, float))
+            or not self.quality_scale > 0
+            or not math.isfinite(self.quality_scale)
+        ):
             bad(f"quality scale must be a positive number, got {self.quality_scale!r}")
 
     def to_json(self) -> dict:
@@ -120,9 +129,9 @@ def _prob(v) -> bool:
 @dataclass
 class SearchResult:
     front: list[FrontPoint]
-    generation: int                  # last completed generation (0 = the initial population)
-    evaluations: int                 # distinct genomes evaluated (this run and resumed ones)
-    stopped: str                     # "generations" | "time_budget" | "cancelled" | "converged"
+    generation: int  # last completed generation (0 = the initial population)
+    evaluations: int  # distinct genomes evaluated (this run and resumed ones)
+    stopped: str  # "generations" | "time_budget" | "cancelled" | "converged"
     hypervolume: float
     history: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
@@ -136,11 +145,23 @@ class SearchRun:
     """One call of ``run_search``: the prepared search (settings checked, initial population, identity and
     checkpoint state) and its loop. ``run()`` searches until the termination says stop."""
 
-    def __init__(self, evaluator: Evaluator, layout: Layout, steps: int, out_dir: str | Path | None,
-                 settings: SearchSettings | None = None, *, cost: ComputeCost | None = None,
-                 warm_start: Sequence = (), warm_start_steps: str = "refuse", model: str | None = None,
-                 progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-                 resume: bool = True, write_files: bool = True):
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        layout: Layout,
+        steps: int,
+        out_dir: str | Path | None,
+        settings: SearchSettings | None = None,
+        *,
+        cost: ComputeCost | None = None,
+        warm_start: Sequence = (),
+        warm_start_steps: str = "refuse",
+        model: str | None = None,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        resume: bool = True,
+        write_files: bool = True,
+    ):
         if not HAVE_PYMOO:
             raise SearchSettingsError("the schedule search needs the 'pymoo' package (pip install pymoo)")
         settings = settings or SearchSettings()
@@ -151,17 +172,25 @@ class SearchRun:
         self.space = space = GenomeSpace(layout, steps)
         self.cost = cost = cost or uniform_cost(layout, space.steps)
         if cost.unit.shape != (space.steps, layout.n_units):
-            raise SearchSettingsError(f"the cost table is for {cost.unit.shape[0]} steps x {cost.unit.shape[1]} "
-                                      f"units, the search for {space.steps} x {layout.n_units}")
+            raise SearchSettingsError(
+                f"the cost table is for {cost.unit.shape[0]} steps x {cost.unit.shape[1]} "
+                f"units, the search for {space.steps} x {layout.n_units}"
+            )
         self.out = out = Path(out_dir) if out_dir is not None else None
         warm = load_warm_start(warm_start, space, warm_start_steps)
-        pop0 = initial_population(space, settings.population, seed=settings.seed, warm_start=warm,
-                                  heuristics=settings.heuristic_seeds)
+        pop0 = initial_population(
+            space, settings.population, seed=settings.seed, warm_start=warm, heuristics=settings.heuristic_seeds
+        )
         describe = evaluator.describe() if callable(getattr(evaluator, "describe", None)) else {}
         self.describe: dict[str, Any] = describe
-        self.ident = {"settings": settings.resume_key(), "layout": [layout.family, layout.to_json()],
-                      "steps": space.steps, "cost": cost.describe(), "evaluator": describe,
-                      "initial_population": fingerprint([genome_key(space.encode(s)).hex() for s in pop0])}
+        self.ident = {
+            "settings": settings.resume_key(),
+            "layout": [layout.family, layout.to_json()],
+            "steps": space.steps,
+            "cost": cost.describe(),
+            "evaluator": describe,
+            "initial_population": fingerprint([genome_key(space.encode(s)).hex() for s in pop0]),
+        }
         self.fp = fingerprint(self.ident)
         self.ckpt = out / CHECKPOINT_FILE if out is not None else None
         self.termination = Termination(settings.generations, settings.time_budget_s, should_stop)
@@ -179,8 +208,9 @@ class SearchRun:
             try:
                 ckpt_io.restore(self.algorithm, state.algo)
             except Exception as e:  # noqa: BLE001 - data that passed the checks but pymoo cannot take
-                raise CheckpointError(f"{self.ckpt}: cannot rebuild the search from this checkpoint ({e}); "
-                                      f"{START_OVER}") from None
+                raise CheckpointError(
+                    f"{self.ckpt}: cannot rebuild the search from this checkpoint ({e}); {START_OVER}"
+                ) from None
         self.state = state
         self.seed_names = {genome_key(space.encode(s)): s for s in pop0}
         self._elapsed0 = state.elapsed_s
@@ -240,8 +270,14 @@ class SearchRun:
         self.algorithm.tell(infills=pop)
         state.algo = ckpt_io.snapshot(self.algorithm)
         state.next_gen = g + 1
-        record = history_record(g, keys, state.memo, _archive(state), self.settings.quality_scale,
-                                self._elapsed0 + self.termination.elapsed())
+        record = history_record(
+            g,
+            keys,
+            state.memo,
+            _archive(state),
+            self.settings.quality_scale,
+            self._elapsed0 + self.termination.elapsed(),
+        )
         state.history.append(record)
         self.save()
         if self.out is not None:
@@ -260,7 +296,7 @@ class SearchRun:
             for i in range(0, len(new), max(step, 1)):
                 if self.termination.cancelled():
                     return False
-                chunk = new[i:i + step]
+                chunk = new[i : i + step]
                 scheds = []
                 for j, (k, x) in enumerate(chunk):
                     origin = self.seed_names.get(k)
@@ -269,8 +305,9 @@ class SearchRun:
                 losses = self.evaluator.evaluate(scheds)
                 losses = list(losses) if losses is not None else []
                 if len(losses) != len(scheds):
-                    raise EvaluationError(f"the evaluator returned {len(losses)} loss(es) for {len(scheds)} "
-                                          "schedule(s)")
+                    raise EvaluationError(
+                        f"the evaluator returned {len(losses)} loss(es) for {len(scheds)} schedule(s)"
+                    )
                 for (k, _x), s, loss in zip(chunk, scheds, losses):
                     loss = float(loss)
                     if math.isnan(loss):
@@ -298,25 +335,57 @@ class SearchRun:
             ckpt_io.write_progress(out, state, settings, stopped)
             ckpt_io.write_evaluations(out / EVALUATIONS_FILE, state)
             seedF = np.array([[state.memo[k][0], state.memo[k][1]] for k in state.seed_keys if k in state.memo])
-            title = f"{model or layout.family}: {space.steps} steps, gen {state.next_gen - 1}, " \
-                    f"{len(state.memo)} evaluated, HV {hv:.4f}"
-            info = {"settings": settings.to_json(), "steps": space.steps, "layout": layout.describe(),
-                    "model": model, "cost": cost.describe(), "evaluator": describe, "quality_metric":
-                    describe.get("metric"), "generation": state.next_gen - 1, "evaluations": len(state.memo),
-                    "hypervolume": hv, "stopped": stopped, "title": title}
+            title = (
+                f"{model or layout.family}: {space.steps} steps, gen {state.next_gen - 1}, "
+                f"{len(state.memo)} evaluated, HV {hv:.4f}"
+            )
+            info = {
+                "settings": settings.to_json(),
+                "steps": space.steps,
+                "layout": layout.describe(),
+                "model": model,
+                "cost": cost.describe(),
+                "evaluator": describe,
+                "quality_metric": describe.get("metric"),
+                "generation": state.next_gen - 1,
+                "evaluations": len(state.memo),
+                "hypervolume": hv,
+                "stopped": stopped,
+                "title": title,
+            }
             front_dir = write_front(out / FRONT_DIR, front, info=info, all_objectives=allF, seed_objectives=seedF)
         ckpt = self.ckpt
-        return SearchResult(front=front, generation=state.next_gen - 1, evaluations=len(state.memo),
-                            stopped=stopped, hypervolume=hv, history=list(state.history), out_dir=out,
-                            front_dir=front_dir, checkpoint=ckpt if ckpt is not None and ckpt.is_file() else None,
-                            resumed_from=self.resumed_from, archive=allF)
+        return SearchResult(
+            front=front,
+            generation=state.next_gen - 1,
+            evaluations=len(state.memo),
+            stopped=stopped,
+            hypervolume=hv,
+            history=list(state.history),
+            out_dir=out,
+            front_dir=front_dir,
+            checkpoint=ckpt if ckpt is not None and ckpt.is_file() else None,
+            resumed_from=self.resumed_from,
+            archive=allF,
+        )
 
 
-def run_search(evaluator: Evaluator, layout: Layout, steps: int, out_dir: str | Path | None,
-               settings: SearchSettings | None = None, *, cost: ComputeCost | None = None,
-               warm_start: Sequence = (), warm_start_steps: str = "refuse", model: str | None = None,
-               progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-               resume: bool = True, write_files: bool = True) -> SearchResult:
+def run_search(
+    evaluator: Evaluator,
+    layout: Layout,
+    steps: int,
+    out_dir: str | Path | None,
+    settings: SearchSettings | None = None,
+    *,
+    cost: ComputeCost | None = None,
+    warm_start: Sequence = (),
+    warm_start_steps: str = "refuse",
+    model: str | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = True,
+    write_files: bool = True,
+) -> SearchResult:
     """Search cache schedules for ``layout`` at ``steps`` steps; see the module docstring.
 
     ``evaluator``: anything with ``evaluate(list[Schedule]) -> list[float]``.
@@ -333,9 +402,21 @@ def run_search(evaluator: Evaluator, layout: Layout, steps: int, out_dir: str | 
     ``out_dir``: folder of the checkpoint, reference outputs, ``progress.json``,
     ``evaluations.csv`` and ``front/``; None keeps everything in memory.
     """
-    return SearchRun(evaluator, layout, steps, out_dir, settings, cost=cost, warm_start=warm_start,
-                     warm_start_steps=warm_start_steps, model=model, progress=progress, should_stop=should_stop,
-                     resume=resume, write_files=write_files).run()
+    return SearchRun(
+        evaluator,
+        layout,
+        steps,
+        out_dir,
+        settings,
+        cost=cost,
+        warm_start=warm_start,
+        warm_start_steps=warm_start_steps,
+        model=model,
+        progress=progress,
+        should_stop=should_stop,
+        resume=resume,
+        write_files=write_files,
+    ).run()
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -353,7 +434,7 @@ def _compact_description(d: dict) -> dict:
     return out
 
 
-_INT64 = 2 ** 63
+_INT64 = 2**63
 
 
 def _int64_safe(o):
@@ -368,13 +449,19 @@ def _int64_safe(o):
     return o
 
 
-def _front(state: SearchState, space: GenomeSpace, settings: SearchSettings, cost: ComputeCost, describe: dict,
-           model: str | None, seed_names: dict) -> list[FrontPoint]:
+def _front(
+    state: SearchState,
+    space: GenomeSpace,
+    settings: SearchSettings,
+    cost: ComputeCost,
+    describe: dict,
+    model: str | None,
+    seed_names: dict,
+) -> list[FrontPoint]:
     keys = list(state.memo)
     F = _archive(state)
     metric = describe.get("metric", "quality")
-    prov_common = {"settings": settings.to_json(), "cost": cost.describe(),
-                   "evaluator": _compact_description(describe)}
+    prov_common = {"settings": settings.to_json(), "cost": cost.describe(), "evaluator": _compact_description(describe)}
     pts = []
     for i in pareto_indices(F):
         k = keys[i]
@@ -386,8 +473,13 @@ def _front(state: SearchState, space: GenomeSpace, settings: SearchSettings, cos
         if origin is not None:
             prov["search"]["initial"] = origin.provenance.get("search_seed", {"kind": "seed"})
             prov["search"]["initial_name"] = origin.name
-        metrics = {"quality_loss": loss, "quality_metric": metric, "compute_fraction": frac,
-                   "expected_speedup": 1.0 / frac, "compute_model": cost.source}
+        metrics = {
+            "quality_loss": loss,
+            "quality_metric": metric,
+            "compute_fraction": frac,
+            "expected_speedup": 1.0 / frac,
+            "compute_model": cost.source,
+        }
         s = space.decode(space.from_key(k), name=name, model=model, provenance=_int64_safe(prov), metrics=metrics)
         pts.append(FrontPoint(s, loss, frac, int(gen)))
     return pts

@@ -7,6 +7,7 @@ into NSGA-II with the initial population as its sampling. An operator draws
 random numbers only from the generator pymoo hands it (the algorithm's
 ``random_state``), so a checkpointed search resumes bit for bit.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -39,9 +40,13 @@ def make_algorithm(settings: SearchSettings, space: GenomeSpace, X0: np.ndarray)
 
     from .problem import GenomeProblem
 
-    algorithm = NSGA2(pop_size=settings.population, sampling=X0, crossover=crossover(settings, space),
-                      mutation=mutation(settings, space), eliminate_duplicates=True)
+    algorithm = NSGA2(
+        pop_size=settings.population,
+        sampling=X0,
+        crossover=crossover(settings, space),
+        mutation=mutation(settings, space),
+        eliminate_duplicates=True,
+    )
     # the search decides when to stop (termination.py); pymoo never does
-    algorithm.setup(GenomeProblem(space.length), termination=NoTermination(), seed=int(settings.seed),
-                    verbose=False)
+    algorithm.setup(GenomeProblem(space.length), termination=NoTermination(), seed=int(settings.seed), verbose=False)
     return algorithm

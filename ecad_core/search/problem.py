@@ -14,6 +14,7 @@ run identically.
 objectives (quality loss, compute fraction) that are told to the algorithm,
 never evaluated by pymoo itself.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ class GenomeSpace:
         if not 2 <= int(self.steps) <= MAX_STEPS:
             raise SearchSettingsError(
                 f"steps must be in 2..{MAX_STEPS} for a search (with 1 step there is nothing to cache: "
-                f"step 0 is always computed), got {self.steps}")
+                f"step 0 is always computed), got {self.steps}"
+            )
         object.__setattr__(self, "steps", int(self.steps))
         if self.layout.n_units < 1:
             raise SearchSettingsError(f"layout {self.layout.describe()} has no units to cache")
@@ -57,8 +59,8 @@ class GenomeSpace:
         schedule.check_fits(self.layout, "the search")
         if schedule.steps != self.steps:
             raise ModelMismatchError(
-                f"schedule {schedule.name!r} has {schedule.steps} steps but the search runs "
-                f"{self.steps} steps")
+                f"schedule {schedule.name!r} has {schedule.steps} steps but the search runs {self.steps} steps"
+            )
         return np.ascontiguousarray(schedule.bits[1:].reshape(-1), dtype=bool)
 
     def bits(self, genome) -> np.ndarray:
@@ -75,8 +77,10 @@ class GenomeSpace:
     def check(self, genome) -> np.ndarray:
         g = np.asarray(genome)
         if g.ndim != 1 or g.shape[0] != self.length:
-            raise ValueError(f"genome must be a flat vector of {self.length} bits "
-                             f"({self.steps - 1} steps x {self.layout.n_units} units), got shape {g.shape}")
+            raise ValueError(
+                f"genome must be a flat vector of {self.length} bits "
+                f"({self.steps - 1} steps x {self.layout.n_units} units), got shape {g.shape}"
+            )
         if g.dtype != bool:
             if not np.isin(g, (0, 1)).all():
                 raise ValueError("genome values must be 0/1 or booleans")

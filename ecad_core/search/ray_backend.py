@@ -27,6 +27,7 @@ same checkpoint.
 Ray is optional. It is imported only when a ``RayEvaluator`` is created, and
 a missing Ray raises ``SearchSettingsError`` that names the extra to install.
 """
+
 from __future__ import annotations
 
 import collections
@@ -45,9 +46,11 @@ from .evaluate import REFERENCE_FILE, LocalEvaluator, Progress
 
 log = logging.getLogger("ecad.search")
 
-RAY_MISSING = ("the Ray backend needs the 'ray' package, which is not installed: "
-               "pip install 'comfyui-ecad[ray]' (or pip install 'ray[default]') on this machine and on every "
-               "node of the cluster")
+RAY_MISSING = (
+    "the Ray backend needs the 'ray' package, which is not installed: "
+    "pip install 'comfyui-ecad[ray]' (or pip install 'ray[default]') on this machine and on every "
+    "node of the cluster"
+)
 
 
 def import_ray():
@@ -87,14 +90,19 @@ class _EvalWorker:
         if self.ev is None:
             self.ev = self.factory()
             if not callable(getattr(self.ev, "evaluate", None)):
-                raise SearchSettingsError(f"the Ray worker factory returned {type(self.ev).__name__}, which has "
-                                          "no evaluate(schedules) method")
+                raise SearchSettingsError(
+                    f"the Ray worker factory returned {type(self.ev).__name__}, which has no evaluate(schedules) method"
+                )
         if references is not None and isinstance(self.ev, LocalEvaluator):
             outs, scores = references
             # the shared references replace this worker's own full-compute run
             self.ev._refs, self.ev._ref_scores = list(outs), scores
-        elif references is None and fingerprint is not None and not isinstance(self.ev, LocalEvaluator) \
-                and callable(getattr(self.ev, "prepare", None)):
+        elif (
+            references is None
+            and fingerprint is not None
+            and not isinstance(self.ev, LocalEvaluator)
+            and callable(getattr(self.ev, "prepare", None))
+        ):
             self.ev.prepare(None, fingerprint, None)
         return self.info()
 
@@ -106,9 +114,14 @@ class _EvalWorker:
 
         ctx = ray.get_runtime_context()
         describe = self.ev.describe() if callable(getattr(self.ev, "describe", None)) else {}
-        return {"name": ctx.get_actor_name(), "host": socket.gethostname(), "pid": os.getpid(),
-                "gpus": [str(g) for g in ray.get_gpu_ids()], "describe": describe,
-                "shares_references": isinstance(self.ev, LocalEvaluator)}
+        return {
+            "name": ctx.get_actor_name(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "gpus": [str(g) for g in ray.get_gpu_ids()],
+            "describe": describe,
+            "shares_references": isinstance(self.ev, LocalEvaluator),
+        }
 
     def references(self):
         """The full-compute outputs (comparison-ready) and, for learned metrics, their scores."""
@@ -156,23 +169,38 @@ class RayEvaluator:
     when none is running (a cluster without room for a replacement).
     """
 
-    def __init__(self, factory: Callable[[], Any], *, address: str | None = "auto", workers: int | None = None,
-                 gpus_per_worker: float | None = None, cpus_per_worker: float = 1.0, batch_size: int | None = None,
-                 max_attempts: int = 3, start_timeout_s: float = 900.0, init_kwargs: dict | None = None):
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        *,
+        address: str | None = "auto",
+        workers: int | None = None,
+        gpus_per_worker: float | None = None,
+        cpus_per_worker: float = 1.0,
+        batch_size: int | None = None,
+        max_attempts: int = 3,
+        start_timeout_s: float = 900.0,
+        init_kwargs: dict | None = None,
+    ):
         self._ray = import_ray()
         if not callable(factory):
             raise SearchSettingsError("the Ray worker factory must be callable: factory() -> evaluator")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise SearchSettingsError(f"Ray workers must be an integer >= 1, got {workers!r}")
         for what, v in (("GPUs per worker", gpus_per_worker), ("CPUs per worker", cpus_per_worker)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-                                  or v < 0):
+            if v is not None and (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+            ):
                 raise SearchSettingsError(f"Ray {what} must be a number >= 0, got {v!r}")
-        if isinstance(gpus_per_worker, (int, float)) and gpus_per_worker > 1 and gpus_per_worker != int(
-                gpus_per_worker):
+        if (
+            isinstance(gpus_per_worker, (int, float))
+            and gpus_per_worker > 1
+            and gpus_per_worker != int(gpus_per_worker)
+        ):
             raise SearchSettingsError(f"Ray GPUs per worker above 1 must be whole GPUs, got {gpus_per_worker!r}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
             raise SearchSettingsError(f"batch size must be a positive integer or None, got {batch_size!r}")
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise SearchSettingsError(f"max attempts must be an integer >= 1, got {max_attempts!r}")
@@ -185,15 +213,15 @@ class RayEvaluator:
         self.max_attempts = max_attempts
         self.start_timeout_s = float(start_timeout_s)
         self.init_kwargs = dict(init_kwargs or {})
-        self.lost_workers = 0         # workers lost (and replaced) over this evaluator's life
-        self.reruns = 0               # schedules run again because their worker was lost
-        self.n_evaluated = 0          # schedules scored
-        self.n_generate = 0           # sampling runs whose results were used: references + schedules
+        self.lost_workers = 0  # workers lost (and replaced) over this evaluator's life
+        self.reruns = 0  # schedules run again because their worker was lost
+        self.n_evaluated = 0  # schedules scored
+        self.n_generate = 0  # sampling runs whose results were used: references + schedules
         self.seconds_evaluating = 0.0
         self._tag = uuid.uuid4().hex[:8]
         self._count = 0
         self._idle: list[_Handle] = []
-        self._starting: dict = {}     # setup ObjectRef -> _Handle of a worker that is starting
+        self._starting: dict = {}  # setup ObjectRef -> _Handle of a worker that is starting
         self._started = False
         self._owns_ray = False
         self._factory_ref = None
@@ -239,19 +267,28 @@ class RayEvaluator:
         if gpw * n > total_gpus + 1e-9 or cpw * n > total_cpus + 1e-9:
             raise SearchSettingsError(
                 f"{n} Ray worker(s) x ({gpw:g} GPU, {cpw:g} CPU) do not fit the Ray cluster, which has "
-                f"{total_gpus:g} GPU(s) and {total_cpus:g} CPU(s); ask for fewer workers or resources per worker")
+                f"{total_gpus:g} GPU(s) and {total_cpus:g} CPU(s); ask for fewer workers or resources per worker"
+            )
         self._gpw = gpw
         self._factory_ref = ray.put(self.factory)
         handles = [self._spawn() for _ in range(n)]
-        log.info("ECAD search: starting %d Ray worker(s) (%g GPU, %g CPU each; cluster: %g GPU, %g CPU)", n, gpw,
-                 cpw, total_gpus, total_cpus)
+        log.info(
+            "ECAD search: starting %d Ray worker(s) (%g GPU, %g CPU each; cluster: %g GPU, %g CPU)",
+            n,
+            gpw,
+            cpw,
+            total_gpus,
+            total_cpus,
+        )
         # every worker loads its pipeline at the same time; the search waits for all of them
         for ref, h in list(self._starting.items()):
             try:
                 h.info = ray.get(ref)
             except _lost_errors(ray) as e:
-                raise EvaluationError(f"Ray worker {h.name} failed to start ({type(e).__name__}: {e}); is "
-                                      "comfyui-ecad installed on every node?") from None
+                raise EvaluationError(
+                    f"Ray worker {h.name} failed to start ({type(e).__name__}: {e}); is "
+                    "comfyui-ecad installed on every node?"
+                ) from None
             except ray.exceptions.RayTaskError as e:
                 # the factory's own error (e.g. a model folder missing on that node)
                 _raise_cause(e, f"Ray worker {h.name} could not build its evaluator")
@@ -261,10 +298,14 @@ class RayEvaluator:
         self._description = dict(self._idle[0].info.get("describe") or {})
         for h in self._idle[1:]:
             if h.info.get("describe") != self._description:
-                raise EvaluationError(f"Ray workers {self._idle[0].where()} and {h.where()} describe different "
-                                      "evaluators; the factory must build the same evaluator everywhere")
-        log.info("ECAD search: Ray workers ready: %s", ", ".join(
-            f"{h.where()} (GPU {','.join(h.info.get('gpus') or []) or '-'})" for h in self._idle))
+                raise EvaluationError(
+                    f"Ray workers {self._idle[0].where()} and {h.where()} describe different "
+                    "evaluators; the factory must build the same evaluator everywhere"
+                )
+        log.info(
+            "ECAD search: Ray workers ready: %s",
+            ", ".join(f"{h.where()} (GPU {','.join(h.info.get('gpus') or []) or '-'})" for h in self._idle),
+        )
 
     def _spawn(self, references=None) -> _Handle:
         """Start a worker; its setup call is in ``_starting`` until it answers."""
@@ -273,8 +314,9 @@ class RayEvaluator:
         self._count += 1
         if self._cls is None:
             self._cls = ray.remote(_EvalWorker)
-        actor = self._cls.options(name=name, num_gpus=self._gpw, num_cpus=self.cpus_per_worker,
-                            max_restarts=0, max_task_retries=0).remote(self._factory_ref)
+        actor = self._cls.options(
+            name=name, num_gpus=self._gpw, num_cpus=self.cpus_per_worker, max_restarts=0, max_task_retries=0
+        ).remote(self._factory_ref)
         h = _Handle(actor, name)
         self._starting[actor.setup.remote(references, self._fingerprint)] = h
         return h
@@ -284,8 +326,9 @@ class RayEvaluator:
         self.start()
         return dict(self._description)
 
-    def prepare(self, out_dir: str | Path | None, fingerprint: str | None = None,
-                progress: Progress | None = None) -> None:
+    def prepare(
+        self, out_dir: str | Path | None, fingerprint: str | None = None, progress: Progress | None = None
+    ) -> None:
         """Share the references with every worker: from ``references.pt`` when it matches, else computed once."""
         self.start()
         ray = self._ray
@@ -318,8 +361,7 @@ class RayEvaluator:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
-                torch.save({"fingerprint": fingerprint, "space": space, "outputs": refs[0], "scores": refs[1]},
-                           tmp)
+                torch.save({"fingerprint": fingerprint, "space": space, "outputs": refs[0], "scores": refs[1]}, tmp)
                 tmp.replace(path)
             if progress:
                 progress("reference", 1, 1)
@@ -338,7 +380,7 @@ class RayEvaluator:
         results: list[float | None] = [None] * n
         attempts = [0] * n
         queue = collections.deque(range(n))
-        running: dict = {}   # evaluate ObjectRef -> (_Handle, schedule index)
+        running: dict = {}  # evaluate ObjectRef -> (_Handle, schedule index)
         idle = collections.deque(self._idle)
         self._idle = []
         done = 0
@@ -355,8 +397,10 @@ class RayEvaluator:
                 timeout = None if running else self.start_timeout_s
                 ready, _ = ray.wait(list(running) + list(self._starting), num_returns=1, timeout=timeout)
                 if not ready:
-                    raise EvaluationError(f"no Ray worker started within {self.start_timeout_s:g} s after workers "
-                                          "were lost; the cluster has no room for a replacement")
+                    raise EvaluationError(
+                        f"no Ray worker started within {self.start_timeout_s:g} s after workers "
+                        "were lost; the cluster has no room for a replacement"
+                    )
                 ref = ready[0]
                 if ref in self._starting:
                     h = self._starting.pop(ref)
@@ -372,15 +416,16 @@ class RayEvaluator:
                 try:
                     loss = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:
-                    _raise_cause(e, f"Ray worker {h.where()} failed on schedule "
-                                    f"{getattr(schedules[i], 'name', i)!r}")
+                    _raise_cause(e, f"Ray worker {h.where()} failed on schedule {getattr(schedules[i], 'name', i)!r}")
                 except lost as e:
                     name = getattr(schedules[i], "name", f"#{i}")
                     again = attempts[i] < self.max_attempts
                     self._replace(h, e, name if again else None)
                     if not again:
-                        raise EvaluationError(f"schedule {name!r} lost its Ray worker {attempts[i]} times "
-                                              f"(last: {h.where()}: {type(e).__name__}); stopping") from None
+                        raise EvaluationError(
+                            f"schedule {name!r} lost its Ray worker {attempts[i]} times "
+                            f"(last: {h.where()}: {type(e).__name__}); stopping"
+                        ) from None
                     self.reruns += 1
                     queue.appendleft(i)
                     continue
@@ -398,8 +443,9 @@ class RayEvaluator:
     def _replace(self, h: _Handle, err: BaseException, schedule_name: str | None) -> None:
         self.lost_workers += 1
         what = f"; schedule {schedule_name!r} runs again on another worker" if schedule_name else ""
-        log.warning("ECAD search: Ray worker %s lost (%s)%s; starting a replacement", h.where(),
-                    type(err).__name__, what)
+        log.warning(
+            "ECAD search: Ray worker %s lost (%s)%s; starting a replacement", h.where(), type(err).__name__, what
+        )
         try:
             self._ray.kill(h.actor)
         except Exception:  # noqa: BLE001 - it is gone already
@@ -412,8 +458,10 @@ class RayEvaluator:
         try:
             return self._ray.get(getattr(h.actor, method).remote(*args))
         except _lost_errors(self._ray) as e:
-            raise EvaluationError(f"Ray worker {h.where()} was lost while {what} ({type(e).__name__}); "
-                                  "start the search again, it resumes from its checkpoint") from None
+            raise EvaluationError(
+                f"Ray worker {h.where()} was lost while {what} ({type(e).__name__}); "
+                "start the search again, it resumes from its checkpoint"
+            ) from None
 
     def on_worker(self, fn: Callable[[Any], Any]):
         """``fn(evaluator)`` run on one worker (e.g. to read the layout and cost model of its pipeline)."""

@@ -26,6 +26,7 @@ copies of the seeds (each child flips a share of bits of one seed, drawn from
 ``(1%, 3%, 10%)`` of the genome, at least one bit), deterministic for a seed.
 Duplicate genomes are never kept.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,7 @@ log = logging.getLogger("ecad.search")
 # family -> (cross-attention-like component, self-attention-like component)
 TGATE_COMPONENTS = {"pixart": ("attn2", "attn1"), "flux": ("full_ff_context", "full_attn")}
 # family -> the attention components recomputed together in family 5
-ATTENTION_COMPONENTS = {"pixart": ("attn1", "attn2"), "flux": ("full_attn", "single_attn"),
-                        "dit_blocks": ()}
+ATTENTION_COMPONENTS = {"pixart": ("attn1", "attn2"), "flux": ("full_attn", "single_attn"), "dit_blocks": ()}
 SEED_MUTATION_SHARES = (0.01, 0.03, 0.10)
 WARM_START_STEP_POLICIES = ("refuse", "remap")
 
@@ -73,8 +73,7 @@ def _type_label(layout: Layout, t: tuple[int, str]) -> str:
 def _sched(space: GenomeSpace, bits: np.ndarray, name: str, kind: str, **params) -> Schedule:
     bits = bits.copy()
     bits[0] = True
-    return Schedule(space.layout, bits, name=name,
-                    provenance={"search_seed": {"kind": kind, **params}})
+    return Schedule(space.layout, bits, name=name, provenance={"search_seed": {"kind": kind, **params}})
 
 
 # -- heuristic families -----------------------------------------------------
@@ -88,16 +87,14 @@ def recompute_all_every_n(space: GenomeSpace, n: int) -> Schedule:
     return _sched(space, bits, f"recompute-all-every-{n}", "recompute-all-every-n", n=n)
 
 
-def types_every_n(space: GenomeSpace, types: Sequence[tuple[int, str]], n: int, name: str | None = None
-                  ) -> Schedule:
+def types_every_n(space: GenomeSpace, types: Sequence[tuple[int, str]], n: int, name: str | None = None) -> Schedule:
     """The units of ``types`` recomputed at steps t % n == 0 only; all other units always."""
     m = type_mask(space.layout, types)
     bits = np.ones((space.steps, space.n_units), bool)
     t = np.arange(space.steps)
     bits[:, m] = (t % n == 0)[:, None]
     labels = [_type_label(space.layout, x) for x in types]
-    return _sched(space, bits, name or f"cache-{'+'.join(labels)}-every-{n}", "types-every-n",
-                  types=labels, n=n)
+    return _sched(space, bits, name or f"cache-{'+'.join(labels)}-every-{n}", "types-every-n", types=labels, n=n)
 
 
 def tgate_like(space: GenomeSpace, gate_step: int, sp_interval: int = 1, warmup: int = 2) -> Schedule | None:
@@ -115,8 +112,16 @@ def tgate_like(space: GenomeSpace, gate_step: int, sp_interval: int = 1, warmup:
     if sp_interval > 1:
         sa = (t < warmup) | (t >= gate_step) | (t % sp_interval == 0)
         bits[:, sm] = sa[:, None]
-    return _sched(space, bits, f"tgate-like-{cross}-gate-{gate_step}-sp-{sp_interval}", "tgate-like",
-                  component=cross, gate_step=gate_step, sp_interval=sp_interval, warmup=warmup)
+    return _sched(
+        space,
+        bits,
+        f"tgate-like-{cross}-gate-{gate_step}-sp-{sp_interval}",
+        "tgate-like",
+        component=cross,
+        gate_step=gate_step,
+        sp_interval=sp_interval,
+        warmup=warmup,
+    )
 
 
 def evenly_cached(space: GenomeSpace, t: tuple[int, str], block_share: float, every: int) -> Schedule:
@@ -126,7 +131,7 @@ def evenly_cached(space: GenomeSpace, t: tuple[int, str], block_share: float, ev
     k = max(1, min(g.count, round(block_share * g.count)))
     chosen = set(np.unique(np.round(np.linspace(0, g.count - 1, k)).astype(int)).tolist())
     mask = np.zeros(space.n_units, bool)
-    start = sum(gg.count * len(gg.components) for gg in layout.groups[:t[0]])
+    start = sum(gg.count * len(gg.components) for gg in layout.groups[: t[0]])
     ci = g.components.index(t[1])
     for b in chosen:
         mask[start + b * len(g.components) + ci] = True
@@ -134,8 +139,15 @@ def evenly_cached(space: GenomeSpace, t: tuple[int, str], block_share: float, ev
     steps_cached = np.arange(space.steps) % every != 0
     bits[np.ix_(steps_cached, mask)] = False
     label = _type_label(layout, t)
-    return _sched(space, bits, f"evenly-cache-{label}-{len(chosen)}-blocks-every-{every}", "evenly-cached",
-                  type=label, blocks=len(chosen), every=every)
+    return _sched(
+        space,
+        bits,
+        f"evenly-cache-{label}-{len(chosen)}-blocks-every-{every}",
+        "evenly-cached",
+        type=label,
+        blocks=len(chosen),
+        every=every,
+    )
 
 
 def heuristic_seeds(space: GenomeSpace) -> list[Schedule]:
@@ -155,10 +167,14 @@ def heuristic_seeds(space: GenomeSpace) -> list[Schedule]:
             if s is not None:
                 fam4.append(s)
     att = [t for t in types if t[1] in ATTENTION_COMPONENTS.get(layout.family, ())]
-    fam5 = [types_every_n(space, att, n, f"cache-attention-every-{n}") for n in (2, 3, 5) if n < S] \
-        if len(att) >= 2 else []
-    fam6 = [evenly_cached(space, t, share, every) for every in (2, 4) if every < S
-            for share in (0.5, 1.0) for t in types]
+    fam5 = (
+        [types_every_n(space, att, n, f"cache-attention-every-{n}") for n in (2, 3, 5) if n < S]
+        if len(att) >= 2
+        else []
+    )
+    fam6 = [
+        evenly_cached(space, t, share, every) for every in (2, 4) if every < S for share in (0.5, 1.0) for t in types
+    ]
     out = list(head)
     fams = [fam3, fam4, fam5, fam6]
     i = 0
@@ -190,8 +206,9 @@ def load_warm_start(items: Iterable, space: GenomeSpace, steps_policy: str = "re
     (``"remap"``: recompute events are kept, merged when downsampling).
     """
     if steps_policy not in WARM_START_STEP_POLICIES:
-        raise SearchSettingsError(f"warm-start steps policy must be one of {WARM_START_STEP_POLICIES}, "
-                                  f"got {steps_policy!r}")
+        raise SearchSettingsError(
+            f"warm-start steps policy must be one of {WARM_START_STEP_POLICIES}, got {steps_policy!r}"
+        )
     out: list[Schedule] = []
     for item in items:
         for src, sched in _expand(item):
@@ -204,7 +221,8 @@ def load_warm_start(items: Iterable, space: GenomeSpace, steps_policy: str = "re
                     raise SearchSettingsError(
                         f"warm start {src}: the schedule has {sched.steps} steps but the search runs "
                         f"{space.steps} steps; search with {sched.steps} steps, or allow remapping "
-                        f"(--remap-warm-start / warm_start_steps='remap')")
+                        f"(--remap-warm-start / warm_start_steps='remap')"
+                    )
                 sched = remap_steps(sched, space.steps)
             prov = dict(sched.provenance)
             prov["search_seed"] = {"kind": "warm-start", "source": src}
@@ -235,8 +253,9 @@ def _expand(item) -> list[tuple[str, Schedule]]:
 
 
 # -- the population ------------------------------------------------------------
-def initial_population(space: GenomeSpace, size: int, *, seed: int = 0, warm_start: Sequence[Schedule] = (),
-                       heuristics: bool = True) -> list[Schedule]:
+def initial_population(
+    space: GenomeSpace, size: int, *, seed: int = 0, warm_start: Sequence[Schedule] = (), heuristics: bool = True
+) -> list[Schedule]:
     """``size`` distinct schedules: warm starts, heuristics, then mutated copies (deterministic by seed)."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
         raise SearchSettingsError(f"population size must be an integer >= 2, got {size!r}")
@@ -244,15 +263,20 @@ def initial_population(space: GenomeSpace, size: int, *, seed: int = 0, warm_sta
     if not base:
         base = [no_cache(space)]
     if len(warm_start) > size:
-        log.warning("ECAD search: %d warm-start schedules for a population of %d; the first %d are used",
-                    len(warm_start), size, size)
+        log.warning(
+            "ECAD search: %d warm-start schedules for a population of %d; the first %d are used",
+            len(warm_start),
+            size,
+            size,
+        )
     pop = base[:size]
     if len(pop) >= size:
         return pop
-    if space.length < 63 and 2 ** space.length < size:
+    if space.length < 63 and 2**space.length < size:
         raise SearchSettingsError(
             f"population size {size} is larger than the number of distinct schedules "
-            f"({2 ** space.length} for {space.steps} steps x {space.n_units} units)")
+            f"({2**space.length} for {space.steps} steps x {space.n_units} units)"
+        )
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xEC4D]))
     seen = {genome_key(space.encode(s)) for s in pop}
     parents = list(pop)

@@ -4,6 +4,7 @@ pymoo's own termination is not used (``NoTermination``): a cancel must be able
 to stop between two evaluation calls of a generation, and a resumed search may
 be given another number of generations or another time budget.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,8 +21,9 @@ class Termination:
     call, checked before each generation after the first (a started generation finishes); ``should_stop()``:
     polled before each generation and each evaluation call."""
 
-    def __init__(self, generations: int | None, time_budget_s: float | None,
-                 should_stop: Callable[[], bool] | None = None):
+    def __init__(
+        self, generations: int | None, time_budget_s: float | None, should_stop: Callable[[], bool] | None = None
+    ):
         self.generations = generations
         self.time_budget_s = time_budget_s
         self.should_stop = should_stop

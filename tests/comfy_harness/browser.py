@@ -11,6 +11,7 @@ Needs ``/usr/bin/chromium`` (Debian package) and ``playwright-core`` in
 ``.cache/node`` (both installed by scripts/setup_env.sh); :func:`browser_available`
 says whether they are there.  Stdlib only.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,14 @@ PLAYWRIGHT_CORE = NODE_MODULES / "playwright-core"
 CHROMIUM = Path(os.environ.get("ECAD_CHROMIUM", "/usr/bin/chromium"))
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--disable-dev-shm-usage",
 ]
 
@@ -45,8 +52,8 @@ class BrowserResult:
     page_errors: list[str]
     console_errors: list[str]
     screenshot: Path | None
-    api_prompt: dict | None = None       # app.graphToPrompt().output when to_prompt=True
-    probe: object = None                 # the job's probe expression's value (JSON)
+    api_prompt: dict | None = None  # app.graphToPrompt().output when to_prompt=True
+    probe: object = None  # the job's probe expression's value (JSON)
     raw: dict = field(default_factory=dict)
 
 
@@ -67,7 +74,7 @@ def browser_available() -> bool:
 
 
 FRONTEND_SETTINGS = {
-    "Comfy.TutorialCompleted": True,                    # no templates dialog on first load
+    "Comfy.TutorialCompleted": True,  # no templates dialog on first load
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Workflow.ShowMissingModelsWarning": False,
 }
@@ -76,14 +83,23 @@ FRONTEND_SETTINGS = {
 def prepare_frontend_settings(base_url: str, settings: dict | None = None) -> None:
     """POST /settings (stored in the server's user dir, read by the frontend at load)."""
     body = json.dumps(dict(FRONTEND_SETTINGS, **(settings or {}))).encode()
-    req = urllib.request.Request(f"{base_url.rstrip('/')}/settings", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{base_url.rstrip('/')}/settings", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     urllib.request.urlopen(req, timeout=10).read()
 
 
-def load_workflows_in_browser(base_url: str, jobs, *, timeout: float = 120.0, width: int = 1400,
-                              height: int = 900, settle_ms: int = 1000, fit_view: bool = True,
-                              to_prompt: bool = False) -> list[BrowserResult]:
+def load_workflows_in_browser(
+    base_url: str,
+    jobs,
+    *,
+    timeout: float = 120.0,
+    width: int = 1400,
+    height: int = 900,
+    settle_ms: int = 1000,
+    fit_view: bool = True,
+    to_prompt: bool = False,
+) -> list[BrowserResult]:
     """Load several UI workflows one after the other in ONE headless chromium session.
 
     ``jobs``: iterable of ``(workflow, screenshot_path_or_None[, to_prompt[, probe]])``; a workflow
@@ -117,8 +133,14 @@ def load_workflows_in_browser(base_url: str, jobs, *, timeout: float = 120.0, wi
             if screenshot is not None:
                 shot = Path(screenshot).resolve()
                 shot.parent.mkdir(parents=True, exist_ok=True)
-            cfg_jobs.append({"workflow_path": str(wf_path), "screenshot": str(shot) if shot else None,
-                             "to_prompt": job_to_prompt, "probe": probe})
+            cfg_jobs.append(
+                {
+                    "workflow_path": str(wf_path),
+                    "screenshot": str(shot) if shot else None,
+                    "to_prompt": job_to_prompt,
+                    "probe": probe,
+                }
+            )
         profile = tmp / "profile"
         profile.mkdir()
         cfg = {
@@ -126,39 +148,47 @@ def load_workflows_in_browser(base_url: str, jobs, *, timeout: float = 120.0, wi
             "jobs": cfg_jobs,
             "playwright_core": str(PLAYWRIGHT_CORE),
             "chromium": str(CHROMIUM),
-            "user_data_dir": str(profile),          # a fresh profile every time
+            "user_data_dir": str(profile),  # a fresh profile every time
             "args": CHROMIUM_FLAGS,
             "timeout_ms": int(timeout * 1000 * 0.5),
-            "width": width, "height": height, "settle_ms": settle_ms, "fit_view": fit_view,
+            "width": width,
+            "height": height,
+            "settle_ms": settle_ms,
+            "fit_view": fit_view,
         }
         cfg_path = tmp / "config.json"
         cfg_path.write_text(json.dumps(cfg))
         env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
-        proc = subprocess.run(["node", str(SCRIPT), str(cfg_path)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=str(tmp))
+        proc = subprocess.run(
+            ["node", str(SCRIPT), str(cfg_path)], capture_output=True, text=True, timeout=timeout, env=env, cwd=str(tmp)
+        )
     raw = None
     for line in proc.stdout.splitlines():
         if line.startswith("ECAD_BROWSER_RESULT "):
-            raw = json.loads(line[len("ECAD_BROWSER_RESULT "):])
+            raw = json.loads(line[len("ECAD_BROWSER_RESULT ") :])
     if raw is None or "fatal" in raw or proc.returncode != 0:
         detail = (raw or {}).get("fatal") or ""
-        raise RuntimeError(f"browser check failed (rc {proc.returncode}): {detail}\n"
-                           f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"browser check failed (rc {proc.returncode}): {detail}\n"
+            f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}"
+        )
     results = []
     for one in raw["jobs"]:
         missing = sorted(set(one.get("unregistered_types") or []) | set(one.get("reported_missing") or []))
-        results.append(BrowserResult(
-            missing=missing,
-            frontend_version=one.get("frontend_version"),
-            graph_node_count=one.get("graph_node_count", 0),
-            dialogs=one.get("dialogs") or [],
-            page_errors=one.get("page_errors") or [],
-            console_errors=one.get("console_errors") or [],
-            screenshot=Path(one["screenshot"]) if one.get("screenshot") else None,
-            api_prompt=one.get("api_prompt"),
-            probe=one.get("probe"),
-            raw=dict(one, failed_requests=raw.get("failed_requests", [])),
-        ))
+        results.append(
+            BrowserResult(
+                missing=missing,
+                frontend_version=one.get("frontend_version"),
+                graph_node_count=one.get("graph_node_count", 0),
+                dialogs=one.get("dialogs") or [],
+                page_errors=one.get("page_errors") or [],
+                console_errors=one.get("console_errors") or [],
+                screenshot=Path(one["screenshot"]) if one.get("screenshot") else None,
+                api_prompt=one.get("api_prompt"),
+                probe=one.get("probe"),
+                raw=dict(one, failed_requests=raw.get("failed_requests", [])),
+            )
+        )
     return results
 
 

@@ -36,6 +36,7 @@ Command line::
 
     python make_tiny.py --comfy-dir .cache/ComfyUI --models-root .cache/tiny-models [names...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,58 +65,145 @@ FLUX_CONTEXT_DIM = 64
 FLUX_POOLED_DIM = 32
 
 FLUX_BASE = dict(
-    in_channels=16, out_channels=16, vec_in_dim=FLUX_POOLED_DIM, context_in_dim=FLUX_CONTEXT_DIM,
-    hidden_size=3072, mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1,
-    axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True,
+    in_channels=16,
+    out_channels=16,
+    vec_in_dim=FLUX_POOLED_DIM,
+    context_in_dim=FLUX_CONTEXT_DIM,
+    hidden_size=3072,
+    mlp_ratio=4.0,
+    num_heads=24,
+    depth=1,
+    depth_single_blocks=1,
+    axes_dim=[16, 56, 56],
+    theta=10000,
+    patch_size=2,
+    qkv_bias=True,
 )
 
 SPECS: dict[str, dict] = {
     "ecad_tiny_pixart_alpha": dict(
-        subdir="diffusion_models", kind="pixart", dtype="float16", seed=101,
-        kwargs=dict(hidden_size=1152, num_heads=16, depth=2, caption_channels=PIXART_COND_DIM,
-                    model_max_length=120, micro_condition=True, in_channels=4, patch_size=2),
+        subdir="diffusion_models",
+        kind="pixart",
+        dtype="float16",
+        seed=101,
+        kwargs=dict(
+            hidden_size=1152,
+            num_heads=16,
+            depth=2,
+            caption_channels=PIXART_COND_DIM,
+            model_max_length=120,
+            micro_condition=True,
+            in_channels=4,
+            patch_size=2,
+        ),
     ),
     "ecad_tiny_pixart_sigma": dict(
-        subdir="diffusion_models", kind="pixart", dtype="float16", seed=102,
-        kwargs=dict(hidden_size=1152, num_heads=16, depth=2, caption_channels=PIXART_COND_DIM,
-                    model_max_length=300, micro_condition=False, in_channels=4, patch_size=2),
+        subdir="diffusion_models",
+        kind="pixart",
+        dtype="float16",
+        seed=102,
+        kwargs=dict(
+            hidden_size=1152,
+            num_heads=16,
+            depth=2,
+            caption_channels=PIXART_COND_DIM,
+            model_max_length=300,
+            micro_condition=False,
+            in_channels=4,
+            patch_size=2,
+        ),
     ),
     "ecad_tiny_flux_dev": dict(
-        subdir="diffusion_models", kind="flux", dtype="bfloat16", seed=103,
+        subdir="diffusion_models",
+        kind="flux",
+        dtype="bfloat16",
+        seed=103,
         kwargs=dict(FLUX_BASE, guidance_embed=True),
     ),
     "ecad_tiny_flux_schnell": dict(
-        subdir="diffusion_models", kind="flux", dtype="bfloat16", seed=104,
+        subdir="diffusion_models",
+        kind="flux",
+        dtype="bfloat16",
+        seed=104,
         kwargs=dict(FLUX_BASE, guidance_embed=False),
     ),
     # like PixArt-XL-2-256x256: the original checkpoint stores its fixed 16x16 pos_embed
     "ecad_tiny_pixart_256pe": dict(
-        subdir="diffusion_models", kind="pixart", dtype="float16", seed=109,
-        kwargs=dict(hidden_size=1152, num_heads=16, depth=2, caption_channels=PIXART_COND_DIM,
-                    model_max_length=120, micro_condition=False, in_channels=4, patch_size=2),
+        subdir="diffusion_models",
+        kind="pixart",
+        dtype="float16",
+        seed=109,
+        kwargs=dict(
+            hidden_size=1152,
+            num_heads=16,
+            depth=2,
+            caption_channels=PIXART_COND_DIM,
+            model_max_length=120,
+            micro_condition=False,
+            in_channels=4,
+            patch_size=2,
+        ),
         extra={"pos_embed": [1, 256, 1152]},
     ),
     # SD3: MMDiT's width is 64 x depth, so depth 2 is 128 wide (block-level ECAD units)
     "ecad_tiny_sd3": dict(
-        subdir="diffusion_models", kind="mmdit", dtype="float16", seed=107,
-        kwargs=dict(input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=2,
-                    adm_in_channels=FLUX_CONTEXT_DIM, pos_embed_max_size=16, num_patches=256,
-                    pos_embed_scaling_factor=None, x_block_self_attn_layers=[],
-                    context_embedder_config={"target": "torch.nn.Linear",
-                                             "params": {"in_features": FLUX_CONTEXT_DIM, "out_features": 128}}),
+        subdir="diffusion_models",
+        kind="mmdit",
+        dtype="float16",
+        seed=107,
+        kwargs=dict(
+            input_size=None,
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            depth=2,
+            adm_in_channels=FLUX_CONTEXT_DIM,
+            pos_embed_max_size=16,
+            num_patches=256,
+            pos_embed_scaling_factor=None,
+            x_block_self_attn_layers=[],
+            context_embedder_config={
+                "target": "torch.nn.Linear",
+                "params": {"in_features": FLUX_CONTEXT_DIM, "out_features": 128},
+            },
+        ),
     ),
     # Wan 2.1: num_heads = dim // 128 on the stock detection path
     "ecad_tiny_wan": dict(
-        subdir="diffusion_models", kind="wan", dtype="float16", seed=108,
-        kwargs=dict(model_type="t2v", patch_size=[1, 2, 2], dim=128, ffn_dim=256, freq_dim=256, text_dim=4096,
-                    in_dim=16, out_dim=16, num_heads=1, num_layers=2, qk_norm=True, cross_attn_norm=True,
-                    eps=1e-6, image_model="wan2.1"),
+        subdir="diffusion_models",
+        kind="wan",
+        dtype="float16",
+        seed=108,
+        kwargs=dict(
+            model_type="t2v",
+            patch_size=[1, 2, 2],
+            dim=128,
+            ffn_dim=256,
+            freq_dim=256,
+            text_dim=4096,
+            in_dim=16,
+            out_dim=16,
+            num_heads=1,
+            num_layers=2,
+            qk_norm=True,
+            cross_attn_norm=True,
+            eps=1e-6,
+            image_model="wan2.1",
+        ),
     ),
     "ecad_tiny_taesd_4ch": dict(
-        subdir="vae", kind="taesd", dtype="float32", seed=105, kwargs=dict(latent_channels=4),
+        subdir="vae",
+        kind="taesd",
+        dtype="float32",
+        seed=105,
+        kwargs=dict(latent_channels=4),
     ),
     "ecad_tiny_taesd_16ch": dict(
-        subdir="vae", kind="taesd", dtype="float32", seed=106, kwargs=dict(latent_channels=16),
+        subdir="vae",
+        kind="taesd",
+        dtype="float32",
+        seed=106,
+        kwargs=dict(latent_channels=16),
     ),
 }
 
@@ -158,11 +246,13 @@ def is_current(models_root: os.PathLike | str, name: str) -> bool:
     return p.is_file() and read_safetensors_metadata(p).get(RECIPE_KEY) == recipe_hash(name)
 
 
-def ensure_models(models_root: os.PathLike | str = DEFAULT_MODELS_ROOT,
-                  names: list[str] | None = None,
-                  comfy_dir: os.PathLike | str = DEFAULT_COMFY_DIR,
-                  python: str | None = None,
-                  in_process: bool = False) -> dict[str, Path]:
+def ensure_models(
+    models_root: os.PathLike | str = DEFAULT_MODELS_ROOT,
+    names: list[str] | None = None,
+    comfy_dir: os.PathLike | str = DEFAULT_COMFY_DIR,
+    python: str | None = None,
+    in_process: bool = False,
+) -> dict[str, Path]:
     """Make sure the named tiny models exist (all by default); return name -> path.
 
     Missing or outdated files are built in a subprocess running ``python``
@@ -177,8 +267,15 @@ def ensure_models(models_root: os.PathLike | str = DEFAULT_MODELS_ROOT,
         if in_process:
             build(comfy_dir, models_root, todo)
         else:
-            cmd = [python or sys.executable, str(Path(__file__).resolve()),
-                   "--comfy-dir", str(comfy_dir), "--models-root", str(models_root), *todo]
+            cmd = [
+                python or sys.executable,
+                str(Path(__file__).resolve()),
+                "--comfy-dir",
+                str(comfy_dir),
+                "--models-root",
+                str(models_root),
+                *todo,
+            ]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"building tiny models failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
@@ -190,34 +287,42 @@ def ensure_models(models_root: os.PathLike | str = DEFAULT_MODELS_ROOT,
 
 # --------------------------------------------------------------------------- building (imports ComfyUI)
 
+
 def _import_comfy(comfy_dir):
     comfy_dir = str(Path(comfy_dir).resolve())
     if comfy_dir not in sys.path:
         sys.path.insert(0, comfy_dir)
     from comfy.cli_args import args
+
     args.cpu = True  # must happen before anything imports comfy.model_management
     import comfy.ops  # noqa: F401
 
 
 def _meta_module(spec):
     import comfy.ops
+
     ops = comfy.ops.disable_weight_init
     kind, kw = spec["kind"], spec["kwargs"]
     if kind == "pixart":
         import comfy.ldm.pixart.pixartms as pixartms
+
         return pixartms.PixArtMS(device="meta", operations=ops, **kw)
     if kind == "flux":
         import comfy.ldm.flux.model as flux_model
+
         return flux_model.Flux(device="meta", operations=ops, **kw)
     if kind == "mmdit":
         import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+
         return mmdit.OpenAISignatureMMDITWrapper(device="meta", operations=ops, **kw)
     if kind == "wan":
         import comfy.ldm.wan.model as wan
+
         return wan.WanModel(device="meta", operations=ops, **dict(kw, patch_size=tuple(kw["patch_size"])))
     if kind == "taesd":
         import comfy.taesd.taesd as taesd
         import torch
+
         with torch.device("meta"):
             return taesd.TAESD(**kw)
     raise ValueError(kind)
@@ -226,6 +331,7 @@ def _meta_module(spec):
 def random_state_dict(module, seed: int, dtype):
     """Seeded random tensors for every entry of ``module.state_dict()`` (may live on meta)."""
     import torch
+
     out = {}
     for key, t in module.state_dict().items():
         shape = tuple(t.shape)
@@ -248,6 +354,7 @@ def build(comfy_dir, models_root, names):
     _import_comfy(comfy_dir)
     import torch
     from safetensors.torch import save_file
+
     for name in names:
         spec = SPECS[name]
         t0 = time.time()
@@ -263,8 +370,11 @@ def build(comfy_dir, models_root, names):
         save_file(sd, str(tmp), metadata={RECIPE_KEY: recipe_hash(name), "ecad_tiny_spec": json.dumps(spec)})
         del sd
         os.replace(tmp, dest)
-        print(f"[make_tiny] {name}: {nparams / 1e6:.1f} M params, {dest.stat().st_size / 1e6:.0f} MB, "
-              f"{time.time() - t0:.1f} s -> {dest}", flush=True)
+        print(
+            f"[make_tiny] {name}: {nparams / 1e6:.1f} M params, {dest.stat().st_size / 1e6:.0f} MB, "
+            f"{time.time() - t0:.1f} s -> {dest}",
+            flush=True,
+        )
 
 
 def main(argv=None):

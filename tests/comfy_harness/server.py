@@ -15,6 +15,7 @@ Also here: :func:`ui_to_api`, which converts a UI workflow (``nodes``/``links``/
 ``widgets_values``, as saved by the frontend) into the API prompt format, using
 the server's ``/object_info`` to name the widget values.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -35,7 +36,7 @@ from pathlib import Path
 
 try:
     from . import make_tiny
-except ImportError:          # loaded as a top-level module (folder on sys.path)
+except ImportError:  # loaded as a top-level module (folder on sys.path)
     import make_tiny
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +44,7 @@ REPO_ROOT = HERE.parents[1]
 # ECAD_COMFY_DIR overrides where ComfyUI is (default: .cache/ComfyUI from scripts/setup_env.sh)
 DEFAULT_COMFY_DIR = Path(os.environ.get("ECAD_COMFY_DIR") or REPO_ROOT / ".cache" / "ComfyUI")
 DEFAULT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
-SUPPORT_PACK_DIR = HERE / "support_pack"          # folder holding comfy_ecad_test_support/
+SUPPORT_PACK_DIR = HERE / "support_pack"  # folder holding comfy_ecad_test_support/
 REPO_PACK_NAME = "comfyui-ecad"
 
 
@@ -70,8 +71,10 @@ class PromptExecutionError(ComfyError):
         self.entry = entry
         tb = "".join(details.get("traceback") or []) if isinstance(details, dict) else ""
         if isinstance(details, dict):
-            msg = (f"prompt {prompt_id} failed in node {details.get('node_id')} ({details.get('node_type')}): "
-                   f"{details.get('exception_type')}: {details.get('exception_message')}")
+            msg = (
+                f"prompt {prompt_id} failed in node {details.get('node_id')} ({details.get('node_type')}): "
+                f"{details.get('exception_type')}: {details.get('exception_message')}"
+            )
         else:
             msg = f"prompt {prompt_id} failed: {details}"
         super().__init__(msg + ("\n" + tb if tb else ""))
@@ -81,7 +84,8 @@ def _die_with_parent():
     """In the child: get SIGTERM when the parent (e.g. pytest) dies, so no server is left behind."""
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - not Linux/glibc: the parent's cleanup still stops the server
         pass
 
@@ -106,9 +110,22 @@ class ComfyServer:
     extra_args: more ComfyUI command line arguments (e.g. ``["--cache-none"]``).
     """
 
-    def __init__(self, base_dir=None, *, comfy_dir=DEFAULT_COMFY_DIR, python=None, models_root=None,
-                 ensure_models=True, load_repo_pack=True, support_pack=True, extra_args=(),
-                 port=None, startup_timeout=180.0, keep_base_dir=False, env=None):
+    def __init__(
+        self,
+        base_dir=None,
+        *,
+        comfy_dir=DEFAULT_COMFY_DIR,
+        python=None,
+        models_root=None,
+        ensure_models=True,
+        load_repo_pack=True,
+        support_pack=True,
+        extra_args=(),
+        port=None,
+        startup_timeout=180.0,
+        keep_base_dir=False,
+        env=None,
+    ):
         self.comfy_dir = Path(comfy_dir).resolve()
         self.python = str(python or (DEFAULT_PYTHON if DEFAULT_PYTHON.exists() else sys.executable))
         self.models_root = Path(models_root or make_tiny.DEFAULT_MODELS_ROOT).resolve()
@@ -148,14 +165,16 @@ class ComfyServer:
             self.base_dir = Path(tempfile.mkdtemp(prefix="e2e-", dir=cache))
         b = self.base_dir
         for d in ("custom_nodes", "input", "output", "temp", "user"):
-            (b / d).mkdir(parents=True, exist_ok=True)   # --base-directory needs custom_nodes/
+            (b / d).mkdir(parents=True, exist_ok=True)  # --base-directory needs custom_nodes/
         link = b / "custom_nodes" / REPO_PACK_NAME
         if self.load_repo_pack and not link.exists():
             link.symlink_to(REPO_ROOT, target_is_directory=True)
         lines = ["ecad_e2e:", f"  base_path: {json.dumps(str(b))}"]
-        lines += [f"  diffusion_models: {json.dumps(str(self.models_root / 'diffusion_models'))}",
-                  f"  unet: {json.dumps(str(self.models_root / 'diffusion_models'))}",
-                  f"  vae: {json.dumps(str(self.models_root / 'vae'))}"]
+        lines += [
+            f"  diffusion_models: {json.dumps(str(self.models_root / 'diffusion_models'))}",
+            f"  unet: {json.dumps(str(self.models_root / 'diffusion_models'))}",
+            f"  vae: {json.dumps(str(self.models_root / 'vae'))}",
+        ]
         if self.support_pack:
             lines.append(f"  custom_nodes: {json.dumps(str(SUPPORT_PACK_DIR))}")
         self.yaml_path = b / "extra_model_paths.yaml"
@@ -171,24 +190,52 @@ class ComfyServer:
         self._prepare_base()
         if self.port is None:
             self.port = free_port()
-        cmd = [self.python, str(self.comfy_dir / "main.py"),
-               "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--disable-api-nodes",
-               "--base-directory", str(self.base_dir),
-               "--extra-model-paths-config", str(self.yaml_path),
-               "--database-url", "sqlite:///:memory:",
-               "--preview-method", "none", "--log-stdout", *self.extra_args]
+        cmd = [
+            self.python,
+            str(self.comfy_dir / "main.py"),
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--disable-api-nodes",
+            "--base-directory",
+            str(self.base_dir),
+            "--extra-model-paths-config",
+            str(self.yaml_path),
+            "--database-url",
+            "sqlite:///:memory:",
+            "--preview-method",
+            "none",
+            "--log-stdout",
+            *self.extra_args,
+        ]
         env = dict(os.environ)
-        env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1",
-                    "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", "")})
+        env.update(
+            {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "DO_NOT_TRACK": "1",
+                "PYTHONUNBUFFERED": "1",
+                "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", ""),
+            }
+        )
         env.pop("PYTHONPATH", None)
         env.update(self.env)
         self.log_path = self.base_dir / "server.log"
         self._log_file = open(self.log_path, "wb")
         t0 = time.time()
-        self.proc = subprocess.Popen(cmd, cwd=str(self.base_dir), env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=str(self.base_dir),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         atexit.register(self.stop)
         deadline = t0 + self.startup_timeout
         while True:
@@ -246,8 +293,9 @@ class ComfyServer:
     # ------------------------------------------------------------------ HTTP
     def _request(self, method, path, body=None, timeout=60.0):
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"} if data else {}
+        )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             raw = r.read()
         if not raw:
@@ -347,14 +395,22 @@ class ComfyServer:
         while not self.queue_idle() and time.time() < deadline:
             time.sleep(0.1)
         self.post_json("/free", {"unload_models": unload_models, "free_memory": free_memory})
-        self.run({"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
-                  "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0],
-                                                                "filename_prefix": "ecad_free_probe/probe"}}})
+        self.run(
+            {
+                "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
+                "2": {
+                    "class_type": "SaveLatent",
+                    "inputs": {"samples": ["1", 0], "filename_prefix": "ecad_free_probe/probe"},
+                },
+            }
+        )
 
     # ------------------------------------------------------------------ outputs
     def output_file(self, info: dict) -> Path:
         """Path of an output described as ``{"filename", "subfolder", "type"}``."""
-        root = {"output": self.output_dir, "temp": self.base_dir / "temp", "input": self.input_dir}[info.get("type", "output")]
+        root = {"output": self.output_dir, "temp": self.base_dir / "temp", "input": self.input_dir}[
+            info.get("type", "output")
+        ]
         return root / info.get("subfolder", "") / info["filename"]
 
     def output_files(self, entry: dict, kind: str = "images") -> list[Path]:
@@ -375,8 +431,18 @@ class ComfyServer:
 
 # Widget types the stock frontend builds for a node input (ComfyWidgets); anything
 # else (MODEL, LATENT, custom types...) is a socket.
-_WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO", "MARKDOWN", "IMAGEUPLOAD", "COLOR",
-                 "IMAGECOMPARE", "CHART"}
+_WIDGET_TYPES = {
+    "INT",
+    "FLOAT",
+    "BOOLEAN",
+    "STRING",
+    "COMBO",
+    "MARKDOWN",
+    "IMAGEUPLOAD",
+    "COLOR",
+    "IMAGECOMPARE",
+    "CHART",
+}
 _UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
 # Frontend-only node types that never reach the API prompt.
 _VIRTUAL_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
@@ -454,15 +520,17 @@ def _map_widgets(node: dict, node_def: dict) -> dict:
     values = node.get("widgets_values")
     if values is None:
         return {}
-    if isinstance(values, dict):   # some packs store a name -> value dict
+    if isinstance(values, dict):  # some packs store a name -> value dict
         names = {n for n, t, o in _input_specs(node_def)}
         return {k: v for k, v in values.items() if k in names}
     layouts = _widget_layouts(node_def)
     for layout in layouts:
         if len(layout) == len(values):
             return {name: v for name, v in zip(layout, values) if name is not None}
-    raise ValueError(f"node {node.get('id')} ({node.get('type')}): {len(values)} widgets_values {values!r} "
-                     f"match no widget layout {layouts!r}")
+    raise ValueError(
+        f"node {node.get('id')} ({node.get('type')}): {len(values)} widgets_values {values!r} "
+        f"match no widget layout {layouts!r}"
+    )
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
@@ -479,9 +547,14 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     nodes = {int(n["id"]): n for n in workflow.get("nodes", [])}
     links = {}
     for link in workflow.get("links", []):
-        if isinstance(link, dict):   # newer serialisation
-            links[int(link["id"])] = (int(link["origin_id"]), int(link["origin_slot"]),
-                                      int(link["target_id"]), int(link["target_slot"]), link.get("type"))
+        if isinstance(link, dict):  # newer serialisation
+            links[int(link["id"])] = (
+                int(link["origin_id"]),
+                int(link["origin_slot"]),
+                int(link["target_id"]),
+                int(link["target_slot"]),
+                link.get("type"),
+            )
         else:
             lid, o_id, o_slot, t_id, t_slot, typ = link[:6]
             links[int(lid)] = (int(o_id), int(o_slot), int(t_id), int(t_slot), typ)

@@ -1,5 +1,6 @@
 """Denoising loops shared by the block re-statement tests: the engine (``ecad_core.cached``, played the way a
 pipeline's scheduler plays it) and the module-output ceiling (``bench.ceiling.CeilingCache``), same schedule."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +21,7 @@ def engine_loop(den, sched):
         def pre(i):
             if i > 0:
                 h.tracker.scheduler_stepped()
+
         x = den.loop(pre)
         stats = h.finish_run()
     return x, stats, kinds

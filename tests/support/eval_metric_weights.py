@@ -5,6 +5,7 @@ that the real loading code then reads (FID Inception state dict, LPIPS's two
 weight files, a transformers CLIP folder, a tiny ImageReward checkpoint). Random
 weights exercise the code path, not the metric's meaning.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,11 +69,17 @@ def write_clip(folder: Path, seed: int = 0) -> Path:
         vocab[c + "</w>"] = len(vocab)
     tok = CLIPTokenizer(vocab=vocab, merges=[])
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    cfg = CLIPConfig(text_config=dict(small, vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0,
-                                      eos_token_id=1, pad_token_id=1),
-                     vision_config=dict(small, image_size=32, patch_size=8), projection_dim=16)
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    cfg = CLIPConfig(
+        text_config=dict(
+            small, vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1
+        ),
+        vision_config=dict(small, image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    proc = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tok,
+    )
     CLIPModel(cfg).save_pretrained(folder)
     proc.save_pretrained(folder)
     return folder

@@ -17,6 +17,7 @@ environment with the official package (not a test dependency)::
     /tmp/irvenv/bin/pip install --no-deps image-reward==1.5 timm==0.6.13 fairscale==0.4.13
     /tmp/irvenv/bin/python tests/imagereward_fixture.py /tmp/irref
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,18 +33,40 @@ import torch
 VIT = {"image_size": 224, "patch": 32, "width": 128, "depth": 2, "heads": 2, "mlp_ratio": 4}
 # The text encoder: BLIP's med_config.json with 1 layer; hidden_size stays 768 (the reward MLP's input).
 MED_CONFIG = {
-    "architectures": ["BertModel"], "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1, "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 256,
-    "layer_norm_eps": 1e-12, "max_position_embeddings": 40, "model_type": "bert", "num_attention_heads": 12,
-    "num_hidden_layers": 1, "pad_token_id": 0, "type_vocab_size": 2, "vocab_size": None,  # set below
-    "encoder_width": 768, "add_cross_attention": True,
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 256,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 40,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 1,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": None,  # set below
+    "encoder_width": 768,
+    "add_cross_attention": True,
 }
-_WORDS = ("a red fox in the snow lighthouse at night photo of an old man with hat painting cat on sofa "
-          "blue sky over city street cinematic lighting highly detailed portrait castle mountain lake "
-          "sunset dog running beach astronaut riding horse oil").split()
+_WORDS = (
+    "a red fox in the snow lighthouse at night photo of an old man with hat painting cat on sofa "
+    "blue sky over city street cinematic lighting highly detailed portrait castle mountain lake "
+    "sunset dog running beach astronaut riding horse oil"
+).split()
 _PIECES = ["##s", "##ing", "##ed", "##er", "##ly"] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-VOCAB = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(",.!?-'")
-                           + list("abcdefghijklmnopqrstuvwxyz") + list("0123456789") + _WORDS + _PIECES))
+VOCAB = list(
+    dict.fromkeys(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + list(",.!?-'")
+        + list("abcdefghijklmnopqrstuvwxyz")
+        + list("0123456789")
+        + _WORDS
+        + _PIECES
+    )
+)
 MED_CONFIG["vocab_size"] = len(VOCAB) + 2  # + BLIP's [DEC] and [ENC]
 
 PROMPTS = [
@@ -64,7 +87,7 @@ def _hash_uniform(n: int, name: str) -> torch.Tensor:
     for _ in range(2):
         x.bitwise_xor_(x >> 16).mul_(0x45D9F3B).bitwise_and_(m)
     x.bitwise_xor_(x >> 16)
-    return x.double().add_(0.5).div_(2.0 ** 32).float()
+    return x.double().add_(0.5).div_(2.0**32).float()
 
 
 def _param(name: str, shape, std: float, mean: float = 0.0) -> torch.Tensor:
@@ -110,10 +133,12 @@ def _state_dict() -> dict:
     c = MED_CONFIG
     h, t = c["hidden_size"], "blip.text_encoder."
     sd[t + "embeddings.position_ids"] = torch.arange(c["max_position_embeddings"]).expand((1, -1))
-    sd[t + "embeddings.word_embeddings.weight"] = _param(t + "embeddings.word_embeddings.weight",
-                                                         (c["vocab_size"], h), 0.5)
-    sd[t + "embeddings.position_embeddings.weight"] = _param(t + "embeddings.position_embeddings.weight",
-                                                             (c["max_position_embeddings"], h), 0.5)
+    sd[t + "embeddings.word_embeddings.weight"] = _param(
+        t + "embeddings.word_embeddings.weight", (c["vocab_size"], h), 0.5
+    )
+    sd[t + "embeddings.position_embeddings.weight"] = _param(
+        t + "embeddings.position_embeddings.weight", (c["max_position_embeddings"], h), 0.5
+    )
     _norm(sd, t + "embeddings.LayerNorm", h)
     for i in range(c["num_hidden_layers"]):
         lay = f"{t}encoder.layer.{i}."
@@ -142,8 +167,9 @@ def write_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def write_tiny_imagereward(folder: Path, *, med_config: bool = True, tokenizer: bool = True,
-                           sd: dict | None = None) -> Path:
+def write_tiny_imagereward(
+    folder: Path, *, med_config: bool = True, tokenizer: bool = True, sd: dict | None = None
+) -> Path:
     """``folder/ImageReward.pt`` (+ ``med_config.json``, ``tokenizer/``); returns the checkpoint path."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "ImageReward.pt"
@@ -168,8 +194,7 @@ def _image(n: int, h: int, w: int, seed: str) -> torch.Tensor:
 
 def image_sets() -> list[tuple[torch.Tensor, list[str]]]:
     """(uint8 images [N, 3, H, W], prompts): a landscape batch to shrink and a small portrait one to enlarge."""
-    return [(_image(3, 240, 320, "landscape"), PROMPTS[:3]),
-            (_image(2, 64, 48, "portrait"), PROMPTS[3:])]
+    return [(_image(3, 240, 320, "landscape"), PROMPTS[:3]), (_image(2, 64, 48, "portrait"), PROMPTS[3:])]
 
 
 def official_scores(folder: Path) -> list[float]:
@@ -208,8 +233,14 @@ def official_scores(folder: Path) -> list[float]:
 
     def tiny_vit(vit, image_size, use_grad_checkpointing=False, ckpt_layer=0, drop_path_rate=0):
         assert vit == "large" and image_size == VIT["image_size"]
-        return VisionTransformer(img_size=image_size, patch_size=VIT["patch"], embed_dim=VIT["width"],
-                                 depth=VIT["depth"], num_heads=VIT["heads"], mlp_ratio=VIT["mlp_ratio"]), VIT["width"]
+        return VisionTransformer(
+            img_size=image_size,
+            patch_size=VIT["patch"],
+            embed_dim=VIT["width"],
+            depth=VIT["depth"],
+            num_heads=VIT["heads"],
+            mlp_ratio=VIT["mlp_ratio"],
+        ), VIT["width"]
 
     blip.BertTokenizer = LocalBert
     blip_pretrain.create_vit = tiny_vit

@@ -5,6 +5,7 @@ folder is missing those tests skip, saying so and how to get it; with ``ECAD_REQ
 absence is a failure. Parametrized tests never vanish: without the folder they get one placeholder case that
 skips (or fails) in conftest's ``pytest_runtest_setup`` (its ``reference_missing`` mark).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,9 +39,11 @@ def required() -> bool:
 
 
 def missing_reason() -> str:
-    return (f"ECAD's reference files are not at {REF_DIR} (no schedules/ folder): set {ENV} to the folder "
-            "holding schedules/ and compact/ (a snapshot of the AniAggarwal/ecad repository's schedule files, see "
-            "its README), or put it at ../shared/ecad-reference beside the repository")
+    return (
+        f"ECAD's reference files are not at {REF_DIR} (no schedules/ folder): set {ENV} to the folder "
+        "holding schedules/ and compact/ (a snapshot of the AniAggarwal/ecad repository's schedule files, see "
+        "its README), or put it at ../shared/ecad-reference beside the repository"
+    )
 
 
 def need() -> Path:

@@ -1,6 +1,7 @@
 """Corrupted and hostile schedule files, shared by the loader tests (test_schedule_format.py) and the
 library tests (test_library_bad_files.py): each case is a file the loader must refuse with one
 ScheduleError naming the file, plus random corruptions of real files (refused or complete)."""
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,18 @@ REF = reference.SCHEDULES  # may be missing: the tests that read it take the eca
 
 
 def pixart_dict(steps=3, blocks=2):
-    return {"cache_schedule": {"num_blocks": blocks, "num_inference_steps": steps, "name": "t",
-                               "attributes": {},
-                               "schedule": {f"{s:03d}": {str(b): {"attn1": True, "attn2": s == 0, "ff": True}
-                                                         for b in range(blocks)} for s in range(steps)}}}
+    return {
+        "cache_schedule": {
+            "num_blocks": blocks,
+            "num_inference_steps": steps,
+            "name": "t",
+            "attributes": {},
+            "schedule": {
+                f"{s:03d}": {str(b): {"attn1": True, "attn2": s == 0, "ff": True} for b in range(blocks)}
+                for s in range(steps)
+            },
+        }
+    }
 
 
 def ours(**changes):
@@ -42,42 +51,79 @@ def _steps(d, steps):
 
 # (name, mutation of pixart_dict(), expected message part)
 BAD_ECAD = [
-    ("unknown component", lambda d: d["cache_schedule"]["schedule"]["001"]["0"].update(attn3=True),
-     "unknown component(s) attn3"),
-    ("unknown block", lambda d: d["cache_schedule"]["schedule"]["001"].update({"7": {"attn1": True, "attn2": True, "ff": True}}),
-     "step 001: unknown block '7'"),
+    (
+        "unknown component",
+        lambda d: d["cache_schedule"]["schedule"]["001"]["0"].update(attn3=True),
+        "unknown component(s) attn3",
+    ),
+    (
+        "unknown block",
+        lambda d: d["cache_schedule"]["schedule"]["001"].update({"7": {"attn1": True, "attn2": True, "ff": True}}),
+        "step 001: unknown block '7'",
+    ),
     ("missing block", lambda d: d["cache_schedule"]["schedule"]["002"].pop("1"), "step 002: missing block '1'"),
     ("missing step", lambda d: d["cache_schedule"]["schedule"].pop("001"), "missing step(s) 001"),
-    ("non-boolean", lambda d: d["cache_schedule"]["schedule"]["001"]["1"].update(ff=1),
-     "step 001, block 1, component ff: expected true or false, got 1"),
-    ("string boolean", lambda d: d["cache_schedule"]["schedule"]["000"]["0"].update(attn1="true"),
-     "component attn1: expected true or false"),
+    (
+        "non-boolean",
+        lambda d: d["cache_schedule"]["schedule"]["001"]["1"].update(ff=1),
+        "step 001, block 1, component ff: expected true or false, got 1",
+    ),
+    (
+        "string boolean",
+        lambda d: d["cache_schedule"]["schedule"]["000"]["0"].update(attn1="true"),
+        "component attn1: expected true or false",
+    ),
     ("missing component", lambda d: d["cache_schedule"]["schedule"]["001"]["0"].pop("ff"), "missing component 'ff'"),
     ("wrong block count", lambda d: d["cache_schedule"].update(num_blocks=3), "missing block '2'"),
     ("bad step key", lambda d: d["cache_schedule"]["schedule"].update(abc={}), "step key 'abc'"),
     ("no schedule", lambda d: d["cache_schedule"].pop("schedule"), "cache_schedule.schedule must be"),
     ("num_blocks missing", lambda d: d["cache_schedule"].pop("num_blocks"), "num_blocks is missing"),
     ("num_blocks bool", lambda d: d["cache_schedule"].update(num_blocks=True), "num_blocks must be"),
-    ("flux comp in pixart", lambda d: d["cache_schedule"]["schedule"]["000"]["0"].update(full_ff=True),
-     "mixes PixArt and FLUX"),
-    ("step not object", lambda d: d["cache_schedule"]["schedule"].update({"001": [1, 2]}), "step 001: must be an object"),
+    (
+        "flux comp in pixart",
+        lambda d: d["cache_schedule"]["schedule"]["000"]["0"].update(full_ff=True),
+        "mixes PixArt and FLUX",
+    ),
+    (
+        "step not object",
+        lambda d: d["cache_schedule"]["schedule"].update({"001": [1, 2]}),
+        "step 001: must be an object",
+    ),
     # "²".isdigit() is True, int("²") is a ValueError
     ("superscript step key", lambda d: d["cache_schedule"]["schedule"].update({"²": {}}), "step key '²'"),
     ("arabic-indic step key", lambda d: d["cache_schedule"]["schedule"].update({"٣": {}}), "step key '٣'"),
-    ("5000-digit step key", lambda d: d["cache_schedule"]["schedule"].update({"0" * 5000 + "1": {}}),
-     "is not a step number"),
-    ("same step twice", lambda d: d["cache_schedule"]["schedule"].update({"2": d["cache_schedule"]["schedule"]["002"]}),
-     "duplicate step numbers"),
-    ("zero blocks", lambda d: (d["cache_schedule"].update(num_blocks=0),
-                               _steps(d, {"000": {}, "001": {}})), "has no units"),
-    ("4096 blocks", lambda d: (d["cache_schedule"].update(num_blocks=4096), _steps(d, {"000": {}})),
-     "12288 units per step is more than the limit"),
+    (
+        "5000-digit step key",
+        lambda d: d["cache_schedule"]["schedule"].update({"0" * 5000 + "1": {}}),
+        "is not a step number",
+    ),
+    (
+        "same step twice",
+        lambda d: d["cache_schedule"]["schedule"].update({"2": d["cache_schedule"]["schedule"]["002"]}),
+        "duplicate step numbers",
+    ),
+    (
+        "zero blocks",
+        lambda d: (d["cache_schedule"].update(num_blocks=0), _steps(d, {"000": {}, "001": {}})),
+        "has no units",
+    ),
+    (
+        "4096 blocks",
+        lambda d: (d["cache_schedule"].update(num_blocks=4096), _steps(d, {"000": {}})),
+        "12288 units per step is more than the limit",
+    ),
     ("nested junk in config", lambda d: d.update(config=_nested(200)), "nested more than 32 levels deep"),
     # names copied from the file into the message stay on one line and short
-    ("line break in a component", lambda d: d["cache_schedule"]["schedule"]["001"]["0"].update({"ff\u2028x": True}),
-     "unknown component(s) ff\\u2028x;"),
-    ("huge block name", lambda d: d["cache_schedule"]["schedule"]["001"].update({"b" * 100000: {}}),
-     "step 001: unknown block 'bbbb"),
+    (
+        "line break in a component",
+        lambda d: d["cache_schedule"]["schedule"]["001"]["0"].update({"ff\u2028x": True}),
+        "unknown component(s) ff\\u2028x;",
+    ),
+    (
+        "huge block name",
+        lambda d: d["cache_schedule"]["schedule"]["001"].update({"b" * 100000: {}}),
+        "step 001: unknown block 'bbbb",
+    ),
 ]
 
 
@@ -94,33 +140,60 @@ BAD_OURS = [
     ("non-binary", ours(bits=["111 111", "111 121", "111 111"]), "only '0' and '1'"),
     ("bits not string", ours(bits=["111 111", 7, "111 111"]), "bits of step 1: expected a string"),
     ("unknown family", ours(family="unet"), "unknown model family 'unet'"),
-    ("wrong components", ours(layout=[{"prefix": "", "count": 2, "components": ["attn1", "ff"]}]),
-     "components must be"),
+    (
+        "wrong components",
+        ours(layout=[{"prefix": "", "count": 2, "components": ["attn1", "ff"]}]),
+        "components must be",
+    ),
     ("unknown key", ours(speed=2), "unknown key(s): speed"),
     ("bad version", ours(version=9), "unsupported format version 9"),
     ("steps zero", ours(steps=0, bits=[]), "'steps' must be an integer"),
     ("bad grouping", ours(bits=["11 1111", "111 111", "111 111"]), "one per block"),
     # a list or object as the block prefix is unhashable (was a TypeError)
-    ("list prefix", ours(layout=[{"prefix": [1], "count": 2, "components": ["attn1", "attn2", "ff"]}]),
-     "block prefix [1] is not part of family"),
-    ("object prefix", ours(layout=[{"prefix": {"a": 1}, "count": 2, "components": ["attn1", "attn2", "ff"]}]),
-     "block prefix {'a': 1} is not part of family"),
-    ("number prefix", ours(layout=[{"prefix": 0, "count": 2, "components": ["attn1", "attn2", "ff"]}]),
-     "block prefix 0 is not part of family"),
+    (
+        "list prefix",
+        ours(layout=[{"prefix": [1], "count": 2, "components": ["attn1", "attn2", "ff"]}]),
+        "block prefix [1] is not part of family",
+    ),
+    (
+        "object prefix",
+        ours(layout=[{"prefix": {"a": 1}, "count": 2, "components": ["attn1", "attn2", "ff"]}]),
+        "block prefix {'a': 1} is not part of family",
+    ),
+    (
+        "number prefix",
+        ours(layout=[{"prefix": 0, "count": 2, "components": ["attn1", "attn2", "ff"]}]),
+        "block prefix 0 is not part of family",
+    ),
     ("list family", ours(family=["pixart"]), "'family' must be a string"),
     ("line break in a key", ours(**{"spe\ned": 2}), "unknown key(s): spe\\ned"),
-    ("huge count", ours(layout=[{"prefix": "", "count": 10 ** 30, "components": ["attn1", "attn2", "ff"]}]),
-     "is too large"),
-    ("huge int metric", ours(metrics={"expected_speedup": 10 ** 400}), "metrics.expected_speedup is too large"),
+    (
+        "huge count",
+        ours(layout=[{"prefix": "", "count": 10**30, "components": ["attn1", "attn2", "ff"]}]),
+        "is too large",
+    ),
+    ("huge int metric", ours(metrics={"expected_speedup": 10**400}), "metrics.expected_speedup is too large"),
     ("deep provenance", ours(provenance=_nested(400)), "nested more than 32 levels deep"),
-    ("zero blocks", ours(layout=[{"prefix": "", "count": 0, "components": ["attn1", "attn2", "ff"]}],
-                         bits=["", "", ""]), "has no units"),
-    ("too many units", ours(family="flux", steps=1, bits=["1" * (2 * 4096 * 3)],
-                            layout=make_layout("flux", 4096, 4096).to_json()),
-     "24576 units per step is more than the limit of 2048"),
-    ("too many unit-steps", ours(family="dit_blocks", steps=501, bits=["1" * 2000] * 501,
-                                 layout=make_layout("dit_blocks", 1000, 1000).to_json()),
-     "501 steps x 2000 units = 1002000 unit-steps is more than the limit"),
+    (
+        "zero blocks",
+        ours(layout=[{"prefix": "", "count": 0, "components": ["attn1", "attn2", "ff"]}], bits=["", "", ""]),
+        "has no units",
+    ),
+    (
+        "too many units",
+        ours(family="flux", steps=1, bits=["1" * (2 * 4096 * 3)], layout=make_layout("flux", 4096, 4096).to_json()),
+        "24576 units per step is more than the limit of 2048",
+    ),
+    (
+        "too many unit-steps",
+        ours(
+            family="dit_blocks",
+            steps=501,
+            bits=["1" * 2000] * 501,
+            layout=make_layout("dit_blocks", 1000, 1000).to_json(),
+        ),
+        "501 steps x 2000 units = 1002000 unit-steps is more than the limit",
+    ),
 ]
 
 # (file name, raw bytes, expected message part): problems below the schedule level
@@ -131,14 +204,26 @@ FILE_LEVEL = [
     ("nan.json", b'{"cache_schedule": NaN}', "NaN is not allowed"),
     ("list.json", b"[1, 2]", "top level must be a JSON object"),
     ("deep.json", b"[" * 100000 + b"]" * 100000, "nested too deeply"),
-    ("overflow.json", json.dumps(ours(metrics={"x": 1})).replace('"x": 1', '"x": 1e400').encode(),
-     "metrics.x is not finite"),
-    ("neg-overflow.json", json.dumps(ours(metrics={"x": 1})).replace('"x": 1', '"x": -1e999').encode(),
-     "metrics.x is not finite"),
-    ("surrogate.json", json.dumps(ours(name="t")).replace('"name": "t"', '"name": "\\ud800"').encode(),
-     "is not valid Unicode"),
-    ("5000-digit.json", json.dumps(ours(metrics={"x": 1})).replace('"x": 1', '"x": 1' + "0" * 5000).encode(),
-     "not valid JSON"),
+    (
+        "overflow.json",
+        json.dumps(ours(metrics={"x": 1})).replace('"x": 1', '"x": 1e400').encode(),
+        "metrics.x is not finite",
+    ),
+    (
+        "neg-overflow.json",
+        json.dumps(ours(metrics={"x": 1})).replace('"x": 1', '"x": -1e999').encode(),
+        "metrics.x is not finite",
+    ),
+    (
+        "surrogate.json",
+        json.dumps(ours(name="t")).replace('"name": "t"', '"name": "\\ud800"').encode(),
+        "is not valid Unicode",
+    ),
+    (
+        "5000-digit.json",
+        json.dumps(ours(metrics={"x": 1})).replace('"x": 1', '"x": 1' + "0" * 5000).encode(),
+        "not valid JSON",
+    ),
 ]
 
 
@@ -176,9 +261,11 @@ def _slug(name):
 
 # ECAD-format sources (the paper's files; without the reference folder, the same schedules exported from the shipped
 # presets) and a project-format one
-FUZZ_SOURCES = [(REF / "schedules_in_paper/pixart_alpha_256/ours_fast.json", "pixart-alpha-256-fast"),
-                (REF / "schedules_in_paper/flux_256/ours_faster.json", "flux-dev-256-faster"),
-                (REPO / "schedules/pixart-alpha-256-fast.json", None)]
+FUZZ_SOURCES = [
+    (REF / "schedules_in_paper/pixart_alpha_256/ours_fast.json", "pixart-alpha-256-fast"),
+    (REF / "schedules_in_paper/flux_256/ours_faster.json", "flux-dev-256-faster"),
+    (REPO / "schedules/pixart-alpha-256-fast.json", None),
+]
 
 
 def _source_bytes(path: Path, preset: str | None) -> bytes:
@@ -211,7 +298,7 @@ def fuzzed_files(folder: Path, per_source: int = 120, seed: int = 0) -> list[Pat
                 b = bytearray(t.encode())
             else:  # delete a random span
                 s = int(rng.integers(0, len(b)))
-                del b[s: s + int(rng.integers(1, 400))]
+                del b[s : s + int(rng.integers(1, 400))]
             p = folder / f"fuzz{j}-{i}.json"
             p.write_bytes(bytes(b))
             out.append(p)

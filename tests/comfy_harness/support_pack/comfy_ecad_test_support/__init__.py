@@ -5,6 +5,7 @@ extra-model-paths yaml.  It patches nothing in ComfyUI (no detection shim): it
 only adds nodes that make inputs no tiny model can provide, e.g. conditioning
 without a text encoder.
 """
+
 import torch
 
 
@@ -18,13 +19,15 @@ class TestRandomConditioning:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "tokens": ("INT", {"default": 8, "min": 1, "max": 512}),
-            "dim": ("INT", {"default": 4096, "min": 1, "max": 8192}),
-            "pooled_dim": ("INT", {"default": 0, "min": 0, "max": 8192}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
-            "zero": ("BOOLEAN", {"default": False}),
-        }}
+        return {
+            "required": {
+                "tokens": ("INT", {"default": 8, "min": 1, "max": 512}),
+                "dim": ("INT", {"default": 4096, "min": 1, "max": 8192}),
+                "pooled_dim": ("INT", {"default": 0, "min": 0, "max": 8192}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+                "zero": ("BOOLEAN", {"default": False}),
+            }
+        }
 
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "run"
@@ -35,8 +38,7 @@ class TestRandomConditioning:
         cond = torch.zeros(1, tokens, dim) if zero else torch.randn(1, tokens, dim, generator=g)
         extra = {}
         if pooled_dim:
-            extra["pooled_output"] = (torch.zeros(1, pooled_dim) if zero
-                                      else torch.randn(1, pooled_dim, generator=g))
+            extra["pooled_output"] = torch.zeros(1, pooled_dim) if zero else torch.randn(1, pooled_dim, generator=g)
         return ([[cond, extra]],)
 
 
@@ -51,10 +53,12 @@ class TestTinyCLIP:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "hidden": ("INT", {"default": 64, "min": 8, "max": 1024}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
-        }}
+        return {
+            "required": {
+                "hidden": ("INT", {"default": 64, "min": 8, "max": 1024}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+            }
+        }
 
     RETURN_TYPES = ("CLIP",)
     FUNCTION = "run"
@@ -67,15 +71,31 @@ class TestTinyCLIP:
         import comfy.sd1_clip
         import comfy.supported_models_base
 
-        config = {"hidden_act": "quick_gelu", "hidden_size": hidden, "intermediate_size": 2 * hidden,
-                  "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "num_attention_heads": 2,
-                  "num_hidden_layers": 1, "projection_dim": hidden, "vocab_size": 49408,
-                  "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1}
+        config = {
+            "hidden_act": "quick_gelu",
+            "hidden_size": hidden,
+            "intermediate_size": 2 * hidden,
+            "layer_norm_eps": 1e-05,
+            "max_position_embeddings": 77,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "projection_dim": hidden,
+            "vocab_size": 49408,
+            "bos_token_id": 0,
+            "eos_token_id": 49407,
+            "pad_token_id": 1,
+        }
 
         class TinyClipL(comfy.sd1_clip.SDClipModel):
             def __init__(self, device="cpu", dtype=None, model_options={}):  # noqa: B006 - ComfyUI's signature
-                super().__init__(device=device, dtype=dtype, model_options=model_options,
-                                 textmodel_json_config=config, return_projected_pooled=True, layer="last")
+                super().__init__(
+                    device=device,
+                    dtype=dtype,
+                    model_options=model_options,
+                    textmodel_json_config=config,
+                    return_projected_pooled=True,
+                    layer="last",
+                )
 
         clip_class = functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=TinyClipL)
         tokenizer = functools.partial(comfy.sd1_clip.SD1Tokenizer)
@@ -94,5 +114,4 @@ class TestTinyCLIP:
 
 
 NODE_CLASS_MAPPINGS = {"TestRandomConditioning": TestRandomConditioning, "TestTinyCLIP": TestTinyCLIP}
-NODE_DISPLAY_NAME_MAPPINGS = {"TestRandomConditioning": "Test Random Conditioning",
-                              "TestTinyCLIP": "Test Tiny CLIP"}
+NODE_DISPLAY_NAME_MAPPINGS = {"TestRandomConditioning": "Test Random Conditioning", "TestTinyCLIP": "Test Tiny CLIP"}
