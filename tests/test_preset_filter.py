@@ -150,8 +150,8 @@ PROBE = """(async () => {{
 @pytest.mark.browser
 def test_frontend_dropdown_follows_the_connected_model(
     comfy_server,
-    user_schedules,
-    browser_ready,  # noqa: F811
+    user_schedules,  # noqa: F811 - the fixture imported from test_comfy_apply
+    browser_ready,
     artifacts_dir,
 ):
     res = browser_ready.load_workflows_in_browser(
