@@ -148,7 +148,7 @@ def load_eval_prompts(
         raise ValueError("give either a prompts file or a prompt set name (exactly one)")
     if limit is not None and limit < 1:
         raise ValueError(f"the number of prompts must be >= 1, got {limit}")
-    p = Path(path) if path is not None else eval_prompt_set_path(prompt_set)
+    p = Path(path) if path is not None else eval_prompt_set_path(str(prompt_set))
     if p.suffix.lower() == ".json" and p.is_file():
         prompts = _caption_json(p)
         if prompts is not None:

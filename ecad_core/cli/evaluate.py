@@ -59,7 +59,8 @@ def cmd_eval(a) -> int:
     if (a.prompts is None) == (a.prompts_set is None):
         raise EcadError("give the prompts with exactly one of --prompts FILE or --prompts-set NAME")
     prompts = load_eval_prompts(a.prompts, a.prompts_set, a.num_prompts)
-    schedules, labels = [], set()
+    schedules: list = []
+    labels: set[str] = set()
     for v in a.schedule:
         label = Path(v).stem if Path(v).is_file() else v
         label = label if label not in labels else f"{label} ({len(schedules) + 1})"  # rows must stay apart

@@ -474,7 +474,7 @@ def fraction_of_full(
     mode: str = "ecad",
 ) -> float:
     """Schedule MACs / no-cache MACs: the search's compute objective (batch cancels out)."""
-    kw = dict(text_tokens=text_tokens, mode=mode)
+    kw: dict[str, Any] = dict(text_tokens=text_tokens, mode=mode)
     return schedule_macs(schedule, arch, height, width, **kw) / no_cache_macs(schedule, arch, height, width, **kw)
 
 

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,7 +80,7 @@ class StepTracker:
         # identified by their storage offset, without reading the device (no host sync per call).
         self._ts_tensor = ts if ts.dim() == 1 else None
         self._ts_values = vals
-        distinct = []
+        distinct: list[float] = []
         for v in vals:  # Heun-like schedulers repeat timesteps: keep one per step
             if not distinct or v != distinct[-1]:
                 distinct.append(v)
@@ -162,7 +163,7 @@ class EcadHandle:
         self._handles = handles
         self._scheduler = scheduler
         self.removed = False
-        self.graph_mode = None  # ecad_core.cuda_graphs.GraphMode when apply(..., cuda_graphs=True)
+        self.graph_mode: Any = None  # ecad_core.cuda_graphs.GraphMode when apply(..., cuda_graphs=True)
 
     @property
     def cuda_graphs(self) -> dict | None:
@@ -221,7 +222,7 @@ def _attach_hooks(units, engine: CacheEngine) -> list:
     for kind, blocks in unfit.items():
         log.info("ECAD: %d %s blocks (first: %s, %s) are hooked at their modules", len(blocks), kind, *blocks[0])
     covered = {u for first in by_unit for u in range(first, first + 3)}
-    hooks = []
+    hooks: list = []
     try:
         for i, (m, name) in enumerate(zip(units.modules, units.names)):
             if i in by_unit:

@@ -9,6 +9,7 @@ a schedule on this pipeline's transformer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from ..evaluation.runner import cost_function
 from .generate import DiffusersGenerate
@@ -30,7 +31,7 @@ class DiffusersImages:
         batch_size: int | None = None,
         model_name: str | None = None,
     ):
-        kw = dict(output="image", batch_size=batch_size, model_name=model_name)
+        kw: dict[str, Any] = dict(output="image", batch_size=batch_size, model_name=model_name)
         self.gen = DiffusersGenerate(pipe, prompts, seeds, steps, cfg, height, width, **kw)
         # warm-up: the first prompt and seed only (loads, allocates and installs hooks untimed)
         self._warm = DiffusersGenerate(pipe, list(prompts)[:1], list(seeds)[:1], steps, cfg, height, width, **kw)

@@ -109,7 +109,7 @@ class GraphMode:
         self.recaptures = 0
         self.run_reason: str | None = None  # why the current run is eager (deferred checks)
         self._run_seen = None
-        self._weights = None
+        self._weights: tuple | None = None
         if defer_checks:
             self.reason = (
                 None

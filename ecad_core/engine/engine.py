@@ -48,9 +48,9 @@ class RunStats:
 
     steps: int
     units: int
-    computed: np.ndarray = None  # [steps] unit calls that ran
-    reused: np.ndarray = None  # [steps] unit calls served from the cache
-    fallback: np.ndarray = None  # [steps] reuse wanted, computed instead (nothing valid stored)
+    computed: np.ndarray = None  # type: ignore[assignment]  # [steps] unit calls that ran (zeros by default)
+    reused: np.ndarray = None  # type: ignore[assignment]  # [steps] unit calls served from the cache
+    fallback: np.ndarray = None  # type: ignore[assignment]  # [steps] reuse wanted, computed instead (nothing valid stored)
     calls: int = 0  # model calls seen (a step may have several: CFG split, Heun)
     remapped_from: int | None = None
     cache_bytes: int = 0  # bytes held by stored outputs at the end of the run
@@ -119,7 +119,7 @@ def unit_timing(timer: UnitTimer) -> Iterator[None]:
 
 def _signature(args, kwargs) -> tuple:
     # On the hot path (every unit call): comprehensions, no helper calls.
-    sig = [(a.shape, a.dtype, a.device) for a in args if isinstance(a, _Tensor)]
+    sig: list[tuple] = [(a.shape, a.dtype, a.device) for a in args if isinstance(a, _Tensor)]
     if kwargs:
         sig += [(k, a.shape, a.dtype, a.device) for k, a in kwargs.items() if isinstance(a, _Tensor)]
     return tuple(sig)

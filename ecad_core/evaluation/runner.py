@@ -125,7 +125,7 @@ def run_evaluation(
         )
         if progress:
             progress(f"scoring: {label}")
-        row.metrics, row.per_sample = suite.score(outs, rows[0].outputs if rows else None, sample_prompts, kind)
+        row.metrics, row.per_sample = suite.score(outs, rows[0].outputs if rows else None, sample_prompts, kind)  # type: ignore[arg-type]
         if on_outputs is not None:
             on_outputs(row)
         if keep_outputs is not None and schedule is not None:

@@ -19,6 +19,7 @@ Metrics, per schedule (means over the generated images):
 from __future__ import annotations
 
 import logging
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,4 +202,4 @@ class MetricSuite:
         if self._nocache_key != key:
             self._nocache_key = key
             self._nocache_features = self.models["fid"].features(refs)
-        return self._nocache_features
+        return typing.cast(np.ndarray, self._nocache_features)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,9 +63,10 @@ def clean_resize(image: np.ndarray, size: int = FID_SIZE) -> np.ndarray:
 
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"clean_resize takes a uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+    bicubic = Image.BICUBIC  # type: ignore[attr-defined]  # Pillow < 9.1 has no Image.Resampling
     chans = [
         np.asarray(
-            Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize((size, size), resample=Image.BICUBIC),
+            Image.fromarray(image[:, :, c].astype(np.float32), mode="F").resize((size, size), resample=bicubic),
             dtype=np.float32,
         )
         for c in range(3)
@@ -190,7 +192,7 @@ class InceptionFeatures:
             raise MetricUnavailable(
                 f"FID Inception weights {p} do not fit pytorch-fid's FID Inception v3: {str(e).splitlines()[0]}"
             ) from None
-        self.net = net.eval().to(device)
+        self.net: Any = net.eval().to(device)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.path = p
@@ -223,7 +225,8 @@ class InceptionFeatures:
 
     def features_uint8(self, images: Iterable[np.ndarray]) -> np.ndarray:
         """Features (float64 [N, 2048]) of uint8 images [H, W, 3] (any sizes)."""
-        feats, batch = [], []
+        feats: list = []
+        batch: list = []
 
         def flush():
             x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(self.device)

@@ -31,6 +31,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -342,7 +343,7 @@ def vision_config(sd: dict, where: Path) -> dict:
 
 def text_config(med_config: Path | None) -> dict:
     """BLIP's med_config (BertConfig fields) from ``med_config.json``, else BLIP's defaults."""
-    cfg = dict(MED_DEFAULTS)
+    cfg: dict[str, Any] = dict(MED_DEFAULTS)
     if med_config is not None:
         try:
             data = json.loads(med_config.read_text(encoding="utf-8"))
@@ -513,7 +514,7 @@ def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
         new_short, new_long = size, int(size * long / short)
         new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         if (new_w, new_h) != (w, h):
-            im = im.resize((new_w, new_h), Image.BICUBIC)
+            im = im.resize((new_w, new_h), Image.BICUBIC)  # type: ignore[attr-defined]
         top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
         im = im.crop((left, top, left + size, top + size))
         t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)

@@ -21,6 +21,7 @@ identical; lower is better.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,7 @@ class Lpips:
             raise MetricUnavailable(
                 f"LPIPS weights in {path} do not fit LPIPS-alex v0.1: {str(e).splitlines()[0]}"
             ) from None
-        self.features = features.eval().to(device)
+        self.features: Any = features.eval().to(device)
         self.lins = lins.eval().to(device)
         self.device = torch.device(device)
         self.shift = torch.tensor(SHIFT, device=self.device).view(1, 3, 1, 1)

@@ -59,7 +59,7 @@ def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
     sched = cs.get("schedule")
     if not isinstance(sched, dict) or not sched:
         raise err("cache_schedule.schedule must be a non-empty object of steps")
-    n_blocks = _int_field(cs, "num_blocks", err)
+    n_blocks = int(_int_field(cs, "num_blocks", err) or 0)  # required: never None here
     n_single = _int_field(cs, "num_single_blocks", err, required=False)
     declared_steps = _int_field(cs, "num_inference_steps", err, required=False)
 

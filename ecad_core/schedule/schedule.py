@@ -107,7 +107,7 @@ class Schedule:
             )
 
     def copy(self, **changes) -> Schedule:
-        kw = dict(
+        kw: dict[str, Any] = dict(
             layout=self.layout,
             bits=self.bits.copy(),
             name=self.name,

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +124,7 @@ def save_checkpoint(path: Path, state: SearchState, settings, fp: str, ident: di
 
     klen = (space.length + 7) // 8
     memo = list(state.memo.items())
-    tensors = {
+    tensors: dict[str, Any] = {
         "memo.key": np.frombuffer(b"".join(k for k, _ in memo), np.uint8).reshape(len(memo), klen),
         "memo.loss": np.array([v[0] for _, v in memo], np.float64),
         "memo.compute_fraction": np.array([v[1] for _, v in memo], np.float64),
@@ -197,7 +198,7 @@ def load_checkpoint(path: Path, fp: str, ident: dict, space: GenomeSpace) -> Sea
             "resume with the same pymoo version or use another output folder"
         )
     if d.get("fingerprint") != fp:
-        old = d.get("ident") if isinstance(d.get("ident"), dict) else {}
+        old: dict[str, Any] = d["ident"] if isinstance(d.get("ident"), dict) else {}
         ident = json.loads(json.dumps(ident, default=str))  # compared as it was stored
         diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
         detail = ""
@@ -227,7 +228,7 @@ def load_checkpoint(path: Path, fp: str, ident: dict, space: GenomeSpace) -> Sea
         raise CheckpointError(f"{path}: damaged search checkpoint ({type(e).__name__}: {e}); {START_OVER}") from None
 
 
-def _parse_state(d: dict, t: dict, space: GenomeSpace) -> SearchState:
+def _parse_state(d: dict[str, Any], t: dict, space: GenomeSpace) -> SearchState:
     """Type and shape checks of everything the resumed search will use."""
 
     def need(ok, what):
@@ -252,7 +253,7 @@ def _parse_state(d: dict, t: dict, space: GenomeSpace) -> SearchState:
     st = SearchState()
     st.next_gen = d.get("next_gen")
     need(integer(st.next_gen) and st.next_gen >= 0, f"next_gen {st.next_gen!r}")
-    st.history = d.get("history")
+    st.history = d.get("history")  # type: ignore[assignment]  # checked next
     need(
         isinstance(st.history, list)
         and len(st.history) == st.next_gen
@@ -269,7 +270,7 @@ def _parse_state(d: dict, t: dict, space: GenomeSpace) -> SearchState:
     )
     st.elapsed_s = float(st.elapsed_s)
     klen = (space.length + 7) // 8
-    seeds = d.get("seed_keys")
+    seeds: Any = d.get("seed_keys")
     need(
         isinstance(seeds, list) and all(isinstance(k, str) and len(k) == 2 * klen for k in seeds),
         f"seed_keys: want hex strings of {klen} bytes",
@@ -298,7 +299,7 @@ def _parse_state(d: dict, t: dict, space: GenomeSpace) -> SearchState:
     need(len(set(keys)) == n, "memo.key: a genome listed twice")
     st.memo = {k: [float(lo), float(fr), int(g)] for k, lo, fr, g in zip(keys, loss, frac, gen)}
 
-    nsga = d.get("nsga")
+    nsga: Any = d.get("nsga")
     if st.next_gen == 0:
         need(nsga is None, "nsga: state before the first generation ended")
         return st

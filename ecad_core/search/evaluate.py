@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -166,7 +167,8 @@ class LocalEvaluator:
                     f"{len(refs)} for full compute; it must produce the same samples"
                 )
             if self.space in LEARNED_METRICS:
-                loss = score_drop(self.metric, outs, self.prompts, self._ref_scores)
+                # a learned metric has its prompts and reference scores (checked in __init__ / references())
+                loss = score_drop(self.metric, outs, self.prompts or [], typing.cast(torch.Tensor, self._ref_scores))
             else:
                 loss = fidelity_loss(outs, refs, self.space)
             losses.append(loss if math.isfinite(loss) else math.inf)

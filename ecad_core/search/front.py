@@ -221,16 +221,16 @@ def load_front(front_dir: str | Path) -> list[FrontPoint]:
     except (ValueError, KeyError, TypeError) as e:
         raise EcadError(f"{f}: not a valid front index ({e})") from None
     out = []
-    for e in entries:
-        s = load_schedule(d / e["file"])
-        loss = e.get("quality_loss")
+    for entry in entries:
+        s = load_schedule(d / entry["file"])
+        loss = entry.get("quality_loss")
         out.append(
             FrontPoint(
                 s,
                 math.inf if loss is None else float(loss),
-                float(e["compute_fraction"]),
-                int(e.get("generation", 0)),
-                d / e["file"],
+                float(entry["compute_fraction"]),
+                int(entry.get("generation", 0)),
+                d / entry["file"],
             )
         )
     return out

@@ -181,7 +181,8 @@ class SearchRun:
         pop0 = initial_population(
             space, settings.population, seed=settings.seed, warm_start=warm, heuristics=settings.heuristic_seeds
         )
-        describe = evaluator.describe() if callable(getattr(evaluator, "describe", None)) else {}
+        describe_fn = getattr(evaluator, "describe", None)  # optional parts of the Evaluator protocol
+        describe = describe_fn() if callable(describe_fn) else {}
         self.describe: dict[str, Any] = describe
         self.ident = {
             "settings": settings.resume_key(),
@@ -234,8 +235,9 @@ class SearchRun:
     def run(self) -> SearchResult:
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
-        if callable(getattr(self.evaluator, "prepare", None)):
-            self.evaluator.prepare(self.out, self.fp, self.progress)
+        prepare = getattr(self.evaluator, "prepare", None)
+        if callable(prepare):
+            prepare(self.out, self.fp, self.progress)
         self.termination.start()
         while True:
             g = self.state.next_gen

@@ -34,6 +34,7 @@ import collections
 import logging
 import math
 import time
+import typing
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -83,7 +84,7 @@ class _EvalWorker:
 
     def __init__(self, factory: Callable[[], Any]):
         self.factory = factory
-        self.ev = None
+        self.ev: Any = None
 
     def setup(self, references=None, fingerprint=None) -> dict:
         """Build the evaluator (loads the pipeline; once) and install the shared references."""
@@ -228,9 +229,9 @@ class RayEvaluator:
         self._refs_ref = None
         self._fingerprint: str | None = None
         self._prepared = False
-        self._description: dict | None = None
+        self._description: Any = None
         self._gpw = 0.0
-        self._cls = None
+        self._cls: Any = None
 
     # -- start-up ----------------------------------------------------------------------
     def start(self) -> None:
@@ -438,7 +439,7 @@ class RayEvaluator:
             # tasks still in flight (an error above) finish on their workers, which stay usable
             self._idle = list(idle) + [h for h, _ in running.values()]
             self.seconds_evaluating += time.perf_counter() - t0
-        return [float(x) for x in results]
+        return [float(typing.cast(float, x)) for x in results]  # every slot is filled by now
 
     def _replace(self, h: _Handle, err: BaseException, schedule_name: str | None) -> None:
         self.lost_workers += 1

@@ -58,7 +58,7 @@ def unit_types(layout: Layout) -> list[tuple[int, str]]:
 def type_mask(layout: Layout, types: Iterable[tuple[int, str]]) -> np.ndarray:
     """bool [n_units]: the units whose (group, component) is in ``types``."""
     types = set(types)
-    out = []
+    out: list[bool] = []
     for gi, g in enumerate(layout.groups):
         for _ in range(g.count):
             out.extend((gi, c) in types for c in g.components)
