@@ -181,7 +181,7 @@ def comfy_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: in
     return den
 
 
-class _Patcher:
+class Patcher:
     """What the pack's installers need from a ModelPatcher, applied at once (as ComfyUI does on load)."""
 
     def __init__(self, dm, options: dict):
@@ -223,7 +223,7 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, g
         def setup():
             eng = engine_mod.CacheEngine(sched)
             run = _Run(eng)
-            mp = _Patcher(den.model, options)
+            mp = Patcher(den.model, options)
             adapter.install(mp, run)
             if graphs:  # as the Apply node's cuda_graphs option installs it
                 gm = graphs_mod.install_graphs(mp, run, adapter)

@@ -39,6 +39,20 @@ def _missing(what: str) -> None:
     pytest.skip(msg + " (set ECAD_REQUIRE_COMFY=1 to make this an error)")
 
 
+# a test that needs these fixtures needs ComfyUI (server or in-process import) / chromium: marked so, wherever it is
+COMFY_FIXTURES = {"comfy_dir", "comfy_models", "comfy_server"}
+BROWSER_FIXTURES = {"browser_ready"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & COMFY_FIXTURES and not item.get_closest_marker("comfy"):
+            item.add_marker(pytest.mark.comfy)
+        if names & BROWSER_FIXTURES and not item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.browser)
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("reference_missing"):
         reference.need()

@@ -47,7 +47,7 @@ def _patched_loop(comfy, sched, mp=None, counts=None):
     den, adapters, engine_mod, _ = comfy
     ad = adapters._pixart_adapter(den.model)
     eng = engine_mod.CacheEngine(sched)
-    mp = mp or bench_comfy._Patcher(den.model, {})
+    mp = mp or bench_comfy.Patcher(den.model, {})
     ad.install(mp, _Run(eng))
     hooks = []
     if counts is not None:
@@ -142,7 +142,7 @@ def test_another_nodes_block_patch_is_kept_and_its_modules_are_cached(comfy, cap
         calls.append(1)
         return type(blk0).forward(blk0, *a, **k)
 
-    mp = bench_comfy._Patcher(den.model, {})
+    mp = bench_comfy.Patcher(den.model, {})
     mp.add_object_patch("diffusion_model.blocks.0.forward", foreign)
     with caplog.at_level(logging.INFO, logger="ecad"):
         x, stats, _ = _patched_loop(comfy, sched, mp=mp)
@@ -157,7 +157,7 @@ def test_another_nodes_block_patch_is_kept_and_its_modules_are_cached(comfy, cap
 def test_a_later_ecad_apply_replaces_the_earlier_block_patch(comfy):
     den, adapters, engine_mod, schedule_mod = comfy
     layout = adapters._pixart_adapter(den.model).layout
-    mp = bench_comfy._Patcher(den.model, {})
+    mp = bench_comfy.Patcher(den.model, {})
     first = adapters.PixArtBlocks(den.model, _Run(None), "test").forward_for(0)
     mp.object_patches["diffusion_model.blocks.0.forward"] = first  # as a clone of an ECAD-patched model holds
     eng = engine_mod.CacheEngine(_schedule(schedule_mod, layout))

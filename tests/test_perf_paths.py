@@ -450,7 +450,7 @@ def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_d
     monkeypatch.setattr(fb, name, staticmethod(off))
     ad = adapters._flux_adapter(den.model)
     eng = engine_mod.CacheEngine(schedule_mod.Schedule.full(ad.layout, 2))
-    mp = bench_comfy._Patcher(den.model, den.transformer_options)
+    mp = bench_comfy.Patcher(den.model, den.transformer_options)
     run = type("Run", (), {"engine": eng, "capture": None})()
     ad.install(mp, run)
     try:

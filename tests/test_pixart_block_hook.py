@@ -116,7 +116,7 @@ def _reused_inputs(preset: str, steps: int) -> int:
     return int((~bits[:, 0::3]).sum() + (~bits[:, 2::3]).sum())
 
 
-@pytest.mark.parametrize("path,res", [("diffusers", 64), ("comfy", 384)])
+@pytest.mark.parametrize("path,res", [("diffusers", 64), pytest.param("comfy", 384, marks=pytest.mark.comfy)])
 def test_op_counts_engine_launches_four_fewer_ops_per_reused_input_than_the_ceiling(path, res, request):
     from bench import op_counts
 

@@ -33,13 +33,17 @@ def positive_float(s: str) -> float:
     return v
 
 
-def add_model_and_prompt_args(q) -> None:
+def add_model_arg(q) -> None:
     q.add_argument(
         "--model",
         required=True,
         help="diffusers model folder or cached model id (local files only), or tiny:pixart-alpha, "
         "tiny:pixart-sigma, tiny:flux-dev, tiny:flux-schnell (built-in random weights)",
     )
+
+
+def add_model_and_prompt_args(q) -> None:
+    add_model_arg(q)
     q.add_argument(
         "--prompts",
         default=None,

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import EcadError
 from ..metrics.names import METRICS
 from ..prompts import PROMPT_SETS
-from .common import add_sampling_args
+from .common import add_model_arg, add_sampling_args
 
 SHIPPED_SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"
 
@@ -139,12 +139,7 @@ def register(subparsers) -> None:
         "score, ImageReward and FID, as JSON, CSV and a markdown table, plus a comparison grid. "
         "Metrics whose local weights are not given are skipped with a note.",
     )
-    q.add_argument(
-        "--model",
-        required=True,
-        help="diffusers model folder or cached model id (local files only), or tiny:pixart-alpha, "
-        "tiny:pixart-sigma, tiny:flux-dev, tiny:flux-schnell (built-in random weights)",
-    )
+    add_model_arg(q)
     q.add_argument(
         "--schedule",
         action="append",

@@ -63,7 +63,7 @@ class EvaluationResult:
 
 
 def cost_function(cost) -> Callable[[Schedule | None], dict]:
-    """Cost facts of a schedule from a search ``ComputeCost`` (``ecad_core.search.objectives``)."""
+    """Cost facts of a schedule from a search ``ComputeCost`` (``ecad_core.costs.compute``)."""
 
     def facts(schedule: Schedule | None) -> dict:
         if schedule is not None and schedule.steps != cost.steps:

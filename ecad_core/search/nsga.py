@@ -70,7 +70,7 @@ class SearchSettings:
     crossover_points: int = 4
     crossover_prob: float = 0.9
     mutation_prob: float | None = None  # per-bit flip probability; None: 1 / units per step
-    heuristic_seeds: bool = True  # add seeds.py's heuristics to the initial population
+    heuristic_seeds: bool = True  # add sampling.py's heuristics to the initial population
     quality_scale: float = 1.0  # loss scale for the hypervolume (reference point (1, 1))
 
     RESUME_FREE = ("generations", "time_budget_s")
@@ -378,19 +378,12 @@ def run_search(
     steps: int,
     out_dir: str | Path | None,
     settings: SearchSettings | None = None,
-    *,
-    cost: ComputeCost | None = None,
-    warm_start: Sequence = (),
-    warm_start_steps: str = "refuse",
-    model: str | None = None,
-    progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    resume: bool = True,
-    write_files: bool = True,
+    **options: Any,
 ) -> SearchResult:
     """Search cache schedules for ``layout`` at ``steps`` steps; see the module docstring.
 
-    ``evaluator``: anything with ``evaluate(list[Schedule]) -> list[float]``.
+    ``evaluator``: anything with ``evaluate(list[Schedule]) -> list[float]``. The keyword ``options``
+    (``SearchRun``'s, all optional):
     ``cost``: the compute objective (default: every unit costs the same).
     ``warm_start``: schedule files, folders (e.g. an earlier ``front/``) or
     Schedules put first into the initial population; a step count other than
@@ -404,21 +397,7 @@ def run_search(
     ``out_dir``: folder of the checkpoint, reference outputs, ``progress.json``,
     ``evaluations.csv`` and ``front/``; None keeps everything in memory.
     """
-    return SearchRun(
-        evaluator,
-        layout,
-        steps,
-        out_dir,
-        settings,
-        cost=cost,
-        warm_start=warm_start,
-        warm_start_steps=warm_start_steps,
-        model=model,
-        progress=progress,
-        should_stop=should_stop,
-        resume=resume,
-        write_files=write_files,
-    ).run()
+    return SearchRun(evaluator, layout, steps, out_dir, settings, **options).run()
 
 
 # -- helpers -------------------------------------------------------------------------
