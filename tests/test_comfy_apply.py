@@ -84,6 +84,7 @@ def test_nodes_are_registered(comfy_server, user_schedules):
     assert any(o.startswith("user/ecad_tiny_flux_dev-mixed") for o in opts), "user folder not listed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(LAYOUTS))
 def test_all_recompute_equals_unpatched_and_reuse_skips(comfy_server, user_schedules, model):
     srv = comfy_server
@@ -201,6 +202,7 @@ def test_pixart_too_small_for_comfyui_is_a_clear_error(comfy_server, user_schedu
     assert "cannot sample 256x256" in str(e.value) and ">= 384 px" in str(e.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["ecad_tiny_pixart_alpha", "ecad_tiny_flux_dev"])
 def test_torch_compile_model_node_with_ecad_compiles_once_and_still_caches(comfy_server, user_schedules, model):
     # ComfyUI's TorchCompileModel before the Apply node: the cache's per-step decisions must stay out of the

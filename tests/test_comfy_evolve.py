@@ -93,6 +93,7 @@ def test_evolve_writes_front_lists_it_and_feeds_apply(comfy_server):
     assert re.search(rf"ECAD {re.escape(picked.group(1))}: (\d+)/\d+ unit calls reused", srv.log_text())
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_cancel_keeps_checkpoint(comfy_server):
     srv = comfy_server
     name = "tiny-pixart-resume"

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_the_wheel_ships_every_ecad_core_package_and_py_typed(tmp_path):
     import shutil
     import subprocess

@@ -168,6 +168,7 @@ class _FaultySpec:
         return ev
 
 
+@pytest.mark.slow
 def test_killed_workers_lose_no_evaluation(ray_cluster, local_search, tmp_path):
     from ecad_core.search.ray_backend import RayEvaluator
 

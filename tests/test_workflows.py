@@ -297,6 +297,7 @@ def browser_results(comfy_server, browser_ready, artifacts_dir):
     return dict(zip(ALL_FILES, browser_ready.load_workflows_in_browser(comfy_server.url, jobs)))
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_workflow_loads_in_browser_without_missing_nodes(browser_results, path):

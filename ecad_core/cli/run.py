@@ -13,14 +13,14 @@ SEED_RANGE = 2**64  # noise seeds of `run --seeds`: what torch.Generator.manual_
 
 
 def cmd_run(a) -> int:
+    # before loading anything (torch included): torch gives a raw overflow error (and wraps a small negative silently)
+    bad = [s for s in a.seeds if not 0 <= s < SEED_RANGE]
+    if bad:
+        raise EcadError(f"--seeds: {bad[0]} is out of range; a seed is an integer in 0..{SEED_RANGE - 1}")
     from ..diffusers.generate import diffusers_generate_fn
     from ..diffusers.pipelines import load_pipeline
     from ..schedule import load_schedule
 
-    # before loading anything: torch gives a raw overflow error (and wraps a small negative silently)
-    bad = [s for s in a.seeds if not 0 <= s < SEED_RANGE]
-    if bad:
-        raise EcadError(f"--seeds: {bad[0]} is out of range; a seed is an integer in 0..{SEED_RANGE - 1}")
     prompts = prompts_from_args(a)
     schedule = load_schedule(a.schedule) if a.schedule else None
     steps = a.steps or (schedule.steps if schedule is not None else 20)
