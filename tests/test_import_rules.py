@@ -92,6 +92,17 @@ def violations(root: Path) -> list[str]:
                 bad.append(f"{where}:{line}: metrics import {target}; they import nothing above them but errors")
             if _within(m, "ecad_core.schedule") and top == "torch":
                 bad.append(f"{where}:{line}: schedule/ imports torch; `ecad info` must not load it")
+            if _within(m, "ecad_core.families") and (
+                top in ("torch", "diffusers", "transformers")
+                or (
+                    _within(target, "ecad_core")
+                    and not any(_within(target, p) for p in ("ecad_core.families", "ecad_core._registry"))
+                )
+            ):
+                bad.append(
+                    f"{where}:{line}: families/ imports {target}; a family record is plain data that every "
+                    "layer reads, it imports nothing above it"
+                )
             if target in known and target != m:
                 graph[m].add(target)
     bad += [f"import cycle: {' -> '.join(c + [c[0]])}" for c in cycles(graph)]
@@ -152,6 +163,8 @@ def test_the_checker_finds_each_planted_violation(tmp_path):
         "ecad_core/typed.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import comfy\n"
         "    from . import c\n",
         "ecad_core/c.py": "from . import typed\n",
+        "ecad_core/families/__init__.py": "from .._registry import Registry\n",
+        "ecad_core/families/toy.py": "import torch\nfrom ..schedule import make_layout\n",
     }
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +176,8 @@ def test_the_checker_finds_each_planted_violation(tmp_path):
         "ecad_core/search/loop.py:2: the search imports diffusers",
         "ecad_core/metrics/__init__.py:2: metrics import ecad_core.search.loop",
         "ecad_core/schedule/__init__.py:1: schedule/ imports torch",
+        "ecad_core/families/toy.py:1: families/ imports torch",
+        "ecad_core/families/toy.py:2: families/ imports ecad_core.schedule",
         "import cycle: ecad_core.a -> ecad_core.b -> ecad_core.a",
     ]
     for e in expected:

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .. import families
 from ..errors import ModelMismatchError
 from ..schedule import Layout, Schedule, make_layout
 
@@ -42,10 +43,10 @@ DEFAULT_BATCH = 2
 
 @dataclass(frozen=True)
 class Arch:
-    """The numbers of a DiT that its MACs depend on."""
+    """The numbers of a DiT that its MACs depend on; how they add up is its family's ``step_macs``."""
 
     name: str
-    family: str  # layout family: "pixart" or "flux"
+    family: str  # layout family with a cost model: "pixart", "flux" (``ecad_core.families``)
     hidden: int  # model width (heads x head dim)
     heads: int
     depth: int  # PixArt blocks / FLUX double-stream blocks
@@ -63,10 +64,14 @@ class Arch:
     # requested size: only the 1024-MS checkpoint has them, the 256/512 ones do not.
     micro_conditioning: bool | None = False
     time_proj_dim: int = 256  # sinusoidal timestep features
+    # numbers only one family's step_macs reads (a new family need not add fields here)
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
-        if self.family not in ("pixart", "flux"):
-            raise ValueError(f"architecture {self.name!r}: family must be 'pixart' or 'flux', got {self.family!r}")
+        fam = families.find(self.family)
+        if fam is None or not fam.has_cost_model:
+            allowed = " or ".join(repr(f.name) for f in families.registered() if f.has_cost_model)
+            raise ValueError(f"architecture {self.name!r}: family must be {allowed}, got {self.family!r}")
         for f in (
             "hidden",
             "heads",
@@ -92,8 +97,9 @@ class Arch:
             )
         if not self.mlp_ratio > 0:
             raise ValueError(f"architecture {self.name!r}: mlp_ratio must be positive, got {self.mlp_ratio!r}")
-        if self.family == "pixart" and self.single_depth:
-            raise ValueError(f"architecture {self.name!r}: PixArt has no single-stream blocks")
+        why = fam.check_arch(self)
+        if why:
+            raise ValueError(f"architecture {self.name!r}: {why}")
 
     # -- derived sizes ----------------------------------------------------
     @property
@@ -113,9 +119,7 @@ class Arch:
         return self.vae_scale * self.patch
 
     def layout(self) -> Layout:
-        if self.family == "pixart":
-            return make_layout("pixart", self.depth)
-        return make_layout("flux", self.depth, self.single_depth)
+        return make_layout(self.family, *families.get(self.family).arch_counts(self))
 
     def image_tokens(self, height: int, width: int) -> int:
         _check_size(self, "height", height)
@@ -124,143 +128,94 @@ class Arch:
 
     # -- constructors -----------------------------------------------------
     @classmethod
-    def pixart(cls, name: str = "pixart-custom", **numbers: Any) -> Arch:
-        """A PixArt-like model from explicit numbers; the rest default to PixArt-XL-2.
+    def custom(cls, family: str, name: str | None = None, **numbers: Any) -> Arch:
+        """A model of ``family`` from explicit numbers; the rest are the family's default variant's, with the
+        family's ``custom_arch`` defaults over them (PixArt: no micro-conditioning unless told)."""
+        fam = families.get(family)
+        if fam.default_variant is None:
+            raise ValueError(f"no cost model for family {family!r}")
+        base = ARCHS[fam.default_variant]
+        return dataclasses.replace(base, name=name or f"{family}-custom", **{**fam.custom_arch, **numbers})
 
-        Micro-conditioning defaults to off (set ``micro_conditioning=True`` for a
-        1024-MS-like model).
-        """
-        numbers.setdefault("micro_conditioning", False)
-        return dataclasses.replace(ARCHS["pixart-alpha"], name=name, **numbers)
+    @classmethod
+    def pixart(cls, name: str = "pixart-custom", **numbers: Any) -> Arch:
+        """``custom("pixart", ...)``: the rest default to PixArt-XL-2, micro-conditioning off (set
+        ``micro_conditioning=True`` for a 1024-MS-like model)."""
+        return cls.custom("pixart", name, **numbers)
 
     @classmethod
     def flux(cls, name: str = "flux-custom", **numbers: Any) -> Arch:
-        """A FLUX-like model from explicit numbers; unnamed ones default to FLUX.1-dev."""
-        return dataclasses.replace(ARCHS["flux-dev"], name=name, **numbers)
+        """``custom("flux", ...)``: the rest default to FLUX.1-dev."""
+        return cls.custom("flux", name, **numbers)
 
     @classmethod
     def from_diffusers_config(
         cls, config: Mapping[str, Any], name: str | None = None, text_tokens: int | None = None
     ) -> Arch:
-        """From ``PixArtTransformer2DModel.config`` or ``FluxTransformer2DModel.config``.
+        """From a diffusers transformer config (``PixArtTransformer2DModel.config``,
+        ``FluxTransformer2DModel.config``): the first family that reads it (``Family.arch_from_diffusers_config``).
 
         The prompt length is a pipeline setting, not in the config: defaults are
         120 for PixArt (α; pass 300 for Σ's pipeline), 512 for FLUX with a
         guidance embedder (dev) and 256 without (schnell).
         """
         c = dict(config)
+        for fam in families.registered():
+            numbers = fam.arch_from_diffusers_config(c, name, text_tokens)
+            if numbers is not None:
+                return cls(family=fam.name, **numbers)
         cls_name = str(c.get("_class_name", ""))
-        heads, head_dim = int(c["num_attention_heads"]), int(c["attention_head_dim"])
-        if "num_single_layers" in c or "joint_attention_dim" in c or "Flux" in cls_name:
-            pack = 2  # the pipeline packs 2x2 latent pixels into one token
-            cin = int(c.get("in_channels", 64))
-            cout = int(c.get("out_channels") or cin)
-            if cin % pack**2 or cout % pack**2:
-                raise ValueError(f"FLUX config: in/out channels {cin}/{cout} are not multiples of {pack**2}")
-            if int(c.get("patch_size", 1)) != 1:
-                raise ValueError("FLUX config: only patch_size 1 (2x2 packing in the pipeline) is supported")
-            guidance = bool(c.get("guidance_embeds", False))
-            return cls(
-                name=name or ("flux-dev" if guidance else "flux-schnell") + "-config",
-                family="flux",
-                hidden=heads * head_dim,
-                heads=heads,
-                depth=int(c.get("num_layers", 19)),
-                single_depth=int(c.get("num_single_layers", 38)),
-                patch=pack,
-                latent_channels=cin // pack**2,
-                out_channels=cout // pack**2,
-                caption_channels=int(c.get("joint_attention_dim", 4096)),
-                text_tokens=text_tokens or (512 if guidance else 256),
-                pooled_dim=int(c.get("pooled_projection_dim", 768)),
-                guidance_embeds=guidance,
-            )
-        if "caption_channels" in c or "PixArt" in cls_name:
-            if c.get("norm_type", "ada_norm_single") != "ada_norm_single":
-                raise ValueError("PixArt config: only norm_type 'ada_norm_single' is supported")
-            if not c.get("caption_channels"):
-                raise ValueError("PixArt config: caption_channels is missing (no caption projection)")
-            hidden = heads * head_dim
-            cross = c.get("cross_attention_dim") or hidden
-            if cross != hidden:
-                raise ValueError(f"PixArt config: cross_attention_dim {cross} differs from the width {hidden}")
-            micro = c.get("use_additional_conditions")
-            if micro is None:  # diffusers' rule
-                micro = int(c.get("sample_size", 128)) == 128
-            cin = int(c.get("in_channels", 4))
-            return cls(
-                name=name or "pixart-config",
-                family="pixart",
-                hidden=hidden,
-                heads=heads,
-                depth=int(c.get("num_layers", 28)),
-                patch=int(c.get("patch_size", 2)),
-                latent_channels=cin,
-                out_channels=int(c.get("out_channels") or cin),
-                caption_channels=int(c["caption_channels"]),
-                text_tokens=text_tokens or 120,
-                micro_conditioning=bool(micro),
-            )
+        kinds = " nor a ".join(f.label for f in families.registered() if f.has_cost_model)
         raise ValueError(
-            f"config of {cls_name or 'an unknown class'} is neither a PixArt nor a FLUX "
-            "transformer config (supported: PixArtTransformer2DModel, FluxTransformer2DModel)"
+            f"config of {cls_name or 'an unknown class'} is neither a {kinds} transformer config "
+            "(supported: PixArtTransformer2DModel, FluxTransformer2DModel)"
         )
 
 
-ARCHS: dict[str, Arch] = {
-    # PixArt-XL-2: α pads prompts to 120 T5 tokens; micro-conditioning only in the 1024-MS checkpoint.
-    "pixart-alpha": Arch(
-        "pixart-alpha",
-        "pixart",
-        hidden=1152,
-        heads=16,
-        depth=28,
-        latent_channels=4,
-        out_channels=8,
-        text_tokens=120,
-        micro_conditioning=None,
-    ),
-    # Σ: same transformer, 300-token prompts, no micro-conditioning.
-    "pixart-sigma": Arch(
-        "pixart-sigma",
-        "pixart",
-        hidden=1152,
-        heads=16,
-        depth=28,
-        latent_channels=4,
-        out_channels=8,
-        text_tokens=300,
-        micro_conditioning=False,
-    ),
-    "flux-dev": Arch(
-        "flux-dev",
-        "flux",
-        hidden=3072,
-        heads=24,
-        depth=19,
-        single_depth=38,
-        latent_channels=16,
-        out_channels=16,
-        text_tokens=512,
-        pooled_dim=768,
-        guidance_embeds=True,
-    ),
-    "flux-schnell": Arch(
-        "flux-schnell",
-        "flux",
-        hidden=3072,
-        heads=24,
-        depth=19,
-        single_depth=38,
-        latent_channels=16,
-        out_channels=16,
-        text_tokens=256,
-        pooled_dim=768,
-        guidance_embeds=False,
-    ),
-}
+class _Archs(Mapping):
+    """variant name -> ``Arch``: a live view of the variants the families declare with numbers."""
+
+    def __init__(self):
+        self._key: tuple = ()
+        self._table: dict[str, Arch] = {}
+
+    def _current(self) -> dict[str, Arch]:
+        declared = [(f, v) for f, v in families.variants() if v.arch]
+        key = tuple(id(v) for _, v in declared)
+        if key != self._key:
+            self._table = {v.name: Arch(v.name, f.name, **v.arch) for f, v in declared}
+            self._key = key
+        return self._table
+
+    def __getitem__(self, name: str) -> Arch:
+        return self._current()[name]
+
+    def __iter__(self):
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
+class _FamilyDefaults(Mapping):
+    """family -> the variant its schedules are costed with when they name none."""
+
+    def _current(self) -> dict[str, str]:
+        return {f.name: f.default_variant for f in families.registered() if f.default_variant}
+
+    def __getitem__(self, name: str) -> str:
+        return self._current()[name]
+
+    def __iter__(self):
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
+ARCHS: Mapping[str, Arch] = _Archs()
 # Which architecture a schedule is costed with when none is given.
-FAMILY_DEFAULT = {"pixart": "pixart-alpha", "flux": "flux-dev"}
+FAMILY_DEFAULT: Mapping[str, str] = _FamilyDefaults()
 
 
 def get_arch(arch: Arch | str) -> Arch:
@@ -273,7 +228,7 @@ def get_arch(arch: Arch | str) -> Arch:
 
 def arch_for_schedule(schedule: Schedule) -> Arch:
     """The schedule's model hint if it names a known architecture, else its family's default."""
-    if schedule.model in ARCHS:
+    if schedule.model is not None and schedule.model in ARCHS:
         return ARCHS[schedule.model]
     if schedule.family in FAMILY_DEFAULT:
         return ARCHS[FAMILY_DEFAULT[schedule.family]]
@@ -283,7 +238,7 @@ def arch_for_schedule(schedule: Schedule) -> Arch:
 def _check_size(arch: Arch, what: str, v: Any) -> None:
     m = arch.size_multiple
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < m or v % m:
-        kind = "PixArt" if arch.family == "pixart" else "FLUX"
+        kind = families.get(arch.family).label
         raise ValueError(
             f"{what} must be a positive multiple of {m} for {kind} ({arch.name}: VAE "
             f"downsampling {arch.vae_scale} x patch {arch.patch}), got {v!r}"
@@ -342,51 +297,12 @@ def step_costs(
     N = a.image_tokens(height, width)
     B = _check_int("batch", batch)
     T = _check_int("text_tokens", a.text_tokens if text_tokens is None else text_tokens)
-    D, F, attn = a.hidden, a.ff_dim, mode == "full"
-    temb = a.time_proj_dim * D + D * D  # sinusoid -> linear -> SiLU -> linear
-    if a.family == "pixart":
-        self_attn = 4 * N * D * D + (2 * N * N * D if attn else 0)  # q, k, v, out (+ QK^T, AV)
-        cross_attn = 2 * N * D * D + 2 * T * D * D + (2 * N * T * D if attn else 0)  # q, out on image; k, v on text
-        ff = 2 * N * D * F
-        per_block = [self_attn, cross_attn, ff]
-        micro = a.micro_conditioning
-        if micro is None:  # α: only the 1024-MS checkpoint (latent side 128) serves sizes above 512
-            micro = max(height, width) > 512
-        s = D // 3  # size embedders: height, width and aspect ratio, 3 rows per sample
-        fixed = {
-            "patch_embed": N * a.token_in * D,
-            "caption_projection": T * (a.caption_channels * D + D * D),
-            "timestep_embedding": temb + (3 * (a.time_proj_dim * s + s * s) if micro else 0),
-            "adaln_single": D * 6 * D,
-            "final_layer": N * D * a.token_out,
-        }
-        units = per_block * a.depth
-    else:
-        L = N + T  # joint attention over image and text tokens
-        joint = 2 * L * L * D if attn else 0
-        double = [
-            4 * L * D * D + joint,  # q, k, v, out for both streams
-            2 * N * D * F,  # image feed-forward
-            2 * T * D * F,
-        ]  # text feed-forward
-        single = [
-            3 * L * D * D + joint,  # q, k, v (the output projection is fused into proj_out)
-            L * D * F,  # proj_mlp
-            L * (D + F) * D,
-        ]  # proj_out over [attn, mlp]
-        pooled = (a.pooled_dim * D + D * D) if a.pooled_dim else 0
-        fixed = {
-            "x_embedder": N * a.token_in * D,
-            "context_embedder": T * a.caption_channels * D,
-            "time_text_embedding": temb * (2 if a.guidance_embeds else 1) + pooled,
-            # adaLN-Zero linears run every step: gates apply fresh to cached outputs
-            "block_modulation": a.depth * 2 * 6 * D * D + a.single_depth * 3 * D * D,
-            "final_layer": 2 * D * D + N * D * a.token_out,
-        }
-        units = double * a.depth + single * a.single_depth
+    layout = a.layout()
+    per_group, fixed = families.get(a.family).step_macs(a, N, T, mode == "full", height, width)
+    units = [m for g, per_block in zip(layout.groups, per_group) for _ in range(g.count) for m in per_block]
     unit = np.array(units, dtype=np.int64) * B
     fixed = {k: int(v) * B for k, v in fixed.items()}
-    return StepCosts(a.layout(), unit, fixed, a, int(height), int(width), B, T, mode)
+    return StepCosts(layout, unit, fixed, a, int(height), int(width), B, T, mode)
 
 
 def _resolve(schedule: Schedule, arch: Arch | str | None) -> Arch:

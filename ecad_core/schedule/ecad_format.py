@@ -6,6 +6,8 @@ zero-padded step keys ("000"), PixArt blocks "0".."27" and FLUX double blocks
 a bit (name, attributes, config, metrics, a declared step count that differs
 from the stored steps, TGATE's per-block ``custom_compute_attn``) is kept in
 the schedule's provenance so that export gives back the same file content.
+The format covers the families whose record says so (``Family.ecad_format``);
+a file's family is the first of them whose components hold every one it uses.
 """
 
 from __future__ import annotations
@@ -15,14 +17,23 @@ from typing import Any
 
 import numpy as np
 
-from .layout import FLUX_DOUBLE_COMPONENTS, FLUX_SINGLE_COMPONENTS, PIXART_COMPONENTS, make_layout
+from .. import families
+from .layout import make_layout
 from .schedule import MAX_STEPS, Schedule, check_plain_json, check_size, file_error
 
 # Per-block keys that are not bits; kept verbatim (TGATE re-implementation in the reference repo).
 EXTRA_BLOCK_KEYS = ("custom_compute_attn",)
-KNOWN_COMPONENTS = set(PIXART_COMPONENTS) | set(FLUX_DOUBLE_COMPONENTS) | set(FLUX_SINGLE_COMPONENTS)
 # ASCII digits only ("²".isdigit() is True but int() refuses it); a few digits are plenty for 1000 steps
 STEP_KEY = re.compile(r"[0-9]{1,9}")
+
+
+def covered_families() -> list[families.Family]:
+    """The families ECAD's reference format covers (``Family.ecad_format``), in their order."""
+    return [f for f in families.registered() if f.ecad_format]
+
+
+def known_components() -> set[str]:
+    return {c for f in covered_families() for c in f.components()}
 
 
 def is_ecad_dict(d: Any) -> bool:
@@ -94,19 +105,22 @@ def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
             if not isinstance(v, dict):
                 raise err(f"step {k}, block {b}: must be an object of components, got {type(v).__name__}")
             comps_seen |= set(v) - set(EXTRA_BLOCK_KEYS)
-    unknown_c = sorted(map(str, comps_seen - KNOWN_COMPONENTS))
+    known = known_components()
+    unknown_c = sorted(map(str, comps_seen - known))
     if unknown_c:
-        raise err(f"unknown component(s) {', '.join(unknown_c)}; known: {', '.join(sorted(KNOWN_COMPONENTS))}")
-    if comps_seen <= set(PIXART_COMPONENTS):
-        family = "pixart"
+        raise err(f"unknown component(s) {', '.join(unknown_c)}; known: {', '.join(sorted(known))}")
+    covering = [f for f in covered_families() if comps_seen <= f.components()]
+    if not covering:
+        mixed = [f.label for f in covered_families() if comps_seen & f.components()]
+        raise err(f"mixes {' and '.join(mixed)} components")
+    fam = covering[0]
+    family = fam.name
+    if len(fam.groups) == 1:
         if n_single:
-            raise err("num_single_blocks is set but the components are PixArt's")
-        layout = make_layout("pixart", n_blocks)
+            raise err(f"num_single_blocks is set but the components are {fam.label}'s")
+        layout = make_layout(family, n_blocks)
     else:
-        family = "flux"
-        if comps_seen & set(PIXART_COMPONENTS):
-            raise err("mixes PixArt and FLUX components")
-        layout = make_layout("flux", n_blocks, n_single or 0)
+        layout = make_layout(family, n_blocks, n_single or 0)
 
     check_size(layout, n_steps, err)
 
@@ -175,7 +189,7 @@ def from_ecad_dict(d: Any, source: str = "<ecad schedule>") -> Schedule:
         layout,
         bits,
         name=name if isinstance(name, str) and name else "ecad-schedule",
-        model=_model_hint(family, d.get("config", {})),
+        model=fam.variant_of_ecad_config(d.get("config", {})),  # checked to be an object above
         provenance={"source": "ecad-reference-format", "ecad": ecad_meta},
         metrics=d.get("metrics", {}),
     )
@@ -185,25 +199,16 @@ def _block_name_hint(layout) -> str:
     return " and ".join(f"{g.prefix}0..{g.prefix}{g.count - 1}" for g in layout.groups if g.count)
 
 
-def _model_hint(family: str, config: Any) -> str | None:
-    if not isinstance(config, dict):
-        return None
-    pipe = config.get("pipeline")
-    if family == "pixart":
-        if isinstance(pipe, dict) and pipe.get("name") == "pixart_sigma":
-            return "pixart-sigma"
-        return None
-    return "flux-dev"  # every FLUX schedule in the reference repo is for FLUX.1-dev
-
-
 def to_ecad_dict(schedule: Schedule) -> dict:
     """Export to ECAD's reference format (bits as stored; step 0 included verbatim)."""
-    if schedule.family not in ("pixart", "flux"):
-        raise ValueError(f"ECAD's format only covers PixArt and FLUX schedules, not {schedule.family!r}")
+    fam = families.get(schedule.family)
+    if not fam.ecad_format:
+        covered = " and ".join(f.label for f in covered_families())
+        raise ValueError(f"ECAD's format only covers {covered} schedules, not {schedule.family!r}")
     ecad = schedule.provenance.get("ecad", {}) if isinstance(schedule.provenance, dict) else {}
     groups = schedule.layout.groups
     cs: dict[str, Any] = {"num_blocks": groups[0].count}
-    if schedule.family == "flux":
+    if len(fam.groups) > 1:
         cs["num_single_blocks"] = groups[1].count if len(groups) > 1 else 0
     declared = ecad.get("num_inference_steps", schedule.steps) if "num_inference_steps" in ecad else schedule.steps
     if declared is not None:

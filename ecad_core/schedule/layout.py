@@ -9,22 +9,29 @@ bit ``3*block + component`` of a PixArt step is ECAD's bit too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-PIXART_COMPONENTS = ("attn1", "attn2", "ff")
-FLUX_DOUBLE_COMPONENTS = ("full_attn", "full_ff", "full_ff_context")
-FLUX_SINGLE_COMPONENTS = ("single_attn", "single_proj_mlp", "single_proj_out")
-BLOCK_COMPONENTS = ("block",)
+from .. import families
 
-# family -> the component tuple of each of its groups (prefix, components)
-FAMILIES = {
-    "pixart": (("", PIXART_COMPONENTS),),
-    "flux": (("", FLUX_DOUBLE_COMPONENTS), ("single_", FLUX_SINGLE_COMPONENTS)),
-    # Any DiT hooked at block granularity (SD3, Wan, HunyuanVideo, ...): one
-    # unit per block, reusing the block's residual.
-    "dit_blocks": (("", BLOCK_COMPONENTS), ("single_", BLOCK_COMPONENTS)),
-}
+
+class _FamilyGroups(Mapping):
+    """family name -> its (prefix, components) groups: a live view of ``ecad_core.families``."""
+
+    def __getitem__(self, name):
+        f = families.find(name)
+        if f is None:
+            raise KeyError(name)
+        return f.groups
+
+    def __iter__(self):
+        return iter(families.names())
+
+    def __len__(self):
+        return len(families.names())
+
+
+FAMILIES: Mapping[str, tuple[tuple[str, tuple[str, ...]], ...]] = _FamilyGroups()
 
 
 @dataclass(frozen=True)
@@ -76,12 +83,10 @@ class Layout:
         return out
 
     def block_counts(self) -> dict[str, int]:
-        def label(g):
-            if g.prefix == "single_":
-                return "single_blocks"
-            return "double_blocks" if self.family == "flux" else "blocks"
-
-        return {label(g): g.count for g in self.groups}
+        """{group name: block count}, the group names of the family ("blocks", "single_blocks", ...)."""
+        fam = families.get(self.family)
+        names = dict(zip((p for p, _ in fam.groups), fam.group_names))
+        return {names[g.prefix]: g.count for g in self.groups}
 
     def describe(self) -> str:
         parts = [
@@ -97,9 +102,7 @@ class Layout:
 
 def make_layout(family: str, *counts: int) -> Layout:
     """Layout of a known family: ``make_layout("pixart", 28)``, ``make_layout("flux", 19, 38)``."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
-    spec = FAMILIES[family]
+    spec = families.get(family).groups
     if not 1 <= len(counts) <= len(spec):
         raise ValueError(f"family {family!r} takes {len(spec)} block count(s), got {len(counts)}")
     counts = tuple(counts) + (0,) * (len(spec) - len(counts))
@@ -112,11 +115,10 @@ def make_layout(family: str, *counts: int) -> Layout:
 
 def layout_from_json(family: str, groups: list) -> Layout:
     """Rebuild a layout stored in a schedule file; checks it against the family (ValueError if wrong)."""
-    if not isinstance(family, str) or family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    order = [p for p, _ in families.get(family).groups]
     if not isinstance(groups, list) or not groups:
         raise ValueError("'layout' must be a non-empty list of block groups")
-    spec = dict(FAMILIES[family])
+    spec = dict(families.get(family).groups)
     out = []
     for i, g in enumerate(groups):
         if not isinstance(g, dict) or set(g) != {"prefix", "count", "components"}:
@@ -133,7 +135,6 @@ def layout_from_json(family: str, groups: list) -> Layout:
         out.append(BlockGroup(prefix, count, tuple(comps)))
     if len({g.prefix for g in out}) != len(out):
         raise ValueError("layout lists the same block prefix twice")
-    order = [p for p, _ in FAMILIES[family]]
     if [g.prefix for g in out] != [p for p in order if p in {g.prefix for g in out}]:
         raise ValueError(f"layout groups of {family!r} must come in the order {order}")
     return Layout(family, tuple(out))

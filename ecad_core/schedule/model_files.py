@@ -8,19 +8,20 @@ checkpoint's ``model.diffusion_model.`` prefix. Anything unrecognised gives
 None: the dropdown then lists every schedule and the Apply node checks at run
 time as always. So does a header longer than MAX_HEADER (real ones are well
 under a megabyte) and anything that is not a regular file. Results are cached by
-(path, mtime, size).
+(path, mtime, size). Which tensor names make which family is each family's
+``detect`` (``ecad_core/families``); the container prefixes are stripped here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import struct
 import threading
 from pathlib import Path
 
+from .. import families
 from .layout import Layout, make_layout
 
 # Real headers (FLUX.1-dev, a full SD3.5 checkpoint) are a few hundred KB; a bigger one is not parsed.
@@ -59,31 +60,16 @@ def _strip(keys: list[str]) -> list[str]:
     return keys
 
 
-def _count(keys: list[str], prefix: str) -> int:
-    rx = re.compile(re.escape(prefix) + r"(\d+)\.")
-    idx = {int(m.group(1)) for k in keys if (m := rx.match(k))}
-    return max(idx) + 1 if idx else 0
-
-
 def layout_of_keys(keys: list[str]) -> tuple[Layout, str] | None:
-    """(layout, model family word) for the tensor names of a DiT, as the Apply node would patch it."""
+    """(layout, model word) for the tensor names of a DiT, as the Apply node would patch it: the first family
+    (``ecad_core.families``, in their order) that recognises them."""
     keys = _strip(keys)
     ks = set(keys)
-    if "double_blocks.0.img_attn.qkv.weight" in ks and "distilled_guidance_layer.in_proj.weight" not in ks:
-        if "img_in.weight" in ks and not any(k.startswith("txt_in.individual_token_refiner") for k in ks):
-            return make_layout("flux", _count(keys, "double_blocks."), _count(keys, "single_blocks.")), "flux"
-    if "x_embedder.proj.weight" in ks and "y_embedder.y_proj.fc1.weight" in ks and _count(keys, "blocks."):
-        return make_layout("pixart", _count(keys, "blocks.")), "pixart"
-    if "caption_projection.linear_1.weight" in ks and _count(keys, "transformer_blocks."):  # diffusers PixArt
-        return make_layout("pixart", _count(keys, "transformer_blocks.")), "pixart"
-    if "context_embedder.weight" in ks and _count(keys, "single_transformer_blocks."):  # diffusers FLUX
-        return make_layout(
-            "flux", _count(keys, "transformer_blocks."), _count(keys, "single_transformer_blocks.")
-        ), "flux"
-    if "joint_blocks.0.context_block.attn.qkv.weight" in ks:  # SD3 / SD3.5
-        return make_layout("dit_blocks", _count(keys, "joint_blocks.")), "sd3"
-    if "head.modulation" in ks and _count(keys, "blocks."):  # Wan
-        return make_layout("dit_blocks", _count(keys, "blocks.")), "wan"
+    for fam in families.registered():
+        found = fam.detect(keys, ks)
+        if found is not None:
+            counts, word = found
+            return make_layout(fam.name, *counts), word
     return None
 
 

@@ -16,6 +16,8 @@ Heuristics (all for any layout: pixart, flux, dit_blocks), in priority order:
    with attn1; FLUX: full_ff_context (the text-stream feed-forward) with
    full_attn. dit_blocks has no such component and gets none.
 5. Attention types together every n (ECAD's ``recompute_ca_sa_every_n``).
+   Families 4 and 5 take their components from the model family's record
+   (``tgate_components``, ``attention_components``: ``ecad_core/families``).
 6. One type cached in an evenly spaced share of its blocks at the steps that
    are not multiples of n (ECAD's ``evenly_cache_*`` seeds).
 
@@ -36,16 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import families
 from ..errors import ModelMismatchError, SearchSettingsError
 from ..schedule import Layout, Schedule, load_schedule, remap_steps
 from .problem import GenomeSpace, genome_key
 
 log = logging.getLogger("ecad.search")
 
-# family -> (cross-attention-like component, self-attention-like component)
-TGATE_COMPONENTS = {"pixart": ("attn2", "attn1"), "flux": ("full_ff_context", "full_attn")}
-# family -> the attention components recomputed together in family 5
-ATTENTION_COMPONENTS = {"pixart": ("attn1", "attn2"), "flux": ("full_attn", "single_attn"), "dit_blocks": ()}
 SEED_MUTATION_SHARES = (0.01, 0.03, 0.10)
 WARM_START_STEP_POLICIES = ("refuse", "remap")
 
@@ -99,7 +98,8 @@ def types_every_n(space: GenomeSpace, types: Sequence[tuple[int, str]], n: int, 
 
 def tgate_like(space: GenomeSpace, gate_step: int, sp_interval: int = 1, warmup: int = 2) -> Schedule | None:
     """TGATE-like seed, or None for a family without a cross-attention-like component."""
-    comps = TGATE_COMPONENTS.get(space.layout.family)
+    fam = families.find(space.layout.family)
+    comps = fam.tgate_components if fam is not None else None  # (cross-attention-like, self-attention-like)
     if comps is None:
         return None
     cross, selfc = comps
@@ -166,7 +166,8 @@ def heuristic_seeds(space: GenomeSpace) -> list[Schedule]:
             s = tgate_like(space, gate, sp)
             if s is not None:
                 fam4.append(s)
-    att = [t for t in types if t[1] in ATTENTION_COMPONENTS.get(layout.family, ())]
+    fam = families.find(layout.family)
+    att = [t for t in types if t[1] in (fam.attention_components if fam is not None else ())]
     fam5 = (
         [types_every_n(space, att, n, f"cache-attention-every-{n}") for n in (2, 3, 5) if n < S]
         if len(att) >= 2
