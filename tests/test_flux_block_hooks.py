@@ -1,5 +1,5 @@
-"""The diffusers FLUX block re-statements (ecad_core.hooks.FluxDoubleBlockHook / FluxSingleBlockHook) on a tiny
-random FLUX.1-dev (19 double + 38 single blocks): a reused unit's norm + modulation (and a reused proj_out's
+"""The diffusers FLUX block re-statements (FluxDoubleBlockHook / FluxSingleBlockHook, ecad_core/diffusers/adapters) on a
+tiny random FLUX.1-dev (19 double + 38 single blocks): a reused unit's norm + modulation (and a reused proj_out's
 activation + concatenation) is not computed, the output equals the module-output ceiling bit for bit, blocks the
 re-statement does not cover are hooked at their modules, and a block that changed fails loudly."""
 
@@ -13,8 +13,9 @@ from support.block_hook_loops import ceiling_loop, counted_calls, engine_loop
 from bench import models
 from ecad_core import Schedule
 from ecad_core.diffusers.adapters import find_diffusers_units
+from ecad_core.diffusers.adapters.flux import FluxDoubleBlockHook, FluxSingleBlockHook
 from ecad_core.errors import SelfCheckError
-from ecad_core.hooks import FluxDoubleBlockHook, FluxSingleBlockHook, UnitHook, forget_verified
+from ecad_core.hooks import UnitHook, forget_verified
 
 STEPS = 4
 ND, NS = 19, 38

@@ -1,4 +1,4 @@
-"""The diffusers PixArt block re-statement (ecad_core.hooks.PixArtBlockHook) on a tiny random PixArt-α:
+"""The diffusers PixArt block re-statement (PixArtBlockHook, ecad_core/diffusers/adapters) on a tiny random PixArt-α:
 a reused unit's norm + modulation is skipped, the output equals the module-output ceiling bit for bit,
 blocks it does not cover are hooked at their modules, and a block that changed fails loudly."""
 
@@ -12,8 +12,9 @@ from support.block_hook_loops import ceiling_loop, counted_calls, engine_loop
 from bench import models
 from ecad_core import Schedule
 from ecad_core.diffusers.adapters import find_diffusers_units
+from ecad_core.diffusers.adapters.pixart import PixArtBlockHook
 from ecad_core.errors import SelfCheckError
-from ecad_core.hooks import PixArtBlockHook, UnitHook, forget_verified
+from ecad_core.hooks import UnitHook, forget_verified
 
 STEPS = 4
 

@@ -20,7 +20,7 @@ import torch
 
 from ..engine import CacheEngine, RunStats
 from ..engine.compiling import outside_compile
-from ..hooks import BLOCK_HOOKS, UnitHook
+from ..hooks import UnitHook
 from ..schedule import Schedule, load_schedule
 from .adapters import find_diffusers_units
 
@@ -214,20 +214,22 @@ def _attach_hooks(units, engine: CacheEngine) -> list:
     by_unit = {}
     unfit: dict[str, list] = {}
     for b in units.blocks:
-        why = BLOCK_HOOKS[b.kind].unfit_reason(b.module)
+        if b.hook is None:
+            continue
+        why = b.hook.unfit_reason(b.module)
         if why is None:
-            by_unit[b.first_unit] = b
+            by_unit[b.first_unit] = (b, b.hook)
         else:
             unfit.setdefault(b.kind, []).append((b.name, why))
     for kind, blocks in unfit.items():
         log.info("ECAD: %d %s blocks (first: %s, %s) are hooked at their modules", len(blocks), kind, *blocks[0])
-    covered = {u for first in by_unit for u in range(first, first + 3)}
+    covered = {u for b, _ in by_unit.values() for u in range(b.first_unit, b.first_unit + b.n_units)}
     hooks: list = []
     try:
         for i, (m, name) in enumerate(zip(units.modules, units.names)):
             if i in by_unit:
-                b = by_unit[i]
-                hooks.append(BLOCK_HOOKS[b.kind](engine, i, b.name).attach(b.module))
+                b, hook = by_unit[i]
+                hooks.append(hook(engine, i, b.name).attach(b.module))
             elif i not in covered:
                 hooks.append(UnitHook(engine, i, name).attach(m))
     except Exception:

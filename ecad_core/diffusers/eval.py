@@ -57,10 +57,10 @@ def pipeline_cost(pipe, steps: int, height: int, width: int, mode: str = "ecad")
     this size when ``ecad_core.costs`` knows it, else recompute counts (``cost_model`` says which)."""
     from ..costs import cost_for_transformer
     from .adapters import find_diffusers_units
+    from .pipelines import text_tokens
 
     layout = find_diffusers_units(pipe.transformer).layout
-    kind = type(pipe).__name__
-    tokens = 300 if "Sigma" in kind else None  # PixArt-Σ pads prompts to 300 tokens, α to 120
+    tokens = text_tokens(pipe)  # the pipeline's own prompt length (PixArt-Σ: 300), else the model's default
     return cost_function(
         cost_for_transformer(pipe.transformer, layout, steps, height, width, text_tokens=tokens, mode=mode)
     ), layout

@@ -58,21 +58,22 @@ def load_pipeline(model: str, device: str | None = None, dtype: str = "auto"):
     return pipe, hint
 
 
+def _adapter(pipe):
+    from .adapters import adapter_class
+
+    tr = getattr(pipe, "transformer", None)
+    cls = adapter_class(tr) if tr is not None else None
+    return cls(tr) if cls is not None else None
+
+
 def model_hint(pipe) -> str | None:
-    k = type(pipe).__name__
-    if k.startswith("PixArtAlpha"):
-        return "pixart-alpha"
-    if k.startswith("PixArtSigma"):
-        return "pixart-sigma"
-    if k.startswith("Flux"):
-        return "flux-dev" if getattr(pipe.transformer.config, "guidance_embeds", False) else "flux-schnell"
-    return None
+    """The schedule model hint of a pipeline (``pixart-sigma``), from its family's adapter; None if unknown."""
+    ad = _adapter(pipe)
+    return ad.variant_of(pipe) if ad is not None else None
 
 
-def text_tokens(pipe, gen) -> int | None:
-    k = type(pipe).__name__
-    if k.startswith("Flux"):
-        return gen.extra.get("max_sequence_length")
-    if k.startswith("PixArtSigma"):
-        return 300
-    return None
+def text_tokens(pipe, gen=None) -> int | None:
+    """The prompt length ``pipe`` pads to (``gen``: the generate driver, whose ``extra`` are the call's
+    arguments); None: the architecture's default."""
+    ad = _adapter(pipe)
+    return ad.text_tokens(pipe, getattr(gen, "extra", None)) if ad is not None else None

@@ -5,29 +5,22 @@ attaching sets an instance attribute ``forward``; detaching deletes it, so the
 module is exactly as it was.
 
 * ``UnitHook`` (``unit.py``): wraps a component module's own forward (nothing re-stated).
-* Block re-statements, which build a unit's input only when that unit computes
-  and are checked bit for bit against the block's own forward at each block's
-  first call (once per process per device and dtype, ``base.check_once``):
-  ``PixArtBlockHook`` (``pixart.py``), ``FluxDoubleBlockHook`` and
-  ``FluxSingleBlockHook`` (``flux.py``). ``BLOCK_HOOKS`` maps the block kinds
-  of ``adapters.UnitMap.blocks`` to them.
+* ``BlockHook`` (``base.py``): the base of block re-statements, which build a unit's input only when that unit
+  computes and are checked bit for bit against the block's own forward at each block's first call (once per
+  process per device and dtype, ``check_once``). The re-statements themselves belong to their family's
+  diffusers adapter (``ecad_core/diffusers/adapters/pixart.py``: ``PixArtBlockHook``; ``flux.py``:
+  ``FluxDoubleBlockHook``, ``FluxSingleBlockHook``).
 """
 
-from .base import check_once, forget_verified, has_hook, restatement_mismatch
-from .flux import FluxDoubleBlockHook, FluxSingleBlockHook
-from .pixart import PixArtBlockHook
+from .base import BlockHook, check_once, forget_verified, has_hook, missing_attr, restatement_mismatch
 from .unit import UnitHook
 
-BLOCK_HOOKS = {"pixart": PixArtBlockHook, "flux_double": FluxDoubleBlockHook, "flux_single": FluxSingleBlockHook}
-
 __all__ = [
-    "BLOCK_HOOKS",
-    "FluxDoubleBlockHook",
-    "FluxSingleBlockHook",
-    "PixArtBlockHook",
+    "BlockHook",
     "UnitHook",
     "check_once",
     "forget_verified",
     "has_hook",
+    "missing_attr",
     "restatement_mismatch",
 ]

@@ -1,11 +1,14 @@
-"""``PixArtBlockHook``: a diffusers PixArt block (``BasicTransformerBlock`` with ``norm_type="ada_norm_single"``)
-re-stated so that the norm + modulation feeding ``attn1`` / ``ff`` run only when that unit computes."""
+"""PixArt-α/Σ on diffusers (``PixArtTransformer2DModel``): each ``transformer_blocks[i]`` has the units
+``attn1``, ``attn2`` and ``ff``, served together by ``PixArtBlockHook``: the block
+(``BasicTransformerBlock`` with ``norm_type="ada_norm_single"``) re-stated so that the norm + modulation feeding
+``attn1`` / ``ff`` run only when that unit computes."""
 
 from __future__ import annotations
 
 import torch
 
-from .base import BlockHook, missing_attr
+from ...hooks.base import BlockHook, missing_attr
+from .base import BlockGroupSpec, DiffusersAdapter
 
 
 class PixArtBlockHook(BlockHook):
@@ -94,3 +97,33 @@ class PixArtBlockHook(BlockHook):
         if hidden_states.ndim == 4:
             hidden_states = hidden_states.squeeze(1)
         return hidden_states
+
+
+class PixArtDiffusers(DiffusersAdapter):
+    family = "pixart"
+    supports = "PixArtTransformer2DModel (PixArt-α/Σ)"
+    order = 20  # after FLUX, whose transformers also have transformer_blocks
+    groups = (
+        BlockGroupSpec(
+            "transformer_blocks", "pixart", (("attn1", "attn1"), ("attn2", "attn2"), ("ff", "ff")), PixArtBlockHook
+        ),
+    )
+
+    @classmethod
+    def matches(cls, transformer):
+        cfg = getattr(transformer, "config", None)
+        norm_type = getattr(cfg, "norm_type", None) if cfg is not None else None
+        return hasattr(transformer, "transformer_blocks") and (
+            type(transformer).__name__ == "PixArtTransformer2DModel" or norm_type == "ada_norm_single"
+        )
+
+    def variant_of(self, pipe):
+        k = type(pipe).__name__
+        if k.startswith("PixArtAlpha"):
+            return "pixart-alpha"
+        if k.startswith("PixArtSigma"):
+            return "pixart-sigma"
+        return None
+
+    def text_tokens(self, pipe, extra=None):
+        return 300 if type(pipe).__name__.startswith("PixArtSigma") else None  # Σ pads prompts to 300, α to 120

@@ -1,4 +1,8 @@
-"""diffusers FLUX blocks (``FluxTransformerBlock``, ``FluxSingleTransformerBlock``, diffusers 0.35+) re-stated so
+"""FLUX.1 on diffusers (``FluxTransformer2DModel``; also Chroma, hooked at its modules): double blocks
+``transformer_blocks[i]`` (``attn``, ``ff``, ``ff_context``) and single blocks ``single_transformer_blocks[j]``
+(``attn``, ``proj_mlp``, ``proj_out``).
+
+The blocks (``FluxTransformerBlock``, ``FluxSingleTransformerBlock``, diffusers 0.35+) are re-stated so
 that a reused unit's input is not built.
 
 A module-output cache serves a reused unit's output but the block still runs the
@@ -12,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import BlockHook, missing_attr
+from ...hooks.base import BlockHook, missing_attr
+from .base import BlockGroupSpec, DiffusersAdapter
 
 _PARAMETERS = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb", "joint_attention_kwargs")
 
@@ -149,3 +154,37 @@ class FluxSingleBlockHook(BlockHook):
             hidden_states = hidden_states.clip(-65504, 65504)
         encoder_hidden_states, hidden_states = hidden_states[:, :text_seq_len], hidden_states[:, text_seq_len:]
         return encoder_hidden_states, hidden_states
+
+
+class FluxDiffusers(DiffusersAdapter):
+    family = "flux"
+    supports = "FluxTransformer2DModel (FLUX.1)"
+    order = 10
+    groups = (
+        BlockGroupSpec(
+            "transformer_blocks",
+            "flux_double",
+            (("full_attn", "attn"), ("full_ff", "ff"), ("full_ff_context", "ff_context")),
+            FluxDoubleBlockHook,
+        ),
+        BlockGroupSpec(
+            "single_transformer_blocks",
+            "flux_single",
+            (("single_attn", "attn"), ("single_proj_mlp", "proj_mlp"), ("single_proj_out", "proj_out")),
+            FluxSingleBlockHook,
+        ),
+    )
+
+    @classmethod
+    def matches(cls, transformer):
+        return hasattr(transformer, "single_transformer_blocks") and hasattr(transformer, "transformer_blocks")
+
+    def variant_of(self, pipe):
+        if not type(pipe).__name__.startswith("Flux"):
+            return None
+        return "flux-dev" if getattr(self.transformer.config, "guidance_embeds", False) else "flux-schnell"
+
+    def text_tokens(self, pipe, extra=None):
+        if type(pipe).__name__.startswith("Flux") and extra:
+            return extra.get("max_sequence_length")
+        return None
