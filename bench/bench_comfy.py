@@ -48,7 +48,8 @@ def import_comfy(device) -> None:
 
 
 def pack_modules():
-    """This pack's ``nodes.comfy_adapters`` and ``ecad_core.engine`` as ComfyUI loads them (one package)."""
+    """This pack's ``nodes.adapters`` (with its ``pixart``, ``flux`` and ``base`` modules), ``ecad_core.engine`` and
+    ``ecad_core.schedule`` as ComfyUI loads them (one package)."""
     name = "comfyui_ecad_bench"
     if name not in sys.modules:
         pkg = types.ModuleType(name)
@@ -57,7 +58,9 @@ def pack_modules():
         nodes = types.ModuleType(f"{name}.nodes")  # not nodes/__init__: the adapters need no node classes
         nodes.__path__ = [str(REPO / "nodes")]
         sys.modules[f"{name}.nodes"] = nodes
-    adapters = importlib.import_module(f"{name}.nodes.comfy_adapters")
+    adapters = importlib.import_module(f"{name}.nodes.adapters")
+    for sub in ("base", "pixart", "flux", "dit_blocks"):
+        importlib.import_module(f"{name}.nodes.adapters.{sub}")
     engine = importlib.import_module(f"{name}.ecad_core.engine")
     schedule = importlib.import_module(f"{name}.ecad_core.schedule")
     return adapters, engine, schedule
@@ -215,7 +218,7 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, g
             self.first_eval_checks, self.pre_run_checks = [], []
 
     flux = hasattr(den.model, "double_blocks")
-    adapter = adapters._flux_adapter(den.model) if flux else adapters._pixart_adapter(den.model)
+    adapter = adapters.adapter_of(den.model)
     layout = adapter.layout
     options = getattr(den, "transformer_options", {})
 
@@ -252,7 +255,7 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, g
     def ceiling(bits):
         def setup():
             if flux:
-                c = ComfyFluxCeiling(den.model, bits, adapters._FluxBlocks, adapters.compact)
+                c = ComfyFluxCeiling(den.model, bits, adapters.flux)
                 options["patches_replace"] = {"dit": c.patches}
 
                 def remove():

@@ -68,14 +68,16 @@ class ComfyFluxCeiling:
 
     ComfyUI's FLUX offers block hooks only, so any cache must re-state the block
     around a reused attention output; this one uses the pack's own re-statements
-    (``_FluxBlocks._double_reuse`` / ``_single_forward``: the arithmetic a cached
-    FLUX block cannot avoid) and keeps everything else minimal: outputs in a list,
-    no signatures, branches, checks or statistics. The MLP units of the double
+    (``nodes/adapters/flux.py``: ``FluxDoubleRestatement.restated`` /
+    ``FluxSingleRestatement.restated``: the arithmetic a cached FLUX block cannot
+    avoid) and keeps everything else minimal: outputs in a list, no signatures,
+    branches, checks or statistics. The MLP units of the double
     blocks are plain module-output closures, as in ``CeilingCache``.
     ``patches`` goes to ``transformer_options["patches_replace"]["dit"]``.
     """
 
-    def __init__(self, dm, bits: np.ndarray, flux_blocks_cls, compact):
+    def __init__(self, dm, bits: np.ndarray, flux):
+        """``flux``: the pack's ``nodes.adapters.flux`` module (its re-statements and ``compact``)."""
         bits = np.asarray(bits, dtype=bool)
         nd, ns = len(dm.double_blocks), len(dm.single_blocks)
         if bits.ndim != 2 or bits.shape[1] != 3 * (nd + ns):
@@ -86,8 +88,8 @@ class ComfyFluxCeiling:
         self.out: list = [None] * bits.shape[1]
         self.cap: dict = {}
         self.capturing = False
-        self.fb = flux_blocks_cls
-        self.compact = compact  # parts of fused tensors are stored as copies, as the pack stores them
+        self.double, self.single = flux.FluxDoubleRestatement, flux.FluxSingleRestatement
+        self.compact = flux.compact  # parts of fused tensors are stored as copies, as the pack stores them
         self.patched: list[torch.nn.Module] = []
         self.patches = {}
         for i, blk in enumerate(dm.double_blocks):
@@ -140,7 +142,7 @@ class ComfyFluxCeiling:
                 o = self._run_original(extra, args)
                 self.out[u] = (self.cap["img_proj"][1], self.cap["txt_proj"][1])
                 return o
-            return self.fb._double_reuse(blk, args, self.out[u])
+            return self.double.restated(blk, args, self.out[u])
 
         return patch
 
@@ -159,9 +161,9 @@ class ComfyFluxCeiling:
             row = self.rows[self.step]
             if row[u] and row[u + 1] and row[u + 2]:
                 o = self._run_original(extra, args)
-                out[u], out[u + 1], out[u + 2] = map(self.compact, self.fb._single_parts(blk, self.cap))
+                out[u], out[u + 1], out[u + 2] = map(self.compact, self.single.parts(blk, self.cap))
                 return o
-            return self.fb._single_forward(
+            return self.single.restated(
                 blk,
                 args,
                 None if row[u] else out[u],

@@ -1,10 +1,12 @@
 """ComfyUI glue: nodes and ComfyUI model adapters (the backend lives in ecad_core)."""
 
-from .eval_nodes import EvaluateECADSchedule
+from .apply_node import ApplyECADSchedule
+from .evaluate_node import EvaluateECADSchedule
 from .evolve_node import EvolveECADSchedule
 from .library import register_user_folder
+from .load_node import LoadECADSchedule
+from .preview_node import PreviewECADSchedule
 from .routes import register as register_routes
-from .schedule_nodes import ApplyECADSchedule, LoadECADSchedule, PreviewECADSchedule
 
 register_user_folder()
 register_routes()

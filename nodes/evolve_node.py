@@ -1,9 +1,9 @@
 """Evolve ECAD Schedule: the NSGA-II schedule search run inside a ComfyUI workflow.
 
 The node is glue around ``ecad_core.search.run_search``: its ``generate``
-samples the connected MODEL with ComfyUI's own sampler (``comfy.sample``), once
-per calibration sample (prompt x seed), with the candidate schedule applied by
-the same ``patch_model`` as Apply ECAD Cache Schedule. The search folder is
+samples the connected MODEL with ComfyUI's own sampler (``nodes/sampling.py``),
+once per calibration sample (prompt x seed), with the candidate schedule applied
+by the same ``patch_model`` as Apply ECAD Cache Schedule. The search folder is
 ``models/ecad_schedules/<output_name>/``: checkpoint, reference outputs and the
 front (``front/*.json``, listed by the Apply and Load nodes without a restart).
 
@@ -18,10 +18,11 @@ import hashlib
 import logging
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import comfy.model_management
-import comfy.sample
 import comfy.samplers
 import comfy.utils
 import numpy as np
@@ -44,9 +45,10 @@ from ..ecad_core.search import (
 from ..ecad_core.search.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES
 from ..ecad_core.search.front import FRONT_PLOT
 from . import library
-from .comfy_adapters import adapter_for
-from .comfy_costs import cost_for_comfy_model
-from .schedule_nodes import SCHEDULE_TYPE, patch_model, refuse_applied_model
+from .adapters import adapter_for
+from .library import SCHEDULE_TYPE
+from .patching import refuse_applied_model
+from .sampling import Sample, Sampler, SamplerSettings, encode, latent_ratio, prompt_lines, zero_conditioning
 
 log = logging.getLogger("ecad")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # fullmatch: "$" would let a final newline in
@@ -72,24 +74,74 @@ def sample_seeds(first_seed: int, seeds_per_prompt: int) -> list[int]:
     return [(int(first_seed) + i) % SEED_RANGE for i in range(int(seeds_per_prompt))]
 
 
-def _prompt_lines(text: str) -> list[str]:
-    return [ln.strip() for ln in (text or "").splitlines() if ln.strip() and not ln.strip().startswith("#")]
+@dataclass
+class EvolveInputs:
+    """The node's inputs, by their names in ``INPUT_TYPES`` (the names saved workflows hold)."""
 
+    model: Any
+    prompts: str
+    seeds_per_prompt: int
+    first_seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    width: int
+    height: int
+    population: int
+    generations: int
+    time_budget_minutes: float
+    quality_metric: str
+    compute_objective: str
+    target_speedup: float
+    output_name: str
+    search_seed: int
+    resume: bool
+    clip: Any = None
+    positive: Any = None
+    negative: Any = None
+    vae: Any = None
+    warm_start: Schedule | None = None
 
-def _encode(clip, text: str):
-    tokens = clip.tokenize(text)
-    return clip.encode_from_tokens_scheduled(tokens)
+    @property
+    def sampling(self) -> SamplerSettings:
+        return SamplerSettings(self.steps, self.cfg, self.sampler_name, self.scheduler, self.width, self.height)
 
+    def search_settings(self) -> SearchSettings:
+        settings = SearchSettings(
+            population=self.population,
+            generations=self.generations or None,
+            seed=self.search_seed,
+            time_budget_s=self.time_budget_minutes * 60.0 if self.time_budget_minutes > 0 else None,
+        )
+        settings.validate()
+        return settings
 
-def _zero_like(cond):
-    # what ComfyUI's ConditioningZeroOut gives: the empty prompt for models without a negative
-    out = []
-    for t, extra in cond:
-        e = dict(extra)
-        if e.get("pooled_output") is not None:
-            e["pooled_output"] = torch.zeros_like(e["pooled_output"])
-        out.append([torch.zeros_like(t), e])
-    return out
+    def conditioning(self) -> tuple[list, list]:
+        """(positive, negative) per calibration prompt: a connected positive is the one prompt, else each
+        prompt line encoded; the negative is the connected one, the empty prompt, or the zeroed positive."""
+        if self.positive is not None:
+            positives = [self.positive]
+        else:
+            lines = prompt_lines(self.prompts, comments=True)
+            if not lines:
+                raise SearchSettingsError(
+                    "no calibration prompts: write at least one prompt (one per line) and "
+                    "connect a CLIP, or connect a positive CONDITIONING"
+                )
+            if self.clip is None:
+                raise SearchSettingsError(
+                    f"{len(lines)} prompt(s) given but no text encoder: connect the clip "
+                    "input (or a positive CONDITIONING)"
+                )
+            positives = [encode(self.clip, ln) for ln in lines]
+        if self.negative is not None:
+            negatives = [self.negative] * len(positives)
+        elif self.clip is not None:
+            negatives = [encode(self.clip, "")] * len(positives)
+        else:
+            negatives = [zero_conditioning(p) for p in positives]
+        return positives, negatives
 
 
 def _cond_digest(conds) -> str:
@@ -118,56 +170,26 @@ def _model_digest(model) -> dict:
     }
 
 
-class ComfyGenerate:
-    """``generate(schedule)`` for the search: latents of every (prompt, seed) sample of one setting."""
-
-    def __init__(self, model, positives, negatives, seeds, steps, cfg, sampler_name, scheduler, width, height):
-        self.model = model
-        self.positives = positives
-        self.negatives = negatives
-        self.seeds = list(seeds)
-        self.steps, self.cfg = int(steps), float(cfg)
-        self.sampler_name, self.scheduler = sampler_name, scheduler
-        fmt = model.get_model_object("latent_format")
-        ratio = int(getattr(fmt, "spacial_downscale_ratio", 8))
-        if width % ratio or height % ratio:
-            raise EcadError(f"width {width} and height {height} must be multiples of {ratio} for this model")
-        self.latent_shape = (1, int(fmt.latent_channels), height // ratio, width // ratio)
-        self.description = {
-            "model": _model_digest(model),
-            "conditioning": _cond_digest(positives + negatives),
-            "samples": len(positives) * len(self.seeds),
-            "seeds": self.seeds,
-            "steps": self.steps,
-            "cfg": self.cfg,
-            "sampler": sampler_name,
-            "scheduler": scheduler,
-            "size": [width, height],
-        }
-
-    def __call__(self, schedule: Schedule | None) -> list[torch.Tensor]:
-        m = self.model if schedule is None else patch_model(self.model, schedule)
-        outs = []
-        for pos, neg in zip(self.positives, self.negatives):
-            for seed in self.seeds:
-                latent = comfy.sample.fix_empty_latent_channels(m, torch.zeros(self.latent_shape))
-                noise = comfy.sample.prepare_noise(latent, seed)
-                samples = comfy.sample.sample(
-                    m,
-                    noise,
-                    self.steps,
-                    self.cfg,
-                    self.sampler_name,
-                    self.scheduler,
-                    pos,
-                    neg,
-                    latent,
-                    denoise=1.0,
-                    disable_pbar=True,
-                    seed=seed,
-                )
-                outs.append(samples[0].float().cpu())
-        return outs
+def calibration_sampler(inp: EvolveInputs, positives: list, negatives: list, seeds: list[int]) -> Sampler:
+    """The search's ``generate``: latents of every (prompt, seed) sample, described by everything they depend
+    on (a resume with other inputs is refused)."""
+    ratio = latent_ratio(inp.model)
+    if inp.width % ratio or inp.height % ratio:
+        raise EcadError(f"width {inp.width} and height {inp.height} must be multiples of {ratio} for this model")
+    samples = [Sample(pos, neg, seed) for pos, neg in zip(positives, negatives) for seed in seeds]
+    gen = Sampler(inp.model, inp.sampling, samples)
+    gen.description = {
+        "model": _model_digest(inp.model),
+        "conditioning": _cond_digest(positives + negatives),
+        "samples": len(samples),
+        "seeds": list(seeds),
+        "steps": int(inp.steps),
+        "cfg": float(inp.cfg),
+        "sampler": inp.sampler_name,
+        "scheduler": inp.scheduler,
+        "size": [inp.width, inp.height],
+    }
+    return gen
 
 
 class _Progress:
@@ -316,183 +338,127 @@ class EvolveECADSchedule:
             },
         }
 
-    def evolve(
-        self,
+    def evolve(self, **inputs):
+        return evolve(EvolveInputs(**inputs))
+
+
+def evolve(inp: EvolveInputs):
+    """The search the node runs: its result (schedule, front plot, report) and the node's UI."""
+    model = inp.model
+    refuse_applied_model(
         model,
-        prompts,
-        seeds_per_prompt,
-        first_seed,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        width,
-        height,
-        population,
-        generations,
-        time_budget_minutes,
-        quality_metric,
-        compute_objective,
-        target_speedup,
-        output_name,
-        search_seed,
-        resume,
-        clip=None,
-        positive=None,
-        negative=None,
-        vae=None,
-        warm_start=None,
-    ):
-        refuse_applied_model(
-            model,
-            "Evolve ECAD Schedule",
-            "the search scores each candidate against the model's full compute and applies the candidates itself",
+        "Evolve ECAD Schedule",
+        "the search scores each candidate against the model's full compute and applies the candidates itself",
+    )
+    adapter = adapter_for(model)
+    out = search_dir(inp.output_name)
+    positives, negatives = inp.conditioning()
+    if inp.quality_metric in IMAGE_SPACES and inp.vae is None:
+        raise SearchSettingsError(
+            f"quality metric {inp.quality_metric!r} compares decoded images: connect a VAE or choose 'latent'"
         )
-        adapter = adapter_for(model)
-        out = search_dir(output_name)
-        positives, negatives = self._conditioning(prompts, clip, positive, negative)
-        if quality_metric in IMAGE_SPACES and vae is None:
-            raise SearchSettingsError(
-                f"quality metric {quality_metric!r} compares decoded images: connect a VAE or choose 'latent'"
-            )
-        settings = SearchSettings(
-            population=population,
-            generations=generations or None,
-            seed=search_seed,
-            time_budget_s=time_budget_minutes * 60.0 if time_budget_minutes > 0 else None,
+    settings = inp.search_settings()
+    gen = calibration_sampler(inp, positives, negatives, sample_seeds(inp.first_seed, inp.seeds_per_prompt))
+    decode = None
+    if inp.vae is not None and inp.quality_metric in IMAGE_SPACES:
+        vae = inp.vae
+
+        def decode(latent):
+            return vae.decode(latent[None])[0].movedim(-1, 0).clamp(0, 1)
+
+    evaluator = LocalEvaluator(gen, decode=decode, space=inp.quality_metric)
+    if not inp.resume and any((out / f).exists() for f in (CHECKPOINT_FILE, *LEGACY_CHECKPOINT_FILES)):
+        log.info("ECAD search: resume is off: starting %s over", out)
+        shutil.rmtree(out)
+    if inp.compute_objective == "latency":
+        cost = _latency_cost(adapter, model, gen, inp.steps, out)
+    else:
+        cost = adapter.compute_cost(inp.steps, inp.height, inp.width, int(positives[0][0][0].shape[1]))
+    warm = [inp.warm_start] if inp.warm_start is not None else []
+    if inp.warm_start is not None and inp.warm_start.layout != adapter.layout:
+        raise EcadError(
+            f"warm_start schedule {inp.warm_start.name!r} has {inp.warm_start.layout.describe()}, the model "
+            f"{adapter.layout.describe()}"
         )
-        settings.validate()
-        seeds = sample_seeds(first_seed, seeds_per_prompt)
-        gen = ComfyGenerate(model, positives, negatives, seeds, steps, cfg, sampler_name, scheduler, width, height)
-        decode = None
-        if vae is not None and quality_metric in IMAGE_SPACES:
-
-            def decode(latent):
-                return vae.decode(latent[None])[0].movedim(-1, 0).clamp(0, 1)
-
-        evaluator = LocalEvaluator(gen, decode=decode, space=quality_metric)
-        if not resume and any((out / f).exists() for f in (CHECKPOINT_FILE, *LEGACY_CHECKPOINT_FILES)):
-            log.info("ECAD search: resume is off: starting %s over", out)
-            shutil.rmtree(out)
-        if compute_objective == "latency":
-            cost = self._latency_cost(adapter, model, gen, steps, out)
-        else:
-            tokens = int(positives[0][0][0].shape[1])
-            cost = cost_for_comfy_model(
-                model, adapter.layout, steps, height, width, tokens, name=adapter.arch_hint or "comfy-model"
-            )
-        warm = [warm_start] if warm_start is not None else []
-        if warm_start is not None and warm_start.layout != adapter.layout:
-            raise EcadError(
-                f"warm_start schedule {warm_start.name!r} has {warm_start.layout.describe()}, the model "
-                f"{adapter.layout.describe()}"
-            )
-        log.info(
-            "ECAD search %r: %s, %d sample(s), %d steps, population %d, %d generation(s), cost: %s",
-            output_name,
-            adapter.kind,
-            len(positives) * len(seeds),
-            steps,
-            population,
-            generations,
-            cost.source,
+    log.info(
+        "ECAD search %r: %s, %d sample(s), %d steps, population %d, %d generation(s), cost: %s",
+        inp.output_name,
+        adapter.kind,
+        len(gen.samples),
+        inp.steps,
+        inp.population,
+        inp.generations,
+        cost.source,
+    )
+    try:
+        result = run_search(
+            evaluator,
+            adapter.layout,
+            inp.steps,
+            out,
+            settings,
+            cost=cost,
+            warm_start=warm,
+            warm_start_steps="remap",
+            model=adapter.arch_hint,
+            progress=_Progress(settings.generations),
+            should_stop=comfy.model_management.processing_interrupted,
+            resume=True,
         )
-        try:
-            result = run_search(
-                evaluator,
-                adapter.layout,
-                steps,
-                out,
-                settings,
-                cost=cost,
-                warm_start=warm,
-                warm_start_steps="remap",
-                model=adapter.arch_hint,
-                progress=_Progress(settings.generations),
-                should_stop=comfy.model_management.processing_interrupted,
-                resume=True,
-            )
-        except CheckpointError as e:
-            raise CheckpointError(
-                f"{e} (or turn 'resume' off: that deletes the folder "
-                f"models/{library.FOLDER_NAME}/{output_name} and starts over)"
-            ) from None
-        # a cancel seen between evaluations: the checkpoint is saved; surface it as ComfyUI's interruption
-        # (not a result, which ComfyUI would cache and so never resume)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        chosen = pick(result.front, target_speedup=target_speedup if target_speedup > 0 else None)
-        report = self._report(output_name, result, chosen, evaluator)
-        log.info("%s", report)
-        img = _front_image(result.front_dir)
-        text = report
-        ui = {"text": [text]}
-        try:
-            import nodes as comfy_nodes  # ComfyUI's PreviewImage shows the plot on the node
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{e} (or turn 'resume' off: that deletes the folder "
+            f"models/{library.FOLDER_NAME}/{inp.output_name} and starts over)"
+        ) from None
+    # a cancel seen between evaluations: the checkpoint is saved; surface it as ComfyUI's interruption
+    # (not a result, which ComfyUI would cache and so never resume)
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    chosen = pick(result.front, target_speedup=inp.target_speedup if inp.target_speedup > 0 else None)
+    report = _report(inp.output_name, result, chosen, evaluator)
+    log.info("%s", report)
+    img = _front_image(result.front_dir)
+    ui = {"text": [report]}
+    try:
+        import nodes as comfy_nodes  # ComfyUI's PreviewImage shows the plot on the node
 
-            ui.update(comfy_nodes.PreviewImage().save_images(img, filename_prefix="ecad_front")["ui"])
-        except Exception as e:  # noqa: BLE001 - the preview is a convenience; outputs still flow
-            log.warning("ECAD: cannot preview the front plot (%s)", e)
-        return {"ui": ui, "result": (chosen.schedule, img, text)}
+        ui.update(comfy_nodes.PreviewImage().save_images(img, filename_prefix="ecad_front")["ui"])
+    except Exception as e:  # noqa: BLE001 - the preview is a convenience; outputs still flow
+        log.warning("ECAD: cannot preview the front plot (%s)", e)
+    return {"ui": ui, "result": (chosen.schedule, img, report)}
 
-    @staticmethod
-    def _latency_cost(adapter, model, gen, steps, out: Path) -> ComputeCost:
-        """Unit times measured on this device (saved in the search folder: a resume must see the same costs)."""
-        path = out / LATENCY_COST_FILE
-        if path.is_file():
-            saved = ComputeCost.load(path)
-            if saved.unit.shape == (steps, adapter.layout.n_units):
-                return saved
-        if not adapter.units_timeable:
-            raise SearchSettingsError(
-                f"the latency objective times each unit, but the units of {adapter.kind} "
-                f"are computed inside ComfyUI's own blocks: use compute_objective 'macs'"
-            )
-        full = Schedule.full(adapter.layout, steps, name="all-recompute")
-        cost = measured_latency_cost(
-            model.model.diffusion_model, adapter.layout, steps, lambda: gen(None), run_patched=lambda: gen(full)
+
+def _latency_cost(adapter, model, gen, steps, out: Path) -> ComputeCost:
+    """Unit times measured on this device (saved in the search folder: a resume must see the same costs)."""
+    path = out / LATENCY_COST_FILE
+    if path.is_file():
+        saved = ComputeCost.load(path)
+        if saved.unit.shape == (steps, adapter.layout.n_units):
+            return saved
+    if not adapter.units_timeable:
+        raise SearchSettingsError(
+            f"the latency objective times each unit, but the units of {adapter.kind} "
+            f"are computed inside ComfyUI's own blocks: use compute_objective 'macs'"
         )
-        out.mkdir(parents=True, exist_ok=True)
-        cost.save(path)
-        return cost
+    full = Schedule.full(adapter.layout, steps, name="all-recompute")
+    cost = measured_latency_cost(
+        model.model.diffusion_model, adapter.layout, steps, lambda: gen(None), run_patched=lambda: gen(full)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    cost.save(path)
+    return cost
 
-    @staticmethod
-    def _conditioning(prompts, clip, positive, negative):
-        if positive is not None:
-            positives = [positive]
-        else:
-            lines = _prompt_lines(prompts)
-            if not lines:
-                raise SearchSettingsError(
-                    "no calibration prompts: write at least one prompt (one per line) and "
-                    "connect a CLIP, or connect a positive CONDITIONING"
-                )
-            if clip is None:
-                raise SearchSettingsError(
-                    f"{len(lines)} prompt(s) given but no text encoder: connect the clip "
-                    "input (or a positive CONDITIONING)"
-                )
-            positives = [_encode(clip, ln) for ln in lines]
-        if negative is not None:
-            negatives = [negative] * len(positives)
-        elif clip is not None:
-            empty = _encode(clip, "")
-            negatives = [empty] * len(positives)
-        else:
-            negatives = [_zero_like(p) for p in positives]
-        return positives, negatives
 
-    @staticmethod
-    def _report(name, result, chosen, evaluator) -> str:
-        lines = [
-            f"ECAD search {name!r}: generation {result.generation}, {result.evaluations} schedules evaluated"
-            f" ({evaluator.n_generate} sampling runs here), stopped: {result.stopped}"
-            + (f", resumed from generation {result.resumed_from}" if result.resumed_from is not None else ""),
-            f"front: {len(result.front)} point(s) in {result.front_dir}, hypervolume {result.hypervolume:.4f}",
-            f"picked: {chosen.schedule.name} - expected {chosen.expected_speedup:.2f}x, quality loss "
-            f"{chosen.quality_loss:.5f}",
-        ]
-        for p in sorted(result.front, key=lambda p: p.compute_fraction):
-            lines.append(
-                f"  {p.expected_speedup:5.2f}x  loss {p.quality_loss:.5f}  {p.path.name if p.path else p.schedule.name}"
-            )
-        return "\n".join(lines)
+def _report(name, result, chosen, evaluator) -> str:
+    lines = [
+        f"ECAD search {name!r}: generation {result.generation}, {result.evaluations} schedules evaluated"
+        f" ({evaluator.n_generate} sampling runs here), stopped: {result.stopped}"
+        + (f", resumed from generation {result.resumed_from}" if result.resumed_from is not None else ""),
+        f"front: {len(result.front)} point(s) in {result.front_dir}, hypervolume {result.hypervolume:.4f}",
+        f"picked: {chosen.schedule.name} - expected {chosen.expected_speedup:.2f}x, quality loss "
+        f"{chosen.quality_loss:.5f}",
+    ]
+    for p in sorted(result.front, key=lambda p: p.compute_fraction):
+        lines.append(
+            f"  {p.expected_speedup:5.2f}x  loss {p.quality_loss:.5f}  {p.path.name if p.path else p.schedule.name}"
+        )
+    return "\n".join(lines)

@@ -17,6 +17,7 @@ import os
 import threading
 from pathlib import Path
 
+from ..ecad_core import families
 from ..ecad_core.costs import LATENCY_COST_FILE
 from ..ecad_core.errors import ScheduleError
 from ..ecad_core.schedule import MAX_FILE_BYTES, Schedule, file_error, load_schedule, read_regular_file
@@ -28,12 +29,7 @@ log = logging.getLogger("ecad")
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "schedules"
 FOLDER_NAME = "ecad_schedules"
 SEP = " · "
-PRETTY = {
-    "pixart-alpha": "PixArt-α",
-    "pixart-sigma": "PixArt-Σ",
-    "flux-dev": "FLUX.1-dev",
-    "flux-schnell": "FLUX.1-schnell",
-}
+SCHEDULE_TYPE = "ECAD_SCHEDULE"  # the node socket type of a schedule
 # the JSON files a search keeps beside its schedules (not schedules themselves); its other files
 # (checkpoint, references, evaluations.csv, front.png, *.tmp) are not *.json, so never listed
 SEARCH_BOOKKEEPING = (FRONT_INDEX, PROGRESS_FILE, LATENCY_COST_FILE)
@@ -163,11 +159,26 @@ def _positive(v) -> float | None:
 
 
 def label(key: str, s: Schedule) -> str:
+    """The dropdown value of a schedule: '<key> · <model> · <speedup>×' (the model as its family names it)."""
     sp = speedup_of(s)
-    parts = [key, PRETTY.get(s.model or "", s.family)]
+    parts = [key, families.model_label(s.model, s.family)]
     if sp:
         parts.append(f"{sp:.2f}×")
     return SEP.join(parts)
+
+
+def info_text(s: Schedule) -> str:
+    """What the Load and Preview nodes say about a schedule."""
+    info = s.summary()
+    sp = speedup_of(s)
+    lines = [
+        f"{s.name} ({families.model_label(s.model, s.family)})",
+        f"{info['steps']} steps, {s.layout.describe()}",
+        f"recomputed: {100 * info['recompute_fraction']:.1f}% of unit-steps",
+    ]
+    if sp:
+        lines.append(f"speedup: {sp:.2f}x")
+    return "\n".join(lines)
 
 
 def _listed(layout=None) -> list[str]:

@@ -21,7 +21,7 @@ def pack(comfy_dir):
     bench_comfy.pack_modules()
     return {
         m: importlib.import_module(f"comfyui_ecad_bench.{m}")
-        for m in ("nodes.schedule_nodes", "nodes.comfy_adapters", "ecad_core.schedule", "ecad_core.engine.cuda_graphs")
+        for m in ("nodes.patching", "nodes.adapters", "ecad_core.schedule", "ecad_core.engine.cuda_graphs")
     }
 
 
@@ -34,7 +34,7 @@ def _patcher(dm):
 
 
 def _schedules(pack, mp):
-    lay = pack["nodes.comfy_adapters"].adapter_for(mp).layout
+    lay = pack["nodes.adapters"].adapter_for(mp).layout
     make = pack["ecad_core.schedule"].Schedule
     return [make(lay, np.random.default_rng(i).random((3, lay.n_units)) < 0.5, name=n) for i, n in enumerate("ab")]
 
@@ -44,7 +44,7 @@ def _run(mp):
 
 
 def _ours(pack, patches: dict) -> dict:
-    return {k: v for k, v in patches.items() if pack["nodes.comfy_adapters"].is_ecad_patch(v)}
+    return {k: v for k, v in patches.items() if pack["nodes.adapters"].is_ecad_patch(v)}
 
 
 def _wrapper_runs(mp):
@@ -57,7 +57,7 @@ def pixart(pack):
 
 
 def test_a_later_pixart_apply_replaces_every_patch_of_the_earlier_one_and_keeps_other_nodes(pack, pixart):
-    patch_model = pack["nodes.schedule_nodes"].patch_model
+    patch_model = pack["nodes.patching"].patch_model
     base = _patcher(pixart)
 
     def foreign0(*a, **k):  # another node's patch of block 0, before both Applies
@@ -92,13 +92,13 @@ def test_a_later_pixart_apply_replaces_every_patch_of_the_earlier_one_and_keeps_
 
 def test_a_clone_of_a_patched_model_shares_its_run(pack, pixart):
     # ModelPatcher.clone deep-copies model_options: the run there must stay the one the wrappers drive
-    m1 = pack["nodes.schedule_nodes"].patch_model(_patcher(pixart), _schedules(pack, _patcher(pixart))[0])
+    m1 = pack["nodes.patching"].patch_model(_patcher(pixart), _schedules(pack, _patcher(pixart))[0])
     clone = m1.clone()
     assert _run(clone) is _run(m1) and _wrapper_runs(clone)["outer_sample"] == [_run(m1)]
 
 
 def test_an_earlier_applys_cuda_graph_forward_is_removed_but_another_nodes_is_kept(pack, pixart):
-    patch_model = pack["nodes.schedule_nodes"].patch_model
+    patch_model = pack["nodes.patching"].patch_model
     GraphMode = pack["ecad_core.engine.cuda_graphs"].GraphMode
     a, b = _schedules(pack, _patcher(pixart))
     m1 = patch_model(_patcher(pixart), a)
@@ -116,7 +116,7 @@ def test_an_earlier_applys_cuda_graph_forward_is_removed_but_another_nodes_is_ke
 
 def test_a_later_flux_apply_replaces_the_earlier_ones_block_and_module_patches(pack):
     dm = bench_comfy.comfy_flux(256, tiny=True, device="cpu", dtype=torch.float32, steps=3).model
-    patch_model = pack["nodes.schedule_nodes"].patch_model
+    patch_model = pack["nodes.patching"].patch_model
     base = _patcher(dm)
     a, b = _schedules(pack, base)
     m1 = patch_model(base, a)

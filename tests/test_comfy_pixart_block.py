@@ -1,4 +1,4 @@
-"""The ComfyUI PixArt block re-statement (nodes/comfy_pixart.py) on ComfyUI's own PixArtMS (tiny, random weights):
+"""The ComfyUI PixArt block re-statement (nodes/adapters/pixart.py) on ComfyUI's own PixArtMS (tiny, random weights):
 reused units' norm + modulation are skipped, the image equals the module-level cache's, and a block that no
 longer matches ComfyUI's fails loudly."""
 
@@ -45,7 +45,7 @@ def _schedule(schedule_mod, layout, seed=0):
 
 def _patched_loop(comfy, sched, mp=None, counts=None):
     den, adapters, engine_mod, _ = comfy
-    ad = adapters._pixart_adapter(den.model)
+    ad = adapters.pixart.PixArtComfy(den.model)
     eng = engine_mod.CacheEngine(sched)
     mp = mp or bench_comfy.Patcher(den.model, {})
     ad.install(mp, _Run(eng))
@@ -77,7 +77,7 @@ def _patched_loop(comfy, sched, mp=None, counts=None):
 
 def test_block_restatement_equals_module_cache_and_skips_reused_inputs(comfy):
     den, adapters, _, schedule_mod = comfy
-    sched = _schedule(schedule_mod, adapters._pixart_adapter(den.model).layout)
+    sched = _schedule(schedule_mod, adapters.pixart.PixArtComfy(den.model).layout)
     importlib.import_module("comfyui_ecad_bench.ecad_core.hooks").forget_verified()  # each block checked again
     counts: dict = {}
     x, stats, _mp = _patched_loop(comfy, sched, counts=counts)
@@ -101,7 +101,7 @@ def test_fp16_block_restatement_equals_module_cache(comfy_dir):
     # 0 with ComfyUI's; the ceiling runs ComfyUI's blocks, so every computed unit of every block is compared too.
     den, adapters, _engine_mod, schedule_mod = comfy = _comfy(torch.float16)
     assert any(p.dim() == 1 and p.abs().sum() > 0 for p in den.model.parameters())  # biases are not zero
-    sched = _schedule(schedule_mod, adapters._pixart_adapter(den.model).layout)
+    sched = _schedule(schedule_mod, adapters.pixart.PixArtComfy(den.model).layout)
     x, stats, _ = _patched_loop(comfy, sched)
     with torch.no_grad(), CeilingCache(den.unit_modules, sched.effective_bits()) as c:
         ref = den.loop(lambda i: setattr(c, "step", i))
@@ -111,7 +111,7 @@ def test_fp16_block_restatement_equals_module_cache(comfy_dir):
 
 def test_all_recompute_block_equals_comfyui_block(comfy):
     den, adapters, _, schedule_mod = comfy
-    layout = adapters._pixart_adapter(den.model).layout
+    layout = adapters.pixart.PixArtComfy(den.model).layout
     with torch.no_grad():
         plain = den.loop()
     x, stats, _ = _patched_loop(comfy, schedule_mod.Schedule.full(layout, STEPS))
@@ -127,14 +127,14 @@ def test_a_changed_comfyui_block_fails_loudly(comfy, monkeypatch):
         return original(self, x, y, t, mask, HW, **kw) * 1.0001
 
     monkeypatch.setattr(cls, "forward", changed)
-    layout = adapters._pixart_adapter(den.model).layout
-    with pytest.raises(adapters.SelfCheckError, match="PixArt block re-statement differs from ComfyUI's block"):
+    layout = adapters.pixart.PixArtComfy(den.model).layout
+    with pytest.raises(adapters.pixart.SelfCheckError, match="PixArt block re-statement differs from ComfyUI's block"):
         _patched_loop(comfy, _schedule(schedule_mod, layout))
 
 
 def test_another_nodes_block_patch_is_kept_and_its_modules_are_cached(comfy, caplog):
     den, adapters, _, schedule_mod = comfy
-    sched = _schedule(schedule_mod, adapters._pixart_adapter(den.model).layout, seed=1)
+    sched = _schedule(schedule_mod, adapters.pixart.PixArtComfy(den.model).layout, seed=1)
     blk0 = den.model.blocks[0]
     calls = []
 
@@ -156,12 +156,12 @@ def test_another_nodes_block_patch_is_kept_and_its_modules_are_cached(comfy, cap
 
 def test_a_later_ecad_apply_replaces_the_earlier_block_patch(comfy):
     den, adapters, engine_mod, schedule_mod = comfy
-    layout = adapters._pixart_adapter(den.model).layout
+    layout = adapters.pixart.PixArtComfy(den.model).layout
     mp = bench_comfy.Patcher(den.model, {})
-    first = adapters.PixArtBlocks(den.model, _Run(None), "test").forward_for(0)
+    first = adapters.pixart.PixArtRestatement(den.model, _Run(None)).forward_for(0)
     mp.object_patches["diffusion_model.blocks.0.forward"] = first  # as a clone of an ECAD-patched model holds
     eng = engine_mod.CacheEngine(_schedule(schedule_mod, layout))
-    adapters._pixart_adapter(den.model).install(mp, _Run(eng))
+    adapters.pixart.PixArtComfy(den.model).install(mp, _Run(eng))
     try:
         patched = mp.object_patches["diffusion_model.blocks.0.forward"]
         assert patched is not first and patched.ecad_patch
@@ -176,7 +176,7 @@ def test_restated_blocks_keep_the_stream_contiguous_but_q_linear_sees_comfyuis_l
     # re-statement makes the stream contiguous. cross_attn.q_linear must still see ComfyUI's layout: a
     # contiguous input would take F.linear's fused-bias addmm, which rounds differently on a GPU.
     den, adapters, _, schedule_mod = comfy
-    layout = adapters._pixart_adapter(den.model).layout
+    layout = adapters.pixart.PixArtComfy(den.model).layout
     seen = {"plain": [], "patched": []}
 
     def probe(key):

@@ -162,7 +162,7 @@ def test_op_counts_engine_skips_exactly_the_reused_units_inputs():
 
 
 def test_comfy_flux_reused_double_block_skips_its_mlp_inputs(comfy_dir):
-    """ComfyUI's FLUX (nodes/comfy_adapters.py): where a double block's attention is reused, a reused MLP unit's
+    """ComfyUI's FLUX (nodes/adapters/flux.py): where a double block's attention is reused, a reused MLP unit's
     input (LayerNorm, 1 + scale, addcmul) is not built; the ceiling builds it. Copies aside (what each keeps
     differs), ceiling − pack = 3 × those reused MLP units, once the one-off first-use checks are counted."""
     from bench import op_counts

@@ -319,7 +319,7 @@ def test_comfy_graph_mode_checks_and_microconds(comfy_dir):
         assert "casts this model's weights" in graphs.comfy_run_check(dm)
         lin.comfy_cast_weights = False
 
-        ad = adapters._pixart_adapter(dm)
+        ad = adapters.pixart.PixArtComfy(dm)
         assert ad.graph_kwargs == ("context", "c_size", "c_ar")
         x, ctx = den.x0, den.inputs["context"]
         t = den.inputs["timesteps"][0].expand(x.shape[0])
@@ -370,11 +370,11 @@ def test_flux_single_block_computes_only_the_linear1_rows_a_step_needs(comfy_dir
     ids = torch.zeros(1, 12, 3)
     ids[0, :, 1] = torch.arange(12)
     args = {"img": torch.randn(1, 12, 64), "vec": torch.randn(1, 64), "pe": EmbedND(32, 10000, [8, 12, 12])(ids)}
-    fb = adapters._FluxBlocks
+    single = adapters.flux.FluxSingleRestatement
 
     def run(attn=None, mlp=None):
         got = {}
-        out = fb._single_forward(
+        out = single.restated(
             blk,
             {**args, "img": args["img"].clone()},
             attn,
@@ -402,7 +402,7 @@ def test_flux_single_block_computes_only_the_linear1_rows_a_step_needs(comfy_dir
     # a layer ComfyUI must cast (or patch) runs whole through its own forward, then is sliced
     blk.linear1.comfy_cast_weights = True
     x = torch.randn(1, 3, 64)
-    torch.testing.assert_close(adapters._linear_rows(blk.linear1, x, 192, 200), blk.linear1(x)[..., 192:200])
+    torch.testing.assert_close(adapters.flux.linear_rows(blk.linear1, x, 192, 200), blk.linear1(x)[..., 192:200])
 
 
 def test_gpu_suite_refuses_without_cuda_and_summarises(monkeypatch):
@@ -437,9 +437,8 @@ def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_d
     adapters, engine_mod, schedule_mod = bench_comfy.pack_modules()
     with torch.no_grad():
         den = bench_comfy.comfy_flux(64, tiny=True, device="cpu", dtype=torch.float32, steps=2)
-    fb = adapters._FluxBlocks
-    name = "_double_reuse" if kind == "double" else "_single_forward"
-    real = getattr(fb, name)
+    fb = adapters.flux.FluxDoubleRestatement if kind == "double" else adapters.flux.FluxSingleRestatement
+    real = fb.restated
 
     def off(blk, *a, **k):  # every block, or only single block `only` (each block is checked at its first call)
         out = real(blk, *a, **k)
@@ -447,8 +446,8 @@ def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_d
             return out
         return {key: v * 1.001 for key, v in out.items()}
 
-    monkeypatch.setattr(fb, name, staticmethod(off))
-    ad = adapters._flux_adapter(den.model)
+    monkeypatch.setattr(fb, "restated", staticmethod(off))
+    ad = adapters.flux.FluxComfy(den.model)
     eng = engine_mod.CacheEngine(schedule_mod.Schedule.full(ad.layout, 2))
     mp = bench_comfy.Patcher(den.model, den.transformer_options)
     run = type("Run", (), {"engine": eng, "capture": None})()
@@ -460,7 +459,7 @@ def test_comfy_flux_restatement_that_differs_from_the_block_fails_loudly(comfy_d
         with (
             torch.no_grad(),
             pytest.raises(
-                adapters.SelfCheckError,
+                adapters.flux.SelfCheckError,
                 match=f"FLUX {kind} block re-statement differs from ComfyUI's block \\({where}[,:]",
             ),
         ):

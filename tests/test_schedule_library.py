@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from support.schedule_corpus import REPO, fuzzed_files, write_bad_files, write_special_files
 
-from ecad_core import Schedule, ScheduleError, load_schedule, make_layout
+from ecad_core import Schedule, ScheduleError, families, load_schedule, make_layout
 
 PACK = "comfyui_ecad_libtest"
 
@@ -222,12 +222,12 @@ def _cells(img, cy, cx):
 def test_preview_small_schedules_are_pixel_exact(comfy_dir):
     if str(comfy_dir) not in sys.path:
         sys.path.append(str(comfy_dir))
-    nodes = _pack_module("schedule_nodes")
+    nodes = _pack_module("preview_node")
     lay = make_layout("pixart", 2)
     bits = np.array([[1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 0, 0], [1, 0, 0, 0, 0, 1]], bool)
     img = nodes.schedule_image(Schedule(lay, bits))[0].numpy()
     assert img.shape == (12, 24, 3)
-    col = {c: np.array(nodes._COLORS[c], np.float32) for c in ("attn1", "attn2", "ff")}
+    col = {c: np.array(families.get("pixart").color(c), np.float32) for c in ("attn1", "attn2", "ff")}
     for s in range(3):
         for u, comp in enumerate(["attn1", "attn2", "ff"] * 2):
             want = col[comp] if bits[s, u] else np.full(3, 0.12, np.float32)
@@ -245,7 +245,7 @@ def test_preview_of_the_largest_schedule_is_bounded(comfy_dir):
     each the mean colour of its bin, in bounded memory (a 6 MB file once made a 98304 x 1000 PNG)."""
     if str(comfy_dir) not in sys.path:
         sys.path.append(str(comfy_dir))
-    nodes = _pack_module("schedule_nodes")
+    nodes = _pack_module("preview_node")
     lay = make_layout("dit_blocks", 1024, 1024)
     bits = np.zeros((488, 2048), bool)
     bits[:, ::2] = True  # every other unit recomputed: each 2-unit bin is half bright
@@ -258,7 +258,7 @@ def test_preview_of_the_largest_schedule_is_bounded(comfy_dir):
     tracemalloc.stop()
     assert img.shape == (488, 1024, 3)
     assert peak < 80 * 2**20 and took < 10, (peak, took)
-    bright = np.array(nodes._COLORS["block"], np.float32)
+    bright = np.array(families.get("dit_blocks").color("block"), np.float32)
     assert np.allclose(img[1:], (bright + 0.12) / 2)  # step 0 is always computed: fully bright
     assert np.allclose(img[0], bright)
     assert nodes._picture_note(s) == "picture summarised: each pixel averages 1 step(s) x 2 unit(s)"

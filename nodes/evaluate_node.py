@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import comfy.samplers
 import comfy.utils
 import folder_paths
-import torch
 
 from ..ecad_core.errors import EcadError
 from ..ecad_core.evaluation import (
@@ -39,10 +40,12 @@ from ..ecad_core.evaluation import (
     to_markdown,
     write_reports,
 )
+from ..ecad_core.schedule import Schedule
 from . import library
-from .comfy_adapters import adapter_for
-from .comfy_costs import cost_for_comfy_model
-from .schedule_nodes import SCHEDULE_TYPE, patch_model, refuse_applied_model
+from .adapters import adapter_for
+from .library import SCHEDULE_TYPE
+from .patching import refuse_applied_model
+from .sampling import Sample, Sampler, SamplerSettings, encode, prompt_lines, zero_conditioning
 
 log = logging.getLogger("ecad")
 METRICS_DIR = "ecad_metrics"
@@ -78,67 +81,77 @@ def _weights_path(value: str, input_name: str) -> str | None:
     return _checked_path(value, input_name, os.path.join(folder_paths.models_dir, METRICS_DIR))
 
 
-class _ComfyGenerate:
-    """``generate(schedule_or_None)`` for the runner: one KSampler run per sample, decoded when a VAE is given."""
+@dataclass
+class EvaluateInputs:
+    """The node's inputs, by their names in ``INPUT_TYPES`` (the names saved workflows hold)."""
 
-    def __init__(
-        self, model, conds, negative, seeds, steps, cfg, sampler, scheduler, width, height, vae, offload, progress
-    ):
-        self.model, self.conds, self.negative, self.seeds = model, conds, negative, seeds
-        self.steps, self.cfg, self.sampler, self.scheduler = steps, cfg, sampler, scheduler
-        self.width, self.height, self.vae, self.offload = width, height, vae, offload
-        self.progress = progress
-        self._patched: dict[int, object] = {}
-        self._last_run = None
+    model: Any
+    preset: str
+    prompts: str
+    seed: int
+    seeds_per_prompt: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    width: int
+    height: int
+    metrics: str
+    grid_rows: int
+    filename_prefix: str
+    schedule: Schedule | None = None
+    clip: Any = None
+    positive: Any = None
+    negative: Any = None
+    vae: Any = None
+    clip_score_weights: str = ""
+    imagereward_weights: str = ""
+    lpips_weights: str = ""
+    inception_weights: str = ""
+    fid_reference_folder: str = ""
+    warmup: bool = True
+    offload_cache_to_cpu: bool = False
 
-    def _model_for(self, schedule):
-        if schedule is None:
-            return self.model
-        if id(schedule) not in self._patched:
-            self._patched[id(schedule)] = patch_model(self.model, schedule, self.offload)
-        return self._patched[id(schedule)]
+    @property
+    def sampling(self) -> SamplerSettings:
+        return SamplerSettings(self.steps, self.cfg, self.sampler_name, self.scheduler, self.width, self.height)
 
-    def _sample(self, model, cond, seed) -> torch.Tensor:
-        import nodes as comfy_nodes
+    def weights(self) -> MetricWeights:
+        return MetricWeights(
+            clip=_weights_path(self.clip_score_weights, "clip_score_weights"),
+            imagereward=_weights_path(self.imagereward_weights, "imagereward_weights"),
+            lpips=_weights_path(self.lpips_weights, "lpips_weights"),
+            inception=_weights_path(self.inception_weights, "inception_weights"),
+        )
 
-        latent = {"samples": torch.zeros(1, 4, self.height // 8, self.width // 8)}
-        out = comfy_nodes.common_ksampler(
-            model, seed, self.steps, self.cfg, self.sampler, self.scheduler, cond, self.negative, latent, denoise=1.0
-        )[0]["samples"]
-        if self.vae is None:
-            return out[0].float().cpu()
-        return self.vae.decode(out)[0].permute(2, 0, 1).float().cpu()  # [H, W, 3] -> [3, H, W]
-
-    def warmup(self, schedule) -> None:
-        self._sample(self._model_for(schedule), self.conds[0], self.seeds[0])
-
-    def __call__(self, schedule):
-        model = self._model_for(schedule)
-        run = model.model_options.get("transformer_options", {}).get("ecad") if schedule is not None else None
-        start = len(run.history) if run is not None else 0
-        outs = []
-        for cond, seed in zip(self.conds, self.seeds):
-            outs.append(self._sample(model, cond, seed))
-            self.progress.update(1)
-        self._last_run = run.history[start:] if run is not None else None
-        return outs
-
-    def reuse_fraction(self) -> float | None:
-        if not self._last_run:
-            return None
-        reused = sum(e["reused"] for e in self._last_run)
-        total = reused + sum(e["computed"] for e in self._last_run)
-        return reused / total if total else None
-
-
-def _zero_conditioning(cond):
-    out = []
-    for t, extra in cond:
-        extra = dict(extra)
-        if isinstance(extra.get("pooled_output"), torch.Tensor):
-            extra["pooled_output"] = torch.zeros_like(extra["pooled_output"])
-        out.append([torch.zeros_like(t), extra])
-    return out
+    def samples(self) -> tuple[list[Sample], list[str | None], list[int]]:
+        """(samples, the prompt of each, the seeds per prompt). With a CLIP every prompt line is encoded and
+        sampled with the same seeds, as the eval command does; else the connected positive is used for every
+        sample, the lines only label them, and the seeds run on across all samples (or every prompt line
+        would repeat one image)."""
+        lines: list[str | None] = list(prompt_lines(self.prompts))
+        negative = self.negative
+        if self.clip is not None:
+            if not lines:
+                raise EcadError("Evaluate ECAD Schedule: a CLIP input is connected but no prompts are given")
+            encoded = [encode(self.clip, p) for p in lines]
+            if negative is None:
+                negative = encode(self.clip, "")
+        elif self.positive is not None:
+            lines = lines or [None]
+            encoded = [self.positive] * len(lines)
+            if negative is None:
+                negative = zero_conditioning(self.positive)
+        else:
+            raise EcadError("Evaluate ECAD Schedule: connect a CLIP (text encoder) or a positive CONDITIONING")
+        seeds = [self.seed + j for j in range(self.seeds_per_prompt)]
+        conds = [c for c in encoded for _ in seeds]
+        prompts = [p for p in lines for _ in seeds]
+        if self.clip is not None:
+            sample_seeds = [s for _ in lines for s in seeds]
+        else:
+            sample_seeds = [self.seed + i for i in range(len(conds))]
+        return [Sample(c, negative, s) for c, s in zip(conds, sample_seeds)], prompts, seeds
 
 
 class EvaluateECADSchedule:
@@ -253,131 +266,71 @@ class EvaluateECADSchedule:
         # schedule input is keyed by its own node)
         return library.fingerprint(preset)
 
-    def evaluate(
-        self,
+    def evaluate(self, **inputs):
+        return evaluate(EvaluateInputs(**inputs))
+
+
+def evaluate(inp: EvaluateInputs):
+    """The evaluation the node runs: its table, the comparison grid, the report files and the node's UI."""
+    # paths first: refused before anything is loaded or sampled
+    fid_ref = _checked_path(inp.fid_reference_folder, "fid_reference_folder", folder_paths.get_input_directory())
+    weights = inp.weights()
+    model = inp.model
+    refuse_applied_model(
+        model, "Evaluate ECAD Schedule", "the node applies the schedule itself and compares it with no cache"
+    )
+    schedule = inp.schedule if inp.schedule is not None else library.resolve(inp.preset)
+    samples, sample_prompts, seeds = inp.samples()
+    suite = MetricSuite.load(inp.metrics, weights, fid_reference=fid_ref)
+    adapter = adapter_for(model)
+    schedule.check_fits(adapter.layout, adapter.kind)
+    # the search's cost model, so reported MACs match the search's compute objective
+    cost = adapter.compute_cost(inp.steps, inp.height, inp.width, int(samples[0].positive[0][0].shape[1]))
+    pbar = comfy.utils.ProgressBar(2 * len(samples))
+    vae = inp.vae
+    gen = Sampler(
         model,
-        preset,
-        prompts,
-        seed,
-        seeds_per_prompt,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        width,
-        height,
-        metrics,
-        grid_rows,
-        filename_prefix,
-        schedule=None,
-        clip=None,
-        positive=None,
-        negative=None,
-        vae=None,
-        clip_score_weights="",
-        imagereward_weights="",
-        lpips_weights="",
-        inception_weights="",
-        fid_reference_folder="",
-        warmup=True,
-        offload_cache_to_cpu=False,
-    ):
-        # paths first: refused before anything is loaded or sampled
-        fid_ref = _checked_path(fid_reference_folder, "fid_reference_folder", folder_paths.get_input_directory())
-        weights = MetricWeights(
-            clip=_weights_path(clip_score_weights, "clip_score_weights"),
-            imagereward=_weights_path(imagereward_weights, "imagereward_weights"),
-            lpips=_weights_path(lpips_weights, "lpips_weights"),
-            inception=_weights_path(inception_weights, "inception_weights"),
-        )
-        refuse_applied_model(
-            model, "Evaluate ECAD Schedule", "the node applies the schedule itself and compares it with no cache"
-        )
-        schedule = schedule if schedule is not None else library.resolve(preset)
-        lines = [p.strip() for p in (prompts or "").splitlines() if p.strip()]
-        if clip is not None:
-            if not lines:
-                raise EcadError("Evaluate ECAD Schedule: a CLIP input is connected but no prompts are given")
-            encoded = [clip.encode_from_tokens_scheduled(clip.tokenize(p)) for p in lines]
-            if negative is None:
-                negative = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-        elif positive is not None:
-            lines = lines or [None]
-            encoded = [positive] * len(lines)
-            if negative is None:
-                negative = _zero_conditioning(positive)
-        else:
-            raise EcadError("Evaluate ECAD Schedule: connect a CLIP (text encoder) or a positive CONDITIONING")
-        seeds = [seed + j for j in range(seeds_per_prompt)]
-        conds = [c for c in encoded for _ in seeds]
-        sample_prompts = [p for p in lines for _ in seeds]
-        if clip is not None:  # every prompt with the same seeds, as the eval command does
-            sample_seeds = [s for _ in lines for s in seeds]
-        else:  # one conditioning for all: distinct seeds, or the prompt lines would repeat one image
-            sample_seeds = [seed + i for i in range(len(conds))]
-        suite = MetricSuite.load(metrics, weights, fid_reference=fid_ref)
-        adapter = adapter_for(model)
-        schedule.check_fits(adapter.layout, adapter.kind)
-        # the search's cost model, so reported MACs match the search's compute objective
-        cost = cost_for_comfy_model(
-            model,
-            adapter.layout,
-            steps,
-            height,
-            width,
-            int(conds[0][0][0].shape[1]),
-            name=adapter.arch_hint or "comfy-model",
-        )
-        pbar = comfy.utils.ProgressBar(2 * len(conds))
-        gen = _ComfyGenerate(
-            model,
-            conds,
-            negative,
-            sample_seeds,
-            steps,
-            cfg,
-            sampler_name,
-            scheduler,
-            width,
-            height,
-            vae,
-            offload_cache_to_cpu,
-            pbar,
-        )
-        settings = {
-            "schedule": schedule.name,
-            "steps": steps,
-            "cfg": cfg,
-            "sampler": sampler_name,
-            "scheduler": scheduler,
-            "width": width,
-            "height": height,
-            "seeds": seeds,
-            "text": "clip" if clip is not None else "conditioning",
-            "warmup": warmup,
-            "weights": dict(vars(weights).items()),
-            "fid_reference": fid_ref,
-        }
-        res = run_evaluation(
-            gen,
-            [(schedule.name, schedule)],
-            suite,
-            sample_prompts=sample_prompts,
-            sample_seeds=sample_seeds,
-            cost=cost_function(cost),
-            warmup=warmup,
-            kind="image" if vae is not None else "latent",
-            settings=settings,
-            keep_outputs=grid_rows,
-        )
-        table = to_markdown(res)
-        grid = comparison_grid(res.rows[0].outputs, [(schedule.name, res.rows[1].outputs)], rows=grid_rows)
-        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, folder_paths.get_output_directory(), grid.shape[1], grid.shape[0]
-        )
-        stem = f"{name}_{counter:05}_"
-        write_reports(res, folder, stem=stem + "eval")
-        save_png(grid, Path(folder) / f"{stem}grid.png")
-        log.info("ECAD eval of %r:\n%s", schedule.name, table)
-        ui = {"images": [{"filename": f"{stem}grid.png", "subfolder": subfolder, "type": "output"}], "text": [table]}
-        return {"ui": ui, "result": (table, grid[None])}
+        inp.sampling,
+        samples,
+        offload=inp.offload_cache_to_cpu,
+        decode=None if vae is None else (lambda out: vae.decode(out)[0].permute(2, 0, 1).float().cpu()),
+        preview=True,
+        on_sample=lambda: pbar.update(1),
+    )
+    settings = {
+        "schedule": schedule.name,
+        "steps": inp.steps,
+        "cfg": inp.cfg,
+        "sampler": inp.sampler_name,
+        "scheduler": inp.scheduler,
+        "width": inp.width,
+        "height": inp.height,
+        "seeds": seeds,
+        "text": "clip" if inp.clip is not None else "conditioning",
+        "warmup": inp.warmup,
+        "weights": dict(vars(weights).items()),
+        "fid_reference": fid_ref,
+    }
+    res = run_evaluation(
+        gen,
+        [(schedule.name, schedule)],
+        suite,
+        sample_prompts=sample_prompts,
+        sample_seeds=[s.seed for s in samples],
+        cost=cost_function(cost),
+        warmup=inp.warmup,
+        kind="image" if vae is not None else "latent",
+        settings=settings,
+        keep_outputs=inp.grid_rows,
+    )
+    table = to_markdown(res)
+    grid = comparison_grid(res.rows[0].outputs, [(schedule.name, res.rows[1].outputs)], rows=inp.grid_rows)
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+        inp.filename_prefix, folder_paths.get_output_directory(), grid.shape[1], grid.shape[0]
+    )
+    stem = f"{name}_{counter:05}_"
+    write_reports(res, folder, stem=stem + "eval")
+    save_png(grid, Path(folder) / f"{stem}grid.png")
+    log.info("ECAD eval of %r:\n%s", schedule.name, table)
+    ui = {"images": [{"filename": f"{stem}grid.png", "subfolder": subfolder, "type": "output"}], "text": [table]}
+    return {"ui": ui, "result": (table, grid[None])}

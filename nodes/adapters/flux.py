@@ -1,0 +1,372 @@
+"""FLUX.1 on ComfyUI (``comfy.ldm.flux.model.Flux``, not Chroma): double blocks (``full_attn``, ``full_ff`` =
+``img_mlp``, ``full_ff_context`` = ``txt_mlp``) and single blocks (``single_attn``, ``single_proj_mlp``,
+``single_proj_out`` = ``linear2``).
+
+ECAD's units need the block internals (attention is inline), so the official ``patches_replace["dit"]`` double
+and single block hooks run the block: the original block whenever the attention unit computes (its outputs are
+captured through object-patched ``proj`` / ``linear1`` / ``linear2`` forwards), and a re-statement of the block
+only when a cached output is reused. The re-statement is checked against the original block at each block's
+first call; a difference raises SelfCheckError.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...ecad_core.costs import Arch
+from ...ecad_core.engine import signature
+from ...ecad_core.errors import SelfCheckError
+from ...ecad_core.hooks import restatement_mismatch
+from .base import BlockPoint, ComfyAdapter, Restatement, Unit, comfy_version, mark, unit_forward
+
+DOUBLE = (("full_attn", None), ("full_ff", "img_mlp"), ("full_ff_context", "txt_mlp"))
+SINGLE = (("single_attn", None), ("single_proj_mlp", None), ("single_proj_out", "linear2"))
+
+
+class FluxComfy(ComfyAdapter):
+    family = "flux"
+    supports = "FLUX.1"
+    order = 20
+    classes = ("comfy.ldm.flux.model.Flux",)
+    excludes = ("comfy.ldm.chroma.model.Chroma",)  # FLUX's blocks without their modulation: block level
+
+    @classmethod
+    def matches(cls, diffusion_model):
+        return (
+            super().matches(diffusion_model)
+            and hasattr(diffusion_model, "double_blocks")
+            and hasattr(diffusion_model, "single_blocks")
+        )
+
+    def counts(self):
+        return len(self.dm.double_blocks), len(self.dm.single_blocks)
+
+    @property
+    def arch_hint(self):
+        return "flux-dev" if getattr(getattr(self.dm, "params", None), "guidance_embed", False) else "flux-schnell"
+
+    @property
+    def kind(self):
+        nd, ns = self.counts()
+        return f"ComfyUI FLUX ({self.arch_hint}, {nd} double + {ns} single blocks)"
+
+    def units(self):
+        nd, ns = self.counts()
+        return [
+            Unit(f"double_blocks.{i}", comp, sub and f"double_blocks.{i}.{sub}")
+            for i in range(nd)
+            for comp, sub in DOUBLE
+        ] + [
+            Unit(f"single_blocks.{j}", comp, sub and f"single_blocks.{j}.{sub}")
+            for j in range(ns)
+            for comp, sub in SINGLE
+        ]
+
+    def block_points(self):
+        nd, ns = self.counts()
+        return [BlockPoint("double_block", i, 3 * i, 3) for i in range(nd)] + [
+            BlockPoint("single_block", j, 3 * (nd + j), 3) for j in range(ns)
+        ]
+
+    def arch(self, name):
+        dm = self.dm
+        p = dm.params
+        if int(p.patch_size) != 2:
+            return None
+        vec = getattr(dm, "vector_in", None)
+        return Arch.custom(
+            "flux",
+            name=name,
+            hidden=int(dm.hidden_size),
+            heads=int(dm.num_heads),
+            depth=len(dm.double_blocks),
+            single_depth=len(dm.single_blocks),
+            mlp_ratio=float(p.mlp_ratio),
+            latent_channels=int(p.in_channels),
+            out_channels=int(p.out_channels),
+            caption_channels=int(dm.txt_in.weight.shape[1]),
+            pooled_dim=int(vec.in_layer.weight.shape[1]) if vec is not None else 0,
+            guidance_embeds=bool(getattr(p, "guidance_embed", False)),
+        )
+
+    def install(self, mp, run):
+        dm = self.dm
+        try:
+            double, single = FluxDoubleRestatement(dm, run), FluxSingleRestatement(dm, run)
+        except ImportError as e:
+            raise SelfCheckError(
+                f"ECAD: ComfyUI {comfy_version()} lacks the FLUX internals this adapter uses ({e})"
+            ) from None
+        run.capture = None
+        for i, blk in enumerate(dm.double_blocks):
+            for attr in ("img_attn.proj", "txt_attn.proj"):
+                mp.add_object_patch(
+                    f"diffusion_model.double_blocks.{i}.{attr}.forward",
+                    _capture_forward(blk.get_submodule(attr), run, attr.replace("_attn.", "_")),
+                )
+            mp.add_object_patch(
+                f"diffusion_model.double_blocks.{i}.img_mlp.forward", unit_forward(blk.img_mlp, run, 3 * i + 1)
+            )
+            mp.add_object_patch(
+                f"diffusion_model.double_blocks.{i}.txt_mlp.forward", unit_forward(blk.txt_mlp, run, 3 * i + 2)
+            )
+            mp.set_model_patch_replace(double.patch_for(i), "dit", "double_block", i)
+        for j, blk in enumerate(dm.single_blocks):
+            for attr in ("linear1", "linear2"):
+                mp.add_object_patch(
+                    f"diffusion_model.single_blocks.{j}.{attr}.forward", _capture_forward(getattr(blk, attr), run, attr)
+                )
+            mp.set_model_patch_replace(single.patch_for(j), "dit", "single_block", j)
+
+
+def _capture_forward(module, run, key):
+    cls_forward = type(module).forward
+
+    def forward(*args, **kwargs):
+        out = cls_forward(module, *args, **kwargs)
+        cap = run.capture
+        if cap is not None:
+            cap[key] = (args, out)
+        return out
+
+    return mark(forward)
+
+
+class _FluxRestatement(Restatement):
+    """What both FLUX block re-statements share: the original block run with its outputs captured."""
+
+    def __init__(self, dm, run):
+        from comfy.ldm.flux.layers import apply_mod  # noqa: F401 (checked at install)
+        from comfy.ldm.flux.math import attention  # noqa: F401
+
+        super().__init__(dm, run)
+        self.nd = len(dm.double_blocks)
+
+    def _patch(self, blk, body):
+        # a dit block patch: ComfyUI's block while the engine is off, every block checked at its first call
+        return self.guarded(
+            blk,
+            lambda args, extra: extra["original_block"](args),
+            lambda args, extra: body(self.run.engine, args, extra),
+            lambda args, extra: self.check(blk, args, extra),
+            lambda args, extra: args["img"],
+        )
+
+    def captured(self, original, args):
+        run = self.run
+        run.capture = {}
+        try:
+            out = original(args)
+            cap = run.capture
+        finally:
+            run.capture = None
+        return out, cap
+
+    def _where(self, blk) -> str:
+        for name in ("double_blocks", "single_blocks"):
+            for i, b in enumerate(getattr(self.dm, name)):
+                if b is blk:
+                    return f"{name}.{i}"
+        return type(blk).__name__
+
+    def check(self, blk, args, extra) -> None:
+        raise NotImplementedError
+
+
+class FluxDoubleRestatement(_FluxRestatement):
+    """Double block i: units 3i (attention, captured from ``img_attn.proj`` / ``txt_attn.proj``), 3i+1
+    (``img_mlp``), 3i+2 (``txt_mlp``)."""
+
+    def patch_for(self, i):
+        blk = self.dm.double_blocks[i]
+        u_attn = 3 * i
+        run = self.run
+
+        def body(eng, args, extra):
+            sig = signature(args["img"], args["txt"])
+            cached = eng.fetch(u_attn, sig) if eng.wants_reuse(u_attn) else None
+            if cached is None:
+                out, cap = self.captured(extra["original_block"], args)
+                eng.store(u_attn, sig, (cap["img_proj"][1], cap["txt_proj"][1]))
+                return out
+            return self.restated(blk, args, cached, mlp)
+
+        def mlp(k, module, make_input, like):
+            # a reused MLP unit's norm + modulation is not built (the module's own forward: its object patch
+            # would route it through the engine a second time)
+            fwd = type(module).forward
+            return run.engine.call_lazy(u_attn + k, lambda: fwd(module, make_input()), (like,))
+
+        return self._patch(blk, body)
+
+    @staticmethod
+    def restated(blk, args, cached, mlp=None):
+        """The double block with its attention outputs ``cached``. ``mlp(k, module, make_input, like)`` runs
+        MLP unit k (1: img, 2: txt) and builds its input only if the unit computes; default: always built."""
+        from comfy.ldm.flux.layers import apply_mod
+
+        if mlp is None:
+            mlp = lambda k, module, make_input, like: module(make_input())
+        img, txt, vec = args["img"], args["txt"], args["vec"]
+        img_a, txt_a = cached
+        if blk.modulation:
+            img_mod1, img_mod2 = blk.img_mod(vec)
+            txt_mod1, txt_mod2 = blk.txt_mod(vec)
+        else:
+            (img_mod1, img_mod2), (txt_mod1, txt_mod2) = vec
+        img += apply_mod(img_a, img_mod1.gate, None, None)
+        img += apply_mod(
+            mlp(1, blk.img_mlp, lambda: apply_mod(blk.img_norm2(img), (1 + img_mod2.scale), img_mod2.shift, None), img),
+            img_mod2.gate,
+            None,
+            None,
+        )
+        txt += apply_mod(txt_a, txt_mod1.gate, None, None)
+        txt += apply_mod(
+            mlp(2, blk.txt_mlp, lambda: apply_mod(blk.txt_norm2(txt), (1 + txt_mod2.scale), txt_mod2.shift, None), txt),
+            txt_mod2.gate,
+            None,
+            None,
+        )
+        if txt.dtype == torch.float16:
+            txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
+        return {"img": img, "txt": txt}
+
+    def check(self, blk, args, extra):
+        with self.run.engine.paused():  # the check must not touch the cache or the statistics
+            a1 = {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}
+            ref, cap = self.captured(extra["original_block"], a1)
+            if "img_proj" not in cap or "txt_proj" not in cap:
+                raise SelfCheckError(
+                    f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block did not call "
+                    f"img_attn.proj / txt_attn.proj; this ComfyUI version is not supported"
+                )
+            a2 = {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}
+            mine = self.restated(blk, a2, (cap["img_proj"][1], cap["txt_proj"][1]))
+        for k in ("img", "txt"):
+            why = restatement_mismatch(ref[k], mine[k])
+            if why:
+                raise SelfCheckError(
+                    f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block re-statement "
+                    f"differs from ComfyUI's block ({self._where(blk)}, {k}: {why}); refusing to run"
+                )
+
+
+class FluxSingleRestatement(_FluxRestatement):
+    """Single block j: units 3(nd+j) (attention), +1 (the MLP input, ``linear1``'s last rows), +2 (``linear2``)."""
+
+    def patch_for(self, j):
+        blk = self.dm.single_blocks[j]
+        base = 3 * self.nd + 3 * j
+        u_attn, u_mlp, u_proj = base, base + 1, base + 2
+
+        def body(eng, args, extra):
+            sig = signature(args["img"])
+            vals = {u: (eng.fetch(u, sig) if eng.wants_reuse(u) else None) for u in (u_attn, u_mlp, u_proj)}
+            if all(v is None for v in vals.values()):
+                out, cap = self.captured(extra["original_block"], args)
+                for u, part in zip((u_attn, u_mlp, u_proj), self.parts(blk, cap)):
+                    eng.store(u, sig, compact(part) if eng.keeps(u) else part)
+                return out
+
+            def store(u):
+                return lambda v: eng.store(u, sig, compact(v) if eng.keeps(u) else v)
+
+            return self.restated(
+                blk, args, vals[u_attn], vals[u_mlp], vals[u_proj], store(u_attn), store(u_mlp), store(u_proj)
+            )
+
+        return self._patch(blk, body)
+
+    @staticmethod
+    def parts(blk, cap):
+        """(attention, MLP input, proj_out) of a single block from what its original run captured."""
+        if "linear1" not in cap or "linear2" not in cap:
+            raise SelfCheckError(
+                f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block did not call "
+                f"linear1 / linear2; this ComfyUI version is not supported"
+            )
+        h = blk.hidden_size
+        l2_in = cap["linear2"][0][0]
+        return l2_in[..., :h], cap["linear1"][1][..., 3 * h :], cap["linear2"][1]
+
+    @staticmethod
+    def restated(blk, args, attn, mlp, proj, store_attn, store_mlp, store_proj):
+        """The single block with any of its three units served from the cache (None = compute)."""
+        from comfy.ldm.flux.layers import apply_mod
+        from comfy.ldm.flux.math import attention
+
+        x, vec = args["img"], args["vec"]
+        mod = blk.modulation(vec)[0] if blk.modulation else vec
+        if attn is None or mlp is None:
+            # linear1 fuses q/k/v and the MLP input: when only one of them is needed, only its rows run
+            x_mod = apply_mod(blk.pre_norm(x), (1 + mod.scale), mod.shift, None)
+            h3 = 3 * blk.hidden_size
+            if attn is None and mlp is None:
+                qkv, mlp_new = torch.split(blk.linear1(x_mod), [h3, blk.mlp_hidden_dim_first], dim=-1)
+            elif attn is None:
+                qkv = linear_rows(blk.linear1, x_mod, 0, h3)
+            else:
+                mlp_new = linear_rows(blk.linear1, x_mod, h3, h3 + blk.mlp_hidden_dim_first)
+            if attn is None:
+                q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, blk.num_heads, -1).permute(2, 0, 3, 1, 4)
+                q, k = blk.norm(q, k, v)
+                attn = attention(
+                    q,
+                    k,
+                    v,
+                    pe=args["pe"],
+                    mask=args.get("attn_mask"),
+                    transformer_options=args.get("transformer_options", {}),
+                )
+                store_attn(attn)
+            if mlp is None:
+                mlp = mlp_new
+                store_mlp(mlp)
+        if proj is None:
+            proj = blk.linear2(torch.cat((attn, blk.mlp_act(mlp)), 2))
+            store_proj(proj)
+        x += apply_mod(proj, mod.gate, None, None)
+        if x.dtype == torch.float16:
+            x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
+        return {"img": x}
+
+    def check(self, blk, args, extra):
+        noop = lambda v: None
+        with self.run.engine.paused():
+            ref, cap = self.captured(extra["original_block"], {**args, "img": args["img"].clone()})
+            self.parts(blk, cap)
+            mine = self.restated(blk, {**args, "img": args["img"].clone()}, None, None, None, noop, noop, noop)
+        why = restatement_mismatch(ref["img"], mine["img"])
+        if why:
+            raise SelfCheckError(
+                f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block re-statement differs "
+                f"from ComfyUI's block ({self._where(blk)}: {why}); refusing to run"
+            )
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or a copy when it is a view into a larger tensor: a kept part of FLUX's fused linear1
+    output (or linear2 input) would otherwise hold the whole fused tensor alive, twice the cache memory."""
+    if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        return t.contiguous() if not t.is_contiguous() else t.clone()
+    return t
+
+
+def linear_rows(lin, x, start: int, stop: int):
+    """Output features start:stop of a ComfyUI linear layer, computing only those rows of its weight.
+
+    Only for a plain resident layer (weights in x's dtype and device, no casting, LoRA weight functions
+    or quantised weights); otherwise the layer runs whole (through ComfyUI's casting) and is sliced.
+    """
+    w, b = lin.weight, lin.bias
+    if (
+        getattr(lin, "comfy_cast_weights", False)
+        or getattr(lin, "weight_function", None)
+        or getattr(lin, "bias_function", None)
+        or type(w) is not torch.nn.Parameter
+        or w.dtype != x.dtype
+        or w.device != x.device
+    ):
+        return lin(x)[..., start:stop]
+    return torch.nn.functional.linear(x, w[start:stop], None if b is None else b[start:stop])
