@@ -61,10 +61,7 @@ class ApplyECADSchedule:
     @classmethod
     def VALIDATE_INPUTS(cls, preset):
         # Accept values whose speedup text changed since the workflow was saved: match by key.
-        if preset == OFF:
-            return True
-        keys = {library.key_of(o) for o in library.options()}
-        if library.key_of(preset) in keys:
+        if preset == OFF or library.known(preset):
             return True
         return f"ECAD preset {library.key_of(preset)!r} not found (shipped presets or models/ecad_schedules)"
 

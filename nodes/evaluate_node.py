@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import comfy.samplers
 import comfy.utils
 import folder_paths
 
@@ -45,7 +44,7 @@ from . import library
 from .adapters import adapter_for
 from .library import SCHEDULE_TYPE
 from .patching import refuse_applied_model
-from .sampling import Sample, Sampler, SamplerSettings, encode, prompt_lines, zero_conditioning
+from .sampling import Sample, Sampler, SamplerSettings, encode, prompt_lines, sampler_inputs, zero_conditioning
 
 log = logging.getLogger("ecad")
 METRICS_DIR = "ecad_metrics"
@@ -81,8 +80,8 @@ def _weights_path(value: str, input_name: str) -> str | None:
     return _checked_path(value, input_name, os.path.join(folder_paths.models_dir, METRICS_DIR))
 
 
-@dataclass
-class EvaluateInputs:
+@dataclass(frozen=True)
+class EvaluateInputs(SamplerSettings):
     """The node's inputs, by their names in ``INPUT_TYPES`` (the names saved workflows hold)."""
 
     model: Any
@@ -90,12 +89,6 @@ class EvaluateInputs:
     prompts: str
     seed: int
     seeds_per_prompt: int
-    steps: int
-    cfg: float
-    sampler_name: str
-    scheduler: str
-    width: int
-    height: int
     metrics: str
     grid_rows: int
     filename_prefix: str
@@ -111,10 +104,6 @@ class EvaluateInputs:
     fid_reference_folder: str = ""
     warmup: bool = True
     offload_cache_to_cpu: bool = False
-
-    @property
-    def sampling(self) -> SamplerSettings:
-        return SamplerSettings(self.steps, self.cfg, self.sampler_name, self.scheduler, self.width, self.height)
 
     def weights(self) -> MetricWeights:
         return MetricWeights(
@@ -205,12 +194,7 @@ class EvaluateECADSchedule:
                         "the same seeds for every prompt).",
                     },
                 ),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-                "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
-                "width": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
-                "height": ("INT", {"default": 256, "min": 16, "max": 8192, "step": 16}),
+                **sampler_inputs(size=256, max_steps=10000),
                 "metrics": (
                     "STRING",
                     {
@@ -256,7 +240,7 @@ class EvaluateECADSchedule:
 
     @classmethod
     def VALIDATE_INPUTS(cls, preset):
-        if library.key_of(preset) in {library.key_of(o) for o in library.options()}:
+        if library.known(preset):
             return True
         return f"ECAD preset {library.key_of(preset)!r} not found (shipped presets or models/ecad_schedules)"
 
@@ -290,7 +274,7 @@ def evaluate(inp: EvaluateInputs):
     vae = inp.vae
     gen = Sampler(
         model,
-        inp.sampling,
+        inp,
         samples,
         offload=inp.offload_cache_to_cpu,
         decode=None if vae is None else (lambda out: vae.decode(out)[0].permute(2, 0, 1).float().cpu()),

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import comfy.model_management
-import comfy.samplers
 import comfy.utils
 import numpy as np
 import torch
@@ -48,7 +47,16 @@ from . import library
 from .adapters import adapter_for
 from .library import SCHEDULE_TYPE
 from .patching import refuse_applied_model
-from .sampling import Sample, Sampler, SamplerSettings, encode, latent_ratio, prompt_lines, zero_conditioning
+from .sampling import (
+    Sample,
+    Sampler,
+    SamplerSettings,
+    encode,
+    latent_ratio,
+    prompt_lines,
+    sampler_inputs,
+    zero_conditioning,
+)
 
 log = logging.getLogger("ecad")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # fullmatch: "$" would let a final newline in
@@ -74,20 +82,14 @@ def sample_seeds(first_seed: int, seeds_per_prompt: int) -> list[int]:
     return [(int(first_seed) + i) % SEED_RANGE for i in range(int(seeds_per_prompt))]
 
 
-@dataclass
-class EvolveInputs:
+@dataclass(frozen=True)
+class EvolveInputs(SamplerSettings):
     """The node's inputs, by their names in ``INPUT_TYPES`` (the names saved workflows hold)."""
 
     model: Any
     prompts: str
     seeds_per_prompt: int
     first_seed: int
-    steps: int
-    cfg: float
-    sampler_name: str
-    scheduler: str
-    width: int
-    height: int
     population: int
     generations: int
     time_budget_minutes: float
@@ -102,10 +104,6 @@ class EvolveInputs:
     negative: Any = None
     vae: Any = None
     warm_start: Schedule | None = None
-
-    @property
-    def sampling(self) -> SamplerSettings:
-        return SamplerSettings(self.steps, self.cfg, self.sampler_name, self.scheduler, self.width, self.height)
 
     def search_settings(self) -> SearchSettings:
         settings = SearchSettings(
@@ -177,7 +175,7 @@ def calibration_sampler(inp: EvolveInputs, positives: list, negatives: list, see
     if inp.width % ratio or inp.height % ratio:
         raise EcadError(f"width {inp.width} and height {inp.height} must be multiples of {ratio} for this model")
     samples = [Sample(pos, neg, seed) for pos, neg in zip(positives, negatives) for seed in seeds]
-    gen = Sampler(inp.model, inp.sampling, samples)
+    gen = Sampler(inp.model, inp, samples)
     gen.description = {
         "model": _model_digest(inp.model),
         "conditioning": _cond_digest(positives + negatives),
@@ -263,12 +261,7 @@ class EvolveECADSchedule:
                         "(after the largest seed comes 0).",
                     },
                 ),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
-                "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
-                "width": ("INT", {"default": 512, "min": 16, "max": 8192, "step": 16}),
-                "height": ("INT", {"default": 512, "min": 16, "max": 8192, "step": 16}),
+                **sampler_inputs(size=512, max_steps=1000),
                 "population": ("INT", {"default": 24, "min": 2, "max": 1024}),
                 "generations": (
                     "INT",

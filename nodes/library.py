@@ -204,6 +204,12 @@ def key_of(value: str) -> str:
     return value.split(SEP)[0].strip()
 
 
+def known(value: str) -> bool:
+    """Whether a dropdown value names a listed schedule, by its key: a saved workflow's value still does after
+    the label's speedup text changed."""
+    return key_of(value) in {key_of(o) for o in options()}
+
+
 def _path_of(key: str) -> Path | None:
     for k, path in _files():
         if k == key:

@@ -20,7 +20,7 @@ class LoadECADSchedule:
 
     @classmethod
     def VALIDATE_INPUTS(cls, schedule_file):
-        if library.key_of(schedule_file) in {library.key_of(o) for o in library.options()}:
+        if library.known(schedule_file):
             return True
         return f"ECAD schedule {library.key_of(schedule_file)!r} not found"
 

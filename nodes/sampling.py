@@ -21,7 +21,7 @@ from .patching import patch_model
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """The KSampler settings both nodes take (same input names)."""
+    """The KSampler settings both nodes take (same input names; their inputs dataclasses extend this)."""
 
     steps: int
     cfg: float
@@ -29,6 +29,20 @@ class SamplerSettings:
     scheduler: str
     width: int
     height: int
+
+
+def sampler_inputs(size: int, max_steps: int) -> dict:
+    """The widgets of those settings, in the order both nodes show them."""
+    import comfy.samplers
+
+    return {
+        "steps": ("INT", {"default": 20, "min": 1, "max": max_steps}),
+        "cfg": ("FLOAT", {"default": 4.5, "min": 0.0, "max": 100.0, "step": 0.1}),
+        "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
+        "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+        "width": ("INT", {"default": size, "min": 16, "max": 8192, "step": 16}),
+        "height": ("INT", {"default": size, "min": 16, "max": 8192, "step": 16}),
+    }
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ def test_node_input_dataclass_matches_the_declared_inputs(node_modules, module, 
     mod = node_modules[module]
     declared = getattr(mod, node).INPUT_TYPES()
     fields = {f.name: f for f in dataclasses.fields(getattr(mod, inputs))}
-    assert list(fields) == list(declared["required"]) + list(declared["optional"])
+    assert sorted(fields) == sorted([*declared["required"], *declared["optional"]])
     for name in declared["required"]:
         assert fields[name].default is dataclasses.MISSING, name  # ComfyUI always passes them
     for name, (_, *opts) in declared["optional"].items():

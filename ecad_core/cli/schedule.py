@@ -83,6 +83,13 @@ def cmd_macs(a) -> int:
     return 0
 
 
+def _cost_models() -> list[str]:
+    """The variants the cost model knows (``ecad_core.families``), for the help text."""
+    from .. import families
+
+    return sorted(v.name for _, v in families.variants() if v.arch)
+
+
 def register(sub) -> None:
     """Add ``info``, ``convert`` and ``macs`` to ``python -m ecad_core``'s subparsers."""
     q = sub.add_parser("info", help="print a schedule's family, steps, blocks, units and recompute fraction")
@@ -97,7 +104,7 @@ def register(sub) -> None:
 
     q = sub.add_parser("macs", help="total TMACs of a schedule and its speedup over no cache")
     q.add_argument("file")
-    q.add_argument("--model", required=True, help="pixart-alpha, pixart-sigma, flux-dev or flux-schnell")
+    q.add_argument("--model", required=True, help=f"one of {', '.join(_cost_models())}")
     q.add_argument("--height", type=int, required=True)
     q.add_argument("--width", type=int, required=True)
     q.add_argument(

@@ -172,50 +172,23 @@ class Arch:
         )
 
 
-class _Archs(Mapping):
-    """variant name -> ``Arch``: a live view of the variants the families declare with numbers."""
-
-    def __init__(self):
-        self._key: tuple = ()
-        self._table: dict[str, Arch] = {}
-
-    def _current(self) -> dict[str, Arch]:
-        declared = [(f, v) for f, v in families.variants() if v.arch]
-        key = tuple(id(v) for _, v in declared)
-        if key != self._key:
-            self._table = {v.name: Arch(v.name, f.name, **v.arch) for f, v in declared}
-            self._key = key
-        return self._table
-
-    def __getitem__(self, name: str) -> Arch:
-        return self._current()[name]
-
-    def __iter__(self):
-        return iter(self._current())
-
-    def __len__(self) -> int:
-        return len(self._current())
+_archs_cache: dict[str, Any] = {"key": None, "table": {}}
 
 
-class _FamilyDefaults(Mapping):
-    """family -> the variant its schedules are costed with when they name none."""
-
-    def _current(self) -> dict[str, str]:
-        return {f.name: f.default_variant for f in families.registered() if f.default_variant}
-
-    def __getitem__(self, name: str) -> str:
-        return self._current()[name]
-
-    def __iter__(self):
-        return iter(self._current())
-
-    def __len__(self) -> int:
-        return len(self._current())
+def _archs() -> dict[str, Arch]:
+    """variant name -> ``Arch`` of every variant the families declare numbers for (rebuilt when they change)."""
+    declared = [(f, v) for f, v in families.variants() if v.arch]
+    key = tuple(id(v) for _, v in declared)
+    if key != _archs_cache["key"]:
+        _archs_cache.update(key=key, table={v.name: Arch(v.name, f.name, **v.arch) for f, v in declared})
+    return _archs_cache["table"]
 
 
-ARCHS: Mapping[str, Arch] = _Archs()
+ARCHS: Mapping[str, Arch] = families.LiveView(_archs)
 # Which architecture a schedule is costed with when none is given.
-FAMILY_DEFAULT: Mapping[str, str] = _FamilyDefaults()
+FAMILY_DEFAULT: Mapping[str, str] = families.LiveView(
+    lambda: {f.name: f.default_variant for f in families.registered() if f.default_variant}
+)
 
 
 def get_arch(arch: Arch | str) -> Arch:

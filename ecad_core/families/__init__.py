@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from .._registry import Registry
 from .base import DEFAULT_COLOR, Family, Variant, count_blocks, timestep_embedding_macs
@@ -74,6 +76,23 @@ def variants() -> list[tuple[Family, Variant]]:
     return list(_tables()["variants"].values())
 
 
+class LiveView(Mapping):
+    """A read-only mapping made by ``table()`` at each use, so that it follows the registry (a table of the
+    families or variants, e.g. ``schedule.FAMILIES``, ``costs.ARCHS``)."""
+
+    def __init__(self, table: Callable[[], Mapping[str, Any]]):
+        self._table = table
+
+    def __getitem__(self, key: str) -> Any:
+        return self._table()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
 def family_of_model(model: str) -> str:
     """The family a model hint belongs to: its family's name if declared, else the hint's first word."""
     found = variant(model)
@@ -89,6 +108,7 @@ def model_label(model: str | None, family: str) -> str:
 __all__ = [
     "DEFAULT_COLOR",
     "Family",
+    "LiveView",
     "Variant",
     "count_blocks",
     "family_of_model",

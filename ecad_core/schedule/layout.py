@@ -14,24 +14,10 @@ from dataclasses import dataclass
 
 from .. import families
 
-
-class _FamilyGroups(Mapping):
-    """family name -> its (prefix, components) groups: a live view of ``ecad_core.families``."""
-
-    def __getitem__(self, name):
-        f = families.find(name)
-        if f is None:
-            raise KeyError(name)
-        return f.groups
-
-    def __iter__(self):
-        return iter(families.names())
-
-    def __len__(self):
-        return len(families.names())
-
-
-FAMILIES: Mapping[str, tuple[tuple[str, tuple[str, ...]], ...]] = _FamilyGroups()
+# family name -> its (prefix, components) groups, as ``ecad_core.families`` declares them
+FAMILIES: Mapping[str, tuple[tuple[str, tuple[str, ...]], ...]] = families.LiveView(
+    lambda: {f.name: f.groups for f in families.registered()}
+)
 
 
 @dataclass(frozen=True)
