@@ -120,3 +120,14 @@ def test_eval_bad_input_is_one_clear_line(files, capsys):
     # a shipped preset of another architecture does not fit the tiny model: refused before sampling
     assert _eval(files, "--schedule", "pixart-alpha-256-fast", "--metrics", "psnr", "--out", str(d / "x")) == 2
     assert "pixart-alpha-256-fast" in capsys.readouterr().err
+
+
+def test_eval_seeds_out_of_range_are_refused_before_loading(files, capsys):
+    d = files["dir"]
+    for seed in (2**64, -1):
+        out = d / f"seed-{seed}"
+        args = ("--schedule", str(d / "mixed.json"), "--metrics", "psnr", "--seeds", "0", str(seed), "--out", str(out))
+        assert _eval(files, *args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"error: --seeds: {seed} is out of range; a seed is an integer in 0..{2**64 - 1}", err
+        assert not out.exists()

@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..errors import SearchSettingsError
+from ..errors import EcadError, SearchSettingsError
 from ..prompts import CALIBRATION_SETS, load_prompts, prompt_set_path
+
+SEED_RANGE = 2**64  # noise seeds of `run`/`eval --seeds`: what torch.Generator.manual_seed takes
+
+
+def check_seeds(seeds, option: str = "--seeds") -> None:
+    """Refuse a seed torch cannot take, before anything loads: torch gives a raw overflow error for a large
+    one and wraps a small negative one silently."""
+    bad = [s for s in seeds if not 0 <= s < SEED_RANGE]
+    if bad:
+        raise EcadError(f"{option}: {bad[0]} is out of range; a seed is an integer in 0..{SEED_RANGE - 1}")
 
 
 def prompts_from_args(a, need: bool = True) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import EcadError
 from ..metrics.names import METRICS
 from ..prompts import PROMPT_SETS
-from .common import add_model_arg, add_sampling_args
+from .common import add_model_arg, add_sampling_args, check_seeds
 
 SHIPPED_SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"
 
@@ -48,6 +48,7 @@ def _image_saver(out: Path, seeds):
 
 
 def cmd_eval(a) -> int:
+    check_seeds(a.seeds)
     from ..diffusers.eval import DiffusersImages, pipeline_cost
     from ..diffusers.pipelines import load_pipeline
     from ..evaluation.grid import comparison_grid, save_png

@@ -6,17 +6,11 @@ import json
 import time
 from pathlib import Path
 
-from ..errors import EcadError
-from .common import add_model_and_prompt_args, prompts_from_args
-
-SEED_RANGE = 2**64  # noise seeds of `run --seeds`: what torch.Generator.manual_seed takes
+from .common import add_model_and_prompt_args, check_seeds, prompts_from_args
 
 
 def cmd_run(a) -> int:
-    # before loading anything (torch included): torch gives a raw overflow error (and wraps a small negative silently)
-    bad = [s for s in a.seeds if not 0 <= s < SEED_RANGE]
-    if bad:
-        raise EcadError(f"--seeds: {bad[0]} is out of range; a seed is an integer in 0..{SEED_RANGE - 1}")
+    check_seeds(a.seeds)
     from ..diffusers.generate import diffusers_generate_fn
     from ..diffusers.pipelines import load_pipeline
     from ..schedule import load_schedule
