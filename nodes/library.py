@@ -21,7 +21,7 @@ from ..ecad_core import families
 from ..ecad_core.costs import LATENCY_COST_FILE
 from ..ecad_core.errors import ScheduleError
 from ..ecad_core.schedule import MAX_FILE_BYTES, Schedule, file_error, load_schedule, read_regular_file
-from ..ecad_core.search.checkpoint import PROGRESS_FILE
+from ..ecad_core.search.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES, PROGRESS_FILE
 from ..ecad_core.search.front import FRONT_INDEX
 
 log = logging.getLogger("ecad")
@@ -31,8 +31,11 @@ FOLDER_NAME = "ecad_schedules"
 SEP = " · "
 SCHEDULE_TYPE = "ECAD_SCHEDULE"  # the node socket type of a schedule
 # the JSON files a search keeps beside its schedules (not schedules themselves); its other files
-# (checkpoint, references, evaluations.csv, front.png, *.tmp) are not *.json, so never listed
+# (checkpoint, references, evaluations.csv, front.png, *.tmp) are not *.json, so never listed.
+# Skipped only inside a search folder: elsewhere a user's schedule may have one of these names.
 SEARCH_BOOKKEEPING = (FRONT_INDEX, PROGRESS_FILE, LATENCY_COST_FILE)
+SEARCH_MARKERS = (CHECKPOINT_FILE, *LEGACY_CHECKPOINT_FILES)
+FRONT_DIR = "front"
 # path -> (stat key, schedule or None when unreadable); the lock: the /ecad/presets route lists from a
 # worker thread while ComfyUI lists on its event loop
 _cache: dict[str, tuple[tuple, Schedule | None]] = {}
@@ -63,6 +66,21 @@ def _warn_once(msg: str, *args) -> None:
         log.warning(text)
 
 
+def _is_search_folder(d: Path) -> bool:
+    """A folder a search wrote: it holds a checkpoint or a front folder."""
+    try:
+        return (d / FRONT_DIR).is_dir() or any((d / m).is_file() for m in SEARCH_MARKERS)
+    except OSError:
+        return False
+
+
+def _is_bookkeeping(p: Path) -> bool:
+    if p.name not in SEARCH_BOOKKEEPING:
+        return False
+    d = p.parent
+    return _is_search_folder(d) or (d.name == FRONT_DIR and _is_search_folder(d.parent))
+
+
 def _files() -> list[tuple[str, Path]]:
     """(key, path): shipped files by stem, user files as 'user/<relative path without .json>'."""
     out = [(p.stem, p) for p in sorted(SHIPPED_DIR.glob("*.json"))]
@@ -75,7 +93,7 @@ def _files() -> list[tuple[str, Path]]:
             _warn_once("ECAD: cannot list schedules in %s (%s)", d, e)
             continue
         for p in found:
-            if p.name in SEARCH_BOOKKEEPING or any(part.startswith(".") for part in p.relative_to(d).parts):
+            if any(part.startswith(".") for part in p.relative_to(d).parts) or _is_bookkeeping(p):
                 continue
             rel = p.relative_to(d).with_suffix("").as_posix()
             out.append((f"user/{rel}", p))

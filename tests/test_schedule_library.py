@@ -215,6 +215,28 @@ def test_a_search_folder_lists_its_schedules_only(lib, caplog, tmp_path, capsys)
     assert listed == {f"user/tiny-search/{f[: -len('.json')]}" for f in front | {"picked.json"}}
 
 
+def test_a_users_schedule_may_have_a_search_files_name(lib, caplog):
+    """progress.json, front.json and latency_cost.json are a search's bookkeeping only inside a search folder
+    (one holding a checkpoint or a front folder); anywhere else they are the user's schedules."""
+    names = ("progress.json", "front.json", "latency_cost.json")
+    mine = [lib.user / n for n in names] + [lib.user / "mine" / n for n in names]
+    search = lib.user / "search"
+    bookkeeping = [search / "progress.json", search / "latency_cost.json", search / "front" / "front.json"]
+    for p in mine + bookkeeping:
+        Schedule.full(make_layout("pixart", 2), 3, name=p.stem).save(p)
+    (search / "checkpoint.safetensors").write_bytes(b"")
+    # a search folder recognised by its front folder alone (a search stopped before its first checkpoint)
+    early = lib.user / "early"
+    (early / "front").mkdir(parents=True)
+    Schedule.full(make_layout("pixart", 2), 3, name="progress").save(early / "progress.json")
+    with caplog.at_level(logging.WARNING, logger="ecad"):
+        listed = {k for k in _keys(lib.options()) if k.startswith("user/")}
+    rel = lambda p: "user/" + p.relative_to(lib.user).with_suffix("").as_posix()
+    assert listed == {rel(p) for p in mine}
+    assert lib.resolve(rel(lib.user / "progress.json")).name == "progress"
+    assert not caplog.records
+
+
 def _cells(img, cy, cx):
     return img[::cy, ::cx]
 
