@@ -330,7 +330,8 @@ def test_pipeline_step_count_is_remapped():
         _run(pipe, steps=8)
         st = h.stats
     assert st.steps == 8 and st.remapped_from == 4
-    assert st.computed.tolist() == [6, 0, 0, 0, 6, 0, 0, 0]
+    # each of the 4 rows over the 2 steps of its share: the recompute fraction is kept
+    assert st.computed.tolist() == [6, 6, 0, 0, 6, 6, 0, 0]
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +359,43 @@ def test_every_paper_schedule_runs_on_matching_structure(full_depth, path):
     eff = s.effective_bits()
     assert st.computed.tolist() == eff.sum(1).tolist()
     assert st.reused.tolist() == (~eff).sum(1).tolist()
+
+
+def test_img2img_reads_the_rows_of_its_part_of_the_trajectory():
+    # strength 0.5 over 8 steps runs steps 4-7 of 8: rows 2, 2, 3, 3 of a 4-step schedule (the rule of
+    # ecad_core.schedule.remap). Before, the schedule's rows were spread keeping their count, so steps holding
+    # no row reused everything: all-recompute changed the image.
+    from diffusers import FluxImg2ImgPipeline
+
+    pipe = FluxImg2ImgPipeline(**tiny_flux_pipeline().components)
+    pipe.set_progress_bar_config(disable=True)
+    lay = _layout(pipe)
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        return pipe(
+            prompt="a lighthouse",
+            image=image,
+            strength=0.5,
+            num_inference_steps=8,
+            height=64,
+            width=64,
+            guidance_scale=1.0,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        ).images
+
+    ref = run()
+    with cached(pipe, Schedule.full(lay, 4)) as h:
+        full = run()
+        st = h.stats
+    assert torch.equal(full, ref) and st.total_reused == 0
+    assert (st.start, st.trajectory, st.rows) == (4, 8, (2, 3))
+    bits = np.zeros((4, lay.n_units), bool)
+    bits[0] = bits[2, ::2] = bits[3, 1::2] = True
+    with cached(pipe, Schedule(lay, bits)) as h:
+        run()
+        st = h.stats
+    n2, n3 = int(bits[2].sum()), int(bits[3].sum())
+    assert st.computed.tolist() == [lay.n_units, n2, n3, n3]
+    assert st.position() == "steps 4\u20137 of 8, schedule rows 2\u20133 of 4"

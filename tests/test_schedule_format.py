@@ -20,7 +20,7 @@ from support.schedule_corpus import (
     write_special_files,
 )
 
-from ecad_core import ModelMismatchError, Schedule, ScheduleError, load_schedule, make_layout, remap_steps
+from ecad_core import ModelMismatchError, Schedule, ScheduleError, load_schedule, make_layout
 from ecad_core.schedule import from_json_dict, loads_schedule
 from ecad_core.schedule.ecad_format import from_ecad_dict, to_ecad_dict
 
@@ -225,52 +225,6 @@ def test_check_fits_names_both_models():
     s = load_schedule(REPO / "schedules/flux-dev-256-fast.json")
     with pytest.raises(ModelMismatchError, match=r"flux-dev-256-fast.*19 main blocks.*pixart: 28"):
         s.check_fits(make_layout("pixart", 28), "PixArt")
-
-
-class TestRemap:
-    lay = make_layout("pixart", 1)
-
-    def _s(self, rows):
-        return Schedule(self.lay, np.array([[c == "1" for c in r] for r in rows]))
-
-    def test_identity(self):
-        s = self._s(["111", "010", "001", "100"])
-        assert np.array_equal(remap_steps(s, 4).bits, s.bits)
-
-    def test_upsample_keeps_recompute_count(self):
-        s = Schedule.every_n(self.lay, 20, 4)
-        r = remap_steps(s, 40)
-        assert r.steps == 40 and r.effective_bits().sum() == s.effective_bits().sum()
-        assert r.bits[0].all()
-        # source step s lands on target floor(s*40/20) = 2s
-        assert [i for i in range(40) if r.bits[i].all()] == [0, 8, 16, 24, 32]
-
-    def test_28_and_50_steps(self):
-        s = load_schedule(REPO / "schedules/pixart-alpha-256-fast.json")
-        for n in (28, 50):
-            r = remap_steps(s, n)
-            assert r.steps == n and r.bits[0].all()
-            # nothing dropped: every source recompute event is somewhere in the target
-            assert r.effective_bits().sum() == s.effective_bits().sum()
-            assert r.metrics == {} and r.provenance["remapped"][-1]["to_steps"] == n
-
-    def test_downsample_merges_never_drops(self):
-        s = self._s(["111", "100", "010", "001"])
-        r = remap_steps(s, 2)
-        assert r.bits.tolist() == [[True] * 3, [False, True, True]]
-
-    def test_denoise_takes_the_tail(self):
-        s = self._s(["111", "100", "010", "001"])
-        # denoise 0.5 over 2 steps: full trajectory of 4, runs steps 2,3
-        r = remap_steps(s, 2, denoise=0.5)
-        assert r.bits.tolist() == [[True] * 3, [False, False, True]]
-
-    def test_bad_arguments(self):
-        s = self._s(["111"])
-        with pytest.raises(ValueError, match="steps must be"):
-            remap_steps(s, 0)
-        with pytest.raises(ValueError, match="denoise must be"):
-            remap_steps(s, 4, denoise=1.5)
 
 
 def test_loads_and_dict_parsers_agree():

@@ -4,8 +4,9 @@ The step of each transformer call is read from its ``timestep`` argument:
 timesteps fall during a run, so a repeated value is another call at the same
 step (cond and uncond run separately) and a larger value starts a new run.
 When a pipeline is given, its scheduler's ``set_timesteps`` also marks the
-start of a run and tells the number of steps, so the schedule is remapped to
-the run's step count (and to img2img strength) before the first call.
+start of a run and tells the number of steps: a run that starts later in the
+scheduler's list (img2img strength < 1) is the tail of that trajectory and
+reads its rows, by the same rule as ComfyUI runs (``ecad_core.schedule.remap``).
 """
 
 from __future__ import annotations
@@ -139,14 +140,14 @@ class StepTracker:
     def _start(self, t: float) -> None:
         if self.engine.in_run:
             self.engine.end_run()
-        steps, denoise = None, 1.0
+        steps, offset, total = None, 0, None
         ts = self.run_timesteps
         if ts is not None and self.pending_new_run:
-            # img2img / strength < 1 skips the first timesteps of the scheduler's list
+            # img2img / strength < 1 skips the first timesteps of the scheduler's list: the run is the tail of
+            # that trajectory, and reads its rows (the rule of ecad_core.schedule.remap, as on ComfyUI)
             offset = _timestep_offset(ts, t)
-            steps = len(ts) - offset
-            denoise = steps / len(ts)
-        self.engine.begin_run(steps, denoise)
+            steps, total = len(ts) - offset, len(ts)
+        self.engine.begin_run(steps, start=offset, total=total)
         self.pending_new_run = False
         self.step, self.branch = 0, 0
 

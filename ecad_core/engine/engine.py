@@ -38,6 +38,7 @@ import torch
 
 from ..errors import EcadError
 from ..schedule import Schedule, remap_steps
+from ..schedule.remap import Slice, source_steps
 
 log = logging.getLogger("ecad")
 
@@ -54,9 +55,16 @@ class RunStats:
     calls: int = 0  # model calls seen (a step may have several: CFG split, Heun)
     remapped_from: int | None = None
     cache_bytes: int = 0  # bytes held by stored outputs at the end of the run
+    start: int = 0  # the run's first step on its trajectory (img2img, a later stage of a split run)
+    trajectory_steps: int | None = None  # steps of the whole trajectory (None: this run's own)
+    # [steps] model calls in which no unit ran: another node (EasyCache, LazyCache) served them
+    skipped: np.ndarray = None  # type: ignore[assignment]
+    rows: tuple[int, int] | None = None  # the schedule rows this run read (first, last)
+    rows_recompute_fraction: float = 1.0  # of the rows as this run used them (its first step computes)
+    first_step_reuses: int = 0  # units the first step's row reuses, computed as nothing is cached yet
 
     def __post_init__(self):
-        for k in ("computed", "reused", "fallback"):
+        for k in ("computed", "reused", "fallback", "skipped"):
             if getattr(self, k) is None:
                 setattr(self, k, np.zeros(self.steps, np.int64))
 
@@ -69,9 +77,18 @@ class RunStats:
         return int(self.reused.sum())
 
     @property
+    def total_skipped_units(self) -> int:
+        """Unit calls the model did not make because another node served the whole model call."""
+        return int(self.skipped.sum()) * self.units
+
+    @property
     def reuse_fraction(self) -> float:
-        n = self.total_computed + self.total_reused
+        n = self.total_computed + self.total_reused + self.total_skipped_units
         return self.total_reused / n if n else 0.0
+
+    @property
+    def trajectory(self) -> int:
+        return self.trajectory_steps if self.trajectory_steps is not None else self.start + self.steps
 
     def as_dict(self) -> dict:
         return {
@@ -86,18 +103,56 @@ class RunStats:
             "reused_per_step": self.reused.tolist(),
             "remapped_from_steps": self.remapped_from,
             "cache_bytes": self.cache_bytes,
+            "start": self.start,
+            "trajectory_steps": self.trajectory,
+            "skipped_model_calls": int(self.skipped.sum()),
+            "skipped_per_step": self.skipped.tolist(),
+            "fallback_per_step": self.fallback.tolist(),
+            "schedule_rows": list(self.rows) if self.rows else None,
+            "rows_recompute_fraction": round(self.rows_recompute_fraction, 6),
+            "first_step_reuses": self.first_step_reuses,
         }
 
     def summary(self) -> str:
+        total = self.total_computed + self.total_reused + self.total_skipped_units
         s = (
-            f"{self.total_reused}/{self.total_computed + self.total_reused} unit calls reused "
+            f"{self.total_reused}/{total} unit calls reused "
             f"({100 * self.reuse_fraction:.1f}%) over {self.steps} steps, {self.calls} model calls"
         )
+        if self.skipped.sum():
+            s += (
+                f", {int(self.skipped.sum())} model call(s) at step(s) "
+                f"{_ranges(np.flatnonzero(self.skipped).tolist())} served by another node "
+                f"({self.total_skipped_units} unit calls skipped)"
+            )
         if self.fallback.sum():
-            s += f", {int(self.fallback.sum())} reuse(s) computed for lack of a valid cached output"
+            s += (
+                f", {int(self.fallback.sum())} reuse(s) at step(s) {_ranges(np.flatnonzero(self.fallback).tolist())} "
+                f"computed for lack of a valid cached output"
+            )
         if self.remapped_from is not None:
             s += f" (schedule remapped from {self.remapped_from} steps)"
         return s
+
+    def position(self) -> str:
+        """Where the run sat on its trajectory and which schedule rows it read, in words."""
+        end, F = self.start + self.steps - 1, self.trajectory
+        s = f"steps {self.start}\u2013{end} of {F}" if self.steps > 1 else f"step {self.start} of {F}"
+        if self.rows is not None and self.remapped_from is not None:
+            a, b = self.rows
+            s += f", schedule rows {a}\u2013{b} of {self.remapped_from}" if b > a else f", schedule row {a}"
+        return s
+
+
+def _ranges(xs: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    out: list[str] = []
+    for x in xs:
+        if out and isinstance(out[-1], str) and out[-1].split("-")[-1] == str(x - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{x}"
+        else:
+            out.append(str(x))
+    return ", ".join(out)
 
 
 _Tensor = torch.Tensor
@@ -168,7 +223,7 @@ class CacheEngine:
         self.offload_device = torch.device(offload_device) if offload_device is not None else None
         self.enabled = True
         self._store: dict[tuple[int, Any], tuple[tuple, Any]] = {}
-        self._remap_cache: dict[tuple[int, float], Schedule] = {}
+        self._remap_cache: dict[Slice, Schedule] = {}
         self.last_stats: RunStats | None = None
         self.peak_cache_bytes = 0
         self._set_active(schedule, None)
@@ -211,7 +266,7 @@ class CacheEngine:
 
         self._unit_call = timed  # type: ignore[method-assign]
 
-    def _set_active(self, sched: Schedule, remapped_from: int | None):
+    def _set_active(self, sched: Schedule, remapped_from: int | None, sl: Slice | None = None):
         self.active = sched
         # Python lists: the per-call lookup is the hot path.
         bits = sched.effective_bits()
@@ -221,12 +276,21 @@ class CacheEngine:
         keep = ~bits
         keep[:-1] |= ~bits[1:]
         self._keep = keep.tolist()
-        self._stats = RunStats(sched.steps, sched.layout.n_units, remapped_from=remapped_from)
+        self._stats = st = RunStats(sched.steps, sched.layout.n_units, remapped_from=remapped_from)
+        st.rows_recompute_fraction = float(bits.mean())
+        st.first_step_reuses = int((~sched.bits[0]).sum())
+        if sl is not None:
+            st.start, st.trajectory_steps = sl.start, sl.full
+            S = self.schedule.steps
+            st.rows = (source_steps(S, sl.full, sl.start)[0], source_steps(S, sl.full, sl.start + sl.steps - 1)[-1])
+        else:
+            st.rows = (0, sched.steps - 1)
         # Per-step counters as Python lists (a numpy element update costs ~8x more per unit call);
         # copied into the RunStats arrays whenever ``stats`` is read.
         self.n_computed = [0] * sched.steps
         self.n_reused = [0] * sched.steps
         self.n_fallback = [0] * sched.steps
+        self.n_skipped = [0] * sched.steps
 
     @property
     def stats(self) -> RunStats:
@@ -235,31 +299,53 @@ class CacheEngine:
         st.computed[:] = self.n_computed
         st.reused[:] = self.n_reused
         st.fallback[:] = self.n_fallback
+        st.skipped[:] = self.n_skipped
         return st
 
     # -- run control ---------------------------------------------------------
-    def begin_run(self, steps: int | None = None, denoise: float = 1.0) -> None:
-        """Start a sampling run of ``steps`` steps (None: the schedule's own count)."""
+    def begin_run(
+        self, steps: int | None = None, denoise: float = 1.0, *, start: int | None = None, total: int | None = None
+    ) -> None:
+        """Start a sampling run of ``steps`` steps (None: the schedule's own count). Where it sits on its
+        trajectory: ``denoise`` < 1 (the last steps of int(steps/denoise), as ComfyUI's KSampler runs it), or
+        steps ``start`` .. of a ``total``-step trajectory (a stage of a split run); the rows it reads follow the
+        rule of ``ecad_core.schedule.remap``."""
         if not self.keep_store:
             self._store.clear()
         self._fresh.clear()
-        sched, src = self.schedule, None
-        if steps is not None and (steps != self.schedule.steps or denoise < 1.0):
-            key = (int(steps), round(float(denoise), 6))
-            if key not in self._remap_cache:
-                self._remap_cache[key] = remap_steps(self.schedule, int(steps), denoise)
+        sched, src, sl = self.schedule, None, None
+        if steps is not None:
+            if start is None and total is None:
+                sl = Slice.from_denoise(int(steps), float(denoise))
+            else:
+                st0 = int(start or 0)
+                sl = Slice(int(steps), st0, int(total) if total is not None else st0 + int(steps))
+            if sl.whole and sl.steps == self.schedule.steps:
+                sl = None
+        if sl is not None:
+            if sl not in self._remap_cache:
+                self._remap_cache[sl] = remap_steps(self.schedule, sl.steps, start=sl.start, total=sl.full)
                 log.info(
-                    "ECAD: schedule %r has %d steps; remapped to %d steps (denoise %.3g)",
+                    "ECAD: schedule %r has %d steps; fitted to steps %d-%d of a %d-step trajectory",
                     self.schedule.name,
                     self.schedule.steps,
-                    steps,
-                    denoise,
+                    sl.start,
+                    sl.start + sl.steps - 1,
+                    sl.full,
                 )
-            sched, src = self._remap_cache[key], self.schedule.steps
-        self._set_active(sched, src)
+            sched, src = self._remap_cache[sl], self.schedule.steps
+        self._set_active(sched, src, sl)
         self._use_timer(self._unit_timer if self._unit_timer is not None else _ambient_timer[0])
         self.step, self.branch, self.in_run = 0, 0, True
         self.run_id += 1
+
+    def units_counted(self) -> int:
+        """Unit calls counted at the current step so far (a host compares it around a model call)."""
+        return self.n_computed[self.step] + self.n_reused[self.step]
+
+    def model_call_skipped(self) -> None:
+        """The model call at the current step ran no unit: another node served it (counted as skipped)."""
+        self.n_skipped[self.step] += 1
 
     def set_position(self, step: int, branch: Any = 0) -> None:
         if step >= self.active.steps:
