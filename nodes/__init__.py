@@ -3,6 +3,7 @@
 from .apply_node import ApplyECADSchedule
 from .evaluate_node import EvaluateECADSchedule
 from .evolve_node import EvolveECADSchedule
+from .help import annotate
 from .library import register_user_folder
 from .load_node import LoadECADSchedule
 from .preview_node import PreviewECADSchedule
@@ -18,6 +19,7 @@ NODE_CLASS_MAPPINGS = {
     "EvolveECADSchedule": EvolveECADSchedule,
     "EvaluateECADSchedule": EvaluateECADSchedule,
 }
+annotate(NODE_CLASS_MAPPINGS)  # tooltips of every input and output (nodes/help.py)
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ApplyECADSchedule": "Apply ECAD Cache Schedule",
     "LoadECADSchedule": "Load ECAD Schedule",

@@ -8,9 +8,10 @@ the label's speedup text changes, and resolve it by its stable key.
 
 from __future__ import annotations
 
-from . import library
-from .library import SCHEDULE_TYPE
-from .patching import patch_model
+from . import library, run_report
+from .adapters import adapter_for
+from .library import EMBED_INPUT, SCHEDULE_TYPE
+from .patching import WRAPPER_KEY, patch_model
 
 OFF = "off"
 
@@ -55,25 +56,29 @@ class ApplyECADSchedule:
                         "between runs.",
                     },
                 ),
+                EMBED_INPUT: library.embed_input_spec(),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, preset):
-        # Accept values whose speedup text changed since the workflow was saved: match by key.
-        if preset == OFF or library.known(preset):
+    def VALIDATE_INPUTS(cls, preset, embedded_schedule=""):
+        # Accept values whose speedup text changed since the workflow was saved: match by key; a schedule
+        # embedded in the workflow stands in for a missing file.
+        if preset == OFF:
             return True
-        return f"ECAD preset {library.key_of(preset)!r} not found (shipped presets or models/ecad_schedules)"
+        return library.validate(preset, embedded_schedule, "ECAD preset")
 
     @classmethod
-    def IS_CHANGED(cls, preset, **_):
+    def IS_CHANGED(cls, preset, embedded_schedule="", **_):
         # the file's content hash: an edited schedule file re-runs the node (a connected schedule
         # input is keyed by its own node)
-        return OFF if preset == OFF else library.fingerprint(preset)
+        return OFF if preset == OFF else library.fingerprint_with(preset, embedded_schedule)
 
-    def apply(self, model, preset, offload_cache_to_cpu=False, schedule=None, cuda_graphs=False):
+    def apply(self, model, preset, offload_cache_to_cpu=False, schedule=None, cuda_graphs=False, embedded_schedule=""):
         if schedule is None:
             if preset == OFF:
-                return (model,)
-            schedule = library.resolve(preset)
-        return (patch_model(model, schedule, offload_cache_to_cpu, cuda_graphs),)
+                return (run_report.timing_clone(model),)  # times the run: the baseline of the measured speedup
+            schedule = library.resolve_with(preset, embedded_schedule)
+        m = patch_model(model, schedule, offload_cache_to_cpu, cuda_graphs)
+        run_report.attach(m, schedule, run_report.model_arch(adapter_for(model)), WRAPPER_KEY)
+        return (m,)

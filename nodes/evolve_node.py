@@ -47,6 +47,7 @@ from . import library
 from .adapters import adapter_for
 from .library import SCHEDULE_TYPE
 from .patching import refuse_applied_model
+from .preview_node import schedule_image
 from .sampling import (
     Sample,
     Sampler,
@@ -415,6 +416,9 @@ def evolve(inp: EvolveInputs):
         import nodes as comfy_nodes  # ComfyUI's PreviewImage shows the plot on the node
 
         ui.update(comfy_nodes.PreviewImage().save_images(img, filename_prefix="ecad_front")["ui"])
+        # the picked point's schedule picture beside the plot
+        picture = schedule_image(chosen.schedule)
+        ui["images"] += comfy_nodes.PreviewImage().save_images(picture, filename_prefix="ecad_picked")["ui"]["images"]
     except Exception as e:  # noqa: BLE001 - the preview is a convenience; outputs still flow
         log.warning("ECAD: cannot preview the front plot (%s)", e)
     return {"ui": ui, "result": (chosen.schedule, img, report)}

@@ -20,7 +20,15 @@ from pathlib import Path
 from ..ecad_core import families
 from ..ecad_core.costs import LATENCY_COST_FILE
 from ..ecad_core.errors import ScheduleError
-from ..ecad_core.schedule import MAX_FILE_BYTES, Schedule, file_error, load_schedule, read_regular_file
+from ..ecad_core.schedule import (
+    MAX_FILE_BYTES,
+    Schedule,
+    file_error,
+    load_schedule,
+    loads_schedule,
+    one_line,
+    read_regular_file,
+)
 from ..ecad_core.search.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES, PROGRESS_FILE
 from ..ecad_core.search.front import FRONT_INDEX
 
@@ -176,12 +184,39 @@ def _positive(v) -> float | None:
     return f if math.isfinite(f) and f > 0 else None
 
 
+def made_at(s: Schedule) -> str | None:
+    """The image size a schedule was made (or measured) at, from its provenance: '256px' or 'WxH'."""
+    res = (s.provenance or {}).get("resolution") if isinstance(s.provenance, dict) else None
+    if not (isinstance(res, list) and len(res) == 2 and all(_positive(v) for v in res)):
+        return None
+    h, w = (int(v) for v in res)
+    return f"{h}px" if h == w else f"{w}x{h}"
+
+
+def speedup_basis(s: Schedule) -> str:
+    """What the speedup of speedup_of() is: measured by ECAD on a GPU, MACs-expected, or unknown ('')."""
+    m = s.metrics if isinstance(s.metrics, dict) else {}
+    at = made_at(s)
+    size = f" @{at}" if at else ""
+    if _positive(m.get("ecad_latency_speedup")) is not None:
+        gpu = m.get("ecad_latency_gpu")
+        gpu = one_line(gpu.removeprefix("NVIDIA ").strip(), 40) if isinstance(gpu, str) and gpu.strip() else "a GPU"
+        return f"measured on {gpu}{size}"
+    model = m.get("compute_model")
+    if isinstance(model, str) and model:
+        kinds = {"macs": "MACs", "latency": "latency here", "uniform": "units"}
+        return f"{kinds.get(model.split()[0].lower(), one_line(model, 20))}{size}"
+    return f"MACs{size}" if at else ""
+
+
 def label(key: str, s: Schedule) -> str:
-    """The dropdown value of a schedule: '<key> · <model> · <speedup>×' (the model as its family names it)."""
+    """The dropdown value of a schedule: '<key> · <model> · <speedup>× <basis>' (the model as its family names
+    it; the basis says whether the speedup was measured, on which GPU, or is MACs-expected, and at which size)."""
     sp = speedup_of(s)
     parts = [key, families.model_label(s.model, s.family)]
     if sp:
-        parts.append(f"{sp:.2f}×")
+        basis = speedup_basis(s)
+        parts.append(f"{sp:.2f}×" + (f" {basis}" if basis else ""))
     return SEP.join(parts)
 
 
@@ -195,7 +230,8 @@ def info_text(s: Schedule) -> str:
         f"recomputed: {100 * info['recompute_fraction']:.1f}% of unit-steps",
     ]
     if sp:
-        lines.append(f"speedup: {sp:.2f}x")
+        basis = speedup_basis(s)
+        lines.append(f"speedup: {sp:.2f}x" + (f" ({basis})" if basis else ""))
     return "\n".join(lines)
 
 
@@ -246,3 +282,131 @@ def resolve(value: str) -> Schedule:
             f"models/{FOLDER_NAME} (was it renamed or deleted?)",
         )
     return _load(path)
+
+
+# -- schedules embedded in a workflow ------------------------------------------------------------
+# Apply and Load carry the text of a non-shipped schedule in this widget (web/ecad.js fills it when the
+# preset is picked), so a shared workflow runs on a machine that lacks the file.
+EMBED_INPUT = "embedded_schedule"
+
+
+def embed_input_spec() -> tuple:
+    return (
+        "STRING",
+        {
+            "default": "",
+            "multiline": True,
+            "advanced": True,  # shown by the node menu's 'Show Advanced'
+            "tooltip": "Filled by the pack when you pick one of your own schedules: the schedule's text, saved "
+            "in the workflow so that it runs on a machine without the file. Leave it as it is.",
+        },
+    )
+
+
+def validate(value: str, text, what: str):
+    """VALIDATE_INPUTS of Apply and Load: True, or the message (a missing file with no embedded copy, or a bad
+    embedded copy)."""
+    if has_embedded(text):
+        try:
+            embedded_copy(value, text)
+        except ScheduleError as e:
+            return str(e)
+        return True
+    if known(value):
+        return True
+    return f"{what} {key_of(value)!r} not found (shipped presets or models/{FOLDER_NAME})"
+
+
+def is_shipped(value: str) -> bool:
+    return key_of(value) in {p.stem for p in SHIPPED_DIR.glob("*.json")}
+
+
+def embedded_copy(value: str, text: str) -> Schedule:
+    """The schedule embedded in a workflow for the preset ``value``: the files' parser and size limit; a bad
+    copy is a ScheduleError naming it."""
+    src = f"the copy of {key_of(value)!r} embedded in the workflow"
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_FILE_BYTES:
+        raise file_error(src, f"too large ({size} bytes; the limit is {MAX_FILE_BYTES})")
+    try:
+        return loads_schedule(text, src)
+    except ScheduleError:
+        raise
+    except Exception as e:  # noqa: BLE001 - last resort, as for files
+        raise file_error(src, f"cannot be read ({type(e).__name__}: {e})") from None
+
+
+def has_embedded(text) -> bool:
+    return isinstance(text, str) and bool(text.strip())
+
+
+def fingerprint_with(value: str, text) -> str:
+    """fingerprint() plus the embedded copy's hash: either changing re-runs the node."""
+    fp = fingerprint(value)
+    if has_embedded(text):
+        fp += f"; embedded sha256 {hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()}"
+    return fp
+
+
+def resolve_with(value: str, text) -> Schedule:
+    """The schedule a preset value names for a workflow that may embed a copy of it.
+
+    The local file is used when it has the embedded content; otherwise the embedded copy wins (the workflow
+    was made with it) and the log says why: the file is missing here, unreadable, or different (never replaced).
+    """
+    if not has_embedded(text):
+        return resolve(value)
+    key = key_of(value)
+    emb = embedded_copy(value, text)
+    path = _path_of(key)
+    local = _load_cached(path) if path is not None else None
+    if local is not None and local == emb:
+        return local
+    if path is None:
+        why = (
+            f"is not on this machine (models/{FOLDER_NAME}): using the copy embedded in the workflow. "
+            "To keep it, right-click the node > 'ECAD: save embedded schedule'"
+        )
+    elif local is None:
+        why = f"file {path} cannot be read: using the copy embedded in the workflow"
+    else:
+        why = (
+            f"file {path} differs from the copy embedded in the workflow: the embedded copy is used for this "
+            "workflow; the file is left as it is"
+        )
+    log.warning("ECAD: schedule %r %s", key, why)
+    return emb
+
+
+def embeddable_text(value: str) -> dict:
+    """What web/ecad.js embeds for a picked preset: nothing for 'off' and shipped presets (every install has
+    them), the schedule's text (project format) for the user's own."""
+    key = key_of(value)
+    if not key or key == "off" or is_shipped(value):
+        return {"key": key, "shipped": key != "off" and bool(key), "text": ""}
+    return {"key": key, "shipped": False, "text": resolve(value).dumps()}
+
+
+def save_embedded(value: str, text: str) -> dict:
+    """Saves a workflow's embedded copy as the user schedule its preset names ('user/<path>'); an existing file
+    is never replaced. Returns {"saved": bool, "path", "message"}; ScheduleError for a bad name or copy."""
+    key = key_of(value)
+    if not key.startswith("user/"):
+        raise ScheduleError(key, "only your own schedules (user/...) can be saved from a workflow")
+    rel = Path(key[len("user/") :] + ".json")
+    if rel.is_absolute() or any(part in ("", ".", "..") or part.startswith(".") for part in rel.parts):
+        raise ScheduleError(key, "not a plain path inside models/ecad_schedules")
+    s = embedded_copy(value, text)
+    existing = _path_of(key)
+    if existing is not None:
+        local = _load_cached(existing)
+        same = local is not None and local == s
+        msg = "already saved" if same else "a different file with this name exists; it is not replaced"
+        return {"saved": False, "path": str(existing), "message": f"{key}: {msg} ({existing})"}
+    dirs = user_dirs()
+    if not dirs:
+        raise ScheduleError(key, f"no models/{FOLDER_NAME} folder is configured")
+    path = dirs[0] / rel
+    s.save(path)
+    log.info("ECAD: saved the schedule embedded in the workflow as %s", path)
+    return {"saved": True, "path": str(path), "message": f"{key}: saved to {path}"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import library
-from .library import SCHEDULE_TYPE
+from .library import EMBED_INPUT, SCHEDULE_TYPE
 
 
 class LoadECADSchedule:
@@ -16,18 +16,20 @@ class LoadECADSchedule:
     @classmethod
     def INPUT_TYPES(cls):
         opts = library.options()
-        return {"required": {"schedule_file": (opts, {"default": opts[0] if opts else ""})}}
+        return {
+            "required": {"schedule_file": (opts, {"default": opts[0] if opts else ""})},
+            "optional": {EMBED_INPUT: library.embed_input_spec()},
+        }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, schedule_file):
-        if library.known(schedule_file):
-            return True
-        return f"ECAD schedule {library.key_of(schedule_file)!r} not found"
+    def VALIDATE_INPUTS(cls, schedule_file, embedded_schedule=""):
+        return library.validate(schedule_file, embedded_schedule, "ECAD schedule")
 
     @classmethod
-    def IS_CHANGED(cls, schedule_file):
-        return library.fingerprint(schedule_file)  # content hash: an edited file is re-read
+    def IS_CHANGED(cls, schedule_file, embedded_schedule=""):
+        # content hashes: an edited file (or embedded copy) is re-read
+        return library.fingerprint_with(schedule_file, embedded_schedule)
 
-    def load(self, schedule_file):
-        s = library.resolve(schedule_file)
+    def load(self, schedule_file, embedded_schedule=""):
+        s = library.resolve_with(schedule_file, embedded_schedule)
         return (s, library.info_text(s))

@@ -1,4 +1,4 @@
-"""HTTP route for the frontend's preset filter (``web/ecad.js``).
+"""HTTP routes of the frontend extension (``web/ecad.js``): the preset filter and embedded schedules.
 
 ``GET /ecad/presets?loader=<node type>&file=<file name>`` answers
 ``{"model": <description or null>, "options": [...]}``: the Apply node's
@@ -7,6 +7,11 @@ of them when the file cannot be probed (missing, not safetensors, unknown
 architecture). The run-time check in the Apply node stays the authority.
 The answer is computed in a worker thread: reading a model file's header and the
 schedule files must not hold up ComfyUI's event loop (every other request).
+
+``GET /ecad/schedule_text?preset=<value>`` answers ``{"key", "shipped", "text"}``: the text Apply and Load
+embed in the workflow for one of the user's schedules ("" for shipped presets). ``POST /ecad/save_embedded``
+with ``{"preset", "text"}`` saves a workflow's embedded copy into models/ecad_schedules (never replacing a file).
+Both answer ``{"error": ...}`` with status 400 for a bad name or schedule.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..ecad_core.errors import ScheduleError
 from ..ecad_core.schedule.model_files import layout_of_file
 from . import library
 
@@ -67,4 +73,33 @@ def register() -> bool:
         body = await asyncio.to_thread(answer, q.get("loader", ""), q.get("file", ""))
         return web.json_response(body)
 
+    @PromptServer.instance.routes.get("/ecad/schedule_text")
+    async def ecad_schedule_text(request):
+        preset = request.rel_url.query.get("preset", "")
+        return _reply(web, await asyncio.to_thread(_guarded, library.embeddable_text, preset))
+
+    @PromptServer.instance.routes.post("/ecad/save_embedded")
+    async def ecad_save_embedded(request):
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not (isinstance(body, dict) and all(isinstance(body.get(k), str) for k in ("preset", "text"))):
+            return web.json_response({"error": 'expected JSON {"preset": "...", "text": "..."}'}, status=400)
+        return _reply(web, await asyncio.to_thread(_guarded, library.save_embedded, body["preset"], body["text"]))
+
     return True
+
+
+def _guarded(fn, *args) -> dict:
+    try:
+        return fn(*args)
+    except ScheduleError as e:
+        return {"error": str(e)}
+    except Exception as e:  # noqa: BLE001 - a route must answer, never take the page down
+        log.warning("ECAD: %s failed (%s)", fn.__name__, e)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _reply(web, body: dict):
+    return web.json_response(body, status=400 if "error" in body else 200)

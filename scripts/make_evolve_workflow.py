@@ -102,7 +102,7 @@ NODES = [
         "ApplyECADSchedule",
         [880, 0],
         [380, 130],
-        ["off", False, False],
+        ["off", False, False, ""],
         [("model", "MODEL", 2), ("schedule", "ECAD_SCHEDULE", 8)],
         [("MODEL", "MODEL", [10])],
         None,

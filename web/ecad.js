@@ -1,5 +1,7 @@
 // comfyui-ecad frontend extension: the preset dropdown of "Apply ECAD Cache Schedule"
-// lists only the schedules that fit the connected model.
+// lists only the schedules that fit the connected model; Apply and Load embed the text
+// of the user's own schedule they name in the workflow (so a shared workflow runs
+// where the file is missing); run statistics are shown as a toast.
 //
 // The browser knows only the loader's file name, so it asks the server
 // (GET /ecad/presets, nodes/routes.py), which reads that file's safetensors header
@@ -10,6 +12,10 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const APPLY = "ApplyECADSchedule";
+const LOAD = "LoadECADSchedule";
+const EMBED = "embedded_schedule";
+// node type -> the widget naming the schedule whose text is embedded
+const PRESET_WIDGETS = { [APPLY]: "preset", [LOAD]: "schedule_file" };
 const FILE_WIDGETS = {
   UNETLoader: "unet_name",
   CheckpointLoaderSimple: "ckpt_name",
@@ -100,11 +106,116 @@ function refreshSoon() {
   timer = setTimeout(refreshAll, 50);
 }
 
+// -- embedded schedules -------------------------------------------------------------------
+function widget(node, name) {
+  return (node.widgets || []).find((w) => w.name === name);
+}
+
+function notify(severity, summary, detail) {
+  const toast = app.extensionManager?.toast;
+  if (toast?.add) toast.add({ severity, summary, detail, life: severity === "error" ? 10000 : 6000 });
+  else console.log(`comfyui-ecad: ${summary}: ${detail}`);
+}
+
+// The picked schedule's text into the hidden widget ("" for off and shipped presets).
+async function embed(node) {
+  const preset = widget(node, PRESET_WIDGETS[node.comfyClass || node.type]);
+  const target = widget(node, EMBED);
+  if (!preset || !target) return;
+  const value = preset.value ?? "";
+  try {
+    const res = await api.fetchApi(`/ecad/schedule_text?preset=${encodeURIComponent(value)}`);
+    const data = await res.json();
+    if (preset.value !== value) return; // picked again meanwhile
+    if (!res.ok) {
+      console.warn("comfyui-ecad: cannot embed", value, data.error);
+      return; // keep what the workflow had: the server says what is wrong when it runs
+    }
+    target.value = data.text || "";
+  } catch (e) {
+    console.warn("comfyui-ecad: cannot embed the schedule", e);
+  }
+  node.setDirtyCanvas?.(true, true);
+}
+
+function watchPreset(node) {
+  const preset = widget(node, PRESET_WIDGETS[node.comfyClass || node.type]);
+  if (!preset || preset.__ecadEmbeds) return;
+  preset.__ecadEmbeds = true;
+  const cb = preset.callback;
+  preset.callback = function (...args) {
+    const r = cb?.apply(this, args);
+    embed(node);
+    return r;
+  };
+}
+
+// A workflow saved before embedding existed (or a new node): embed what it names. A copy already in the
+// workflow is kept: it is what the workflow was made with, even where a local file of that name differs.
+function embedMissing() {
+  const nodes = app.graph?.nodes || app.graph?._nodes || [];
+  return Promise.all(
+    nodes
+      .filter((n) => PRESET_WIDGETS[n.comfyClass || n.type])
+      .map((n) => {
+        watchPreset(n);
+        return widget(n, EMBED) && !widget(n, EMBED).value ? embed(n) : null;
+      }),
+  );
+}
+
+async function saveEmbedded(node) {
+  const preset = widget(node, PRESET_WIDGETS[node.comfyClass || node.type]);
+  const text = widget(node, EMBED)?.value || "";
+  const res = await api.fetchApi("/ecad/save_embedded", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ preset: preset?.value ?? "", text }),
+  });
+  const data = await res.json();
+  if (!res.ok) notify("error", "ECAD: not saved", data.error);
+  else notify(data.saved ? "success" : "warn", data.saved ? "ECAD: schedule saved" : "ECAD: not saved", data.message);
+  return data;
+}
+
+// -- run statistics -------------------------------------------------------------------------
+function showStats(event) {
+  const d = event.detail || {};
+  if (d.text) notify("info", "ECAD", d.text);
+  window.__ecadLastStats = d;
+}
+api.addEventListener("ecad.stats", showStats);
+
 window.__ecadPresetFilter = { refreshAll, modelSource };
+window.__ecadEmbed = { embed, embedMissing, saveEmbedded };
+
+let embedTimer = null;
+function embedSoon() {
+  clearTimeout(embedTimer);
+  embedTimer = setTimeout(embedMissing, 50);
+}
 
 app.registerExtension({
   name: "comfyui-ecad.presetFilter",
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!PRESET_WIDGETS[nodeData.name]) return;
+    const getExtraMenuOptions = nodeType.prototype.getExtraMenuOptions;
+    nodeType.prototype.getExtraMenuOptions = function (canvas, options) {
+      const r = getExtraMenuOptions?.apply(this, [canvas, options]);
+      if (widget(this, EMBED)?.value) {
+        options.push({ content: "ECAD: save embedded schedule", callback: () => saveEmbedded(this) });
+      }
+      return r;
+    };
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function (...args) {
+      const r = onNodeCreated?.apply(this, args);
+      // the embedded text is the pack's business: shown only by the node menu's "Show Advanced"
+      const w = widget(this, EMBED);
+      if (w) w.advanced = true;
+      embedSoon();
+      return r;
+    };
     if (nodeData.name !== APPLY) return;
     const onConnectionsChange = nodeType.prototype.onConnectionsChange;
     nodeType.prototype.onConnectionsChange = function (...args) {
@@ -121,5 +232,6 @@ app.registerExtension({
   },
   afterConfigureGraph() {
     refreshSoon();
+    embedSoon();
   },
 });
