@@ -146,7 +146,7 @@ def main() -> int:
     for name in names:
         json.loads((out / f"{name}.json").read_text(encoding="utf-8"))  # a workflow, not a stray file
         path = out / f"{name}.jpg"
-        thumbnail(name).save(path, "JPEG", quality=88, optimize=True)
+        thumbnail(name).save(path, "JPEG", quality=72, optimize=True)
         print(f"wrote {path}")
     icon().save(REPO / "web" / "icon.png", optimize=True)
     print(f"wrote {REPO / 'web' / 'icon.png'}")
