@@ -182,6 +182,8 @@ def test_schedule_text_route(comfy_server):
     for bad in (
         {"preset": "pixart-alpha-256-fast", "text": s.dumps()},
         {"preset": "user/../escape", "text": s.dumps()},
+        ["not", "an", "object"],
+        {"preset": "user/route-check-2"},
     ):
         with pytest.raises(urllib.error.HTTPError) as e:
             srv.post_json("/ecad/save_embedded", bad)

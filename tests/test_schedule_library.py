@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from support.schedule_corpus import REPO, fuzzed_files, write_bad_files, write_special_files
 
-from ecad_core import Schedule, ScheduleError, families, load_schedule, make_layout
+from ecad_core import Schedule, ScheduleError, families, load_schedule, loads_schedule, make_layout
 
 PACK = "comfyui_ecad_libtest"
 
@@ -235,6 +235,57 @@ def test_a_users_schedule_may_have_a_search_files_name(lib, caplog):
     assert listed == {rel(p) for p in mine}
     assert lib.resolve(rel(lib.user / "progress.json")).name == "progress"
     assert not caplog.records
+
+
+def test_an_embedded_copy_is_read_like_a_file(lib, tmp_path, caplog):
+    """A workflow's embedded schedule goes through the files' parser and size limit; the local file wins only
+    when it has the same content, and a save never replaces a file."""
+    value = "user/shared · PixArt-α · 2.00× MACs"
+    bad_dir = tmp_path / "bad"
+    for path, msg in write_bad_files(bad_dir):
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # a workflow holds text: undecodable bytes cannot be embedded
+        if not text.strip():
+            continue  # an empty widget means no copy: the file is used (checked below)
+        with pytest.raises(lib.ScheduleError) as e:
+            lib.resolve_with(value, text)
+        assert "the copy of 'user/shared' embedded in the workflow" in str(e.value), (path.name, str(e.value))
+        assert msg in str(e.value) or "not valid JSON" in str(e.value), (path.name, msg, str(e.value))
+        assert lib.validate(value, text, "ECAD preset") == str(e.value)  # the node error at validation
+    with pytest.raises(lib.ScheduleError, match="too large"):
+        lib.embedded_copy(value, " " * (lib.MAX_FILE_BYTES + 1))
+
+    same = lambda a, b: a.to_json_dict() == b.to_json_dict()  # the pack's Schedule class is its own
+    mine = Schedule.full(make_layout("pixart", 2), 3, name="shared", metrics={"expected_speedup": 2.0})
+    text = mine.dumps()
+    with caplog.at_level(logging.INFO, logger="ecad"):
+        assert lib.validate(value, text, "ECAD preset") is True  # no file, a copy: valid
+        assert same(lib.resolve_with(value, text), mine)
+        assert "is not on this machine" in caplog.text
+        saved = lib.save_embedded(value, text)
+        assert saved["saved"] and load_schedule(lib.user / "shared.json") == mine
+        caplog.clear()
+        assert same(lib.resolve_with(value, text), mine) and not caplog.text  # the file has the copy's content
+        other = Schedule.full(make_layout("pixart", 2), 3, name="someone-else")
+        other.save(lib.user / "shared.json")
+        assert same(lib.resolve_with(value, text), mine)
+        assert "differs from the copy embedded in the workflow: the embedded copy is used" in caplog.text
+        refused = lib.save_embedded(value, text)
+        assert not refused["saved"] and "not replaced" in refused["message"]
+        assert load_schedule(lib.user / "shared.json") == other
+    assert same(lib.resolve_with(value, ""), other)  # no copy: the file, as before
+    for bad in ("pixart-alpha-256-fast", "user/../x", "user/.hidden/x", "user//x"):
+        with pytest.raises(lib.ScheduleError):
+            lib.save_embedded(bad, text)
+    assert lib.embeddable_text("pixart-alpha-256-fast · PixArt-α · 1.97×") == {
+        "key": "pixart-alpha-256-fast",
+        "shipped": True,
+        "text": "",
+    }
+    assert loads_schedule(lib.embeddable_text(value)["text"]) == other
 
 
 def _cells(img, cy, cx):
