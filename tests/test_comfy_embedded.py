@@ -189,3 +189,76 @@ def test_schedule_text_route(comfy_server):
             srv.post_json("/ecad/save_embedded", bad)
         assert e.value.code == 400
     assert not (srv.base_dir / "models" / "escape.json").exists()
+
+
+# the page after loading: what each Apply node embeds, then the node menu's save entry clicked on node 2
+MENU_PROBE = """
+(async () => {
+  await new Promise((r) => setTimeout(r, 1000));
+  const node = (id) => app.graph.getNodeById(id);
+  const embedded = (id) => node(id).widgets.find((w) => w.name === "embedded_schedule").value;
+  const out = { filled: embedded(1), missing: embedded(2), different: embedded(3) };
+  const menu = [];
+  node(2).getExtraMenuOptions(app.canvas, menu);
+  out.menu = menu.filter(Boolean).map((o) => o.content);
+  const save = menu.find((o) => o && o.content === "ECAD: save embedded schedule");
+  out.saved = save ? await save.callback() : null;
+  return out;
+})()
+"""
+
+
+def _apply_node(nid: int, preset: str, embedded: str) -> dict:
+    return {
+        "id": nid,
+        "type": "ApplyECADSchedule",
+        "pos": [0, 200 * nid],
+        "size": [380, 130],
+        "flags": {},
+        "order": nid,
+        "mode": 0,
+        "inputs": [{"name": "model", "type": "MODEL", "link": None}],
+        "outputs": [{"name": "MODEL", "type": "MODEL", "links": [], "slot_index": 0}],
+        "properties": {"Node name for S&R": "ApplyECADSchedule"},
+        "widgets_values": [preset, False, False, embedded],
+    }
+
+
+@pytest.mark.browser
+def test_the_page_embeds_keeps_and_saves_copies(comfy_server, browser_ready):
+    """On load: an Apply naming a local schedule without a copy (a workflow saved before embedding) gets one;
+    a copy in the workflow is kept, for a missing file and for a local file with other content; the node
+    menu saves a copy into models/ecad_schedules."""
+    srv = comfy_server
+    user = srv.base_dir / "models" / "ecad_schedules" / "menu"
+    user.mkdir(parents=True, exist_ok=True)
+    lay = make_layout("pixart", 2)
+    local = Schedule.full(lay, STEPS, name="local")
+    local.save(user / "a.json")
+    theirs = Schedule.every_n(lay, STEPS, 2, name="theirs")
+    (user / "b.json").unlink(missing_ok=True)
+    wf = {
+        "id": "00000000-0000-4000-8000-000000000020",
+        "revision": 0,
+        "last_node_id": 3,
+        "last_link_id": 0,
+        "nodes": [
+            _apply_node(1, "user/menu/a · PixArt-α", ""),
+            _apply_node(2, "user/menu/b · PixArt-α", theirs.dumps()),
+            _apply_node(3, "user/menu/a · PixArt-α", theirs.dumps()),
+        ],
+        "links": [],
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+    }
+    res = browser_ready.load_workflows_in_browser(srv.url, [(wf, None, False, MENU_PROBE)])[0]
+    page = res.probe
+    assert isinstance(page, dict) and "probe_error" not in page, page
+    assert loads_schedule(page["filled"]) == local
+    assert loads_schedule(page["missing"]) == theirs and loads_schedule(page["different"]) == theirs
+    assert "ECAD: save embedded schedule" in page["menu"]
+    assert page["saved"]["saved"] is True, page["saved"]
+    assert load_schedule(user / "b.json") == theirs
+    assert load_schedule(user / "a.json") == local  # never replaced

@@ -214,3 +214,31 @@ def test_the_statistics_toast_shows_in_the_browser(comfy_server, browser_ready):
     page = res.probe
     assert page.get("stats"), page
     assert any(page["stats"]["text"] in t for t in page["toasts"]), page
+
+
+@pytest.mark.browser
+def test_the_frontend_finds_the_templates_and_their_thumbnails(comfy_server, browser_ready):
+    """What the template browser does (frontend 1.32): the pack's names from api.getWorkflowTemplates(), each
+    card's picture from api.apiURL('/workflow_templates/<pack>/<name>.jpg')."""
+    probe = """
+(async () => {
+  const api = window.comfyAPI.api.api;
+  const listed = await api.getWorkflowTemplates();
+  const pack = Object.keys(listed).find((k) => listed[k].includes("ecad_pixart_alpha"));
+  const sizes = {};
+  for (const name of listed[pack]) {
+    const img = new Image();
+    img.src = api.apiURL(`/workflow_templates/${pack}/${name}.jpg`);
+    try { await img.decode(); sizes[name] = [img.naturalWidth, img.naturalHeight]; } catch (e) { sizes[name] = null; }
+  }
+  return { pack, names: listed[pack], sizes };
+})()
+"""
+    res = browser_ready.load_workflows_in_browser(
+        comfy_server.url, [(REPO / "example_workflows" / "ecad_pixart_alpha.json", None, False, probe)]
+    )[0]
+    page = res.probe
+    names = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+    # ComfyUI v0.3.75 lists example_workflows/ and workflows/ alike, so today each name comes twice
+    assert sorted(set(page["names"])) == names, page
+    assert page["sizes"] == {n: [512, 384] for n in names}, page
