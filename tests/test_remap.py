@@ -127,3 +127,15 @@ def test_bad_arguments():
         remap_steps(s, 4, denoise=1.5)
     with pytest.raises(ValueError, match=r"steps 3\.\.6 do not fit a trajectory of 5 steps"):
         remap_steps(s, 4, start=3, total=5)
+
+
+def test_the_docs_picture_is_drawn_from_the_rule():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_remap_figure", REPO / "scripts/make_remap_figure.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (REPO / "docs/remap.svg").read_text(encoding="utf-8") == mod.svg(), (
+        "docs/remap.svg is stale: python scripts/make_remap_figure.py"
+    )
+    assert "remap.svg" in (REPO / "docs/schedule-format.md").read_text(encoding="utf-8")

@@ -134,10 +134,12 @@ class RunStats:
             s += f" (schedule remapped from {self.remapped_from} steps)"
         return s
 
-    def position(self) -> str:
-        """Where the run sat on its trajectory and which schedule rows it read, in words."""
+    def position(self, note: str = "") -> str:
+        """Where the run sat on its trajectory (``note`` after the steps, e.g. "(stage 2 of a split run)") and
+        which schedule rows it read, in words."""
         end, F = self.start + self.steps - 1, self.trajectory
         s = f"steps {self.start}\u2013{end} of {F}" if self.steps > 1 else f"step {self.start} of {F}"
+        s += f" {note}" if note else ""
         if self.rows is not None and self.remapped_from is not None:
             a, b = self.rows
             s += f", schedule rows {a}\u2013{b} of {self.remapped_from}" if b > a else f", schedule row {a}"
@@ -291,6 +293,7 @@ class CacheEngine:
         self.n_reused = [0] * sched.steps
         self.n_fallback = [0] * sched.steps
         self.n_skipped = [0] * sched.steps
+        self.n_calls = [0] * sched.steps  # model calls per step (a step with none was served by another node)
 
     @property
     def stats(self) -> RunStats:
@@ -343,9 +346,14 @@ class CacheEngine:
         """Unit calls counted at the current step so far (a host compares it around a model call)."""
         return self.n_computed[self.step] + self.n_reused[self.step]
 
-    def model_call_skipped(self) -> None:
-        """The model call at the current step ran no unit: another node served it (counted as skipped)."""
-        self.n_skipped[self.step] += 1
+    def model_call_skipped(self, step: int | None = None) -> None:
+        """A model call at ``step`` (default: the current one) ran no unit: another node served it (counted as
+        skipped, so the statistics keep it in their denominator)."""
+        self.n_skipped[self.step if step is None else step] += 1
+
+    def steps_without_calls(self, reached: int) -> list[int]:
+        """Steps before ``reached`` at which the model was never called (a node in front served them)."""
+        return [i for i in range(min(reached, len(self.n_calls))) if not self.n_calls[i]]
 
     def set_position(self, step: int, branch: Any = 0) -> None:
         if step >= self.active.steps:
@@ -356,6 +364,7 @@ class CacheEngine:
             )
         self.step, self.branch = step, branch
         self._stats.calls += 1
+        self.n_calls[step] += 1
 
     def end_run(self) -> RunStats:
         """Finish the run: free the stored outputs and return its statistics."""
