@@ -1,0 +1,474 @@
+"""Search efficiency on the trained shapes models: hypervolume of the front against model runs, held-out losses,
+and the rule-based caches (every-n, first-block residual, TeaCache-like) swept over their knob at equal MACs.
+
+A *search variant* is a function ``variant(ctx: SearchContext) -> None`` that scores schedules only through
+``ctx.evaluator.evaluate(schedules)`` and stops at ``ctx.budget`` model runs; the benchmark records the
+archive after every run, so every variant gets the same curves. Register one with ``@variant("name")`` (or pass
+``variants={"name": fn}`` to ``run``) and name it with ``--variants``.
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m bench.bench_search_efficiency \
+        --out bench/results/cpu-search-efficiency.json
+    .venv/bin/python -m bench.bench_search_efficiency --quick   # a minute: the CI check of this file
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ecad_core.costs.compute import ComputeCost, cost_for_transformer
+from ecad_core.diffusers.adapters import find_diffusers_units
+from ecad_core.diffusers.api import apply
+from ecad_core.schedule import Schedule
+from ecad_core.search import GenomeSpace, LocalEvaluator, SearchSettings, hypervolume, pareto_indices, run_search
+
+from . import trained
+from .common import hardware, write_json
+from .rule_caches import POLICIES, Policy
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# -- sampling the trained models -------------------------------------------------------------
+class ShapesGenerate:
+    """``generate(schedule_or_None)`` for ``LocalEvaluator`` on a trained shapes model: every prompt x seed in
+    one batched Euler run. ``policy`` (a ``rule_caches.Policy``) drives the engine at run time instead of the
+    schedule's rows; ``last_bits`` holds the realised bits of the last cached run."""
+
+    def __init__(self, model, family: str, prompts: Sequence[str], seeds: Sequence[int], steps: int):
+        self.model, self.family, self.steps = model, family, steps
+        self.units = find_diffusers_units(model)
+        self.captions = [p for p in prompts for _ in seeds]
+        self.sample_seeds = [s for _ in prompts for s in seeds]
+        self.sample_prompts = self.captions
+        self.policy: Policy | None = None
+        self.last_bits: np.ndarray | None = None
+        self.description = {"model": f"shapes-{family}", "prompts": list(prompts), "seeds": list(seeds), "steps": steps}
+
+    def __call__(self, schedule: Schedule | None) -> list[torch.Tensor]:
+        if schedule is None:
+            return list(trained.sample(self.model, self.family, self.captions, self.sample_seeds, self.steps))
+        handle = apply(self.model, schedule)
+        hooks = self.policy.install(handle, self.units) if self.policy is not None else []
+        try:
+            out = trained.sample(self.model, self.family, self.captions, self.sample_seeds, self.steps)
+            handle.finish_run()
+        finally:
+            for h in hooks:
+                h.remove()
+            handle.remove()
+        if self.policy is not None:
+            self.policy.finish()
+            self.last_bits = self.policy.rows[-1]
+        else:
+            self.last_bits = schedule.effective_bits()
+        return list(out)
+
+
+# -- the search variants -----------------------------------------------------------------------
+class BudgetSpent(Exception):
+    """Raised by the recording evaluator when a variant asks for more runs than its budget."""
+
+
+@dataclass
+class SearchContext:
+    evaluator: RecordingEvaluator
+    space: GenomeSpace
+    cost: ComputeCost
+    budget: int  # model runs (sampling runs over all calibration samples), the reference run included
+    seed: int
+    model: str
+    options: dict = field(default_factory=dict)
+
+
+Variant = Callable[[SearchContext], None]
+VARIANTS: dict[str, Variant] = {}
+
+
+def variant(name: str) -> Callable[[Variant], Variant]:
+    def register(fn: Variant) -> Variant:
+        VARIANTS[name] = fn
+        return fn
+
+    return register
+
+
+@variant("nsga2")
+def nsga2(ctx: SearchContext) -> None:
+    """Today's search: ``run_search`` (NSGA-II, heuristic seeds), generations to fill the budget."""
+    pop = int(ctx.options.get("population", 24))
+    gens = max(1, (ctx.budget - 1 - pop) // pop)
+    settings = SearchSettings(population=pop, generations=gens, seed=ctx.seed)
+    run_search(ctx.evaluator, ctx.space.layout, ctx.space.steps, None, settings, cost=ctx.cost, model=ctx.model)
+
+
+class RecordingEvaluator:
+    """Wraps a ``LocalEvaluator``: scores one schedule per model run and records, after each, the runs so far
+    and the archive's hypervolume (the curve); refuses to run past the budget."""
+
+    def __init__(self, inner: LocalEvaluator, cost: ComputeCost, quality_scale: float, budget: int):
+        self.inner, self.cost, self.quality_scale, self.budget = inner, cost, quality_scale, budget
+        self.batch_size = inner.batch_size
+        self.archive: list[tuple[float, float]] = []
+        self.schedules: list[Schedule] = []
+        self.curve: list[tuple[int, float]] = []
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+    def prepare(self, out_dir, fingerprint=None, progress=None) -> None:
+        self.inner.prepare(out_dir, fingerprint, progress)
+
+    @property
+    def runs(self) -> int:
+        return self.inner.n_generate
+
+    def evaluate(self, schedules: list[Schedule]) -> list[float]:
+        losses = []
+        for s in schedules:
+            self.inner.references()
+            if self.runs >= self.budget:
+                raise BudgetSpent
+            loss = self.inner.evaluate([s])[0]
+            losses.append(loss)
+            self.archive.append((loss, self.cost.fraction(s.effective_bits())))
+            self.schedules.append(s)
+            self.curve.append((self.runs, hypervolume(np.array(self.archive), quality_scale=self.quality_scale)))
+        return losses
+
+    def front(self) -> list[int]:
+        return [int(i) for i in pareto_indices(np.array(self.archive))] if self.archive else []
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    steps: int = 20
+    seeds_cal: tuple[int, ...] = (0,)
+    seeds_held: tuple[int, ...] = (100,)
+    calibration: tuple[str, ...] = tuple(trained.CALIBRATION)
+    held_out: tuple[str, ...] = tuple(trained.HELD_OUT)
+    budget: int = 265  # today's default: population 24, 10 generations, plus the reference
+    search_seeds: tuple[int, ...] = (0, 1, 2)
+    every_n: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    fbcache: tuple[float, ...] = (0.02, 0.05, 0.08, 0.12, 0.18, 0.25, 0.35, 0.5)
+    teacache: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.2)
+    population: int = 24
+
+
+QUICK = Setup(
+    steps=10,
+    seeds_cal=(0,),
+    seeds_held=(100,),
+    calibration=tuple(trained.CALIBRATION[:2]),
+    held_out=tuple(trained.HELD_OUT[:2]),
+    budget=25,
+    search_seeds=(0,),
+    every_n=(2, 4),
+    fbcache=(0.1, 0.3),
+    teacache=(0.2, 0.6),
+    population=8,
+)
+
+
+def _front_at(points: list[tuple[float, float]], frac: float) -> float:
+    """The lowest loss among ``points`` (loss, fraction) that cost at most ``frac``; inf if none."""
+    ok = [loss for loss, f in points if f <= frac + 1e-9]
+    return min(ok) if ok else math.inf
+
+
+def bench_model(family: str, setup: Setup, variants: dict[str, Variant], log=print) -> dict:
+    model = trained.load(family)
+    units = find_diffusers_units(model)
+    layout, steps = units.layout, setup.steps
+    side = trained.cost_size(family)
+    cost = cost_for_transformer(model, layout, steps, side, side, text_tokens=trained.MAX_TOKENS)
+    space = GenomeSpace(layout, steps)
+    gen_cal = ShapesGenerate(model, family, setup.calibration, setup.seeds_cal, steps)
+    gen_held = ShapesGenerate(model, family, setup.held_out, setup.seeds_held, steps)
+    cal, held = LocalEvaluator(gen_cal), LocalEvaluator(gen_held)
+    out: dict = {"family": family, "units": layout.n_units, "cost_model": cost.describe()}
+
+    def run_time(gen, ev):
+        t = time.perf_counter()
+        ev.evaluate([Schedule.full(layout, steps)])
+        return time.perf_counter() - t
+
+    cal.references(), held.references()
+    out["seconds_per_run"] = {
+        "calibration": round(run_time(gen_cal, cal), 4),
+        "held_out": round(run_time(gen_held, held), 4),
+    }
+    out["reference_match"] = {
+        "calibration": trained.fraction_matching(torch.stack(cal.references()), gen_cal.captions),
+        "held_out": trained.fraction_matching(torch.stack(held.references()), gen_held.captions),
+    }
+
+    # the rule-based caches, swept over their knob
+    t0 = time.perf_counter()
+    baselines: dict[str, list[dict]] = {}
+    for n in setup.every_n:
+        s = Schedule.every_n(layout, steps, n)
+        row = {"knob": n, "fraction": cost.fraction(s.effective_bits())}
+        row["loss_cal"], row["loss_held"] = cal.evaluate([s])[0], held.evaluate([s])[0]
+        row["fraction_cal"] = row["fraction_held"] = row["fraction"]
+        baselines.setdefault("every-n", []).append(row)
+    for kind, knobs in (("fbcache", setup.fbcache), ("teacache", setup.teacache)):
+        for thr in knobs:
+            row: dict = {"knob": thr}
+            for gen, ev, tag in ((gen_cal, cal, "cal"), (gen_held, held, "held")):
+                gen.policy = POLICIES[kind](thr)
+                try:
+                    row[f"loss_{tag}"] = ev.evaluate([Schedule.full(layout, steps)])[0]
+                    row[f"fraction_{tag}"] = cost.fraction(gen.last_bits)
+                finally:
+                    gen.policy = None
+            baselines.setdefault(kind, []).append(row)
+    out["baselines"] = baselines
+    out["baseline_seconds"] = round(time.perf_counter() - t0, 1)
+    for kind, rows in baselines.items():
+        log(
+            f"{family} {kind}: "
+            + ", ".join(f"{r['knob']}: x{1 / r['fraction_held']:.2f} {r['loss_held']:.4f}" for r in rows)
+        )
+
+    scale = _scales(baselines)["calibration"]
+
+    out["variants"] = {}
+    for vname, fn in variants.items():
+        per_seed = []
+        for seed in setup.search_seeds:
+            t1 = time.perf_counter()
+            runs0 = cal.n_generate - 1  # the reference is computed once and shared by every search
+            rec = RecordingEvaluator(_Offset(cal, runs0), cost, scale, setup.budget)
+            ctx = SearchContext(
+                rec, space, cost, setup.budget, seed, f"shapes-{family}", {"population": setup.population}
+            )
+            try:
+                fn(ctx)
+            except BudgetSpent:
+                pass
+            front = rec.front()
+            pts = []
+            for i in front:
+                loss_h = held.evaluate([rec.schedules[i]])[0]
+                pts.append({"fraction": rec.archive[i][1], "loss_cal": rec.archive[i][0], "loss_held": loss_h})
+            hv_final = rec.curve[-1][1] if rec.curve else 0.0
+            curve = _thin(rec.curve)
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "runs": rec.runs,
+                    "images": rec.runs * len(gen_cal.captions),
+                    "hv_final": hv_final,
+                    "runs_to": {f"{p}%": _runs_to(rec.curve, p / 100 * hv_final) for p in (90, 95, 99)},
+                    "curve": curve,
+                    "front": sorted(pts, key=lambda p: p["fraction"]),
+                    "seconds": round(time.perf_counter() - t1, 1),
+                }
+            )
+            last = per_seed[-1]
+            log(f"{family} {vname} seed {seed}: {rec.runs} runs, HV {hv_final:.4f}, {last['seconds']} s")
+        out["variants"][vname] = {"seeds": per_seed}
+    return summarise(out)
+
+
+def _scales(baselines: dict) -> dict:
+    """The hypervolumes' loss scales: 4 x every-2's loss on each prompt set, so the rule-based range fits in the
+    (1, 1) box (held-out captions give larger losses than the calibration ones at the same schedule)."""
+    every2 = next((r for r in baselines["every-n"] if r["knob"] == 2), baselines["every-n"][0])
+    return {"calibration": max(4 * every2["loss_cal"], 1e-6), "held_out": max(4 * every2["loss_held"], 1e-6)}
+
+
+def summarise(out: dict) -> dict:
+    """Adds to a model's raw result: the loss scales, each front's held-out hypervolume, the medians over seeds,
+    the baselines' held-out hypervolumes and the comparison at equal compute."""
+    baselines = out["baselines"]
+    scales = out["quality_scale"] = _scales(baselines)
+    for v in out["variants"].values():
+        for s in v["seeds"]:
+            s["hv_held"] = _hv([(p["loss_held"], p["fraction"]) for p in s["front"]], scales["held_out"])
+        seeds = v["seeds"]
+        v["median_hv_final"] = statistics.median(s["hv_final"] for s in seeds)
+        v["median_hv_held"] = statistics.median(s["hv_held"] for s in seeds)
+        v["median_runs_to"] = {
+            k: statistics.median(s["runs_to"][k] if s["runs_to"][k] is not None else math.inf for s in seeds)
+            for k in seeds[0]["runs_to"]
+        }
+    out["hv_cal_baselines"] = {
+        k: _hv([(r["loss_cal"], r["fraction_cal"]) for r in rows], scales["calibration"])
+        for k, rows in baselines.items()
+    }
+    out["hv_held_baselines"] = {
+        k: _hv([(r["loss_held"], r["fraction_held"]) for r in rows], scales["held_out"])
+        for k, rows in baselines.items()
+    }
+    out["comparison"] = _compare(out, baselines)
+    return out
+
+
+class _Offset:
+    """A LocalEvaluator view whose ``n_generate`` counts from ``base`` (runs of earlier searches left out,
+    the shared reference run kept: each search pays it once)."""
+
+    def __init__(self, inner: LocalEvaluator, base: int):
+        self._inner, self._base = inner, base
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    @property
+    def n_generate(self) -> int:
+        return self._inner.n_generate - self._base
+
+
+def _hv(points: list[tuple[float, float]], scale: float) -> float:
+    return hypervolume(np.array(points), quality_scale=scale) if points else 0.0
+
+
+def _thin(curve: list[tuple[int, float]], n: int = 60) -> list[list]:
+    if len(curve) <= n:
+        return [[r, round(h, 6)] for r, h in curve]
+    idx = sorted({round(i * (len(curve) - 1) / (n - 1)) for i in range(n)})
+    return [[curve[i][0], round(curve[i][1], 6)] for i in idx]
+
+
+def _runs_to(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((r for r, h in curve if h >= target - 1e-12), None)
+
+
+def _compare(out: dict, baselines: dict) -> dict:
+    """Held-out: per baseline point, the learned fronts' best loss at no more compute (median over seeds), and
+    the ratio baseline loss / learned loss (> 1: the learned schedule wins)."""
+    cmp: dict = {}
+    for vname, v in out["variants"].items():
+        rows = []
+        for kind, pts in baselines.items():
+            for r in pts:
+                learned = [
+                    _front_at([(p["loss_held"], p["fraction"]) for p in s["front"]], r["fraction_held"])
+                    for s in v["seeds"]
+                ]
+                med = statistics.median(learned)
+                rows.append(
+                    {
+                        "baseline": kind,
+                        "knob": r["knob"],
+                        "fraction": r["fraction_held"],
+                        "speedup": 1 / r["fraction_held"],
+                        "loss_baseline": r["loss_held"],
+                        "loss_learned": med,
+                        "ratio": (r["loss_held"] / med) if med > 0 and math.isfinite(med) else None,
+                    }
+                )
+        cmp[vname] = rows
+    return cmp
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = result["models"]
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4.2 * len(models)), squeeze=False)
+    marks = {"every-n": "s-", "fbcache": "o-", "teacache": "^-"}
+    for row, m in zip(axes, models):
+        ax = row[0]
+        for vname, v in m["variants"].items():
+            for s in v["seeds"]:
+                c = np.array(s["curve"])
+                if len(c):
+                    ax.plot(c[:, 0], c[:, 1], label=f"{vname} seed {s['seed']}", alpha=0.8)
+        for k, hv in m["hv_cal_baselines"].items():
+            ax.axhline(hv, ls=":", color="gray")
+            ax.text(0, hv, f" {k} (all knobs)", va="bottom", fontsize=7, color="gray")
+        ax.set(xlabel="model runs", ylabel="hypervolume (calibration)", title=f"shapes-{m['family']}: HV vs runs")
+        ax.legend(fontsize=7)
+        ax = row[1]
+        for kind, pts in m["baselines"].items():
+            ax.plot(
+                [1 / p["fraction_held"] for p in pts], [p["loss_held"] for p in pts], marks.get(kind, ".-"), label=kind
+            )
+        for vname, v in m["variants"].items():
+            for s in v["seeds"]:
+                f = s["front"]
+                ax.plot(
+                    [1 / p["fraction"] for p in f],
+                    [p["loss_held"] for p in f],
+                    ".--",
+                    alpha=0.7,
+                    label=f"{vname} front seed {s['seed']}",
+                )
+        ax.set(xlabel="speed-up (MACs)", ylabel="held-out loss (rel. MSE)", yscale="log", title="held-out fronts")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(
+    setup: Setup, families: Sequence[str] = trained.FAMILIES, variants: dict[str, Variant] | None = None, log=print
+) -> dict:
+    variants = variants if variants is not None else {"nsga2": VARIANTS["nsga2"]}
+    t0 = time.perf_counter()
+    models = [bench_model(f, setup, variants, log) for f in families]
+    return {
+        "bench": "search-efficiency",
+        "hardware": hardware("cpu"),
+        "torch_threads": torch.get_num_threads(),
+        "setup": {k: list(v) if isinstance(v, tuple) else v for k, v in setup.__dict__.items()},
+        "models": models,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny settings: checks the benchmark works (about a minute)")
+    ap.add_argument("--families", nargs="+", default=list(trained.FAMILIES), choices=trained.FAMILIES)
+    ap.add_argument(
+        "--variants", nargs="+", default=["nsga2"], help=f"search variants (registered: {', '.join(VARIANTS)})"
+    )
+    ap.add_argument("--budget", type=int, help="model runs per search (default: 265, today's default search)")
+    ap.add_argument("--seeds", type=int, help="searches per variant and model (default 3)")
+    ap.add_argument("--out", help="result JSON (a PNG plot is written beside it)")
+    ap.add_argument("--summarise", metavar="JSON", help="recompute the summaries and the plot of a result file")
+    a = ap.parse_args(argv)
+    if a.summarise:
+        result = json.loads(Path(a.summarise).read_text())
+        result["models"] = [summarise(m) for m in result["models"]]
+        write_json(a.summarise, result)
+        plot(result, Path(a.summarise).with_suffix(".png"))
+        return result
+    unknown = [v for v in a.variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown search variant(s) {unknown}; registered: {', '.join(VARIANTS)}")
+    setup = QUICK if a.quick else Setup()
+    if a.budget:
+        setup = dataclasses.replace(setup, budget=a.budget)
+    if a.seeds:
+        setup = dataclasses.replace(setup, search_seeds=tuple(range(a.seeds)))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = run(setup, a.families, {v: VARIANTS[v] for v in a.variants})
+    if a.out:
+        write_json(a.out, result)
+        plot(result, Path(a.out).with_suffix(".png"))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
