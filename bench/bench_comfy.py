@@ -17,8 +17,10 @@ same size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
+import os
 import sys
 import types
 from pathlib import Path
@@ -30,7 +32,11 @@ from .ceiling import CeilingCache, ComfyFluxCeiling
 from .common import REPO, SCHEDULES, hardware, resolve_dtype, write_json
 from .runner import Variant, run_variants
 
-COMFY_DIR = REPO / ".cache" / "ComfyUI"
+# the ComfyUI tree (ECAD_COMFY_DIR, as the test harness reads it) and, for a tree with its own venv
+# (ECAD_COMFY_PYTHON: scripts/setup_env.sh's ComfyUI 0.33), that venv's packages after this one's (what the
+# newer tree needs beyond torch: comfy_kitchen, comfy_aimdo)
+COMFY_DIR = Path(os.environ.get("ECAD_COMFY_DIR") or REPO / ".cache" / "ComfyUI")
+COMFY_PYTHON = os.environ.get("ECAD_COMFY_PYTHON") or None
 
 
 def import_comfy(device) -> None:
@@ -39,6 +45,9 @@ def import_comfy(device) -> None:
         raise SystemExit(f"bench_comfy: no ComfyUI at {COMFY_DIR} (bash scripts/setup_env.sh installs it)")
     if str(COMFY_DIR) not in sys.path:
         sys.path.insert(0, str(COMFY_DIR))
+        if COMFY_PYTHON:
+            venv = Path(COMFY_PYTHON).absolute().parent.parent  # not resolve(): a venv python links outside
+            sys.path.extend(str(p) for p in sorted(venv.glob("lib/python3*/site-packages")))
     import comfy.cli_args
 
     if torch.device(device).type == "cpu":
@@ -130,12 +139,17 @@ def comfy_pixart(variant: str, res: int, *, tiny: bool, device, dtype, steps: in
 
 def comfy_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: int = 0):
     """ComfyUI's FLUX.1-dev (19 double + 38 single blocks, guidance embedding) at ``res``², batch 1."""
+    import comfy.ldm.flux.model as flux_model
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
     c = models.FLUX_TINY if tiny else models.FLUX_FULL
     torch.manual_seed(seed)
+    # ComfyUI 0.33 added a required FluxParams field (FLUX.1 has no text-position dims)
+    fields = {f.name for f in dataclasses.fields(flux_model.FluxParams)}
+    extra = {"txt_ids_dims": []} if "txt_ids_dims" in fields else {}
     m = Flux(
+        **extra,
         in_channels=16,
         out_channels=16,
         vec_in_dim=c["pooled_dim"],
@@ -165,22 +179,16 @@ def comfy_flux(res: int, *, tiny: bool, device, dtype, steps: int = 20, seed: in
     pooled = torch.randn(1, c["pooled_dim"], generator=g).to(device, dtype)
     guidance = torch.full((1,), 3.5, device=device, dtype=torch.float32)
     sigmas = torch.linspace(1.0, 1.0 / steps, steps).to(device)  # flow matching: the model sees t = sigma
-    opts = {"patches_replace": {}}
+    opts: dict = {"patches_replace": {}}  # the calls' transformer_options (the pack's and tests' patches go here)
+    kwargs: dict = {}  # more keyword arguments of the calls (tests: ref_latents)
 
     def call(x, i):
-        return m(
-            x,
-            sigmas[i].expand(1),
-            context,
-            y=pooled,
-            guidance=guidance,
-            transformer_options={"patches_replace": opts["patches_replace"]},
-        )
+        return m(x, sigmas[i].expand(1), context, y=pooled, guidance=guidance, transformer_options=dict(opts), **kwargs)
 
     den = models.Denoiser(
         f"ComfyUI FLUX.1-dev {res}²", m, x0, call, steps, [], {"tokens": (res // 16) ** 2, "batch": 1, "text_tokens": L}
     )
-    den.transformer_options = opts
+    den.transformer_options, den.call_kwargs = opts, kwargs
     return den
 
 

@@ -64,12 +64,14 @@ def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False, cuda_gr
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, run.outer_sample_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY, run.apply_model_wrapper)
     m.model_options["transformer_options"]["ecad"] = run
+    path = getattr(run, "hook_path", None)
     log.info(
-        "ECAD: applied schedule %r (%d steps, %.1f%% of units recomputed) to %s",
+        "ECAD: applied schedule %r (%d steps, %.1f%% of units recomputed) to %s; %s",
         schedule.name,
         schedule.steps,
         100 * schedule.recompute_fraction(),
         adapter.kind,
+        path.describe() if path is not None else "",
     )
     return m
 

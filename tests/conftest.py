@@ -22,7 +22,7 @@ for _p in (str(REPO_ROOT), str(TESTS_DIR)):
 from support import reference  # noqa: E402
 
 from comfy_harness import make_tiny  # noqa: E402  (stdlib only)
-from comfy_harness.server import DEFAULT_COMFY_DIR, ComfyServer  # noqa: E402
+from comfy_harness.server import DEFAULT_COMFY_DIR, DEFAULT_PYTHON, ComfyServer  # noqa: E402
 
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
 
@@ -85,9 +85,7 @@ def comfy_dir() -> Path:
 @pytest.fixture(scope="session")
 def comfy_models(comfy_dir) -> dict[str, Path]:
     """Tiny random checkpoints (built once, cached in .cache/tiny-models): name -> path."""
-    return make_tiny.ensure_models(
-        make_tiny.DEFAULT_MODELS_ROOT, comfy_dir=comfy_dir, python=str(REPO_ROOT / ".venv" / "bin" / "python")
-    )
+    return make_tiny.ensure_models(make_tiny.DEFAULT_MODELS_ROOT, comfy_dir=comfy_dir, python=str(DEFAULT_PYTHON))
 
 
 @pytest.fixture(scope="session")

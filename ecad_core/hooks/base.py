@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 import weakref
 
 import torch
@@ -77,21 +78,56 @@ def missing_attr(block: torch.nn.Module, attrs) -> str | None:
 
 
 # Blocks whose re-statement matched their own forward bit for bit, keyed by what the result depends on: the
-# re-statement, the block's forward (another library version, or a test's patch, is checked anew) and the
-# device and dtype (fp16/bf16 matmuls round by memory layout). Every block is checked on its first call, as
-# such a mismatch can be data-dependent (one block equal, the next not); once per process, so re-applying a
-# schedule to the same model costs nothing.
+# re-statement, the block's forward (another library version, or a test's patch, is checked anew) and the call's
+# shape key (``call_key``: tensor shapes, dtypes and devices, argument names, the patches present; fp16/bf16
+# matmuls round by memory layout, and a new argument or patch may change what the block computes). Every block is
+# checked on its first call with each key, as a mismatch can be data-dependent (one block equal, the next not);
+# once per process, so re-applying a schedule to the same model costs nothing.
 _VERIFIED: weakref.WeakKeyDictionary[torch.nn.Module, set] = weakref.WeakKeyDictionary()
+_SCALARS = (int, str, bool, type(None))
 
 
-def check_once(block: torch.nn.Module, restatement, forward, x: torch.Tensor | None, check) -> None:
-    """``check()``, unless ``block``'s ``restatement`` already matched this ``forward`` on ``x``'s device and
-    dtype in this process (``check`` raises on a mismatch)."""
-    key = (restatement, forward) + ((x.device.type, x.dtype) if isinstance(x, torch.Tensor) else (None, None))
+def call_key(value, depth: int = 0):
+    """A cheap hashable summary of a block call's inputs: tensors by (shape, dtype, device), dicts by their keys
+    and summarised values, short lists and tuples element by element, ints/strings as they are, anything else
+    (floats, functions, objects) by its type name: what a re-statement's fitness can depend on, not the data."""
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.dtype, value.device.type, value.device.index)
+    if isinstance(value, _SCALARS):
+        return value
+    if depth >= 6:  # (args, kwargs) -> a dict argument -> its wrapper -> that wrapper's captured dict -> its values
+        return type(value).__name__
+    if isinstance(value, (dict, list, tuple)) and len(value) > 32:
+        return (type(value).__name__, len(value))
+    if isinstance(value, dict):
+        return tuple(sorted(((str(k), call_key(v, depth + 1)) for k, v in value.items()), key=lambda kv: kv[0]))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__,) + tuple(call_key(v, depth + 1) for v in value)
+    if isinstance(value, types.FunctionType) and value.__closure__:
+        # a wrapper's captured keyword arguments (ComfyUI's block_wrap passes FLUX blocks ``extra_kwargs`` such as
+        # ``modulation_dims`` this way, outside the arguments a block hook sees)
+        held = [c.cell_contents for c in value.__closure__ if _cell_dict(c)]
+        return ("function",) + tuple(call_key(d, depth + 1) for d in held)
+    return type(value).__name__
+
+
+def _cell_dict(cell) -> bool:
+    try:
+        return isinstance(cell.cell_contents, dict)
+    except ValueError:  # an empty cell
+        return False
+
+
+def check_once(block: torch.nn.Module, restatement, forward, key, check) -> None:
+    """``check()``, unless ``block``'s ``restatement`` already matched this ``forward`` on a call with this shape
+    ``key`` in this process (``check`` raises on a mismatch). A tensor as ``key`` stands for its device and dtype."""
+    if isinstance(key, torch.Tensor):
+        key = (key.device.type, key.dtype)
+    full = (restatement, forward, key)
     seen = _VERIFIED.setdefault(block, set())
-    if key not in seen:
+    if full not in seen:
         check()
-        seen.add(key)
+        seen.add(full)
 
 
 def forget_verified() -> None:

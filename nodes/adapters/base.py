@@ -10,7 +10,11 @@ module (``arch``). How the units are hooked, from the most to the least specific
    whose units are modules is cached with ECAD's semantics and no re-statement;
 3. ``install_block_reuse``: ComfyUI's ``patches_replace["dit"]`` block hooks, reusing a block's residual.
 
-``guarded`` is the one first-call check wrapper of every re-statement (built on ``ecad_core.hooks.check_once``).
+A ComfyUI update must never fail a user's run: ``guarded`` (the one check wrapper of every re-statement, built on
+``ecad_core.hooks.check_once``) checks each block against ComfyUI's own at its first call with each new call shape
+(``call_key``); a mismatch, or a re-statement that cannot run, logs one warning (``HookPath``) and switches the
+model to its fallback for that call and every later one. ``install_fallback`` picks the fallback where a
+re-statement is unfit from the start: module caching, else block reuse, else no cache.
 Every patch ECAD installs is marked (``mark``), so that a later Apply node removes the earlier one's
 (``nodes/patching.py``).
 """
@@ -31,7 +35,7 @@ from ...ecad_core.engine import signature
 from ...ecad_core.engine.compiling import outside_compile
 from ...ecad_core.engine.cuda_graphs import GraphMode
 from ...ecad_core.errors import SelfCheckError
-from ...ecad_core.hooks import check_once
+from ...ecad_core.hooks import call_key, check_once
 from ...ecad_core.schedule import Layout, make_layout
 
 log = logging.getLogger("ecad")
@@ -161,10 +165,12 @@ class ComfyAdapter:
     def install(self, mp, run) -> None:
         """Route the units of the clone ``mp`` through ``run.engine`` (default: wrap their modules)."""
         self.install_modules(mp, run)
+        run.hook_path = HookPath(self.supports, "module caching", restated=False)
 
-    def install_modules(self, mp, run, blocks: set[str] | None = None) -> int:
+    def install_modules(self, mp, run, blocks: set[str] | None = None, when: Callable[[], bool] | None = None) -> int:
         """Object-patch the ``forward`` of every unit's submodule (of ``blocks`` only, if given) so that it is
-        computed or reused by the engine; returns how many units were patched."""
+        computed or reused by the engine (only while ``when()`` holds, if given); another node's patch of that
+        forward is kept and runs inside. Returns how many units were patched."""
         n = 0
         for i, u in enumerate(self.units()):
             if blocks is not None and u.block not in blocks:
@@ -174,8 +180,11 @@ class ComfyAdapter:
                     f"ECAD: {self.kind}: unit {u.block}/{u.component} is computed by no single module, so it "
                     "cannot be cached at module level"
                 )
+            key = f"diffusion_model.{u.path}.forward"
+            inner = getattr(mp, "object_patches", {}).get(key)
+            module = self.dm.get_submodule(u.path)
             mp.add_object_patch(
-                f"diffusion_model.{u.path}.forward", unit_forward(self.dm.get_submodule(u.path), run, i)
+                key, unit_forward(module, run, i, None if inner is None or is_ecad_patch(inner) else inner, when)
             )
             n += 1
         return n
@@ -184,6 +193,21 @@ class ComfyAdapter:
         """ComfyUI's dit block hooks for every block: a block computes or reuses its residual as one unit."""
         for b in self.block_points():
             mp.set_model_patch_replace(block_reuse_patch(run, b.first_unit), "dit", b.point, b.index)
+
+    def install_fallback(self, mp, run, label: str, why: str) -> HookPath:
+        """What runs when the family's re-statement cannot (``why``): module caching where every unit is a module,
+        else block reuse where ComfyUI offers block hooks, else no cache; logged once. Returns the path taken."""
+        if all(u.path is not None and _has_module(self.dm, u.path) for u in self.units()):
+            self.install_modules(mp, run)
+            path = HookPath(label, "module caching")
+        elif self.block_points():
+            self.install_block_reuse(mp, run)
+            path = HookPath(label, "block-level reuse (ComfyUI's dit block hooks)")
+        else:
+            run.engine.enabled = False
+            path = HookPath(label, "no cache")
+        path.switch_off(why)
+        return path
 
     def compute_cost(self, steps: int, height: int, width: int, text_tokens: int | None) -> ComputeCost:
         """The search's compute objective: analytic MACs of the loaded model when the cost model covers it
@@ -201,13 +225,31 @@ class ComfyAdapter:
         return ComputeCost(c.unit, c.fixed, source="uniform", info={"why": why})
 
 
-def unit_forward(module: torch.nn.Module, run, unit: int):
-    """A ``forward`` for ``module`` that the engine computes or serves from the cache as ``unit``."""
-    cls_forward = type(module).forward
+def _has_module(dm: torch.nn.Module, path: str) -> bool:
+    try:
+        dm.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def unit_forward(module: torch.nn.Module, run, unit: int, inner=None, when: Callable[[], bool] | None = None):
+    """A ``forward`` for ``module`` that the engine computes or serves from the cache as ``unit`` (while ``when()``
+    holds, if given; else it just runs). ``inner``: what computes the module (default: its class's forward)."""
+    compute = inner if inner is not None else type(module).forward.__get__(module)
     engine = run.engine
 
-    def forward(*args, **kwargs):
-        return engine.call(unit, cls_forward, (module,) + args, kwargs)
+    if when is None:
+
+        def forward(*args, **kwargs):
+            return engine.call(unit, compute, args, kwargs)
+
+    else:
+
+        def forward(*args, **kwargs):
+            if when():
+                return engine.call(unit, compute, args, kwargs)
+            return compute(*args, **kwargs)
 
     return mark(outside_compile(forward))
 
@@ -247,14 +289,41 @@ def block_reuse_patch(run, unit: int):
     return mark(outside_compile(patch))
 
 
+class HookPath:
+    """Which path one patched model's family runs on, shared by its re-statements: the block re-statement until a
+    check fails, then the fallback (``off`` says why); one warning per model."""
+
+    def __init__(self, label: str, fallback: str, restated: bool = True):
+        self.label, self.fallback, self.restated = label, fallback, restated
+        self.off: str | None = None
+
+    def describe(self) -> str:
+        if not self.restated:
+            return f"{self.label}: {self.fallback}"
+        if self.off is None:
+            return f"{self.label}: block re-statement (checked against ComfyUI's block at each new call shape)"
+        return f"{self.label}: {self.fallback} (block re-statement off: {self.off})"
+
+    def switch_off(self, why: str) -> None:
+        if self.off is None:
+            self.off = why
+            log.warning(
+                "ECAD: %s on ComfyUI %s: %s (block re-statement off: %s)",
+                self.label,
+                comfy_version(),
+                self.fallback,
+                why,
+            )
+
+
 class Restatement:
     """A block's forward re-stated on ComfyUI so that a reused unit's input is never built; the counterpart of
     the diffusers ``BlockHook``. Subclasses give ``unfit`` (why a block is not the configuration the
     re-statement covers; None: it is), ``restated`` (the block with its units through the engine) and
-    ``check`` (the re-statement against ComfyUI's own block; SelfCheckError if they differ)."""
+    ``check`` (the re-statement against ComfyUI's own block; SelfCheckError saying what differs)."""
 
-    def __init__(self, dm: torch.nn.Module, run):
-        self.dm, self.run = dm, run
+    def __init__(self, dm: torch.nn.Module, run, path: HookPath):
+        self.dm, self.run, self.path = dm, run, path
 
     @classmethod
     def unfit(cls, block: torch.nn.Module) -> str | None:
@@ -266,19 +335,33 @@ class Restatement:
         original: Callable[..., Any],
         body: Callable[..., Any],
         check: Callable[..., None],
-        probe: Callable[..., Any],
+        fallback: Callable[..., Any],
     ):
-        """The patch that runs ``block``: ``original`` while the engine is off, else ``body``; before the first
-        ``body`` of each block, ``check`` with the same arguments, once per process per device and dtype of
-        ``probe(*args)`` (``check_once``: a mismatch can be data-dependent, so every block is checked)."""
-        run, checked, own = self.run, [False], type(block).forward
+        """The patch that runs ``block``: ``original`` while the engine is off, else ``body``; before ``body``,
+        ``check`` with the same arguments, once per process for each call shape (``call_key`` of the arguments:
+        a mismatch can be data-dependent, so every block is checked). A failed check (or a re-statement that
+        raises) switches the model to ``fallback``, which then serves this call and every later one."""
+        run, path, own = self.run, self.path, type(block).forward
 
         def patch(*args, **kwargs):
             if not run.engine.active_for():
                 return original(*args, **kwargs)
-            if not checked[0]:
-                check_once(block, type(self), own, probe(*args, **kwargs), lambda: check(*args, **kwargs))
-                checked[0] = True
-            return body(*args, **kwargs)
+            if path.off is None:
+                try:
+                    check_once(block, type(self), own, call_key((args, kwargs)), lambda: check(*args, **kwargs))
+                except SelfCheckError as e:
+                    path.switch_off(str(e))
+                except Exception as e:  # noqa: BLE001 - a re-statement that no longer fits the block: fall back
+                    path.switch_off(f"{self.where(block)}: the re-statement raised {type(e).__name__}: {e}")
+                else:
+                    return body(*args, **kwargs)
+            return fallback(*args, **kwargs)
 
         return mark(outside_compile(patch))
+
+    def where(self, blk) -> str:
+        """The block's path in the diffusion model, for messages."""
+        for name, m in self.dm.named_modules():
+            if m is blk:
+                return name
+        return type(blk).__name__

@@ -4,7 +4,7 @@ Chroma, LTX-Video): one unit per block that reuses the block's residual (output 
 
 from __future__ import annotations
 
-from .base import BlockPoint, ComfyAdapter, Unit, is_instance
+from .base import BlockPoint, ComfyAdapter, HookPath, Unit, is_instance
 
 # ComfyUI model class -> (attribute of its double-type blocks, attribute of its single blocks)
 MODELS = {
@@ -65,3 +65,5 @@ class DitBlocksComfy(ComfyAdapter):
 
     def install(self, mp, run):
         self.install_block_reuse(mp, run)
+        label = type(self.dm).__name__
+        run.hook_path = HookPath(label, "block-level reuse (ComfyUI's dit block hooks)", restated=False)

@@ -5,11 +5,19 @@
 ECAD's units need the block internals (attention is inline), so the official ``patches_replace["dit"]`` double
 and single block hooks run the block: the original block whenever the attention unit computes (its outputs are
 captured through object-patched ``proj`` / ``linear1`` / ``linear2`` forwards), and a re-statement of the block
-only when a cached output is reused. The re-statement is checked against the original block at each block's
-first call; a difference raises SelfCheckError.
+only when a cached output is reused. The re-statement is checked against the original block at each block's first
+call with each new call shape (argument names, shapes, dtypes, the patches present, the keyword arguments ComfyUI
+hands the block outside ``args``, such as ``modulation_dims``). A difference (or a re-statement that cannot run:
+another MLP, another kernel) logs one warning and switches the model to the module-level fallback for that call and
+every later one: ComfyUI's own block always runs, a reused unit's output substituted at its module (``img_attn.proj``
+/ ``txt_attn.proj``, ``linear1``'s MLP rows, ``linear2``'s input or output) and the MLPs through the engine: the same
+ECAD semantics, less compute saved (a reused attention's q/k/v and attention still run).
 """
 
 from __future__ import annotations
+
+import logging
+import sys
 
 import torch
 
@@ -17,7 +25,9 @@ from ...ecad_core.costs import Arch
 from ...ecad_core.engine import signature
 from ...ecad_core.errors import SelfCheckError
 from ...ecad_core.hooks import restatement_mismatch
-from .base import BlockPoint, ComfyAdapter, Restatement, Unit, comfy_version, mark, unit_forward
+from .base import BlockPoint, ComfyAdapter, HookPath, Restatement, Unit, comfy_version, mark, unit_forward
+
+log = logging.getLogger("ecad")
 
 DOUBLE = (("full_attn", None), ("full_ff", "img_mlp"), ("full_ff_context", "txt_mlp"))
 SINGLE = (("single_attn", None), ("single_proj_mlp", None), ("single_proj_out", "linear2"))
@@ -91,13 +101,16 @@ class FluxComfy(ComfyAdapter):
 
     def install(self, mp, run):
         dm = self.dm
-        try:
-            double, single = FluxDoubleRestatement(dm, run), FluxSingleRestatement(dm, run)
-        except ImportError as e:
-            raise SelfCheckError(
-                f"ECAD: ComfyUI {comfy_version()} lacks the FLUX internals this adapter uses ({e})"
-            ) from None
-        run.capture = None
+        why = _unfit(dm)
+        if why:  # the module-level pieces are missing too: block-level reuse through ComfyUI's dit block hooks
+            run.hook_path = self.install_fallback(mp, run, "FLUX", why)
+            return
+        path = run.hook_path = HookPath("FLUX", "module caching")
+        double, single = FluxDoubleRestatement(dm, run, path), FluxSingleRestatement(dm, run, path)
+        missing = _missing_internals(dm)
+        if missing:
+            path.switch_off(missing)
+        run.capture = run.substitute = None
         for i, blk in enumerate(dm.double_blocks):
             for attr in ("img_attn.proj", "txt_attn.proj"):
                 mp.add_object_patch(
@@ -119,11 +132,52 @@ class FluxComfy(ComfyAdapter):
             mp.set_model_patch_replace(single.patch_for(j), "dit", "single_block", j)
 
 
+def _unfit(dm) -> str | None:
+    """Why the FLUX blocks lack the modules both the re-statement and the module-level path need."""
+    for name, attrs in (
+        ("double_blocks", ("img_attn.proj", "txt_attn.proj", "img_mlp", "txt_mlp")),
+        ("single_blocks", ("linear1", "linear2")),
+    ):
+        for i, blk in enumerate(getattr(dm, name)):
+            for a in attrs:
+                try:
+                    blk.get_submodule(a)
+                except AttributeError:
+                    return f"{name}.{i} has no '{a}' module"
+            if name == "single_blocks" and not isinstance(getattr(blk, "hidden_size", None), int):
+                return f"{name}.{i} has no hidden_size"
+    return None
+
+
+def _missing_internals(dm) -> str | None:
+    """Why the re-statement cannot run on this ComfyUI (None: the helpers it calls are there)."""
+    blocks = [*dm.double_blocks[:1], *dm.single_blocks[:1]]
+    for blk in blocks:
+        mod = sys.modules.get(type(blk).__module__)
+        for name in ("apply_mod", "attention"):
+            if not callable(getattr(mod, name, None)):
+                return f"ComfyUI's {type(blk).__module__} has no {name}()"
+    return None
+
+
+def _internal(blk, name: str):
+    """ComfyUI's helper as the block's own module calls it (looked up per call, so it follows upstream)."""
+    return getattr(sys.modules[type(blk).__module__], name)
+
+
 def _capture_forward(module, run, key):
-    cls_forward = type(module).forward
+    """``module``'s forward, its (arguments, output) captured while a FLUX block runs as ComfyUI's own, or a reused
+    unit's output substituted (``run.substitute[key](compute, args, kwargs)``: the module-level fallback)."""
+    compute = type(module).forward.__get__(module)
 
     def forward(*args, **kwargs):
-        out = cls_forward(module, *args, **kwargs)
+        sub = run.substitute.get(key) if run.substitute else None
+        if sub is not None:
+            out = sub(compute, args, kwargs)
+            args = run.substituted_args or args
+            run.substituted_args = None
+        else:
+            out = compute(*args, **kwargs)
         cap = run.capture
         if cap is not None:
             cap[key] = (args, out)
@@ -132,42 +186,46 @@ def _capture_forward(module, run, key):
     return mark(forward)
 
 
+def _put(t: torch.Tensor, start: int, part: torch.Tensor) -> torch.Tensor:
+    """``t`` with features ``start:`` (as many as ``part`` has) replaced by ``part``, in place."""
+    t[..., start : start + part.shape[-1]] = part
+    return t
+
+
 class _FluxRestatement(Restatement):
-    """What both FLUX block re-statements share: the original block run with its outputs captured."""
+    """What both FLUX block re-statements share: the original block run with its outputs captured, and the
+    module-level fallback (ComfyUI's block with a reused unit's output substituted at its module)."""
 
-    def __init__(self, dm, run):
-        from comfy.ldm.flux.layers import apply_mod  # noqa: F401 (checked at install)
-        from comfy.ldm.flux.math import attention  # noqa: F401
-
-        super().__init__(dm, run)
+    def __init__(self, dm, run, path):
+        super().__init__(dm, run, path)
         self.nd = len(dm.double_blocks)
 
-    def _patch(self, blk, body):
-        # a dit block patch: ComfyUI's block while the engine is off, every block checked at its first call
+    def _patch(self, blk, body, fallback):
+        # a dit block patch: ComfyUI's block while the engine is off, every block checked at each new call shape
         return self.guarded(
             blk,
             lambda args, extra: extra["original_block"](args),
             lambda args, extra: body(self.run.engine, args, extra),
             lambda args, extra: self.check(blk, args, extra),
-            lambda args, extra: args["img"],
+            lambda args, extra: fallback(self.run.engine, args, extra),
         )
 
-    def captured(self, original, args):
+    def captured(self, original, args, substitute=None):
         run = self.run
-        run.capture = {}
+        run.capture, run.substitute, run.substituted_args = {}, substitute, None
         try:
             out = original(args)
             cap = run.capture
         finally:
-            run.capture = None
+            run.capture = run.substitute = None
         return out, cap
 
-    def _where(self, blk) -> str:
-        for name in ("double_blocks", "single_blocks"):
-            for i, b in enumerate(getattr(self.dm, name)):
-                if b is blk:
-                    return f"{name}.{i}"
-        return type(blk).__name__
+    def uncached(self, blk, why: str) -> None:
+        """The blocks no longer call the modules the fallback substitutes at: the model runs uncached."""
+        eng = self.run.engine
+        if eng.enabled:
+            eng.enabled = False
+            log.warning("ECAD: FLUX on ComfyUI %s: no cache (%s %s)", comfy_version(), self.where(blk), why)
 
     def check(self, blk, args, extra) -> None:
         raise NotImplementedError
@@ -182,14 +240,38 @@ class FluxDoubleRestatement(_FluxRestatement):
         u_attn = 3 * i
         run = self.run
 
+        def compute(eng, sig, args, extra):
+            if not eng.keeps(u_attn):  # nothing to keep: ComfyUI's block as it is, nothing captured
+                out = extra["original_block"](args)
+                eng.store(u_attn, sig, None)
+                return out
+            out, cap = self.captured(extra["original_block"], args)
+            if "img_proj" not in cap or "txt_proj" not in cap:
+                self.uncached(blk, "did not call img_attn.proj / txt_attn.proj")
+                return out
+            eng.store(u_attn, sig, (cap["img_proj"][1], cap["txt_proj"][1]))
+            return out
+
         def body(eng, args, extra):
             sig = signature(args["img"], args["txt"])
             cached = eng.fetch(u_attn, sig) if eng.wants_reuse(u_attn) else None
             if cached is None:
-                out, cap = self.captured(extra["original_block"], args)
-                eng.store(u_attn, sig, (cap["img_proj"][1], cap["txt_proj"][1]))
-                return out
+                return compute(eng, sig, args, extra)
             return self.restated(blk, args, cached, mlp)
+
+        def fallback(eng, args, extra):
+            sig = signature(args["img"], args["txt"])
+            cached = eng.fetch(u_attn, sig) if eng.wants_reuse(u_attn) else None
+            if cached is None:
+                return compute(eng, sig, args, extra)
+            img_a, txt_a = cached
+            # ComfyUI's block, the reused attention served at img_attn.proj / txt_attn.proj (its q/k/v and
+            # attention still run), the MLPs through the engine at their modules
+            sub = {"img_proj": lambda f, a, k: img_a, "txt_proj": lambda f, a, k: txt_a}
+            out, cap = self.captured(extra["original_block"], args, sub)
+            if "img_proj" not in cap or "txt_proj" not in cap:
+                self.uncached(blk, "did not call img_attn.proj / txt_attn.proj")
+            return out
 
         def mlp(k, module, make_input, like):
             # a reused MLP unit's norm + modulation is not built (the module's own forward: its object patch
@@ -197,14 +279,13 @@ class FluxDoubleRestatement(_FluxRestatement):
             fwd = type(module).forward
             return run.engine.call_lazy(u_attn + k, lambda: fwd(module, make_input()), (like,))
 
-        return self._patch(blk, body)
+        return self._patch(blk, body, fallback)
 
     @staticmethod
     def restated(blk, args, cached, mlp=None):
         """The double block with its attention outputs ``cached``. ``mlp(k, module, make_input, like)`` runs
         MLP unit k (1: img, 2: txt) and builds its input only if the unit computes; default: always built."""
-        from comfy.ldm.flux.layers import apply_mod
-
+        apply_mod = _internal(blk, "apply_mod")
         if mlp is None:
             mlp = lambda k, module, make_input, like: module(make_input())
         img, txt, vec = args["img"], args["txt"], args["vec"]
@@ -237,19 +318,13 @@ class FluxDoubleRestatement(_FluxRestatement):
             a1 = {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}
             ref, cap = self.captured(extra["original_block"], a1)
             if "img_proj" not in cap or "txt_proj" not in cap:
-                raise SelfCheckError(
-                    f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block did not call "
-                    f"img_attn.proj / txt_attn.proj; this ComfyUI version is not supported"
-                )
+                raise SelfCheckError(f"{self.where(blk)} did not call img_attn.proj / txt_attn.proj")
             a2 = {**args, "img": args["img"].clone(), "txt": args["txt"].clone()}
             mine = self.restated(blk, a2, (cap["img_proj"][1], cap["txt_proj"][1]))
         for k in ("img", "txt"):
             why = restatement_mismatch(ref[k], mine[k])
             if why:
-                raise SelfCheckError(
-                    f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX double block re-statement "
-                    f"differs from ComfyUI's block ({self._where(blk)}, {k}: {why}); refusing to run"
-                )
+                raise SelfCheckError(f"{self.where(blk)} differs from ComfyUI's block ({k}: {why})")
 
 
 class FluxSingleRestatement(_FluxRestatement):
@@ -258,34 +333,71 @@ class FluxSingleRestatement(_FluxRestatement):
     def patch_for(self, j):
         blk = self.dm.single_blocks[j]
         base = 3 * self.nd + 3 * j
-        u_attn, u_mlp, u_proj = base, base + 1, base + 2
+        units = (base, base + 1, base + 2)
+
+        def store(eng, sig, u):
+            return lambda v: eng.store(u, sig, compact(v) if eng.keeps(u) else v)
+
+        def cached(eng, sig):
+            return [(eng.fetch(u, sig) if eng.wants_reuse(u) else None) for u in units]
+
+        def compute(eng, sig, args, extra):
+            if not any(eng.keeps(u) for u in units):  # nothing to keep: ComfyUI's block, nothing captured
+                out = extra["original_block"](args)
+                for u in units:
+                    eng.store(u, sig, None)
+                return out
+            out, cap = self.captured(extra["original_block"], args)
+            if "linear1" not in cap or "linear2" not in cap:
+                self.uncached(blk, "did not call linear1 / linear2")
+                return out
+            for u, part in zip(units, self.parts(blk, cap)):
+                store(eng, sig, u)(part)
+            return out
 
         def body(eng, args, extra):
             sig = signature(args["img"])
-            vals = {u: (eng.fetch(u, sig) if eng.wants_reuse(u) else None) for u in (u_attn, u_mlp, u_proj)}
-            if all(v is None for v in vals.values()):
-                out, cap = self.captured(extra["original_block"], args)
-                for u, part in zip((u_attn, u_mlp, u_proj), self.parts(blk, cap)):
-                    eng.store(u, sig, compact(part) if eng.keeps(u) else part)
+            vals = cached(eng, sig)
+            if all(v is None for v in vals):
+                return compute(eng, sig, args, extra)
+            return self.restated(blk, args, *vals, *(store(eng, sig, u) for u in units))
+
+        def fallback(eng, args, extra):
+            sig = signature(args["img"])
+            attn, mlp, proj = vals = cached(eng, sig)
+            if all(v is None for v in vals):
+                return compute(eng, sig, args, extra)
+            # ComfyUI's block with the reused parts substituted at linear1's output / linear2's input or output
+            h = blk.hidden_size
+            sub = {}
+            if mlp is not None:
+                sub["linear1"] = lambda f, a, k: _put(f(*a, **k), 3 * h, mlp)
+            if proj is not None:
+                sub["linear2"] = lambda f, a, k: proj
+            elif attn is not None:
+
+                def linear2(f, a, k):
+                    a = (_put(a[0], 0, attn), *a[1:])
+                    self.run.substituted_args = a
+                    return f(*a, **k)
+
+                sub["linear2"] = linear2
+            out, cap = self.captured(extra["original_block"], args, sub)
+            if "linear1" not in cap or "linear2" not in cap:
+                self.uncached(blk, "did not call linear1 / linear2")
                 return out
+            for u, v, part in zip(units, vals, self.parts(blk, cap)):
+                if v is None:
+                    store(eng, sig, u)(part)
+            return out
 
-            def store(u):
-                return lambda v: eng.store(u, sig, compact(v) if eng.keeps(u) else v)
-
-            return self.restated(
-                blk, args, vals[u_attn], vals[u_mlp], vals[u_proj], store(u_attn), store(u_mlp), store(u_proj)
-            )
-
-        return self._patch(blk, body)
+        return self._patch(blk, body, fallback)
 
     @staticmethod
     def parts(blk, cap):
         """(attention, MLP input, proj_out) of a single block from what its original run captured."""
         if "linear1" not in cap or "linear2" not in cap:
-            raise SelfCheckError(
-                f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block did not call "
-                f"linear1 / linear2; this ComfyUI version is not supported"
-            )
+            raise SelfCheckError(f"the FLUX single block did not call linear1 / linear2 (ComfyUI {comfy_version()})")
         h = blk.hidden_size
         l2_in = cap["linear2"][0][0]
         return l2_in[..., :h], cap["linear1"][1][..., 3 * h :], cap["linear2"][1]
@@ -293,9 +405,7 @@ class FluxSingleRestatement(_FluxRestatement):
     @staticmethod
     def restated(blk, args, attn, mlp, proj, store_attn, store_mlp, store_proj):
         """The single block with any of its three units served from the cache (None = compute)."""
-        from comfy.ldm.flux.layers import apply_mod
-        from comfy.ldm.flux.math import attention
-
+        apply_mod, attention = _internal(blk, "apply_mod"), _internal(blk, "attention")
         x, vec = args["img"], args["vec"]
         mod = blk.modulation(vec)[0] if blk.modulation else vec
         if attn is None or mlp is None:
@@ -335,14 +445,12 @@ class FluxSingleRestatement(_FluxRestatement):
         noop = lambda v: None
         with self.run.engine.paused():
             ref, cap = self.captured(extra["original_block"], {**args, "img": args["img"].clone()})
-            self.parts(blk, cap)
+            if "linear1" not in cap or "linear2" not in cap:
+                raise SelfCheckError(f"{self.where(blk)} did not call linear1 / linear2")
             mine = self.restated(blk, {**args, "img": args["img"].clone()}, None, None, None, noop, noop, noop)
         why = restatement_mismatch(ref["img"], mine["img"])
         if why:
-            raise SelfCheckError(
-                f"ECAD self-check failed on ComfyUI {comfy_version()}: the FLUX single block re-statement differs "
-                f"from ComfyUI's block ({self._where(blk)}: {why}); refusing to run"
-            )
+            raise SelfCheckError(f"{self.where(blk)} differs from ComfyUI's block ({why})")
 
 
 def compact(t: torch.Tensor) -> torch.Tensor:

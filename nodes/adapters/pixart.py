@@ -14,21 +14,25 @@ embedding through every block, which makes each LayerNorm copy its input and eac
 kernel. Only ``cross_attn`` gets the stream in ComfyUI's layout, as its ``q_linear`` rounds differently on a
 contiguous input (fused bias); every value stays the same.
 
-At each block's first call it is run beside ComfyUI's block on the same input and must give the same tensor bit
-for bit; if not (a ComfyUI that changed the block, or a layout that rounds differently), sampling stops with
-SelfCheckError rather than produce a different image.
+At each block's first call with a new call shape it is run beside ComfyUI's block on the same input and must give
+the same tensor bit for bit. If not (a ComfyUI that changed the block, a kernel that rounds differently, a layout
+that rounds differently), one warning is logged and the model switches to caching the component modules for that
+call and every later one: ComfyUI's own block runs, its ``attn`` / ``cross_attn`` / ``mlp`` through the engine (the
+same ECAD semantics, the reused units' norm + modulation no longer skipped). Should the blocks stop calling those
+modules, the model runs uncached (with a warning) rather than fail or change the image.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import torch
 
 from ...ecad_core.costs import Arch
 from ...ecad_core.errors import ModelMismatchError, SelfCheckError
 from ...ecad_core.hooks import restatement_mismatch
-from .base import ComfyAdapter, Restatement, Unit, comfy_version, is_ecad_patch
+from .base import ComfyAdapter, HookPath, Restatement, Unit, comfy_version, is_ecad_patch
 
 log = logging.getLogger("ecad")
 # (layout component, ComfyUI submodule of the block)
@@ -109,22 +113,61 @@ class PixArtComfy(ComfyAdapter):
 
     def install(self, mp, run):
         dm = self.dm
-        blocks = PixArtRestatement(dm, run)
-        taken = getattr(mp, "object_patches", {})
-        for i, blk in enumerate(dm.blocks):
-            why = PixArtRestatement.unfit(blk)
-            if why:
-                raise SelfCheckError(
-                    f"ECAD: ComfyUI {comfy_version()}'s PixArt block {i} {why}; this version of ComfyUI is not "
-                    f"supported by this ECAD release"
+        why = next((f"blocks.{i} {w}" for i, b in enumerate(dm.blocks) if (w := PixArtRestatement.unfit(b))), None)
+        blocks = None
+        if why is None:
+            try:
+                blocks = PixArtRestatement(dm, run, HookPath("PixArt", "module caching"))
+            except SelfCheckError as e:
+                why = str(e)
+        if blocks is None:
+            run.hook_path = self.install_fallback(mp, run, "PixArt", why or "")
+            n = 3 * len(dm.blocks)
+        else:
+            run.hook_path = blocks.path
+            n = self._install_restatement(mp, run, blocks)
+
+        def check_units_ran():
+            # every unit must have been called at step 0, else the block no longer calls these modules: the rest
+            # runs uncached (step 0 computed everything, so this image is ComfyUI's own)
+            ran = int(run.engine.stats.computed[0])
+            if ran < n and run.engine.enabled:
+                run.engine.enabled = False
+                log.warning(
+                    "ECAD: PixArt on ComfyUI %s: no cache (its blocks did not call their attn/cross_attn/mlp "
+                    "modules as expected: %d of %d units ran)",
+                    comfy_version(),
+                    ran,
+                    n,
                 )
-        n = 0
-        for i in range(len(dm.blocks)):
+
+        run.first_eval_checks.append(check_units_ran)
+
+        def check_size(latent):
+            # ComfyUI's PixArt: base_size = round(((H + W) // 2) / 64) * 64 // patch in latent pixels (and
+            # pe_interpolation, when computed, the same round): 0 when (H + W) // 2 <= 32 latent pixels, i.e.
+            # (W + H) / 2 below 264 px, where it raises ZeroDivisionError deep in its positional embedding
+            if getattr(latent, "ndim", 0) == 4 and round(((latent.shape[-2] + latent.shape[-1]) // 2) / 64) == 0:
+                h, w = latent.shape[-2] * 8, latent.shape[-1] * 8
+                raise ModelMismatchError(
+                    f"ECAD: ComfyUI {comfy_version()}'s PixArt cannot sample {w}x{h}: its positional embedding "
+                    f"needs (width + height) / 2 >= 264 px (it divides by zero below, with or without ECAD); "
+                    f"use e.g. 320x320 or 512x512 (the 256 px ECAD presets transfer across sizes)"
+                )
+
+        run.pre_run_checks.append(check_size)
+
+    def _install_restatement(self, mp, run, blocks) -> int:
+        """Each block's forward re-stated; its component modules cached in its place once the re-statement is
+        switched off (a failed check), and from the start where another node already patched the block."""
+        taken = getattr(mp, "object_patches", {})
+        n, own = 0, set()
+        for i in range(len(self.dm.blocks)):
             key = f"diffusion_model.blocks.{i}.forward"
             # the block re-statement (an earlier ECAD Apply's is not another node's: this one replaces it)
             if key not in taken or is_ecad_patch(taken[key]):
                 mp.add_object_patch(key, blocks.forward_for(i))
-                n += len(UNITS)
+                own.add(f"blocks.{i}")
                 continue
             # another node replaced this block's forward: keep it, and cache at the component modules
             log.info(
@@ -133,52 +176,35 @@ class PixArtComfy(ComfyAdapter):
                 i,
             )
             n += self.install_modules(mp, run, blocks={f"blocks.{i}"})
-
-        def check_units_ran():
-            # every unit must have been called at step 0, else the block no longer calls these modules
-            if int(run.engine.stats.computed[0]) < n:
-                raise SelfCheckError(
-                    f"ECAD self-check failed on ComfyUI {comfy_version()}: PixArt blocks did not call their "
-                    f"attn/cross_attn/mlp modules as expected ({int(run.engine.stats.computed[0])} of {n} "
-                    f"units ran); refusing to produce a silently different image"
-                )
-
-        run.first_eval_checks.append(check_units_ran)
-
-        def check_size(latent):
-            # ComfyUI's PixArt: base_size = round(((H + W) // 2) / 64) * 64 // patch in latent pixels; 0 below
-            # (W+H)/2 = 384 px, where it raises ZeroDivisionError deep in its positional embedding
-            if getattr(latent, "ndim", 0) == 4 and round(((latent.shape[-2] + latent.shape[-1]) // 2) / 64) == 0:
-                h, w = latent.shape[-2] * 8, latent.shape[-1] * 8
-                raise ModelMismatchError(
-                    f"ECAD: ComfyUI {comfy_version()}'s PixArt cannot sample {w}x{h}: its positional embedding "
-                    f"needs (width + height) / 2 >= 384 px (it divides by zero below, with or without ECAD); "
-                    f"use e.g. 512x512 (the 256 px ECAD presets transfer across sizes)"
-                )
-
-        run.pre_run_checks.append(check_size)
+        path = blocks.path
+        return n + self.install_modules(mp, run, blocks=own, when=lambda: path.off is not None)
 
 
 class PixArtRestatement(Restatement):
     """Re-stated block forwards for one patched PixArt model (units 3i, 3i+1, 3i+2 of block i)."""
 
-    def __init__(self, dm, run):
-        super().__init__(dm, run)
+    def __init__(self, dm, run, path):
+        super().__init__(dm, run, path)
         self.version = comfy_version()
         try:
             from comfy.ldm.pixart.blocks import t2i_modulate
         except ImportError as e:
-            raise SelfCheckError(
-                f"ECAD: ComfyUI {self.version} lacks the PixArt internals this adapter uses ({e})"
-            ) from None
-        self.modulate = t2i_modulate
+            raise SelfCheckError(f"ComfyUI {self.version} lacks the PixArt internals this adapter uses ({e})") from None
+        self.t2i_modulate = t2i_modulate
         self.stream_stride = None
+
+    def modulate(self, blk):
+        """The modulation the block's own module calls (looked up per call, so it follows ComfyUI's kernel)."""
+        return getattr(sys.modules.get(type(blk).__module__), "t2i_modulate", None) or self.t2i_modulate
 
     @classmethod
     def unfit(cls, block):
         for _, attr in UNITS:
             if not isinstance(getattr(block, attr, None), torch.nn.Module):
                 return f"has no '{attr}' module"
+        for attr in ("norm1", "norm2", "scale_shift_table"):
+            if getattr(block, attr, None) is None:
+                return f"has no '{attr}'"
         return None
 
     def forward_for(self, i: int):
@@ -190,24 +216,29 @@ class PixArtRestatement(Restatement):
                 self.stream_stride = x.stride()
 
         def body(x, y, t, mask=None, HW=None, **kwargs):
-            note_stream(x)
+            note_stream(x)  # arguments the re-statement does not take were checked to change nothing
             return self.restated(blk, 3 * i, x, y, t, mask, HW)
 
         def check(x, y, t, mask=None, HW=None, **kwargs):
             note_stream(x)
             self.check(blk, original, x, y, t, mask, HW, kwargs)
 
+        def fallback(x, y, t, mask=None, HW=None, **kwargs):
+            # ComfyUI's block, its modules through the engine; the stream as ComfyUI lays it out (an earlier
+            # block of this call may have been re-stated)
+            return original(blk, _laid_out(x, self.stream_stride), y, t, mask, HW, **kwargs)
+
         return self.guarded(
             blk,
             lambda x, y, t, mask=None, HW=None, **kwargs: original(blk, x, y, t, mask, HW, **kwargs),
             body,
             check,
-            lambda x, *a, **k: x,
+            fallback,
         )
 
     def restated(self, blk, unit: int, x, y, t, mask=None, HW=None):
         """``PixArtMSBlock.forward`` (ComfyUI v0.3.75) with its three units run through the engine."""
-        eng, modulate = self.run.engine, self.modulate
+        eng, modulate = self.run.engine, self.modulate(blk)
         # ComfyUI's PixArt hands block 0 the patch embedding as a transposed view ((B, C, N) in memory), and
         # its residual adds keep that layout through all blocks: both LayerNorms copy their input and every
         # add runs a strided kernel. Here the stream is contiguous (one copy at block 0, then a no-op); the
@@ -245,11 +276,7 @@ class PixArtRestatement(Restatement):
             mine = self.restated(blk, 0, x, y, t, mask, HW)
         why = restatement_mismatch(ref, mine)
         if why:
-            raise SelfCheckError(
-                f"ECAD self-check failed on ComfyUI {self.version}: the PixArt block re-statement differs from "
-                f"ComfyUI's block ({why}); this ComfyUI version is not supported by this ECAD release - "
-                f"refusing to produce a different image"
-            )
+            raise SelfCheckError(f"{self.where(blk)} differs from ComfyUI's block ({why})")
 
 
 def _laid_out(x: torch.Tensor, stride) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Random-weight checkpoints that ComfyUI v0.3.75 detects on its STOCK path.
+"""Random-weight checkpoints that ComfyUI (v0.3.75, 0.33) detects on its STOCK path.
 
 No detection shim: the DiTs keep the widths that ``comfy/model_detection.py``
 hard-codes (PixArt 1152 wide / 16 heads, Flux 3072 wide / 24 heads) and are only
@@ -40,9 +40,11 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -57,7 +59,17 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 # ECAD_COMFY_DIR overrides where ComfyUI is (default: .cache/ComfyUI from scripts/setup_env.sh)
 DEFAULT_COMFY_DIR = Path(os.environ.get("ECAD_COMFY_DIR") or REPO_ROOT / ".cache" / "ComfyUI")
-DEFAULT_MODELS_ROOT = REPO_ROOT / ".cache" / "tiny-models"
+
+
+def comfy_version_of(comfy_dir: os.PathLike | str) -> str:
+    """The version of the ComfyUI tree at ``comfy_dir`` (its ``comfyui_version.py``, read without importing)."""
+    p = Path(comfy_dir) / "comfyui_version.py"
+    m = re.search(r"__version__\s*=\s*[\"']([^\"']+)", p.read_text()) if p.is_file() else None
+    return m.group(1) if m else "unknown"
+
+
+# one folder per ComfyUI version: the key names of a checkpoint come from that version's classes
+DEFAULT_MODELS_ROOT = REPO_ROOT / ".cache" / "tiny-models" / f"comfy-{comfy_version_of(DEFAULT_COMFY_DIR)}"
 
 # Conditioning sizes the tiny models expect (used by tests and workflows).
 PIXART_COND_DIM = 4096
@@ -211,9 +223,13 @@ SPECS: dict[str, dict] = {
 WEIGHT_STD = 0.02
 
 
-def recipe_hash(name: str) -> str:
+def recipe_hash(name: str, comfy_dir: os.PathLike | str = DEFAULT_COMFY_DIR) -> str:
+    """The recipe of a tiny model as built by the ComfyUI at ``comfy_dir`` (its version is part of it)."""
     spec = SPECS[name]
-    blob = json.dumps({"v": RECIPE_VERSION, "name": name, "std": WEIGHT_STD, **spec}, sort_keys=True)
+    blob = json.dumps(
+        {"v": RECIPE_VERSION, "name": name, "std": WEIGHT_STD, "comfy": comfy_version_of(comfy_dir), **spec},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -241,9 +257,9 @@ def read_safetensors_metadata(path: os.PathLike | str) -> dict:
             return {}
 
 
-def is_current(models_root: os.PathLike | str, name: str) -> bool:
+def is_current(models_root: os.PathLike | str, name: str, comfy_dir: os.PathLike | str = DEFAULT_COMFY_DIR) -> bool:
     p = model_path(models_root, name)
-    return p.is_file() and read_safetensors_metadata(p).get(RECIPE_KEY) == recipe_hash(name)
+    return p.is_file() and read_safetensors_metadata(p).get(RECIPE_KEY) == recipe_hash(name, comfy_dir)
 
 
 def ensure_models(
@@ -262,7 +278,7 @@ def ensure_models(
     for n in names:
         if n not in SPECS:
             raise KeyError(f"unknown tiny model {n!r}; known: {sorted(SPECS)}")
-    todo = [n for n in names if not is_current(models_root, n)]
+    todo = [n for n in names if not is_current(models_root, n, comfy_dir)]
     if todo:
         if in_process:
             build(comfy_dir, models_root, todo)
@@ -279,7 +295,7 @@ def ensure_models(
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"building tiny models failed ({proc.returncode}):\n{proc.stdout[-6000:]}")
-        missing = [n for n in todo if not is_current(models_root, n)]
+        missing = [n for n in todo if not is_current(models_root, n, comfy_dir)]
         if missing:
             raise RuntimeError(f"tiny models still missing after build: {missing}")
     return {n: model_path(models_root, n) for n in names}
@@ -310,6 +326,8 @@ def _meta_module(spec):
     if kind == "flux":
         import comfy.ldm.flux.model as flux_model
 
+        if "txt_ids_dims" in {f.name for f in dataclasses.fields(flux_model.FluxParams)}:
+            kw = {"txt_ids_dims": [], **kw}  # ComfyUI 0.33 made it required; FLUX.1 has none
         return flux_model.Flux(device="meta", operations=ops, **kw)
     if kind == "mmdit":
         import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
@@ -367,7 +385,7 @@ def build(comfy_dir, models_root, names):
         dest = model_path(models_root, name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        save_file(sd, str(tmp), metadata={RECIPE_KEY: recipe_hash(name), "ecad_tiny_spec": json.dumps(spec)})
+        save_file(sd, str(tmp), metadata={RECIPE_KEY: recipe_hash(name, comfy_dir), "ecad_tiny_spec": json.dumps(spec)})
         del sd
         os.replace(tmp, dest)
         print(

@@ -43,7 +43,9 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 # ECAD_COMFY_DIR overrides where ComfyUI is (default: .cache/ComfyUI from scripts/setup_env.sh)
 DEFAULT_COMFY_DIR = Path(os.environ.get("ECAD_COMFY_DIR") or REPO_ROOT / ".cache" / "ComfyUI")
-DEFAULT_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+# ECAD_COMFY_PYTHON: the interpreter that runs that ComfyUI (default: the repo's .venv; ComfyUI 0.33 has its own
+# venv, scripts/setup_env.sh)
+DEFAULT_PYTHON = Path(os.environ.get("ECAD_COMFY_PYTHON") or REPO_ROOT / ".venv" / "bin" / "python")
 SUPPORT_PACK_DIR = HERE / "support_pack"  # folder holding comfy_ecad_test_support/
 REPO_PACK_NAME = "comfyui-ecad"
 
