@@ -188,7 +188,10 @@ def _front_at(points: list[tuple[float, float]], frac: float) -> float:
     return min(ok) if ok else math.inf
 
 
-def bench_model(family: str, setup: Setup, variants: dict[str, Variant], log=print) -> dict:
+def bench_model(
+    family: str, setup: Setup, variants: dict[str, Variant], log=print, partial: Callable[[dict], None] | None = None
+) -> dict:
+    """One model's result; ``partial(raw)`` gets the result so far after each search."""
     model = trained.load(family)
     units = find_diffusers_units(model)
     layout, steps = units.layout, setup.steps
@@ -280,7 +283,9 @@ def bench_model(family: str, setup: Setup, variants: dict[str, Variant], log=pri
             )
             last = per_seed[-1]
             log(f"{family} {vname} seed {seed}: {rec.runs} runs, HV {hv_final:.4f}, {last['seconds']} s")
-        out["variants"][vname] = {"seeds": per_seed}
+            out["variants"][vname] = {"seeds": per_seed}
+            if partial is not None:
+                partial(summarise(out))
     return summarise(out)
 
 
@@ -421,19 +426,33 @@ def plot(result: dict, path: Path) -> None:
 
 
 def run(
-    setup: Setup, families: Sequence[str] = trained.FAMILIES, variants: dict[str, Variant] | None = None, log=print
+    setup: Setup,
+    families: Sequence[str] = trained.FAMILIES,
+    variants: dict[str, Variant] | None = None,
+    log=print,
+    partial: Callable[[dict], None] | None = None,
 ) -> dict:
+    """The benchmark; ``partial(result)`` gets the result so far after each model and each search."""
     variants = variants if variants is not None else {"nsga2": VARIANTS["nsga2"]}
     t0 = time.perf_counter()
-    models = [bench_model(f, setup, variants, log) for f in families]
-    return {
+    result = {
         "bench": "search-efficiency",
         "hardware": hardware("cpu"),
         "torch_threads": torch.get_num_threads(),
         "setup": {k: list(v) if isinstance(v, tuple) else v for k, v in setup.__dict__.items()},
-        "models": models,
-        "wall_s": round(time.perf_counter() - t0, 1),
+        "models": [],
     }
+    for f in families:
+
+        def seed_done(model: dict) -> None:
+            if partial is not None:
+                partial({**result, "models": [*result["models"], model], "wall_s": time.perf_counter() - t0})
+
+        result["models"].append(bench_model(f, setup, variants, log, seed_done))
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    if partial is not None:
+        partial(result)
+    return result
 
 
 def main(argv=None) -> dict:
@@ -463,10 +482,13 @@ def main(argv=None) -> dict:
     if a.seeds:
         setup = dataclasses.replace(setup, search_seeds=tuple(range(a.seeds)))
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = run(setup, a.families, {v: VARIANTS[v] for v in a.variants})
-    if a.out:
-        write_json(a.out, result)
-        plot(result, Path(a.out).with_suffix(".png"))
+
+    def save(result):
+        if a.out:
+            write_json(a.out, result)
+            plot(result, Path(a.out).with_suffix(".png"))
+
+    result = run(setup, a.families, {v: VARIANTS[v] for v in a.variants}, partial=save)
     return result
 
 
