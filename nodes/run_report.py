@@ -130,25 +130,35 @@ def attach(m, schedule: Schedule, arch, wrapper_key: str) -> None:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
             if len(run.history) > seen:
-                entry = run.history[-1]
-                with _lock:
-                    base = _uncached.get((_model_key(executor.class_obj.model_patcher), *size))
-                expected = expected_at(schedule, arch, size[0], size[1], size[2])
-                text = stats_text(run.label, entry, expected, size, base)
-                publish(
-                    {
-                        "text": text,
-                        "schedule": run.label,
-                        "reused": entry.get("reused"),
-                        "computed": entry.get("computed"),
-                        "expected_speedup": expected,
-                        "seconds": entry.get("seconds"),
-                        "uncached_seconds": base,
-                        "height": size[0],
-                        "width": size[1],
-                        "steps": size[2],
-                    }
-                )
+                try:
+                    report(run.label, run.history[-1], executor.class_obj.model_patcher, size)
+                except Exception as e:  # noqa: BLE001 - a report must never fail (or mask the error of) the run
+                    log.warning("ECAD: cannot report the run's statistics (%s)", e)
+
+    def report(label, entry, model_patcher, size):
+        with _lock:
+            base = _uncached.get((_model_key(model_patcher), *size))
+        expected = expected_at(schedule, arch, size[0], size[1], size[2])
+        text = stats_text(label, entry, expected, size, base)
+        secs = float(entry.get("seconds") or 0.0)
+        if base and secs > 0:  # the run's own log line has the rest
+            log.info(
+                "ECAD %s: %.2fx measured against the last run without a schedule (%.3f s)", label, base / secs, base
+            )
+        publish(
+            {
+                "text": text,
+                "schedule": label,
+                "reused": entry.get("reused"),
+                "computed": entry.get("computed"),
+                "expected_speedup": expected,
+                "seconds": entry.get("seconds"),
+                "uncached_seconds": base,
+                "height": size[0],
+                "width": size[1],
+                "steps": size[2],
+            }
+        )
 
     wrappers = m.wrappers.setdefault(pe.WrappersMP.OUTER_SAMPLE, {}).setdefault(wrapper_key, [])
     wrappers.insert(0, report_wrapper)  # index 0 is the outermost: the run's own wrapper has ended the run

@@ -181,6 +181,8 @@ def test_run_statistics_reach_the_ui(comfy_server):
     assert text.startswith("ui-here: 12/24 unit calls reused (50%)"), text
     assert f"~{stats['expected_speedup']:.2f}x fewer MACs expected at 512x32, 4 steps" in text
     assert f"vs {stats['uncached_seconds']:.2f} s without a schedule" in text
+    ratio = stats["uncached_seconds"] / stats["seconds"]
+    assert f"ECAD ui-here: {ratio:.2f}x measured against the last run without a schedule" in srv.log_text()
 
 
 def test_a_schedule_made_for_another_size_says_what_to_expect(comfy_server):
