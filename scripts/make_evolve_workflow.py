@@ -26,7 +26,9 @@ NOTE = (
     "The Pareto front is written to models/ecad_schedules/<output_name>/front and shows up in the preset "
     "dropdown of Apply ECAD Cache Schedule. The node outputs the point picked for target_speedup.\n\n"
     "Cancel keeps a checkpoint: queue again to resume (raise 'generations' to search longer). The KSampler's "
-    "steps/sampler/scheduler must match the search's for the schedule to be used as searched."
+    "steps/sampler/scheduler must match the search's for the schedule to be used as searched.\n\n"
+    "To share the result: pick the point in Apply's preset dropdown (user/<output_name>/front/...) and remove "
+    "the link from Evolve; the saved workflow then carries the schedule and runs where the file is missing."
 )
 
 # (id, type, pos, size, widgets, inputs [(name, type, link)], outputs [(name, type, [links])], title)
