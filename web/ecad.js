@@ -127,11 +127,9 @@ async function embed(node) {
     const res = await api.fetchApi(`/ecad/schedule_text?preset=${encodeURIComponent(value)}`);
     const data = await res.json();
     if (preset.value !== value) return; // picked again meanwhile
-    if (!res.ok) {
-      console.warn("comfyui-ecad: cannot embed", value, data.error);
-      return; // keep what the workflow had: the server says what is wrong when it runs
-    }
-    target.value = data.text || "";
+    if (!res.ok) console.warn("comfyui-ecad: cannot embed", value, data.error);
+    // a copy of another schedule must never stay under this name: no copy, the server says what is wrong
+    target.value = res.ok ? data.text || "" : "";
   } catch (e) {
     console.warn("comfyui-ecad: cannot embed the schedule", e);
   }
