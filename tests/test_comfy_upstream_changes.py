@@ -511,3 +511,34 @@ def test_flux_all_recompute_keeps_and_captures_nothing(comfy, flux, monkeypatch)
     assert len(calls) == nblocks  # each block's first-call check only
     assert stats.cache_bytes == 0 and stats.total_computed == STEPS * layout.n_units
     assert torch.equal(x, _plain(flux))
+
+
+@pytest.mark.parametrize("how", ["manual cast", "weight function"])
+def test_flux_partial_linear1_works_with_comfyuis_casting(comfy, monkeypatch, how):
+    # dynamic VRAM / manual cast (comfy_cast_weights, the default in newer releases) and LoRA weight functions: the
+    # single blocks' partial linear1 takes the weight through ComfyUI's cast_bias_weight and computes only the
+    # rows it needs, with the value ComfyUI's own (whole) forward gives for them
+    adapters = comfy[0]
+    ops = sys.modules["comfy.ops"]
+    torch.manual_seed(0)
+    lin = ops.manual_cast.Linear(32, 96, bias=True, dtype=torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.normal_(0, 0.1)
+        lin.bias.normal_(0, 0.1)
+    if how == "weight function":
+        lin.comfy_cast_weights = False
+        lin.weight.data, lin.bias.data = lin.weight.data.float(), lin.bias.data.float()
+        lin.weight_function = [lambda w: w * 1.5]  # as a LoRA patch applies on the fly
+    assert lin.comfy_cast_weights or lin.weight_function
+    x = torch.randn(1, 5, 32)
+    with torch.no_grad():
+        whole = lin(x)
+    shapes = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(
+        torch.nn.functional, "linear", lambda i, w, b=None: shapes.append(tuple(w.shape)) or linear(i, w, b)
+    )
+    with torch.no_grad():
+        part = adapters.flux.linear_rows(lin, x, 64, 80)
+    assert shapes == [(16, 32)]  # only the rows asked for were multiplied
+    torch.testing.assert_close(part, whole[..., 64:80], rtol=1e-5, atol=1e-6)

@@ -122,14 +122,15 @@ def test_workflow_nodes_and_widgets_valid(object_info, path):
     assert workflow_problems(wf, object_info) == []
     types = {n["type"] for n in wf["nodes"]}
     if "pixart" in path.name:
-        # ComfyUI v0.3.75's PixArt divides by zero below (W+H)/2 = 384 px (pe_interpolation/base_size round to 0)
+        # ComfyUI's PixArt (v0.3.75, 0.33) divides by zero below (W+H)/2 = 264 px (pe_interpolation/base_size round
+        # to 0)
         for n in wf["nodes"]:
             if n["type"] == "EmptyLatentImage" or n["type"] == "EvolveECADSchedule":
                 w, h = (
                     ui_to_api(wf, object_info)[str(n["id"])]["inputs"]["width"],
                     ui_to_api(wf, object_info)[str(n["id"])]["inputs"]["height"],
                 )
-                assert (w + h) / 2 >= 384, (n["type"], w, h)
+                assert (w + h) / 2 >= 264, (n["type"], w, h)
     assert {
         "ApplyECADSchedule",
         "PreviewECADSchedule",

@@ -461,20 +461,34 @@ def compact(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # not a quantised tensor subclass
+
+
 def linear_rows(lin, x, start: int, stop: int):
     """Output features start:stop of a ComfyUI linear layer, computing only those rows of its weight.
 
-    Only for a plain resident layer (weights in x's dtype and device, no casting, LoRA weight functions
-    or quantised weights); otherwise the layer runs whole (through ComfyUI's casting) and is sliced.
+    A plain resident layer slices its weight directly. A layer ComfyUI casts on every call (``comfy_cast_weights``:
+    manual cast, offloaded weights, dynamic VRAM, the default of newer releases) or patches on the fly (LoRA weight
+    functions) gets its weight through ComfyUI's own ``cast_bias_weight`` (cast, weight functions, dequantised),
+    which is then sliced: the cast is paid whole, the matmul only for the rows. Anything else (a layer class that
+    is not ComfyUI's cast linear, a weight that stays quantised) runs whole through its own forward and is sliced.
     """
     w, b = lin.weight, lin.bias
-    if (
-        getattr(lin, "comfy_cast_weights", False)
-        or getattr(lin, "weight_function", None)
-        or getattr(lin, "bias_function", None)
-        or type(w) is not torch.nn.Parameter
-        or w.dtype != x.dtype
-        or w.device != x.device
-    ):
+    casts = getattr(lin, "comfy_cast_weights", False) or getattr(lin, "weight_function", None)
+    casts = casts or getattr(lin, "bias_function", None)
+    if not casts:
+        if type(w) is torch.nn.Parameter and w.dtype == x.dtype and w.device == x.device:
+            return torch.nn.functional.linear(x, w[start:stop], None if b is None else b[start:stop])
         return lin(x)[..., start:stop]
-    return torch.nn.functional.linear(x, w[start:stop], None if b is None else b[start:stop])
+    ops = sys.modules.get("comfy.ops")
+    cast = getattr(ops, "cast_bias_weight", None)
+    uncast = getattr(ops, "uncast_bias_weight", None)
+    if cast is None or uncast is None or not hasattr(type(lin), "forward_comfy_cast_weights"):
+        return lin(x)[..., start:stop]
+    w, b, stream = cast(lin, x, offloadable=True)
+    try:
+        if type(w) not in _PLAIN or (b is not None and type(b) not in _PLAIN):
+            return lin(x)[..., start:stop]  # still quantised (another layout): ComfyUI's own forward
+        return torch.nn.functional.linear(x, w[start:stop], None if b is None else b[start:stop])
+    finally:
+        uncast(lin, w, b, stream)

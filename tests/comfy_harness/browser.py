@@ -48,13 +48,19 @@ class BrowserResult:
     missing: list[str]
     frontend_version: str | None
     graph_node_count: int
-    dialogs: list[str]
+    dialogs: list[str]  # open dialogs' text (v0.3.75's frontend reports missing nodes in one)
     page_errors: list[str]
     console_errors: list[str]
     screenshot: Path | None
     api_prompt: dict | None = None  # app.graphToPrompt().output when to_prompt=True
     probe: object = None  # the job's probe expression's value (JSON)
     raw: dict = field(default_factory=dict)
+    toasts: list[str] = field(default_factory=list)  # toast messages' text (newer frontends' missing-node report)
+
+    @property
+    def notices(self) -> list[str]:
+        """What the frontend told the user: dialogs and toasts (the missing-node report moved between them)."""
+        return self.dialogs + self.toasts
 
 
 def browser_missing_parts() -> list[str]:
@@ -181,6 +187,7 @@ def load_workflows_in_browser(
                 frontend_version=one.get("frontend_version"),
                 graph_node_count=one.get("graph_node_count", 0),
                 dialogs=one.get("dialogs") or [],
+                toasts=one.get("toasts") or [],
                 page_errors=one.get("page_errors") or [],
                 console_errors=one.get("console_errors") or [],
                 screenshot=Path(one["screenshot"]) if one.get("screenshot") else None,

@@ -90,6 +90,9 @@ async function main() {
       // The missing-nodes dialog ("global-load-workflow-warning"), if shown.
       one.dialogs = await page.evaluate(() => [...document.querySelectorAll('.p-dialog')]
         .map((d) => (d.innerText || '').trim()).filter((t) => t));
+      // toasts: newer frontends (ComfyUI 0.33's 1.49) report missing nodes in one instead of a dialog
+      one.toasts = await page.evaluate(() => [...document.querySelectorAll('.p-toast-message')]
+        .map((d) => (d.innerText || '').trim()).filter((t) => t));
       if (job.screenshot) {
         await page.screenshot({ path: job.screenshot });
         one.screenshot = job.screenshot;
