@@ -203,6 +203,12 @@ MENU_PROBE = """
   out.menu = menu.filter(Boolean).map((o) => o.content);
   const save = menu.find((o) => o && o.content === "ECAD: save embedded schedule");
   out.saved = save ? await save.callback() : null;
+  // picking a schedule the server cannot read: the previous pick's copy must not stay under the new name
+  const preset = node(3).widgets.find((w) => w.name === "preset");
+  preset.value = "user/menu/broken";
+  preset.callback(preset.value);
+  for (let i = 0; i < 100 && embedded(3); i++) await new Promise((r) => setTimeout(r, 50));
+  out.after_broken = embedded(3);
   return out;
 })()
 """
@@ -237,6 +243,7 @@ def test_the_page_embeds_keeps_and_saves_copies(comfy_server, browser_ready):
     local.save(user / "a.json")
     theirs = Schedule.every_n(lay, STEPS, 2, name="theirs")
     (user / "b.json").unlink(missing_ok=True)
+    (user / "broken.json").write_text('{"format": "comfyui-ecad/sch')
     wf = {
         "id": "00000000-0000-4000-8000-000000000020",
         "revision": 0,
@@ -262,3 +269,4 @@ def test_the_page_embeds_keeps_and_saves_copies(comfy_server, browser_ready):
     assert page["saved"]["saved"] is True, page["saved"]
     assert load_schedule(user / "b.json") == theirs
     assert load_schedule(user / "a.json") == local  # never replaced
+    assert page["after_broken"] == ""
