@@ -61,6 +61,10 @@ def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False, cuda_gr
                 "cannot copy between devices); turn one of them off"
             )
         install_graphs(m, run, adapter)
+    # ComfyUI's multi-GPU clones (0.33+) carry another model: the hooks, bound to this one, must not run there
+    for kind in ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES"):
+        if hasattr(pe.CallbacksMP, kind):
+            m.add_callback_with_key(getattr(pe.CallbacksMP, kind), WRAPPER_KEY, unbind_clone)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, run.outer_sample_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY, run.apply_model_wrapper)
     m.model_options["transformer_options"]["ecad"] = run
@@ -74,6 +78,20 @@ def patch_model(model, schedule: Schedule, offload_to_cpu: bool = False, cuda_gr
         path.describe() if path is not None else "",
     )
     return m
+
+
+def unbind_clone(source, clone) -> None:
+    """A multi-GPU deep clone of a patched model holds its own diffusion model (another device): ECAD's hooks were
+    made for the source's, so the clone runs ComfyUI's own (uncached, the same image); the source keeps caching."""
+    if getattr(clone.model, "diffusion_model", None) is getattr(source.model, "diffusion_model", None):
+        return
+    name = remove_earlier_apply(clone)
+    log.info(
+        "ECAD: the multi-GPU clone on %s runs schedule %r's model uncached (ECAD caches on %s)",
+        getattr(clone, "load_device", "?"),
+        name,
+        getattr(source, "load_device", "?"),
+    )
 
 
 def remove_earlier_apply(mp) -> str | None:
@@ -92,6 +110,9 @@ def remove_earlier_apply(mp) -> str | None:
     # PixArt unit check fails ("self-check failed") and elsewhere an empty run is logged after the later one
     for kind in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.APPLY_MODEL):
         mp.remove_wrappers_with_key(kind, WRAPPER_KEY)
+    for kind in ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES"):
+        if hasattr(pe.CallbacksMP, kind) and hasattr(mp, "remove_callbacks_with_key"):
+            mp.remove_callbacks_with_key(getattr(pe.CallbacksMP, kind), WRAPPER_KEY)
     earlier = topts.pop("ecad", None)
     return None if earlier is None else getattr(earlier, "label", "?")
 

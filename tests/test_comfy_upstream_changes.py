@@ -542,3 +542,35 @@ def test_flux_partial_linear1_works_with_comfyuis_casting(comfy, monkeypatch, ho
         part = adapters.flux.linear_rows(lin, x, 64, 80)
     assert shapes == [(16, 32)]  # only the rows asked for were multiplied
     torch.testing.assert_close(part, whole[..., 64:80], rtol=1e-5, atol=1e-6)
+
+
+def test_a_multi_gpu_deep_clone_of_a_patched_model_runs_its_own_model(comfy, caplog):
+    # ComfyUI 0.33's multi-GPU mode deep-clones the model per device (a fresh model from the loader): the pack's
+    # hooks are bound to the source's blocks, so the clone must not keep them (it runs ComfyUI's own model there)
+    adapters, _, schedule_mod = comfy
+    model_patcher = importlib.import_module("comfy.model_patcher")
+    supported = importlib.import_module("comfy.supported_models")
+    if not hasattr(model_patcher.ModelPatcher, "deepclone_multigpu"):
+        pytest.skip(f"ComfyUI {_version()} has no multi-GPU deep clones")
+    patching = importlib.import_module("comfyui_ecad_bench.nodes.patching")
+    unet = {"image_model": "pixart_sigma", "depth": 2, "hidden_size": 48, "num_heads": 2, "patch_size": 2}
+    unet.update(in_channels=4, caption_channels=32, model_max_length=8)
+
+    def load():  # what a loader's cached_patcher_init factory does
+        cfg = supported.PixArtSigma(dict(unet))
+        cfg.set_inference_dtype(torch.float32, None)
+        cpu = torch.device("cpu")
+        return model_patcher.ModelPatcher(cfg.get_model({}), cpu, cpu)
+
+    mp = load()
+    mp.cached_patcher_init = (load, ())
+    layout = adapters.adapter_for(mp).layout
+    patched = patching.patch_model(mp, schedule_mod.Schedule.full(layout, STEPS, name="full"))
+    assert any(adapters.is_ecad_patch(f) for f in patched.object_patches.values())
+    with caplog.at_level(logging.INFO, logger="ecad"):
+        clone = patched.deepclone_multigpu(new_load_device=torch.device("cpu"))
+    assert clone.model is not patched.model
+    assert not any(adapters.is_ecad_patch(f) for f in clone.object_patches.values())
+    assert "ecad" not in clone.model_options["transformer_options"]
+    assert "multi-GPU clone on cpu runs schedule 'full'" in caplog.text
+    assert any(adapters.is_ecad_patch(f) for f in patched.object_patches.values())  # the source keeps caching
