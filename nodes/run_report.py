@@ -138,7 +138,8 @@ def attach(m, schedule: Schedule, arch, wrapper_key: str) -> None:
     def report(label, entry, model_patcher, size):
         with _lock:
             base = _uncached.get((_model_key(model_patcher), *size))
-        expected = expected_at(schedule, arch, size[0], size[1], size[2])
+        # the run's own number (the rows it used, at its size) where the run wrapper gives one
+        expected = entry["expected_speedup"] if "expected_speedup" in entry else expected_at(schedule, arch, *size)
         text = stats_text(label, entry, expected, size, base)
         secs = float(entry.get("seconds") or 0.0)
         if base and secs > 0:  # the run's own log line has the rest
