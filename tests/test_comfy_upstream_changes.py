@@ -102,18 +102,25 @@ def _pixart_fused_modulation(monkeypatch, den):
     """ComfyUI's PixArt block building norm + modulation with a fused kernel that rounds differently (float64
     inside, as a fused kernel keeps its intermediate): the block's own code changes, not the helper it exported."""
     cls = type(den.model.blocks[0])
-    mod = sys.modules[cls.__module__]
-    original, helper = cls.forward, mod.t2i_modulate
 
     def fused(x, shift, scale):
         return (x.double() * (1 + scale.double()) + shift.double()).to(x.dtype)
 
+    _while_blocks_run(monkeypatch, cls, "t2i_modulate", fused)
+
+
+def _while_blocks_run(monkeypatch, cls, name: str, replacement) -> None:
+    """``cls``'s forward calling ``replacement`` for its module's helper ``name`` (a change inside ComfyUI's block,
+    the helper itself untouched for everyone else, the pack's re-statement included)."""
+    mod = sys.modules[cls.__module__]
+    original, helper = cls.forward, getattr(mod, name)
+
     def forward(self, *a, **k):
-        mod.t2i_modulate = fused
+        setattr(mod, name, replacement)
         try:
             return original(self, *a, **k)
         finally:
-            mod.t2i_modulate = helper
+            setattr(mod, name, helper)
 
     monkeypatch.setattr(cls, "forward", forward)
 
@@ -310,16 +317,7 @@ def _flux_fused_modulation(monkeypatch, den):
         return out if m_add is None else torch.nextafter(out, torch.full_like(out, float("inf")))
 
     for cls in {type(b) for b in blocks}:
-        original = cls.forward
-
-        def forward(self, *a, _original=original, **k):
-            mod.apply_mod = fused
-            try:
-                return _original(self, *a, **k)
-            finally:
-                mod.apply_mod = helper
-
-        monkeypatch.setattr(cls, "forward", forward)
+        _while_blocks_run(monkeypatch, cls, "apply_mod", fused)
 
 
 def test_flux_fused_modulation_falls_back_to_module_caching(comfy, flux, monkeypatch, caplog):
