@@ -89,12 +89,6 @@ def _holds(full: torch.Tensor | None, sig: torch.Tensor, start: int) -> bool:
     return float(sig[-1]) == 0.0 and _close(part[:-1], sig[:-1])
 
 
-def _held_by_any(model_sampling, sig: torch.Tensor, n: int) -> bool:
-    import comfy.samplers as cs
-
-    return any(_holds(_full_list(model_sampling, name, False, n), sig, 0) for name in cs.SCHEDULER_NAMES)
-
-
 _found: dict[tuple, Slice | None] = {}  # (model sampling, the run's sigmas) -> slice: a workflow run again
 
 
@@ -111,7 +105,8 @@ def find_slice(model_sampling, sig: torch.Tensor, budget_s: float = 1.0) -> Slic
     """The slice of a ComfyUI scheduler's full sigma list the run's sigmas ``sig`` are, or None (a middle slice,
     or sigmas no scheduler makes within ``budget_s`` of searching).
 
-    A run starting at the model's highest sigma and ending at 0 is a whole run, whatever the scheduler. Otherwise
+    A run starting at the model's highest sigma and ending at 0 is a whole run, whatever the scheduler, unless its
+    sigmas but the last begin a longer list (a first stage cut short to 0). Otherwise
     one end is known (a stage that stops early starts at step 0; a run ending at 0 is the list's tail), and the
     full step count n is the first for which some scheduler's list holds the run; for a given n, the plain list
     is tried before the one the penultimate-dropping samplers make from n - 1 (their first steps are alike)."""
@@ -121,10 +116,18 @@ def find_slice(model_sampling, sig: torch.Tensor, budget_s: float = 1.0) -> Slic
     smax = float(getattr(model_sampling, "sigma_max", float(sig[0])))
     at_top = float(sig[0]) >= smax * (1 - 1e-4)
     ends_early = float(sig[-1]) > 0
-    if at_top and not ends_early:
-        return Slice(T)
     if not at_top and ends_early:
         return None
+    if at_top and not ends_early:
+        if any(
+            _close(f, sig)
+            for name in cs.SCHEDULER_NAMES
+            for d in (False, True)
+            if (f := _full_list(model_sampling, name, d, T)) is not None
+        ):
+            return Slice(T)  # a whole run
+        # a first stage cut short to 0 (KSamplerAdvanced end_at_step without leftover noise): search below;
+        # custom sigmas from the top to 0 are a whole run too
     deadline = time.perf_counter() + budget_s
     for n in range(T + 1, min(MAX_FULL, 10 * T + 10) + 1):
         for discard in (False, True):
@@ -132,15 +135,18 @@ def find_slice(model_sampling, sig: torch.Tensor, budget_s: float = 1.0) -> Slic
             start = 0 if at_top else m - T
             for name in cs.SCHEDULER_NAMES:
                 if _holds(_full_list(model_sampling, name, discard, m), sig, start):
-                    if at_top and _held_by_any(model_sampling, sig, m + 1):
-                        # a first stage of m+1 steps begins alike (sgm_uniform's m steps are normal's m+1, a
-                        # penultimate-dropping list of m is the plain m+1): take the plain, commoner one
+                    if (
+                        at_top
+                        and name == "sgm_uniform"
+                        and _holds(_full_list(model_sampling, "normal", False, m + 1), sig, 0)
+                    ):
+                        # sgm_uniform's m steps begin exactly as normal's m+1: take the commoner one
                         m += 1
                     return Slice(T, start if not at_top else 0, m)
         if time.perf_counter() > deadline:
             log.info("ECAD: no scheduler's sigmas up to %d steps hold this run's %d steps", n, T)
-            return None
-    return None
+            break
+    return Slice(T) if at_top and not ends_early else None
 
 
 class _Trajectories:
