@@ -5,8 +5,10 @@ fraction (which put the second half of a 4-step PixArt run at "denoise 0.334" wi
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +79,37 @@ def test_stages_continue_across_models_and_custom_sigmas_are_said(comfy):
     assert (p.slice.start, p.slice.full) == (0, 3)
     alone = traj.place(m, full[3:7])  # a middle slice with no stage before it
     assert not alone.found
+
+
+def test_a_finished_run_reaches_its_listeners_and_a_failing_one_costs_nothing(comfy, caplog):
+    run_mod, _, _ = comfy
+    engine_mod = importlib.import_module("comfyui_ecad_bench.ecad_core.engine")
+    schedule_mod = importlib.import_module("comfyui_ecad_bench.ecad_core.schedule")
+    lay = schedule_mod.make_layout("pixart", 1)
+    bits = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1], [0, 1, 0]], bool)
+    run = run_mod.ComfyRun(engine_mod.CacheEngine(schedule_mod.Schedule(lay, bits, name="s")), label="s")
+    seen = []
+
+    def broken(entry):
+        raise RuntimeError("listener bug")
+
+    run.listeners += [broken, seen.append]
+    run.placement = run_mod.Placement(run_mod.Slice(2, 2, 4), stage=2, ends_early=False)
+    run.engine.begin_run(2, start=2, total=4)
+    for step in range(2):
+        run.engine.set_position(step)
+    with caplog.at_level(logging.INFO, logger="ecad"):
+        run._finish(0.5, None, torch.zeros(1, 4, 8, 16))
+    (entry,) = seen
+    assert entry is run.last_summary()
+    assert entry["position"] == "steps 2\u20133 of 4 (stage 2 of a split run), schedule rows 2\u20133 of 4"
+    assert (entry["stage"], entry["height"], entry["width"], entry["start"], entry["trajectory_steps"]) == (
+        2,
+        64,
+        128,
+        2,
+        4,
+    )
+    # row 2 reuses 1 unit but is the run's first step: computed, and the log says why
+    assert entry["first_step_reuses"] == 1 and "step 2 computed 1 unit(s) its row reuses" in entry["log"]
+    assert "a run listener failed (RuntimeError: listener bug)" in caplog.text
