@@ -404,12 +404,13 @@ def plot(result: dict, path: Path) -> None:
         ax.legend(fontsize=7)
         ax = row[1]
         for kind, pts in m["baselines"].items():
+            pts = [p for p in pts if p["loss_held"] > 0]
             ax.plot(
                 [1 / p["fraction_held"] for p in pts], [p["loss_held"] for p in pts], marks.get(kind, ".-"), label=kind
             )
         for vname, v in m["variants"].items():
             for s in v["seeds"]:
-                f = s["front"]
+                f = [p for p in s["front"] if p["loss_held"] > 0]  # no-cache has no place on a log axis
                 ax.plot(
                     [1 / p["fraction"] for p in f],
                     [p["loss_held"] for p in f],
