@@ -1,4 +1,5 @@
-"""Writes workflows/ecad_evolve_pixart_alpha.json (and its example_workflows/ copy).
+"""Writes example_workflows/ecad_evolve_pixart_alpha.json (then run scripts/make_api_workflows.py for its API prompt
+in workflows/api/).
 
 Evolve ECAD Schedule searches a schedule for PixArt-α 512px (ComfyUI v0.3.75's PixArt
 cannot sample below 384px) on the user's own
@@ -238,9 +239,9 @@ def build() -> dict:
 
 def main() -> None:
     text = json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
-    for d in ("workflows", "example_workflows"):
-        (REPO / d / NAME).write_text(text, encoding="utf-8")
-        print("wrote", REPO / d / NAME)
+    # example_workflows/ only: ComfyUI lists workflows/*.json as templates too (each would show twice)
+    (REPO / "example_workflows" / NAME).write_text(text, encoding="utf-8")
+    print("wrote", REPO / "example_workflows" / NAME, "- now run scripts/make_api_workflows.py")
 
 
 if __name__ == "__main__":

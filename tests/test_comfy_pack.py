@@ -61,6 +61,9 @@ def test_the_zip_leaves_out_the_developers_parts(packed):
         assert f"schedules/{p.name}" in names
     for p in (REPO / "example_workflows").iterdir():
         assert f"example_workflows/{p.name}" in names
+    # the API prompts of the same workflows, for headless use
+    api = sorted(p.name for p in (REPO / "workflows" / "api").glob("*.json"))
+    assert api and all(f"workflows/api/{n}" in names for n in api) and "workflows/README.md" in names
     for node in ("ApplyECADSchedule", "LoadECADSchedule", "PreviewECADSchedule", "EvolveECADSchedule"):
         assert f"web/docs/{node}.md" in names
     assert "web/ecad.js" in names and "web/icon.png" in names

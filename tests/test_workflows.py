@@ -1,11 +1,13 @@
-"""The shipped UI workflows (workflows/ and example_workflows/) in a real ComfyUI v0.3.75.
+"""The shipped workflows in a real ComfyUI v0.3.75: the UI workflows (example_workflows/, the template browser's)
+and their API prompts (workflows/api/, for POST /prompt).
 
 (a) every node type exists and every widget value is valid against the server's
     /object_info (model file names excepted; ECAD presets must resolve by key);
-(b) workflows/ and example_workflows/ hold the same files;
-(c) each workflow runs end to end on the tiny checkpoints (loaders, text encoders and
+(b) each template is listed once (no UI copy in workflows/), and each API prompt is its UI workflow converted
+    against the server's /object_info;
+(c) each API prompt runs end to end on the tiny checkpoints (loaders, text encoders and
     the ECAD preset swapped for test stand-ins);
-(d) each loads in the real frontend (headless chromium) with no missing node types.
+(d) each UI workflow loads in the real frontend (headless chromium) with no missing node types.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from ecad_core import Schedule, make_layout
 pytestmark = pytest.mark.comfy
 
 REPO = Path(__file__).resolve().parents[1]
-DIRS = [REPO / "workflows", REPO / "example_workflows"]
+EXAMPLES = REPO / "example_workflows"
+API_DIR = REPO / "workflows" / "api"
 NAMES = ["ecad_pixart_alpha.json", "ecad_pixart_sigma.json", "ecad_flux_dev.json", "ecad_evolve_pixart_alpha.json"]
 EVOLVE = "ecad_evolve_pixart_alpha.json"
-ALL_FILES = [d / n for d in DIRS for n in NAMES]
+ALL_FILES = [EXAMPLES / n for n in NAMES]
 # combo inputs holding model file names: the test server has only the tiny models
 MODEL_FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name"}
 # ECAD combos: values carry a speedup text after " · " that may change; the key must resolve
@@ -107,12 +110,27 @@ def object_info(comfy_server):
 # ----------------------------------------------------------------------------- (a) + (b)
 
 
-def test_same_files_in_both_folders():
-    a = sorted(p.name for p in DIRS[0].glob("*.json"))
-    b = sorted(p.name for p in DIRS[1].glob("*.json"))
-    assert a == b == sorted(NAMES)
-    for n in NAMES:
-        assert (DIRS[0] / n).read_bytes() == (DIRS[1] / n).read_bytes(), n
+def test_workflows_folder_holds_the_api_prompts():
+    # no *.json directly in workflows/: ComfyUI would list it as a template beside example_workflows/'s
+    # (test_comfy_ui_help.py::test_templates_are_listed_under_the_pack_with_thumbnails asks the server)
+    assert sorted(p.name for p in (REPO / "workflows").glob("*.json")) == []
+    ui, api = (sorted(p.name for p in d.glob("*.json")) for d in (EXAMPLES, API_DIR))
+    assert ui == api == sorted(NAMES)
+    assert "POST" in (REPO / "workflows" / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_prompt_is_the_ui_workflow_converted(object_info, name):
+    # regenerate with scripts/make_api_workflows.py after changing a UI workflow
+    shipped, ui = _load(API_DIR / name), _load(EXAMPLES / name)
+    converted = ui_to_api(ui, object_info)
+    assert {k: (v["class_type"], v["inputs"]) for k, v in shipped.items()} == {
+        k: (v["class_type"], v["inputs"]) for k, v in converted.items()
+    }
+    # an untitled node's _meta title is the server's display name, which versions rename (0.33: DualCLIPLoader's)
+    titled = {str(n["id"]) for n in ui["nodes"] if n.get("title")}
+    assert titled and all(shipped[k]["_meta"] == converted[k]["_meta"] for k in titled & set(converted))
+    assert all(isinstance(v["_meta"]["title"], str) and v["_meta"]["title"] for v in shipped.values())
 
 
 @pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -166,7 +184,7 @@ def test_workflow_nodes_and_widgets_valid(object_info, path):
 
 
 def test_workflow_check_catches_bad_workflows(object_info):
-    wf = _load(DIRS[0] / "ecad_pixart_alpha.json")
+    wf = _load(EXAMPLES / "ecad_pixart_alpha.json")
     assert workflow_problems(wf, object_info) == []
 
     bogus = copy.deepcopy(wf)
@@ -216,10 +234,10 @@ def tiny_schedules(comfy_server):
     return names
 
 
-def tiny_prompt(wf: dict, wf_name: str, object_info: dict, schedule_name: str, seed: int) -> dict:
-    """The workflow's API prompt with the tiny model, random conditioning and a tiny-model schedule."""
+def tiny_prompt(api: dict, wf_name: str, schedule_name: str, seed: int) -> dict:
+    """A copy of the workflow's API prompt with the tiny model, random conditioning and a tiny-model schedule."""
     model, _layout, vae, is_flux = TINY[wf_name]
-    p = ui_to_api(wf, object_info)
+    p = copy.deepcopy(api)
     for nid in [k for k, v in p.items() if v["class_type"] in ("CLIPLoader", "DualCLIPLoader")]:
         del p[nid]
     if wf_name == EVOLVE:
@@ -267,11 +285,12 @@ def tiny_prompt(wf: dict, wf_name: str, object_info: dict, schedule_name: str, s
 
 
 @pytest.mark.parametrize("wf_name", NAMES)
-def test_workflow_runs_on_tiny_model(comfy_server, object_info, tiny_schedules, wf_name):
-    wf = _load(DIRS[0] / wf_name)
+def test_api_prompt_runs_on_tiny_model(comfy_server, tiny_schedules, wf_name):
+    # the shipped API prompt, POSTed as curl would (no UI workflow in extra_data); it equals the UI workflow
+    # converted (test_api_prompt_is_the_ui_workflow_converted), so this runs the template too
     seed = next(_seeds)
-    p = tiny_prompt(wf, wf_name, object_info, tiny_schedules[wf_name], seed)
-    entry = comfy_server.run(p, timeout=300, extra_data={"extra_pnginfo": {"workflow": wf}})
+    p = tiny_prompt(_load(API_DIR / wf_name), wf_name, tiny_schedules[wf_name], seed)
+    entry = comfy_server.run(p, timeout=300)
     assert entry["status"]["status_str"] == "success"
     images = comfy_server.output_files(entry, "images")
     # SaveImage's image plus PreviewECADSchedule's schedule picture
