@@ -464,7 +464,8 @@ def main(argv=None) -> dict:
         "--variants", nargs="+", default=["nsga2"], help=f"search variants (registered: {', '.join(VARIANTS)})"
     )
     ap.add_argument("--budget", type=int, help="model runs per search (default: 265, today's default search)")
-    ap.add_argument("--seeds", type=int, help="searches per variant and model (default 3)")
+    ap.add_argument("--seeds", type=int, help="searches per variant and model (default 3: seeds 0, 1, 2)")
+    ap.add_argument("--search-seeds", type=int, nargs="+", help="these search seeds instead (e.g. to add one)")
     ap.add_argument("--out", help="result JSON (a PNG plot is written beside it)")
     ap.add_argument("--summarise", metavar="JSON", help="recompute the summaries and the plot of a result file")
     a = ap.parse_args(argv)
@@ -482,6 +483,8 @@ def main(argv=None) -> dict:
         setup = dataclasses.replace(setup, budget=a.budget)
     if a.seeds:
         setup = dataclasses.replace(setup, search_seeds=tuple(range(a.seeds)))
+    if a.search_seeds:
+        setup = dataclasses.replace(setup, search_seeds=tuple(a.search_seeds))
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def save(result):
