@@ -15,8 +15,8 @@
 #              data folder (the parent of ECAD_REFERENCE_DIR, default ../shared; or ECAD_COMFY033_TARBALL),
 #              sha256-checked; absent: skipped with the reason (the 0.33 test pass then skips, and fails
 #              under ECAD_REQUIRE_COMFY=1)
-#   comfy033venv  .cache/comfy033/venv: its requirements.txt with torch==2.14.1 torchvision==0.29.1
-#              torchaudio==2.11.1 (0.33 does not start without torchaudio)
+#   comfy033venv  .cache/comfy033/venv: its requirements.txt and the pack's with torch==2.14.1
+#              torchvision==0.29.1 torchaudio==2.11.1 (0.33 does not start without torchaudio)
 #   chromium   Debian chromium (only when /usr/bin/chromium is missing)
 #   playwright playwright-core via npm into .cache/node (only when missing)
 #   check      torch is 2.14.1
@@ -200,7 +200,7 @@ stage_comfy033venv() {
     fi
     local pins="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION torchaudio==$TORCHAUDIO_VERSION"
     local marker="$venv/.ecad_requirements.sha256" want
-    want="$( (cat "$dir/requirements.txt"; echo "$pins") | sha)"
+    want="$( (cat "$dir/requirements.txt" "$ROOT/requirements.txt"; echo "$pins") | sha)"
     if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ] && [ -x "$venv/bin/python" ]; then
         log "ComfyUI $COMFY033_VERSION venv already built"
         return 0
@@ -214,7 +214,8 @@ stage_comfy033venv() {
     log "installing ComfyUI $COMFY033_VERSION's requirements with $pins"
     # torch pinned in the same resolve, so that nothing can swap it
     # shellcheck disable=SC2086
-    "$venv/bin/python" -m pip install -q -r "$dir/requirements.txt" $pins
+    # and the pack's own requirements, as ComfyUI-Manager installs them beside ComfyUI
+    "$venv/bin/python" -m pip install -q -r "$dir/requirements.txt" -r "$ROOT/requirements.txt" $pins
     "$venv/bin/python" -c 'import importlib.metadata as m, sys; got = m.version("torch").split("+")[0]; assert got == sys.argv[1], f"torch is {got} in the ComfyUI 0.33 venv, expected {sys.argv[1]}"' "$TORCH_VERSION"
     echo "$want" > "$marker"
 }

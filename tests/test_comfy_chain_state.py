@@ -78,11 +78,12 @@ def test_a_later_pixart_apply_replaces_every_patch_of_the_earlier_one_and_keeps_
     # only the later run's wrappers run (the earlier run's self-check failed on an engine nothing called)
     assert _wrapper_runs(m2) == {"outer_sample": [run_b], "apply_model": [run_b]}
     assert _wrapper_runs(m1) == {"outer_sample": [run_a], "apply_model": [run_a]}  # the earlier clone is intact
-    # other nodes' block forwards stay, and those blocks are cached at their modules; the others re-stated
+    # other nodes' block forwards stay, and those blocks are cached at their modules; the others re-stated (their
+    # modules carry the fallback's patches, dormant while the re-statement runs: issue #16)
     assert m2.object_patches["diffusion_model.blocks.0.forward"] is foreign0
     assert m2.object_patches["diffusion_model.blocks.1.forward"] is foreign1
     n = len(pixart.blocks)
-    expected = {f"diffusion_model.blocks.{i}.{u}.forward" for i in (0, 1) for u in UNITS} | {
+    expected = {f"diffusion_model.blocks.{i}.{u}.forward" for i in range(n) for u in UNITS} | {
         f"diffusion_model.blocks.{i}.forward" for i in range(2, n)
     }
     ours1, ours2 = _ours(pack, m1.object_patches), _ours(pack, m2.object_patches)
