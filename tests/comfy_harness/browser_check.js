@@ -90,8 +90,9 @@ async function main() {
       // The missing-nodes dialog ("global-load-workflow-warning"), if shown.
       one.dialogs = await page.evaluate(() => [...document.querySelectorAll('.p-dialog')]
         .map((d) => (d.innerText || '').trim()).filter((t) => t));
-      // toasts: newer frontends (ComfyUI 0.33's 1.49) report missing nodes in one instead of a dialog
-      one.toasts = await page.evaluate(() => [...document.querySelectorAll('.p-toast-message')]
+      // toasts and alerts: newer frontends (ComfyUI 0.33's 1.49) report missing nodes there, not in a dialog
+      one.toasts = await page.evaluate(() => [...document.querySelectorAll(
+        '.p-toast-message, [role="alert"], [role="status"], .p-message')]
         .map((d) => (d.innerText || '').trim()).filter((t) => t));
       if (job.screenshot) {
         await page.screenshot({ path: job.screenshot });
