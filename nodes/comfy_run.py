@@ -328,6 +328,9 @@ class ComfyRun:
                 if g.get("active") and not g.get("reason")
                 else f"; CUDA graphs off ({g.get('reason')})"
             )
+        if stats.cache_bytes:  # what the cache held at the run's end (video models: every frame's tokens)
+            off = self.engine.offload_device
+            used += f"; cache {stats.cache_bytes / 2**20:.2f} MiB" + (f" offloaded to {off}" if off is not None else "")
         per_step = ",".join(str(n) for n in stats.reused.tolist())
         line = (
             f"ECAD {self.label}: {stats.summary()}; {where}; {used}; reused per step {per_step}; "

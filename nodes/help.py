@@ -37,6 +37,12 @@ INPUT_TOOLTIPS: dict[str, dict[str, str]] = {
         "resumes the search.",
         "search_seed": "Seed of the genetic search itself (not of the images).",
         "negative": "Negative conditioning for every sample (default: the empty prompt, or the zeroed positive).",
+        "start_at_step": "First step the model runs, as its KSamplerAdvanced's start_at_step (Wan 2.2's low-noise "
+        "expert: where the high-noise one stops). The search varies only this stage's schedule rows.",
+        "end_at_step": "Step the model stops at, as its KSamplerAdvanced's end_at_step (10000: the last step). "
+        "Defaults: the whole trajectory.",
+        "other_model": "The other expert (e.g. Wan 2.2's high-noise model), run uncached for the steps outside "
+        "start_at_step .. end_at_step; needed when the stage is not the whole trajectory.",
     },
     "EvaluateECADSchedule": {
         "model": "The model to evaluate on (without a schedule applied): each sample runs with and without "

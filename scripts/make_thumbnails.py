@@ -31,6 +31,14 @@ THUMBS = {
     "ecad_pixart_sigma": ("PixArt-Σ + ECAD preset", None, "pixart-sigma-256-fast"),
     "ecad_flux_dev": ("FLUX.1-dev + ECAD preset", None, "flux-dev-256-fast"),
     "ecad_evolve_pixart_alpha": ("Evolve your own schedule", "search → Pareto front → Apply", None),
+    "ecad_evolve_sd3": ("SD3: evolve a schedule", "search → Pareto front → Apply", None),
+    "ecad_evolve_qwen_image": ("Qwen-Image: evolve a schedule", "search → Pareto front → Apply", None),
+    "ecad_evolve_flux2": ("FLUX.2: evolve a schedule", "search → Pareto front → Apply", None),
+    "ecad_evolve_chroma": ("Chroma: evolve a schedule", "search → Pareto front → Apply", None),
+    "ecad_evolve_zimage": ("Z-Image: evolve a schedule", "search → Pareto front → Apply", None),
+    "ecad_evolve_wan21_t2v": ("Wan 2.1 video: evolve", "search → Pareto front → Apply → video", None),
+    "ecad_wan22_two_experts": ("Wan 2.2: two experts", "an Apply per expert, a stage each", None),
+    "ecad_evolve_hunyuan_video15_t2v": ("HunyuanVideo 1.5: evolve", "search → Pareto front → Apply → video", None),
 }
 CHAINS = {
     None: ["Load model", "Evolve ECAD", "Apply ECAD", "KSampler"],

@@ -65,6 +65,14 @@ class ComputeCost:
         b[0] = True
         return float((self.fixed.sum() + (b * self.unit).sum()) / self.full)
 
+    def rows(self, rows: list[int]) -> ComputeCost:
+        """The cost of only these steps (a stage of a split run: the other steps are another model's), as a
+        table of ``len(rows)`` steps; its first row is the stage's first step, always computed."""
+        if not rows or min(rows) < 0 or max(rows) >= self.steps:
+            raise ValueError(f"rows {rows!r} are not steps of this {self.steps}-step cost table")
+        info = {**self.info, "rows": [int(rows[0]), int(rows[-1]) + 1, self.steps]}
+        return ComputeCost(self.unit[rows], self.fixed[rows], source=self.source, info=info)
+
     def describe(self) -> dict:
         return {"source": self.source, **self.info}
 

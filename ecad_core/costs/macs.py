@@ -165,10 +165,10 @@ class Arch:
             if numbers is not None:
                 return cls(family=fam.name, **numbers)
         cls_name = str(c.get("_class_name", ""))
-        kinds = " nor a ".join(f.label for f in families.registered() if f.has_cost_model)
+        kinds = ", ".join(f.label for f in families.registered() if f.has_cost_model)
         raise ValueError(
-            f"config of {cls_name or 'an unknown class'} is neither a {kinds} transformer config "
-            "(supported: PixArtTransformer2DModel, FluxTransformer2DModel)"
+            f"config of {cls_name or 'an unknown class'} is not the transformer config of a family with a cost "
+            f"model (families: {kinds})"
         )
 
 

@@ -1,5 +1,6 @@
-"""Any DiT cached at block granularity (SD3, Wan, HunyuanVideo, Qwen-Image, Chroma, LTX-Video): one unit per
-block, which reuses the block's residual (output minus input). A main and a single-stream group."""
+"""Any DiT cached at block granularity (HunyuanVideo 1.0, LTX-Video, Chroma Radiance, and any model of a component
+family whose own adapter declines it): one unit per block, which reuses the block's residual (output minus input).
+A main and a single-stream group."""
 
 from __future__ import annotations
 

@@ -6,42 +6,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .base import Family, Variant, count_blocks, timestep_embedding_macs
+from .base import Variant, count_blocks, timestep_embedding_macs
+from .chroma import chroma_keys, is_chroma_config
+from .flux2 import flux2_keys, is_flux2_config
+from .flux_structure import FluxStructure
 
 _FLUX1 = dict(hidden=3072, heads=24, depth=19, single_depth=38, latent_channels=16, out_channels=16, pooled_dim=768)
 
 
-class Flux(Family):
+class Flux(FluxStructure):
     name = "flux"
     label = "FLUX"
     order = 20
-    groups = (
-        ("", ("full_attn", "full_ff", "full_ff_context")),
-        ("single_", ("single_attn", "single_proj_mlp", "single_proj_out")),
-    )
-    group_names = ("double_blocks", "single_blocks")
     variants = (
         Variant("flux-dev", "FLUX.1-dev", {**_FLUX1, "text_tokens": 512, "guidance_embeds": True}),
         Variant("flux-schnell", "FLUX.1-schnell", {**_FLUX1, "text_tokens": 256, "guidance_embeds": False}),
     )
     default_variant = "flux-dev"
     ecad_format = True
-    colors = {
-        "full_attn": (0.95, 0.55, 0.2),
-        "full_ff": (0.55, 0.85, 0.35),
-        "full_ff_context": (0.3, 0.7, 0.95),
-        "single_attn": (0.95, 0.4, 0.5),
-        "single_proj_mlp": (0.8, 0.75, 0.3),
-        "single_proj_out": (0.6, 0.5, 0.95),
-    }
-    tgate_components = ("full_ff_context", "full_attn")  # the text-stream feed-forward stands for cross-attention
-    attention_components = ("full_attn", "single_attn")
 
     def detect(self, keys, key_set):
-        # ComfyUI / original; not HunyuanVideo (token refiner) nor Chroma (distilled guidance layer)
+        if flux2_keys(key_set) or chroma_keys(key_set):  # FLUX-class, not FLUX.1: their own families
+            return None
+        # ComfyUI / original; not HunyuanVideo (token refiner)
         if (
             "double_blocks.0.img_attn.qkv.weight" in key_set
-            and "distilled_guidance_layer.in_proj.weight" not in key_set
             and "img_in.weight" in key_set
             and not any(k.startswith("txt_in.individual_token_refiner") for k in keys)
         ):
@@ -56,6 +45,8 @@ class Flux(Family):
         return "flux-dev"  # every FLUX schedule in the reference repo is for FLUX.1-dev
 
     def arch_from_diffusers_config(self, c: Mapping[str, Any], name, text_tokens):
+        if is_flux2_config(c) or is_chroma_config(c):  # their own families
+            return None
         if not ("num_single_layers" in c or "joint_attention_dim" in c or "Flux" in str(c.get("_class_name", ""))):
             return None
         heads, head_dim = int(c["num_attention_heads"]), int(c["attention_head_dim"])
@@ -83,19 +74,7 @@ class Flux(Family):
         )
 
     def step_macs(self, a, n_image, n_text, attention, height, width):
-        N, T, D, F = n_image, n_text, a.hidden, a.ff_dim
-        L = N + T  # joint attention over image and text tokens
-        joint = 2 * L * L * D if attention else 0
-        double = [
-            4 * L * D * D + joint,  # q, k, v, out for both streams
-            2 * N * D * F,  # image feed-forward
-            2 * T * D * F,  # text feed-forward
-        ]
-        single = [
-            3 * L * D * D + joint,  # q, k, v (the output projection is fused into proj_out)
-            L * D * F,  # proj_mlp
-            L * (D + F) * D,  # proj_out over [attn, mlp]
-        ]
+        N, T, D = n_image, n_text, a.hidden
         pooled = (a.pooled_dim * D + D * D) if a.pooled_dim else 0
         fixed = {
             "x_embedder": N * a.token_in * D,
@@ -105,4 +84,4 @@ class Flux(Family):
             "block_modulation": a.depth * 2 * 6 * D * D + a.single_depth * 3 * D * D,
             "final_layer": 2 * D * D + N * D * a.token_out,
         }
-        return [double, single], fixed
+        return self.block_macs(N, T, D, a.ff_dim, attention), fixed

@@ -270,6 +270,10 @@ def block_reuse_patch(run, unit: int):
             for k, r in res.items():
                 out[k] = None if r is None else args[k] + r
             return out
+        if not eng.keeps(unit):  # no later call reuses it: no input copy, no residual (all-recompute costs nothing)
+            out = extra["original_block"](args)
+            eng.store(unit, sig, None)  # counted as computed; nothing is kept
+            return out
         inputs = {k: args[k].clone() for k in keys}  # blocks may update their inputs in place
         out = extra["original_block"](args)
         res = {}

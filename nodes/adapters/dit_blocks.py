@@ -1,6 +1,7 @@
-"""Other DiTs with ComfyUI's ``patches_replace["dit"]`` block hooks (SD3/MMDiT, Wan, HunyuanVideo, Qwen-Image,
-Chroma, LTX-Video): one unit per block that reuses the block's residual (output minus input), family
-``dit_blocks``, through the generic ``install_block_reuse``."""
+"""Other DiTs with ComfyUI's ``patches_replace["dit"]`` block hooks (HunyuanVideo 1.0, LTX-Video): one unit per
+block that reuses the block's residual (output minus input), family ``dit_blocks``, through the generic
+``install_block_reuse``. SD3/MMDiT, Wan, Qwen-Image and Chroma have component-level families of their own (detected
+first: lower ``order``); they stay listed here for the models those adapters decline (e.g. a one-block MMDiT)."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ class FluxComfy(ComfyAdapter):
     supports = "FLUX.1"
     order = 20
     classes = ("comfy.ldm.flux.model.Flux",)
-    excludes = ("comfy.ldm.chroma.model.Chroma",)  # FLUX's blocks without their modulation: block level
+    excludes = ("comfy.ldm.chroma.model.Chroma",)  # FLUX's blocks, other modulation: its own adapter (chroma.py)
 
     @classmethod
     def matches(cls, diffusion_model):
@@ -46,6 +46,8 @@ class FluxComfy(ComfyAdapter):
             super().matches(diffusion_model)
             and hasattr(diffusion_model, "double_blocks")
             and hasattr(diffusion_model, "single_blocks")
+            # FLUX.2 loads as this class too (shared modulations, gated MLPs): its own adapter (flux2.py)
+            and not getattr(getattr(diffusion_model, "params", None), "global_modulation", False)
         )
 
     def counts(self):
@@ -55,10 +57,14 @@ class FluxComfy(ComfyAdapter):
     def arch_hint(self):
         return "flux-dev" if getattr(getattr(self.dm, "params", None), "guidance_embed", False) else "flux-schnell"
 
+    kind_label = "FLUX"  # the model in ``kind``, which the FLUX-class adapters below share
+    kind_names_variant = True  # ``kind`` names ``arch_hint``
+
     @property
     def kind(self):
         nd, ns = self.counts()
-        return f"ComfyUI FLUX ({self.arch_hint}, {nd} double + {ns} single blocks)"
+        hint = f"{self.arch_hint}, " if self.kind_names_variant else ""
+        return f"ComfyUI {self.kind_label} ({hint}{nd} double + {ns} single blocks)"
 
     def units(self):
         nd, ns = self.counts()
@@ -83,21 +89,32 @@ class FluxComfy(ComfyAdapter):
         p = dm.params
         if int(p.patch_size) != 2:
             return None
-        vec = getattr(dm, "vector_in", None)
-        return Arch.custom(
-            "flux",
-            name=name,
+        return self.custom_arch(
+            name,
+            latent_channels=int(p.in_channels),
+            out_channels=int(p.out_channels),
+            pooled_dim=self.pooled_dim(),
+            guidance_embeds=bool(getattr(p, "guidance_embed", False)),
+        )
+
+    def custom_arch(self, name, **numbers):
+        """This family's ``Arch`` of the model: the FLUX-class blocks' numbers read here, the rest ``numbers``."""
+        dm = self.dm
+        block_numbers = dict(
             hidden=int(dm.hidden_size),
             heads=int(dm.num_heads),
             depth=len(dm.double_blocks),
             single_depth=len(dm.single_blocks),
-            mlp_ratio=float(p.mlp_ratio),
-            latent_channels=int(p.in_channels),
-            out_channels=int(p.out_channels),
-            caption_channels=int(dm.txt_in.weight.shape[1]),
-            pooled_dim=int(vec.in_layer.weight.shape[1]) if vec is not None else 0,
-            guidance_embeds=bool(getattr(p, "guidance_embed", False)),
+            mlp_ratio=float(dm.params.mlp_ratio),
         )
+        if "caption_channels" not in numbers:
+            numbers["caption_channels"] = int(dm.txt_in.weight.shape[1])
+        return Arch.custom(self.family, name=name, **block_numbers, **numbers)
+
+    def pooled_dim(self) -> int:
+        """The pooled text embedding's width (``vector_in``), 0 without one."""
+        vec = getattr(self.dm, "vector_in", None)
+        return int(vec.in_layer.weight.shape[1]) if vec is not None else 0
 
     def install(self, mp, run):
         dm = self.dm

@@ -18,13 +18,24 @@ ecad_tiny_pixart_256pe   diffusion_models  PixArt-alpha 256 layout: depth 2 + a 
                                            (ComfyUI then guesses pe_interpolation = 32 // 64 = 0), fp16
 ecad_tiny_sd3            diffusion_models  SD3 (MMDiT), depth 2 (hidden 128), ctx 64, pooled 64, fp16
 ecad_tiny_wan            diffusion_models  Wan 2.1 t2v, 2 blocks, dim 128, text 4096, fp16
+ecad_tiny_qwen_image     diffusion_models  Qwen-Image, 1 block (stock width 3072, text 3584), bf16
+ecad_tiny_lumina2        diffusion_models  Lumina-Image 2.0 (NextDiT), 2 layers (stock width 2304), caption 64, bf16
+ecad_tiny_zimage         diffusion_models  Z-Image (NextDiT), 1 layer (stock width 3840), caption 64, bf16
+ecad_tiny_flux2_klein    diffusion_models  FLUX.2, Klein-sized: width 256, 1 double + 1 single, ctx 64, bf16
+                                           (ComfyUI 0.33 loads it; 0.3.75 detects FLUX.2 only 6144 wide)
+ecad_tiny_chroma         diffusion_models  Chroma, 1 double + 1 single (width 3072, stock approximator), ctx 64, bf16
+ecad_tiny_hunyuan_video15 diffusion_models HunyuanVideo 1.5 (vision_in 1152, condition-type embedding), 2 double
+                                           blocks, width 128, patch 1, 65 in / 32 out channels, ctx 64, fp16
+ecad_tiny_flux2_vae      vae               FLUX.2's VAE (latent batch norm, 128 channels at 1/16), decoder 32 wide,
+                                           no encoder (ComfyUI 0.33 decodes the tiny FLUX.2 with it)
 ecad_tiny_taesd_4ch      vae               random TAESD, 4 latent channels (PixArt)
 ecad_tiny_taesd_16ch     vae               random TAESD, 16 latent channels (Flux)
+ecad_tiny_wan21_vae      vae               random Wan 2.1 VAE (3-D latents of Qwen-Image and Wan 2.1), width 8
 ======================== ================= ===================================================
 
 Conditioning the models need (see ``TestRandomConditioning`` in the support pack):
 PixArt: dim 4096 (stock caption_channels), no pooled; Flux: dim 64, pooled 32; SD3: dim 64, pooled 64;
-Wan: dim 4096, no pooled.
+Wan: dim 4096, no pooled; Qwen-Image: dim 3584 (``QWEN_CONTEXT_DIM``), no pooled.
 
 Every file carries its recipe hash in the safetensors metadata key
 ``ecad_tiny_recipe``; a file whose hash matches is not rebuilt.  The check only
@@ -75,6 +86,8 @@ DEFAULT_MODELS_ROOT = REPO_ROOT / ".cache" / "tiny-models" / f"comfy-{comfy_vers
 PIXART_COND_DIM = 4096
 FLUX_CONTEXT_DIM = 64
 FLUX_POOLED_DIM = 32
+LUMINA_CONTEXT_DIM = 64  # the tiny Lumina 2 / Z-Image caption width (ComfyUI reads it from cap_embedder)
+QWEN_CONTEXT_DIM = 3584  # Qwen2.5-VL-7B's width: ComfyUI's Qwen-Image detection keeps the stock joint_attention_dim
 
 FLUX_BASE = dict(
     in_channels=16,
@@ -203,6 +216,164 @@ SPECS: dict[str, dict] = {
             image_model="wan2.1",
         ),
     ),
+    # Qwen-Image: ComfyUI detects only in_channels and the block count, so the width stays the stock 3072
+    "ecad_tiny_qwen_image": dict(
+        subdir="diffusion_models",
+        kind="qwen_image",
+        dtype="bfloat16",
+        seed=110,
+        cond={"dim": QWEN_CONTEXT_DIM},  # the constructor's default joint_attention_dim
+        kwargs=dict(num_layers=1, in_channels=64, out_channels=16),
+    ),
+    # Lumina 2 / Z-Image: ComfyUI detects them by width (2304 / 3840) and reads only the caption width and the
+    # layer count; the two refiner stacks are always 2 blocks each
+    "ecad_tiny_lumina2": dict(
+        subdir="diffusion_models",
+        kind="lumina2",
+        dtype="bfloat16",
+        seed=111,
+        cond={"dim": LUMINA_CONTEXT_DIM},  # NextDiT names its caption width cap_feat_dim
+        kwargs=dict(
+            patch_size=2,
+            in_channels=16,
+            dim=2304,
+            n_layers=2,
+            n_heads=24,
+            n_kv_heads=8,
+            axes_dims=[32, 32, 32],
+            axes_lens=[300, 512, 512],
+            rope_theta=10000.0,
+            ffn_dim_multiplier=4.0,
+            qk_norm=True,
+            cap_feat_dim=LUMINA_CONTEXT_DIM,
+        ),
+    ),
+    "ecad_tiny_zimage": dict(
+        subdir="diffusion_models",
+        kind="lumina2",
+        dtype="bfloat16",
+        seed=112,
+        cond={"dim": LUMINA_CONTEXT_DIM},  # NextDiT names its caption width cap_feat_dim
+        kwargs=dict(
+            patch_size=2,
+            in_channels=16,
+            dim=3840,
+            n_layers=1,
+            n_heads=30,
+            n_kv_heads=30,
+            axes_dims=[32, 48, 48],
+            axes_lens=[1536, 512, 512],
+            rope_theta=256.0,
+            ffn_dim_multiplier=8.0 / 3.0,
+            qk_norm=True,
+            z_image_modulation=True,
+            time_scale=1000.0,
+            pad_tokens_multiple=32,
+            cap_feat_dim=LUMINA_CONTEXT_DIM,
+        ),
+    ),
+    # FLUX.2 at Klein size (issue #18): ComfyUI 0.33 reads the heads from the width (width / 128); 0.3.75 fixes
+    # 48 heads (FLUX.2-dev's 6144 width) and refuses this file, so its FLUX.2 tests use ComfyUI's class in-process
+    "ecad_tiny_flux2_klein": dict(
+        subdir="diffusion_models",
+        kind="flux",
+        dtype="bfloat16",
+        seed=113,
+        kwargs=dict(
+            in_channels=128,
+            out_channels=128,
+            vec_in_dim=None,
+            context_in_dim=FLUX_CONTEXT_DIM,
+            hidden_size=256,
+            mlp_ratio=3.0,
+            num_heads=2,
+            depth=1,
+            depth_single_blocks=1,
+            axes_dim=[32, 32, 32, 32],
+            theta=2000,
+            patch_size=1,
+            qkv_bias=False,
+            guidance_embed=False,
+            global_modulation=True,
+            mlp_silu_act=True,
+            ops_bias=False,
+        ),
+    ),
+    # Chroma: ComfyUI fixes the distilled guidance layer (5 x 5120 wide, out 3072), so the width stays 3072
+    "ecad_tiny_chroma": dict(
+        subdir="diffusion_models",
+        kind="chroma",
+        dtype="bfloat16",
+        seed=114,
+        # ComfyUI 0.3.75's Chroma asks its conditioning for a pooled output (and ignores it)
+        cond={"dim": FLUX_CONTEXT_DIM, "pooled": FLUX_POOLED_DIM},
+        kwargs=dict(
+            in_channels=64,
+            out_channels=64,
+            context_in_dim=FLUX_CONTEXT_DIM,
+            hidden_size=3072,
+            mlp_ratio=4.0,
+            num_heads=24,
+            depth=1,
+            depth_single_blocks=1,
+            axes_dim=[16, 56, 56],
+            theta=10000,
+            patch_size=2,
+            qkv_bias=True,
+            in_dim=64,
+            out_dim=3072,
+            hidden_dim=5120,
+            n_layers=5,
+        ),
+    ),
+    # HunyuanVideo 1.5: ComfyUI reads the heads from the width (width / 128) and needs rope axes summing to 128;
+    # vision_in (1152 wide) makes it 1.5 (HunyuanVideo15: 32-channel latents, 16 pixels per latent pixel)
+    "ecad_tiny_hunyuan_video15": dict(
+        subdir="diffusion_models",
+        kind="hunyuan_video",
+        dtype="float16",
+        seed=118,
+        cond={"dim": FLUX_CONTEXT_DIM, "pooled": FLUX_POOLED_DIM},  # ComfyUI's HunyuanVideo asks for a pooled output
+        kwargs=dict(
+            in_channels=65,
+            out_channels=32,
+            vec_in_dim=None,
+            context_in_dim=FLUX_CONTEXT_DIM,
+            hidden_size=128,
+            mlp_ratio=4.0,
+            num_heads=1,
+            depth=2,
+            depth_single_blocks=0,
+            axes_dim=[16, 56, 56],
+            theta=256,
+            patch_size=[1, 1, 1],
+            qkv_bias=True,
+            guidance_embed=False,
+            byt5=False,
+            meanflow=False,
+            use_cond_type_embedding=True,
+            vision_in_dim=1152,
+        ),
+    ),
+    # the Wan 2.1 VAE: ComfyUI reads its width from decoder.head.0.gamma, so 8 wide decodes in milliseconds
+    "ecad_tiny_wan21_vae": dict(
+        subdir="vae",
+        kind="wan21_vae",
+        dtype="float32",
+        seed=115,
+        kwargs=dict(dim=8, z_dim=16),
+    ),
+    # FLUX.2's VAE as ComfyUI's loader detects it (``bn.running_mean``: 32-channel AutoencoderKL whose latents are
+    # patchified 2x2 to 128 channels at 1/16); 0.33 reads the decoder's width from decoder.conv_in (32: GroupNorm's
+    # 32 groups) and fixes the encoder's (128), so the encoder is left out (decode only; ComfyUI loads non-strict).
+    # 0.3.75 fixes both widths: there the file does not load (nor does a small FLUX.2)
+    "ecad_tiny_flux2_vae": dict(
+        subdir="vae",
+        kind="flux2_vae",
+        dtype="float32",
+        seed=119,
+        kwargs=dict(decoder_ch=32),
+    ),
     "ecad_tiny_taesd_4ch": dict(
         subdir="vae",
         kind="taesd",
@@ -329,6 +500,12 @@ def _meta_module(spec):
         if "txt_ids_dims" in {f.name for f in dataclasses.fields(flux_model.FluxParams)}:
             kw = {"txt_ids_dims": [], **kw}  # ComfyUI 0.33 made it required; FLUX.1 has none
         return flux_model.Flux(device="meta", operations=ops, **kw)
+    if kind == "chroma":
+        import comfy.ldm.chroma.model as chroma
+
+        fields = {f.name for f in dataclasses.fields(chroma.ChromaParams)}
+        kw = {**{k: v for k, v in (("txt_ids_dims", []), ("vec_in_dim", None)) if k in fields}, **kw}  # 0.33
+        return chroma.Chroma(device="meta", operations=ops, **kw)
     if kind == "mmdit":
         import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
 
@@ -337,6 +514,41 @@ def _meta_module(spec):
         import comfy.ldm.wan.model as wan
 
         return wan.WanModel(device="meta", operations=ops, **dict(kw, patch_size=tuple(kw["patch_size"])))
+    if kind == "qwen_image":
+        import comfy.ldm.qwen_image.model as qwen
+
+        return qwen.QwenImageTransformer2DModel(device="meta", operations=ops, **kw)
+    if kind == "lumina2":
+        import comfy.ldm.lumina.model as lumina
+
+        kw = dict(kw, axes_dims=tuple(kw["axes_dims"]), axes_lens=tuple(kw["axes_lens"]))
+        return lumina.NextDiT(device="meta", operations=ops, **kw)
+    if kind == "hunyuan_video":
+        import comfy.ldm.hunyuan_video.model as hunyuan_video
+
+        if "meanflow_sum" in {f.name for f in dataclasses.fields(hunyuan_video.HunyuanVideoParams)}:
+            kw = {"meanflow_sum": False, **kw}  # ComfyUI 0.33 made it required
+        return hunyuan_video.HunyuanVideo(device="meta", operations=ops, **kw)
+    if kind == "wan21_vae":
+        import comfy.ldm.wan.vae as wan_vae
+        import torch
+
+        with torch.device("meta"):  # the layout ComfyUI's VAE loader builds (comfy/sd.py)
+            return wan_vae.WanVAE(
+                **kw, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True]
+            )
+    if kind == "flux2_vae":
+        import comfy.ldm.models.autoencoder as autoencoder
+        import torch
+
+        ddconfig = dict(
+            double_z=True, z_channels=32, resolution=256, in_channels=3, out_ch=3, ch=kw["decoder_ch"],
+            ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0, batch_norm_latent=True,
+        )  # fmt: skip
+        with torch.device("meta"):
+            m = autoencoder.AutoencoderKL(ddconfig=ddconfig, embed_dim=32)
+        del m.encoder, m.quant_conv  # left out of the file (see the spec)
+        return m
     if kind == "taesd":
         import comfy.taesd.taesd as taesd
         import torch
@@ -354,8 +566,12 @@ def random_state_dict(module, seed: int, dtype):
     for key, t in module.state_dict().items():
         shape = tuple(t.shape)
         leaf = key.rsplit(".", 1)[-1]
-        if leaf == "bias":
+        if leaf == "num_batches_tracked":
+            continue
+        if leaf in ("bias", "running_mean"):
             v = torch.zeros(shape, dtype=dtype)
+        elif leaf == "running_var":
+            v = torch.ones(shape, dtype=dtype)
         elif leaf == "scale" or (leaf == "weight" and len(shape) == 1) or key in ("vae_scale",):
             v = torch.ones(shape, dtype=dtype)
         elif key == "vae_shift":

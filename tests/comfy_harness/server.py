@@ -529,6 +529,11 @@ def _map_widgets(node: dict, node_def: dict) -> dict:
     for layout in layouts:
         if len(layout) == len(values):
             return {name: v for name, v in zip(layout, values) if name is not None}
+    # saved before optional widgets were added at the end: the frontend gives those their defaults
+    optional = set((node_def.get("input") or {}).get("optional") or {})
+    for layout in layouts:
+        if len(values) < len(layout) and all(n is None or n in optional for n in layout[len(values) :]):
+            return {name: v for name, v in zip(layout, values) if name is not None}
     raise ValueError(
         f"node {node.get('id')} ({node.get('type')}): {len(values)} widgets_values {values!r} "
         f"match no widget layout {layouts!r}"

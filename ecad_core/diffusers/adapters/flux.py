@@ -1,4 +1,4 @@
-"""FLUX.1 on diffusers (``FluxTransformer2DModel``; also Chroma, hooked at its modules): double blocks
+"""FLUX.1 on diffusers (``FluxTransformer2DModel``; Chroma's adapter reuses it): double blocks
 ``transformer_blocks[i]`` (``attn``, ``ff``, ``ff_context``) and single blocks ``single_transformer_blocks[j]``
 (``attn``, ``proj_mlp``, ``proj_out``).
 
@@ -177,6 +177,8 @@ class FluxDiffusers(DiffusersAdapter):
 
     @classmethod
     def matches(cls, transformer):
+        if cls is FluxDiffusers and type(transformer).__name__.startswith(("Chroma", "Flux2")):
+            return False  # FLUX-class, not FLUX.1 (Chroma: chroma.py; FLUX.2: no diffusers adapter yet)
         return hasattr(transformer, "single_transformer_blocks") and hasattr(transformer, "transformer_blocks")
 
     def variant_of(self, pipe):

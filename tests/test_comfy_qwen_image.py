@@ -1,0 +1,465 @@
+"""Qwen-Image (and Edit) on ComfyUI: the family record, the adapter on ComfyUI's own QwenImageTransformer2DModel
+(in-process, small random widths: analytic MACs against hook-counted MACs, all-recompute exact, reuse counts), and
+end to end on a real server with the tiny stock-detected checkpoint (make_tiny ``ecad_tiny_qwen_image``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from bench import bench_comfy
+
+STEPS = 3
+DEPTH = 2
+
+
+@pytest.fixture(scope="module")
+def pack(comfy_dir):
+    bench_comfy.import_comfy("cpu")
+    adapters, _, schedule = bench_comfy.pack_modules()
+    importlib.import_module("comfyui_ecad_bench.nodes.adapters.qwen_image")
+    return {
+        "adapters": adapters,
+        "schedule": schedule,
+        "costs": importlib.import_module("comfyui_ecad_bench.ecad_core.costs"),
+        "patching": importlib.import_module("comfyui_ecad_bench.nodes.patching"),
+    }
+
+
+def _model(seed=0):
+    """ComfyUI's Qwen-Image transformer at a small width, random weights."""
+    import comfy.ldm.qwen_image.model as qwen
+    import comfy.ops
+
+    dm = qwen.QwenImageTransformer2DModel(
+        num_layers=DEPTH,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=40,
+        axes_dims_rope=(4, 6, 6),
+        operations=comfy.ops.disable_weight_init,
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in dm.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.ndim > 1 else 0.05) + (p.ndim == 1))
+    return dm.eval()
+
+
+def _inputs(batch=2, h=64, w=96, tt=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 16, 1, h // 8, w // 8, generator=g)
+    ctx = torch.randn(batch, tt, 40, generator=g)
+    return x, ctx
+
+
+def test_record_detect_and_layout():
+    from ecad_core import families, make_layout
+    from ecad_core.schedule.model_files import layout_of_keys
+
+    fam = families.get("qwen_image")
+    assert families.family_of_model("qwen-image-edit") == "qwen_image"
+    lay = make_layout("qwen_image", 60)
+    assert lay.units()[:3] == [("0", "attn"), ("0", "img_mlp"), ("0", "txt_mlp")] and lay.n_units == 180
+    keys = ["txt_norm.weight", "img_in.weight", "txt_in.weight"] + [
+        f"transformer_blocks.{i}.{m}" for i in range(60) for m in ("attn.to_q.weight", "img_mlp.net.2.weight")
+    ]
+    assert fam.detect(keys, set(keys)) == ((60,), "qwen-image")
+    assert layout_of_keys(["model.diffusion_model." + k for k in keys]) == (lay, "qwen-image")
+    # FLUX's and the block-level family's keys are not Qwen-Image's
+    assert fam.detect(["double_blocks.0.img_attn.qkv.weight"], {"double_blocks.0.img_attn.qkv.weight"}) is None
+
+
+def test_heuristic_seeds_use_the_roles():
+    from ecad_core import make_layout
+    from ecad_core.search.problem import GenomeSpace
+    from ecad_core.search.sampling import heuristic_seeds
+
+    seeds = {s.name: s for s in heuristic_seeds(GenomeSpace(make_layout("qwen_image", 4), 10))}
+    tg = [s for n, s in seeds.items() if n.startswith("tgate")]
+    assert tg, sorted(seeds)
+    bits = tg[0].effective_bits()
+    lay = tg[0].layout
+    txt = [i for i, u in enumerate(lay.units()) if u[1] == "txt_mlp"]
+    img = [i for i, u in enumerate(lay.units()) if u[1] == "img_mlp"]
+    assert not bits[-1, txt].any() and bits[:, img].all()  # the text stream is gated, the image MLP untouched
+
+
+def _count_macs(dm, run):
+    import comfy.ldm.qwen_image.model as qwen
+
+    linear: dict = {}
+    attn: dict = {}
+    hooks = []
+
+    def unit_of(name):
+        m = re.match(r"transformer_blocks\.(\d+)\.(attn|img_mlp|txt_mlp)(\.|$)", name)
+        return (m.group(1), m.group(2)) if m else "fixed"
+
+    for name, mod in dm.named_modules():
+        key = unit_of(name)
+        if isinstance(mod, torch.nn.Linear):
+
+            def hook(m, inp, out, key=key):
+                linear[key] = linear.get(key, 0) + inp[0].numel() * m.out_features
+
+            hooks.append(mod.register_forward_hook(hook))
+    block = [0]
+    for i, blk in enumerate(dm.transformer_blocks):
+        hooks.append(blk.register_forward_pre_hook(lambda m, a, i=i: block.__setitem__(0, i)))
+    orig = qwen.optimized_attention_masked
+
+    def counting(q, k, v, heads, *a, **kw):
+        key = (str(block[0]), "attn")
+        attn[key] = attn.get(key, 0) + 2 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
+        return orig(q, k, v, heads, *a, **kw)
+
+    qwen.optimized_attention_masked = counting
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        qwen.optimized_attention_masked = orig
+        for h in hooks:
+            h.remove()
+    return linear, attn
+
+
+@pytest.mark.parametrize("edit", [False, True])
+def test_macs_formula_matches_hooked_comfy_modules(pack, edit):
+    costs = pack["costs"]
+    dm = _model()
+    ad = pack["adapters"].qwen_image.QwenImageComfy(dm)
+    arch = ad.arch("qwen-tiny")
+    assert (arch.hidden, arch.heads, arch.depth, arch.token_in, arch.token_out, arch.caption_channels) == (
+        32,
+        2,
+        DEPTH,
+        64,
+        64,
+        40,
+    )
+    if edit:  # one reference image as large as the output, as Qwen-Image-Edit's variant counts it
+        arch = dataclasses.replace(arch, extra={"ref_images": 1})
+    batch, h, w, tt = 2, 64, 96, 7
+    x, ctx = _inputs(batch, h, w, tt)
+
+    def run():
+        dm(x, torch.tensor([0.5] * batch), ctx, ref_latents=[x.clone()] if edit else None)
+
+    linear, attn = _count_macs(dm, run)
+    units = ad.layout.units()
+    ecad = costs.step_costs(arch, h, w, batch=batch, text_tokens=tt, mode="ecad")
+    full = costs.step_costs(arch, h, w, batch=batch, text_tokens=tt, mode="full")
+    assert set(linear) == set(units) | {"fixed"}
+    assert [linear[u] for u in units] == ecad.unit.tolist()
+    assert linear["fixed"] == ecad.fixed
+    assert [linear[u] + attn.get(u, 0) for u in units] == full.unit.tolist()
+
+
+def _patched_steps(pack, dm, sched, xs, ctx, ref=None):
+    import comfy.model_patcher
+
+    base = torch.nn.Module()
+    base.diffusion_model = dm
+    mp = comfy.model_patcher.ModelPatcher(base, torch.device("cpu"), torch.device("cpu"))
+    m = pack["patching"].patch_model(mp, sched)
+    run = m.model_options["transformer_options"]["ecad"]
+    m.patch_model()
+    try:
+        run.engine.begin_run(len(xs))
+        outs = []
+        with torch.no_grad():
+            for step, x in enumerate(xs):
+                run.engine.set_position(step, ("cond",))
+                outs.append(dm(x, torch.tensor([1.0 - step / len(xs)] * x.shape[0]), ctx, ref_latents=ref))
+        stats = run.engine.end_run()
+    finally:
+        m.unpatch_model()
+    return outs, stats
+
+
+@pytest.mark.parametrize("edit", [False, True])
+def test_all_recompute_exact_and_mixed_reuses_units(pack, edit):
+    S = pack["schedule"]
+    dm = _model()
+    lay = pack["adapters"].qwen_image.QwenImageComfy(dm).layout
+    assert lay == S.make_layout("qwen_image", DEPTH)
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(1, 16, 1, 8, 12, generator=g) for _ in range(STEPS)]
+    _, ctx = _inputs(1)
+    ref_lat = [torch.randn(1, 16, 1, 8, 12, generator=g)] if edit else None
+    with torch.no_grad():
+        ref = [dm(x, torch.tensor([1.0 - i / STEPS]), ctx, ref_latents=ref_lat) for i, x in enumerate(xs)]
+    full, st = _patched_steps(pack, dm, S.Schedule.full(lay, STEPS, name="full"), xs, ctx, ref_lat)
+    assert all(torch.equal(a, b) for a, b in zip(full, ref)) and st.total_reused == 0
+    bits = np.ones((STEPS, lay.n_units), bool)
+    bits[1:, 0] = False  # block 0's attention reused at steps 1, 2
+    bits[2, 5] = False  # block 1's text MLP reused at step 2
+    mixed, st = _patched_steps(pack, dm, S.Schedule(lay, bits, name="mixed"), xs, ctx, ref_lat)
+    assert st.total_reused == 3 and st.total_computed == STEPS * lay.n_units - 3
+    assert torch.equal(mixed[0], ref[0]) and not torch.equal(mixed[1], ref[1])
+    rel = ((mixed[2] - ref[2]).norm() / ref[2].norm()).item()
+    assert 1e-4 < rel < 1.0, rel
+    assert not any(getattr(mod.forward, "ecad_patch", False) for mod in dm.modules())  # unpatched cleanly
+
+
+def test_other_family_schedule_is_refused(pack):
+    S = pack["schedule"]
+    dm = _model()
+    import comfy.model_patcher
+
+    base = torch.nn.Module()
+    base.diffusion_model = dm
+    mp = comfy.model_patcher.ModelPatcher(base, torch.device("cpu"), torch.device("cpu"))
+    with pytest.raises(Exception, match="flux") as e:
+        pack["patching"].patch_model(mp, S.Schedule.full(S.make_layout("flux", 1, 1), STEPS, name="f"))
+    assert "Qwen-Image" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- end to end (real ComfyUI server)
+
+QWEN = "ecad_tiny_qwen_image"
+E2E_STEPS = 4
+
+
+def _qwen_prompt(seed, preset=None, prefix="qwen", edit=False, **apply_inputs):
+    """Tiny Qwen-Image (ComfyUI's own detection) -> KSampler (cfg 2: cond and uncond) -> SaveLatent; Edit: the
+    reference latent through ComfyUI's ReferenceLatent node."""
+    from comfy_harness import make_tiny
+
+    cond = {"tokens": 8, "dim": make_tiny.QWEN_CONTEXT_DIM, "pooled_dim": 0}
+    p = {
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": make_tiny.file_name(QWEN), "weight_dtype": "default"},
+        },
+        "2": {"class_type": "TestRandomConditioning", "inputs": {**cond, "seed": seed, "zero": False}},
+        "3": {"class_type": "TestRandomConditioning", "inputs": {**cond, "seed": 0, "zero": True}},
+        "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "positive": ["2", 0],
+                "negative": ["3", 0],
+                "latent_image": ["4", 0],
+                "seed": seed,
+                "steps": E2E_STEPS,
+                "cfg": 2.0,
+                "sampler_name": "euler",
+                "scheduler": "simple",
+                "denoise": 1.0,
+            },
+        },
+        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}},
+    }
+    if edit:
+        # a 5-D latent, as the Wan VAE encodes the reference image
+        p["8"] = {
+            "class_type": "EmptyHunyuanLatentVideo",
+            "inputs": {"width": 64, "height": 64, "length": 1, "batch_size": 1},
+        }
+        p["7"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["2", 0], "latent": ["8", 0]}}
+        p["5"]["inputs"]["positive"] = ["7", 0]
+    if preset is not None:
+        p["20"] = {
+            "class_type": "ApplyECADSchedule",
+            "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": False, **apply_inputs},
+        }
+        p["5"]["inputs"]["model"] = ["20", 0]
+    return p
+
+
+@pytest.fixture(scope="module")
+def qwen_schedules(comfy_server):
+    from ecad_core import Schedule, make_layout
+
+    d = comfy_server.base_dir / "models" / "ecad_schedules"
+    d.mkdir(parents=True, exist_ok=True)
+    lay = make_layout("qwen_image", 1)  # make_tiny: one block
+    Schedule.full(lay, E2E_STEPS, name="qwen-full", model="qwen-image").save(d / "qwen-full.json")
+    bits = np.ones((E2E_STEPS, lay.n_units), bool)
+    bits[2:, 0] = False  # attention reused at steps 2, 3
+    bits[1, 2] = False  # text MLP reused at step 1
+    mixed = Schedule(lay, bits, name="qwen-mixed", model="qwen-image")
+    mixed.save(d / "qwen-mixed.json")
+    return {"mixed_reused": int((~mixed.effective_bits()).sum())}
+
+
+def _latent(srv, prompt):
+    from test_comfy_harness import _read_latent
+
+    return _read_latent(srv.output_files(srv.run(prompt, timeout=300), "latents")[0])
+
+
+def _stats(srv):
+    from test_comfy_apply import _last_stats
+
+    return _last_stats(srv)
+
+
+_seeds = iter(range(7000, 8000))
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("edit", [False, True])
+def test_server_all_recompute_exact_mixed_reuses_expected_units(comfy_server, qwen_schedules, edit):
+    srv = comfy_server
+    seed = next(_seeds)
+    ref = _latent(srv, _qwen_prompt(seed, prefix=f"q_ref{edit}", edit=edit))
+    full = _latent(srv, _qwen_prompt(seed, "user/qwen-full", prefix=f"q_full{edit}", edit=edit))
+    st = _stats(srv)
+    assert st["reused"] == 0 and st["steps"] == E2E_STEPS and st["name"] == "qwen-full"
+    assert torch.equal(full, ref), "all-recompute schedule changed the image"
+    mixed = _latent(srv, _qwen_prompt(seed, "user/qwen-mixed", prefix=f"q_mixed{edit}", edit=edit))
+    st = _stats(srv)
+    per_step = st["calls"] // st["steps"]  # cond and uncond: each model call reuses the scheduled units
+    assert st["reused"] == qwen_schedules["mixed_reused"] * per_step, st
+    assert st["total"] == 3 * E2E_STEPS * per_step
+    rel = ((mixed.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert torch.isfinite(mixed).all() and 1e-4 < rel < 0.5, rel
+    assert "Qwen-Image" in srv.log_text()
+
+
+@pytest.mark.comfy
+def test_server_refuses_another_familys_schedule(comfy_server, qwen_schedules):
+    from comfy_harness.server import PromptExecutionError
+
+    with pytest.raises(PromptExecutionError) as e:
+        comfy_server.run(_qwen_prompt(next(_seeds), "flux-dev-256-fast", prefix="q_wrong"), timeout=120)
+    msg = str(e.value)
+    assert "flux-dev-256-fast" in msg and "Qwen-Image" in msg, msg[:2000]
+
+
+@pytest.mark.comfy
+def test_server_evolve_and_evaluate(comfy_server, qwen_schedules):
+    import json
+
+    from test_comfy_evolve import _evolve_inputs, _report, _search_dir
+
+    srv = comfy_server
+    p = _qwen_prompt(5, prefix="q_evolve")
+    for k in ("4", "5", "6"):
+        p.pop(k)
+    p["30"] = {
+        "class_type": "EvolveECADSchedule",
+        "inputs": {
+            "model": ["1", 0],
+            "positive": ["2", 0],
+            "negative": ["3", 0],
+            **_evolve_inputs(
+                steps=3,
+                scheduler="simple",
+                width=64,
+                height=64,
+                population=3,
+                generations=1,
+                target_speedup=0.0,
+                output_name="tiny-qwen",
+            ),
+        },
+    }
+    entry = srv.run(p, timeout=600)
+    front = json.loads((_search_dir(srv, "tiny-qwen") / "front" / "front.json").read_text())
+    assert front["cost"]["source"] == "macs" and front["cost"]["arch"] == "qwen-image", front["cost"]
+    assert front["layout"].startswith("qwen_image") and "picked:" in _report(entry, "30")
+    # Evaluate: the mixed schedule against no cache, same seeds, on the same model
+    p = _qwen_prompt(6, prefix="q_eval")
+    for k in ("4", "5", "6"):
+        p.pop(k)
+    p["10"] = {
+        "class_type": "EvaluateECADSchedule",
+        "inputs": {
+            "model": ["1", 0],
+            "positive": ["2", 0],
+            "negative": ["3", 0],
+            "preset": "user/qwen-mixed",
+            "prompts": "",
+            "seed": 40,
+            "seeds_per_prompt": 1,
+            "steps": E2E_STEPS,
+            "cfg": 2.0,
+            "sampler_name": "euler",
+            "scheduler": "simple",
+            "width": 64,
+            "height": 64,
+            "metrics": "psnr",
+            "grid_rows": 1,
+            "filename_prefix": "ecad_eval/qwen",
+            "warmup": False,
+        },
+    }
+    from test_comfy_eval import _report as eval_report
+
+    _table, report, _ = eval_report(srv, srv.run(p, timeout=600))
+    row = report["rows"][1]
+    assert row["label"] == "qwen-mixed" and 0 < row["reuse_fraction"] < 1, row
+    assert row["cost_model"] == "macs", row  # the analytic cost model of the loaded Qwen-Image
+
+
+@pytest.mark.comfy
+def test_header_probe_of_the_tiny_checkpoint(comfy_models):
+    # the preset filter reads the safetensors header of the file ComfyUI loads
+    from ecad_core import make_layout
+    from ecad_core.schedule.model_files import layout_of_file
+
+    assert layout_of_file(comfy_models[QWEN]) == (make_layout("qwen_image", 1), "qwen-image")
+
+
+# ----------------------------------------------------------------------------- diffusers
+
+
+def test_diffusers_adapter_caches_the_same_units():
+    from diffusers import QwenImageTransformer2DModel
+
+    from ecad_core import Schedule, apply, costs, make_layout
+
+    torch.manual_seed(0)
+    tr = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=40,
+        axes_dims_rope=(4, 6, 6),
+    ).eval()
+    arch = costs.Arch.from_diffusers_config(tr.config, text_tokens=7)
+    assert (arch.family, arch.hidden, arch.depth, arch.token_in, arch.token_out) == ("qwen_image", 32, 2, 64, 64)
+    lay = make_layout("qwen_image", 2)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(1, 24, 64, generator=g) for _ in range(STEPS)]  # 4 x 6 packed latent tokens
+    ctx = torch.randn(1, 7, 40, generator=g)
+
+    def sample():
+        return [
+            tr(
+                hidden_states=x,
+                encoder_hidden_states=ctx,
+                encoder_hidden_states_mask=torch.ones(1, 7),
+                timestep=torch.tensor([1.0 - i / STEPS]),
+                img_shapes=[[(1, 4, 6)]],
+                return_dict=False,
+            )[0]
+            for i, x in enumerate(xs)
+        ]
+
+    bits = np.ones((STEPS, lay.n_units), bool)
+    bits[1:, 0] = False
+    bits[2, 5] = False
+    with torch.no_grad():
+        ref = sample()
+        with apply(tr, Schedule.full(lay, STEPS)):
+            assert all(torch.equal(a, b) for a, b in zip(ref, sample()))
+        with apply(tr, Schedule(lay, bits, name="mixed")) as h:
+            outs = sample()
+            stats = h.finish_run()
+    assert torch.equal(outs[0], ref[0]) and not torch.equal(outs[2], ref[2])
+    assert stats.total_reused == 3
