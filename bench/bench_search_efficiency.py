@@ -113,6 +113,24 @@ def nsga2(ctx: SearchContext) -> None:
     run_search(ctx.evaluator, ctx.space.layout, ctx.space.steps, None, settings, cost=ctx.cost, model=ctx.model)
 
 
+@variant("surrogate")
+def surrogate(ctx: SearchContext) -> None:
+    """NSGA-II with surrogate pre-screening (issue #19 B.2): ``screening`` x ``per_generation`` offspring bred per
+    generation, the ``per_generation`` most promising (a quarter of them at random) evaluated."""
+    pop = int(ctx.options.get("population", 24))
+    per = int(ctx.options.get("per_generation", 8))
+    settings = SearchSettings(
+        population=pop,
+        generations=max(1, (ctx.budget - pop) // per + 1),
+        seed=ctx.seed,
+        screening=int(ctx.options.get("screening", 8)),
+        evaluated_per_generation=per,
+        exploration=float(ctx.options.get("exploration", 0.25)),
+        quality_scale=ctx.evaluator.quality_scale,
+    )
+    run_search(ctx.evaluator, ctx.space.layout, ctx.space.steps, None, settings, cost=ctx.cost, model=ctx.model)
+
+
 class RecordingEvaluator:
     """Wraps a ``LocalEvaluator``: scores one schedule per model run and records, after each, the runs so far
     and the archive's hypervolume (the curve); refuses to run past the budget."""
@@ -189,9 +207,16 @@ def _front_at(points: list[tuple[float, float]], frac: float) -> float:
 
 
 def bench_model(
-    family: str, setup: Setup, variants: dict[str, Variant], log=print, partial: Callable[[dict], None] | None = None
+    family: str,
+    setup: Setup,
+    variants: dict[str, Variant],
+    log=print,
+    partial: Callable[[dict], None] | None = None,
+    baselines_from: dict | None = None,
 ) -> dict:
-    """One model's result; ``partial(raw)`` gets the result so far after each search."""
+    """One model's result; ``partial(raw)`` gets the result so far after each search. ``baselines_from``: an
+    earlier result of this model at the same setup, whose rule-based sweeps are taken instead of rerun (they are
+    deterministic)."""
     model = trained.load(family)
     units = find_diffusers_units(model)
     layout, steps = units.layout, setup.steps
@@ -221,14 +246,17 @@ def bench_model(
     # the rule-based caches, swept over their knob
     t0 = time.perf_counter()
     baselines: dict[str, list[dict]] = {}
-    for n in setup.every_n:
+    if baselines_from is not None:
+        baselines = baselines_from["baselines"]
+        out["baselines_from"] = baselines_from.get("source", "earlier result")
+    for n in setup.every_n if baselines_from is None else ():
         s = Schedule.every_n(layout, steps, n)
         row = {"knob": n, "fraction": cost.fraction(s.effective_bits())}
         row["loss_cal"], row["loss_held"] = cal.evaluate([s])[0], held.evaluate([s])[0]
         row["fraction_cal"] = row["fraction_held"] = row["fraction"]
         baselines.setdefault("every-n", []).append(row)
     for kind, knobs in (("fbcache", setup.fbcache), ("teacache", setup.teacache)):
-        for thr in knobs:
+        for thr in knobs if baselines_from is None else ():
             row: dict = {"knob": thr}
             for gen, ev, tag in ((gen_cal, cal, "cal"), (gen_held, held, "held")):
                 gen.policy = POLICIES[kind](thr)
@@ -432,8 +460,10 @@ def run(
     variants: dict[str, Variant] | None = None,
     log=print,
     partial: Callable[[dict], None] | None = None,
+    baselines_from: dict | None = None,
 ) -> dict:
-    """The benchmark; ``partial(result)`` gets the result so far after each model and each search."""
+    """The benchmark; ``partial(result)`` gets the result so far after each model and each search.
+    ``baselines_from``: family -> an earlier model result whose rule-based sweeps are reused."""
     variants = variants if variants is not None else {"nsga2": VARIANTS["nsga2"]}
     t0 = time.perf_counter()
     result = {
@@ -449,7 +479,8 @@ def run(
             if partial is not None:
                 partial({**result, "models": [*result["models"], model], "wall_s": time.perf_counter() - t0})
 
-        result["models"].append(bench_model(f, setup, variants, log, seed_done))
+        earlier = (baselines_from or {}).get(f)
+        result["models"].append(bench_model(f, setup, variants, log, seed_done, earlier))
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     if partial is not None:
         partial(result)
@@ -467,6 +498,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, help="searches per variant and model (default 3: seeds 0, 1, 2)")
     ap.add_argument("--search-seeds", type=int, nargs="+", help="these search seeds instead (e.g. to add one)")
     ap.add_argument("--out", help="result JSON (a PNG plot is written beside it)")
+    ap.add_argument(
+        "--baselines-from",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="earlier result files at the same setup: their rule-based sweeps are reused, not rerun",
+    )
     ap.add_argument("--summarise", metavar="JSON", help="recompute the summaries and the plot of a result file")
     a = ap.parse_args(argv)
     if a.summarise:
@@ -492,7 +530,17 @@ def main(argv=None) -> dict:
             write_json(a.out, result)
             plot(result, Path(a.out).with_suffix(".png"))
 
-    result = run(setup, a.families, {v: VARIANTS[v] for v in a.variants}, partial=save)
+    earlier = {}
+    same = ("steps", "seeds_cal", "seeds_held", "calibration", "held_out", "every_n", "fbcache", "teacache")
+    mine = {k: list(v) if isinstance(v, tuple) else v for k, v in setup.__dict__.items()}
+    for path in a.baselines_from:
+        old = json.loads(Path(path).read_text())
+        diff = [k for k in same if old["setup"].get(k) != mine[k]]
+        if diff:
+            ap.error(f"{path}: another setup ({', '.join(diff)}); its baselines do not apply")
+        for m in old["models"]:
+            earlier[m["family"]] = {"baselines": m["baselines"], "source": str(path)}
+    result = run(setup, a.families, {v: VARIANTS[v] for v in a.variants}, partial=save, baselines_from=earlier)
     return result
 
 

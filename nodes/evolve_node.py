@@ -2,7 +2,8 @@
 
 The node is glue around ``ecad_core.search.run_search``: its ``generate``
 samples the connected MODEL with ComfyUI's own sampler (``nodes/sampling.py``),
-once per calibration sample (prompt x seed), with the candidate schedule applied
+the calibration samples (prompt x seed) batched into one sampler call (up to
+``SAMPLES_PER_CALL``), with the candidate schedule applied
 by the same ``patch_model`` as Apply ECAD Cache Schedule. The search folder is
 ``models/ecad_schedules/<output_name>/``: checkpoint, reference outputs and the
 front (``front/*.json``, listed by the Apply and Load nodes without a restart).
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,15 +34,16 @@ from ..ecad_core.costs import LATENCY_COST_FILE, ComputeCost
 from ..ecad_core.costs.latency import measured_latency_cost
 from ..ecad_core.errors import EcadError
 from ..ecad_core.metrics import FIDELITY_SPACES, IMAGE_SPACES
-from ..ecad_core.schedule import Schedule
+from ..ecad_core.schedule import Schedule, remap_steps
+from ..ecad_core.schedule.remap import Slice, embed_stage, stage_rows
 from ..ecad_core.search import (
     CheckpointError,
     LocalEvaluator,
+    SearchRun,
     SearchSettings,
     SearchSettingsError,
     fingerprint,
     pick,
-    run_search,
 )
 from ..ecad_core.search.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES
 from ..ecad_core.search.front import FRONT_PLOT
@@ -62,6 +66,9 @@ from .sampling import (
 log = logging.getLogger("ecad")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # fullmatch: "$" would let a final newline in
 SEED_RANGE = 2**64  # ComfyUI's noise seeds (KSampler's seed widget): 0 .. 2**64 - 1
+# calibration samples per sampler call at most: batch 1 costs 10-15x per image on a GPU (issue #19);
+# samples_per_call lowers it where the activations would not fit
+SAMPLES_PER_CALL = 32
 DEFAULT_PROMPTS = (
     "A photo of an astronaut riding a horse on the moon\n"
     "A cozy cabin in a snowy forest at dusk, warm light in the windows\n"
@@ -105,6 +112,39 @@ class EvolveInputs(SamplerSettings):
     negative: Any = None
     vae: Any = None
     warm_start: Schedule | None = None
+    # the stage the model runs (KSamplerAdvanced's names; 10000: to the end) and the other expert
+    start_at_step: int = 0
+    end_at_step: int = 10000
+    other_model: Any = None
+
+    def stage(self) -> Slice:
+        """The steps the connected model runs, checked: the whole trajectory, or one stage of it with the other
+        expert connected to run the rest."""
+        n, a = int(self.steps), int(self.start_at_step)
+        b = min(int(self.end_at_step), n)
+        if not 0 <= a < n:
+            raise SearchSettingsError(f"start_at_step {a} is not a step of the {n}-step trajectory (steps 0..{n - 1})")
+        if a >= b:
+            raise SearchSettingsError(f"start_at_step {a} must be below end_at_step {self.end_at_step}")
+        sl = Slice(b - a, a, n)
+        if sl.whole:
+            return sl
+        if self.other_model is None:
+            raise SearchSettingsError(
+                f"the stage start_at_step {a} .. end_at_step {b} does not cover the {n}-step trajectory: connect "
+                "other_model (the other expert, which runs the steps outside the stage)"
+            )
+        if 0 < a and b < n:
+            raise SearchSettingsError(
+                f"start_at_step {a} .. end_at_step {b}: a stage in the middle of the trajectory is not supported "
+                "(the stage starts at step 0 or ends at the last step, as each of Wan 2.2's two experts does)"
+            )
+        if sl.steps < 2:
+            raise SearchSettingsError(
+                f"start_at_step {a} .. end_at_step {b} is one step: a stage's first step always computes, so there "
+                "is nothing to search"
+            )
+        return sl
 
     def search_settings(self) -> SearchSettings:
         settings = SearchSettings(
@@ -169,14 +209,18 @@ def _model_digest(model) -> dict:
     }
 
 
-def calibration_sampler(inp: EvolveInputs, positives: list, negatives: list, seeds: list[int]) -> Sampler:
+def calibration_sampler(
+    inp: EvolveInputs, positives: list, negatives: list, seeds: list[int], stage: Slice | None = None
+) -> Sampler:
     """The search's ``generate``: latents of every (prompt, seed) sample, described by everything they depend
-    on (a resume with other inputs is refused)."""
+    on (a resume with other inputs is refused). ``stage``: the steps the model runs (the other expert the rest)."""
     ratio = latent_ratio(inp.model)
     if inp.width % ratio or inp.height % ratio:
         raise EcadError(f"width {inp.width} and height {inp.height} must be multiples of {ratio} for this model")
     samples = [Sample(pos, neg, seed) for pos, neg in zip(positives, negatives) for seed in seeds]
-    gen = Sampler(inp.model, inp, samples)
+    staged = stage is not None and not stage.whole
+    gen = Sampler(inp.model, inp, samples, stage=stage if staged else None, other=inp.other_model if staged else None)
+    gen.batch_size = samples_per_call(inp.model, gen.latent_shape)
     gen.description = {
         "model": _model_digest(inp.model),
         "conditioning": _cond_digest(positives + negatives),
@@ -187,31 +231,144 @@ def calibration_sampler(inp: EvolveInputs, positives: list, negatives: list, see
         "sampler": inp.sampler_name,
         "scheduler": inp.scheduler,
         "size": [inp.width, inp.height],
+        "batches": [len(g) for g in gen.batch_groups()],  # outputs agree across batchings only to float rounding
     }
+    if staged and stage is not None:
+        gen.description["stage"] = [stage.start, stage.start + stage.steps, stage.full]
+        gen.description["other_model"] = _model_digest(inp.other_model)
     return gen
 
 
+def samples_per_call(model, latent_shape, *, total_memory: float | None = None) -> int:
+    """Calibration samples per sampler call: up to ``SAMPLES_PER_CALL``, fewer where ComfyUI's own estimate of a
+    sample's activations (with its CFG pair) would not fit in half the device's memory beside the weights. From the
+    device's total memory, not its free memory, so the batches (part of the search's identity) are the same in
+    every session on this machine; on the CPU, ``SAMPLES_PER_CALL``."""
+    import comfy.model_management as mm
+
+    if total_memory is None:
+        dev = mm.get_torch_device()
+        if dev.type == "cpu":
+            return SAMPLES_PER_CALL
+        total_memory = mm.get_total_memory(dev)
+    try:
+        per = float(model.model.memory_required([2, *latent_shape[1:]]))
+        room = 0.5 * float(total_memory) - float(model.model_size())
+    except Exception as e:  # noqa: BLE001 - a model without ComfyUI's estimate: one at a time, as before
+        log.warning("ECAD search: no memory estimate for this model (%s): one sample per sampler call", e)
+        return 1
+    return int(max(1, min(SAMPLES_PER_CALL, room // max(per, 1.0))))
+
+
 class _Progress:
-    """One ComfyUI progress bar over the whole search: generations, and evaluations inside each."""
+    """One ComfyUI progress bar over the whole search: generations, and evaluations inside each. After each
+    generation: the current front as the bar's preview image, and an estimate of the total time (logged once
+    after the first generation, and sent to the node as its progress text)."""
 
     SCALE = 1000
 
-    def __init__(self, generations: int | None):
+    def __init__(self, settings: SearchSettings, out: Path | None = None):
+        generations = settings.generations
         self.total_gens = generations + 1 if generations else None  # None: bounded by time only
+        self.budget_s = settings.time_budget_s
+        self.per_gen = settings.per_generation()
+        self.out = out
         self.bar = comfy.utils.ProgressBar((self.total_gens or 1) * self.SCALE)
         self.gen = 0
+        self.search: SearchRun | None = None  # set once the search is built: its memo is the live front
+        self.t0 = time.monotonic()
+        self.evals0: int | None = None
+        self.estimate_s: float | None = None
+        self.first_estimate_s: float | None = None  # after this session's first generation
+        self.text = ""
+
+    def attach(self, search: SearchRun) -> None:
+        self.search = search
+        self.evals0 = len(search.state.memo)
+        self.t0 = time.monotonic()  # from here: the reference run (once per search) and the evaluations
 
     def __call__(self, phase: str, done: int, total: int) -> None:
+        preview = None
         if phase == "generation":
             self.gen = done
             frac = 0.0
+            self._estimate()
+            preview = self._preview()
         elif phase == "evaluate" and total:
             frac = done / total
         else:
             frac = 0.0
         # the server's progress hook raises InterruptProcessingException on Cancel: the search saves
         total = self.total_gens or self.gen + 1
-        self.bar.update_absolute(int((self.gen + frac) * self.SCALE), total * self.SCALE)
+        self.bar.update_absolute(int((self.gen + frac) * self.SCALE), total * self.SCALE, preview)
+
+    def _estimate(self) -> None:
+        """Total wall time: this session's time per evaluation x the evaluations still to come (at most
+        ``per_gen`` per generation, fewer when offspring repeat), bounded by the time budget."""
+        if self.search is None or self.evals0 is None:
+            return
+        elapsed = time.monotonic() - self.t0
+        n = len(self.search.state.memo) - self.evals0
+        if n <= 0:
+            return
+        left = (self.total_gens - self.gen) if self.total_gens else None
+        total = elapsed + left * self.per_gen * elapsed / n if left is not None else math.inf
+        if self.budget_s is not None:
+            total = min(total, self.budget_s)
+        first = self.estimate_s is None
+        self.estimate_s = total if math.isfinite(total) else None
+        hist = self.search.state.history[-1] if self.search.state.history else {}
+        gens = f"{self.gen}/{self.total_gens}" if self.total_gens else f"{self.gen}"
+        est = (
+            f"about {total / 60:.1f} min in all, {max(0.0, total - elapsed) / 60:.1f} min left"
+            if self.estimate_s
+            else ""
+        )
+        self.text = (
+            f"generation {gens} done: {len(self.search.state.memo)} schedules evaluated, front "
+            f"{hist.get('front_size', 0)} points, hypervolume {hist.get('hypervolume', 0.0):.4f}; {est}"
+        )
+        if first:
+            self.first_estimate_s = self.estimate_s
+            log.info("ECAD search: %s (this session's first generation took %.1f s)", self.text, elapsed)
+        _progress_text(self.text)
+
+    def _preview(self):
+        """The front so far as the progress bar's preview (ComfyUI's latent-preview tuple)."""
+        if self.search is None or self.out is None:
+            return None
+        try:
+            from PIL import Image
+
+            from ..ecad_core.search.front import FrontPoint, pareto_indices, plot_front
+
+            memo = self.search.state.memo
+            F = np.array([v[:2] for v in memo.values()], np.float64).reshape(-1, 2)
+            front = [FrontPoint(None, F[i, 0], F[i, 1], 0) for i in pareto_indices(F)]  # type: ignore[arg-type]
+            path = plot_front(self.out / "front-live.png", front, F, title=self.text[:90] or None)
+            img = Image.open(path)
+            img.load()
+            try:
+                from latent_preview import MAX_PREVIEW_RESOLUTION as size
+            except ImportError:
+                size = 512
+            return ("PNG", img.convert("RGB"), max(int(size), 640))
+        except Exception as e:  # noqa: BLE001 - the live preview is a convenience; the search goes on
+            log.warning("ECAD: cannot draw the live front (%s)", e)
+            return None
+
+
+def _progress_text(text: str) -> None:
+    """``text`` under the running node (ComfyUI's progress text; nothing where this ComfyUI has none)."""
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+
+        ctx = get_executing_context()
+        if ctx is not None and getattr(PromptServer, "instance", None) is not None:
+            PromptServer.instance.send_progress_text(text, ctx.node_id)
+    except Exception as e:  # noqa: BLE001 - older ComfyUI or no server (in-process use)
+        log.debug("ECAD: no progress text (%s)", e)
 
 
 def _front_image(front_dir: Path | None) -> torch.Tensor:
@@ -329,6 +486,10 @@ class EvolveECADSchedule:
                     SCHEDULE_TYPE,
                     {"tooltip": "Put this schedule (e.g. a shipped preset) into the initial population."},
                 ),
+                # new inputs go last: saved workflows' widget values keep their meaning
+                "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
+                "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
+                "other_model": ("MODEL",),
             },
         }
 
@@ -346,13 +507,23 @@ def evolve(inp: EvolveInputs):
     )
     adapter = adapter_for(model)
     out = search_dir(inp.output_name)
+    stage = inp.stage()
+    if stage.whole and inp.other_model is not None:
+        log.warning("ECAD search: the stage is the whole trajectory: other_model is not used")
+    if not stage.whole and inp.other_model.model_options.get("transformer_options", {}).get("ecad") is not None:
+        raise EcadError(
+            "other_model has an ECAD schedule applied (Apply ECAD Cache Schedule upstream): connect it without "
+            "one, its steps run uncached in the search's reference and candidates alike"
+        )
     positives, negatives = inp.conditioning()
     if inp.quality_metric in IMAGE_SPACES and inp.vae is None:
         raise SearchSettingsError(
             f"quality metric {inp.quality_metric!r} compares decoded images: connect a VAE or choose 'latent'"
         )
     settings = inp.search_settings()
-    gen = calibration_sampler(inp, positives, negatives, sample_seeds(inp.first_seed, inp.seeds_per_prompt))
+    gen = calibration_sampler(
+        inp, positives, negatives, sample_seeds(inp.first_seed, inp.seeds_per_prompt), stage=stage
+    )
     decode = None
     if inp.vae is not None and inp.quality_metric in IMAGE_SPACES:
         vae = inp.vae
@@ -365,40 +536,55 @@ def evolve(inp: EvolveInputs):
         log.info("ECAD search: resume is off: starting %s over", out)
         shutil.rmtree(out)
     if inp.compute_objective == "latency":
+        if not stage.whole:
+            raise SearchSettingsError(
+                "compute_objective 'latency' times a whole run of the model: with start_at_step / end_at_step "
+                "searching one stage, use 'macs'"
+            )
         cost = _latency_cost(adapter, model, gen, inp.steps, out)
     else:
         cost = adapter.compute_cost(inp.steps, inp.height, inp.width, int(positives[0][0][0].shape[1]))
+    # a stage's search varies only the rows it reads (the trajectory rule) and counts only their compute
+    cost = cost if stage.whole else cost.rows(stage_rows(inp.steps, stage))
     warm = [inp.warm_start] if inp.warm_start is not None else []
     if inp.warm_start is not None and inp.warm_start.layout != adapter.layout:
         raise EcadError(
             f"warm_start schedule {inp.warm_start.name!r} has {inp.warm_start.layout.describe()}, the model "
             f"{adapter.layout.describe()}"
         )
+    if warm and not stage.whole:  # the rows this stage reads of the warm start laid on the whole trajectory
+        whole = remap_steps(warm[0], inp.steps)
+        warm = [remap_steps(whole, stage.steps, start=stage.start, total=stage.full)]
     log.info(
-        "ECAD search %r: %s, %d sample(s), %d steps, population %d, %d generation(s), cost: %s",
+        "ECAD search %r: %s, %d sample(s), %d steps%s, population %d, %d generation(s), cost: %s",
         inp.output_name,
         adapter.kind,
         len(gen.samples),
         inp.steps,
+        "" if stage.whole else f" (the stage of steps {stage.start}..{stage.start + stage.steps - 1})",
         inp.population,
         inp.generations,
         cost.source,
     )
+    progress = _Progress(settings, out)
     try:
-        result = run_search(
+        search = SearchRun(
             evaluator,
             adapter.layout,
-            inp.steps,
+            stage.steps,
             out,
             settings,
             cost=cost,
             warm_start=warm,
             warm_start_steps="remap",
             model=adapter.arch_hint,
-            progress=_Progress(settings.generations),
+            progress=progress,
             should_stop=comfy.model_management.processing_interrupted,
             resume=True,
+            save_as=None if stage.whole else (lambda s: embed_stage(s, stage)),
         )
+        progress.attach(search)
+        result = search.run()
     except CheckpointError as e:
         raise CheckpointError(
             f"{e} (or turn 'resume' off: that deletes the folder "
@@ -409,6 +595,14 @@ def evolve(inp: EvolveInputs):
     comfy.model_management.throw_exception_if_processing_interrupted()
     chosen = pick(result.front, target_speedup=inp.target_speedup if inp.target_speedup > 0 else None)
     report = _report(inp.output_name, result, chosen, evaluator)
+    if not stage.whole:
+        report += (
+            f"\nstage: steps {stage.start}..{stage.start + stage.steps - 1} of {stage.full} (schedule rows "
+            f"{stage.start}..{stage.start + stage.steps - 1}; the others recompute); other_model: "
+            f"{gen.other_runs} sampler call(s), uncached; the steps before the stage ran once per sample group"
+        )
+    if progress.first_estimate_s is not None:
+        report += f"\nestimated after the first generation: {progress.first_estimate_s / 60:.1f} min in all"
     log.info("%s", report)
     img = _front_image(result.front_dir)
     ui = {"text": [report]}

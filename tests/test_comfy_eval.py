@@ -169,7 +169,7 @@ def test_bad_inputs_are_clear_node_errors(comfy_server, eval_setup):
 def test_prompts_through_a_text_encoder_on_sd3(comfy_server, eval_setup):
     """Prompt lines encoded by a real (tiny) ComfyUI CLIP; the same seeds for every prompt."""
     d = comfy_server.base_dir / "models" / "ecad_schedules"
-    lay = make_layout("dit_blocks", 2)  # make_tiny: SD3 depth 2, block-level units
+    lay = make_layout("sd3", 1, 1)  # make_tiny: SD3 depth 2 (one joint block + the last one)
     Schedule.every_n(lay, STEPS, 2, name="eval-sd3-every2").save(d / "eval-sd3-every2.json")
     p = _prompt(
         {
@@ -198,7 +198,7 @@ def test_prompts_through_a_text_encoder_on_sd3(comfy_server, eval_setup):
     ]
     row = report["rows"][1]
     assert row["label"] == "eval-sd3-every2" and 0 < row["reuse_fraction"] < 1
-    assert row["cost_model"] == "uniform", row  # no analytic cost model for SD3: every unit costs the same
+    assert row["cost_model"] == "macs", row  # SD3's analytic cost model, read from the loaded MMDiT
 
 
 def test_paths_outside_comfyuis_folders_are_refused_naming_the_input(comfy_server, eval_setup, tmp_path):

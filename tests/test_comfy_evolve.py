@@ -129,7 +129,7 @@ def test_rerun_resumes_and_cancel_keeps_checkpoint(comfy_server):
 
 
 def test_prompts_through_a_text_encoder_on_sd3(comfy_server):
-    """Prompt lines encoded by a real ComfyUI CLIP; SD3 gets block-level units and uniform costs."""
+    """Prompt lines encoded by a real ComfyUI CLIP; SD3 gets its component units and analytic MACs."""
     srv = comfy_server
     p = {
         "1": {
@@ -159,7 +159,7 @@ def test_prompts_through_a_text_encoder_on_sd3(comfy_server):
     report = _report(entry, "3")
     front = json.loads((_search_dir(srv, "tiny-sd3") / "front" / "front.json").read_text())
     assert front["evaluator"]["samples"] == 2, front["evaluator"]  # two prompts x one seed
-    assert front["cost"]["source"] == "uniform" and front["layout"].startswith("dit_blocks"), front
+    assert front["cost"]["source"] == "macs" and front["layout"].startswith("sd3"), front
     assert "picked:" in report
 
 

@@ -318,7 +318,8 @@ def test_hypervolume_grows_and_front_is_nondominated(tmp_path):
     # an earlier front warm-starts the next search: its points come first in generation 0
     ev2 = Synthetic()
     run_search(ev2, PIX, 8, None, SearchSettings(population=len(loaded) + 2, generations=1), warm_start=[res.front_dir])
-    assert [s.bits.tobytes() for s in ev2.seen[: len(loaded)]] == [p.schedule.bits.tobytes() for p in loaded]
+    run = [p.schedule.bits.tobytes() for p in loaded if not p.schedule.bits.all()]  # no-cache is never run
+    assert [s.bits.tobytes() for s in ev2.seen[: len(run)]] == run
 
 
 def test_resume_equals_uninterrupted(tmp_path):
@@ -345,7 +346,7 @@ def test_cancel_mid_generation_then_resume(tmp_path):
 
     def stop():
         polls["n"] += 1
-        return polls["n"] > 13  # gen 0 (1 + 8 polls), then 3 schedules into gen 1
+        return polls["n"] > 12  # gen 0 (1 + 7 polls: no-cache costs no run), then 3 schedules into gen 1
 
     phases = []
     first = run_search(
@@ -372,9 +373,20 @@ def test_duplicates_never_reevaluated_and_step0_computed(tmp_path):
     ev = Synthetic()
     res = run_search(ev, tiny, 3, None, SearchSettings(population=6, generations=12, seed=1))
     keys = [s.bits.tobytes() for s in ev.seen]
-    assert len(keys) == len(set(keys)) == res.evaluations
+    assert len(keys) == len(set(keys)) == res.evaluations - 1  # all but no-cache, the reference itself
     assert sum(h["memo_hits"] for h in res.history) > 0
     assert all(s.bits[0].all() for s in ev.seen)
+
+
+def test_no_cache_is_never_run_its_loss_is_zero(tmp_path):
+    # the reference run is the all-recompute schedule's output: scoring it again would waste a model run
+    ev = Synthetic()
+    res = run_search(ev, PIX, 6, None, SearchSettings(population=6, generations=2, seed=3))
+    assert not any(s.effective_bits().all() for s in ev.seen)
+    assert len(ev.seen) == res.evaluations - 1
+    full = [p for p in res.front if p.schedule.bits.all()]
+    assert len(full) == 1 and full[0].quality_loss == 0.0 and full[0].compute_fraction == 1.0
+    assert full[0].generation == 0 and full[0].schedule.provenance["search"]["initial_name"] == "no-cache"
 
 
 def test_time_budget_and_progress(tmp_path):
@@ -391,6 +403,41 @@ def test_time_budget_and_progress(tmp_path):
     assert phases[-1] == ("generation", 1, 0)
 
 
+def test_screening_evaluates_only_the_picked_offspring(tmp_path):
+    plain = run_search(Synthetic(), PIX, 8, None, SearchSettings(population=8, generations=4, seed=2))
+    ev = Synthetic()
+    st = SearchSettings(population=8, generations=4, seed=2, screening=6, evaluated_per_generation=3)
+    res = run_search(ev, PIX, 8, None, st)
+    assert [h["evaluated"] for h in res.history][1:] == [3, 3, 3, 3]  # of 18 bred per generation
+    assert len(ev.seen) == res.evaluations - 1 == 7 + 4 * 3
+    assert _front_sig(res) != _front_sig(plain)
+
+
+def test_surrogate_picks_better_offspring_than_chance():
+    from ecad_core.search import GenomeSpace
+    from ecad_core.search.surrogate import _hv2, screen
+
+    space = GenomeSpace(PIX, 10)
+    rng = np.random.default_rng(0)
+    ev = Synthetic()
+
+    def objectives(X):
+        scheds = [space.decode(x) for x in X]
+        return np.array([[loss, s.bits.mean()] for loss, s in zip(ev.evaluate(scheds), scheds)])
+
+    def gain(known_F, F):  # true hypervolume gain of adding F's points to the known front
+        return _hv2(np.vstack([known_F, F])) - _hv2(known_F)
+
+    known = rng.random((40, space.length)) < rng.random((40, 1))
+    known_F = objectives(known)
+    cand = rng.random((120, space.length)) < rng.random((120, 1))
+    cand_F = objectives(cand)
+    picked = screen(space, cand, cand_F[:, 1], known, known_F, 8, 0.0, 1.0, np.random.default_rng(1))
+    assert len(picked) == len(set(picked)) == 8
+    chance = [gain(known_F, cand_F[np.random.default_rng(s).choice(120, 8, replace=False)]) for s in range(20)]
+    assert gain(known_F, cand_F[picked]) > 2 * np.median(chance)
+
+
 def test_bad_settings_raise_clear_errors(tmp_path):
     ev = Synthetic()
     bad = [
@@ -401,6 +448,9 @@ def test_bad_settings_raise_clear_errors(tmp_path):
         (dict(mutation_prob=0.0), "mutation probability"),
         (dict(crossover_prob=1.5), "crossover probability"),
         (dict(seed=-1), "seed"),
+        (dict(screening=-1), "screening"),
+        (dict(evaluated_per_generation=0), "evaluated per generation"),
+        (dict(exploration=1.5), "exploration"),
     ]
     for kw, msg in bad:
         with pytest.raises(SearchSettingsError, match=msg) as e:
@@ -440,6 +490,19 @@ def pixart():
     pipe = tiny_pixart_pipeline("alpha", layers=2)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def test_local_evaluator_keeps_each_samples_loss():
+    refs = [torch.ones(1, 4, 4), torch.full((1, 4, 4), 2.0)]
+
+    def generate(schedule):  # sample 0 is 10 % off when cached, sample 1 exact
+        exact = schedule is None or schedule.bits.all()
+        return [r.clone() for r in refs] if exact else [refs[0] * 1.1, refs[1].clone()]
+
+    ev = LocalEvaluator(generate)
+    losses = ev.evaluate([Schedule.every_n(PIX, 6, 2), Schedule.full(PIX, 6)])
+    assert ev.last_sample_losses == [[pytest.approx(0.01), 0.0], [0.0, 0.0]]
+    assert losses == [pytest.approx(0.005), 0.0] and losses[0] == np.mean(ev.last_sample_losses[0])
 
 
 def test_local_evaluator_on_tiny_pixart(pixart, tmp_path):
@@ -491,6 +554,21 @@ def test_local_evaluator_on_tiny_flux():
 
 
 # -- CLI -------------------------------------------------------------------------------------
+def test_cli_evolve_with_screening(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat on a mat\n")
+    out = tmp_path / "search"
+    args = ["evolve", "--model", "tiny:pixart-alpha", "--prompts", prompts, "--steps", 4, "--height", 64]
+    args += ["--width", 64, "--population", 4, "--generations", 2, "--out", out, "--quiet"]
+    assert cli(args + ["--screening", 5, "--evaluated-per-generation", 2]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    progress = json.loads((out / "progress.json").read_text())
+    assert [h["evaluated"] for h in progress["history"]][1:] == [2, 2]
+    assert summary["sampling_runs"] == 1 + 3 + 2 + 2  # reference, 4 seeds but no-cache, then 2 per generation
+    # a resume with screening off is refused, naming it
+    assert cli(args) == 2 and "screening" in capsys.readouterr().out
+
+
 def test_cli_evolve_and_run(tmp_path, capsys):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([{"id": "1", "prompt": "a red cat on a mat"}, {"id": "2", "prompt": "a dog"}]))
@@ -522,7 +600,7 @@ def test_cli_evolve_and_run(tmp_path, capsys):
     assert cli(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["generation"] == 2 and summary["compute_model"] == "macs"
-    assert summary["sampling_runs"] == summary["evaluations"] + 1  # + the references, computed once
+    assert summary["sampling_runs"] == summary["evaluations"]  # + the references, computed once, - no-cache
     files = sorted((out / "front").glob("*-x*.json"))
     assert len(files) == len(summary["front"]) >= 2
     for f in files:

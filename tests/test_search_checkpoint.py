@@ -121,7 +121,7 @@ def test_cancel_inside_generations_then_resume_equals_uninterrupted(tmp_path, st
     for cut in cuts:
         ev = Scored(batch_size=1)
         res = run_search(ev, PIX, STEPS, tmp_path, _settings(6), should_stop=lambda: len(seen) + len(ev.seen) >= cut)  # noqa: B023 - used in this iteration
-        assert res.stopped == "cancelled" and res.evaluations == cut
+        assert res.stopped == "cancelled" and res.evaluations == cut + 1  # + no-cache, never run
         seen += ev.seen
     ev = Scored(batch_size=3)
     res = run_search(ev, PIX, STEPS, tmp_path, _settings(6))
@@ -350,3 +350,52 @@ def test_pymoo_pinned_to_the_version_checkpoints_need_and_matplotlib_declared():
     assert any(d.startswith("matplotlib") for d in extras["plot"])
     assert any(d.startswith("matplotlib") for d in extras["test"])
     assert not any(d.startswith("matplotlib") for d in project["dependencies"])
+
+
+# -- surrogate pre-screening (surrogate.py): its random picks and fits must resume bit for bit too ---------------
+def _screened(generations):
+    return _settings(generations, screening=4, evaluated_per_generation=3, exploration=0.34)
+
+
+@pytest.fixture(scope="module")
+def straight_screened(tmp_path_factory):
+    d = tmp_path_factory.mktemp("screened")
+    ev = Scored()
+    return run_search(ev, PIX, STEPS, d, _screened(6)), ev, d
+
+
+@pytest.mark.parametrize("stops", [[1], [4], [1, 2, 3, 4, 5]], ids=lambda s: "-".join(map(str, s)))
+def test_screened_search_resumes_bit_for_bit(tmp_path, straight_screened, stops):
+    ref, ref_ev, ref_dir = straight_screened
+    seen = []
+    for g in stops:
+        ev = Scored()
+        run_search(ev, PIX, STEPS, tmp_path, _screened(g))
+        seen += ev.seen
+        np.random.seed(g)
+    ev = Scored(touch_global_rng=True)
+    res = run_search(ev, PIX, STEPS, tmp_path, _screened(6))
+    assert _sig(res) == _sig(ref) and seen + ev.seen == ref_ev.seen
+    assert _ckpt_sig(tmp_path / CHECKPOINT_FILE) == _ckpt_sig(ref_dir / CHECKPOINT_FILE)
+
+
+def test_screened_search_cancelled_inside_a_generation_resumes_bit_for_bit(tmp_path, straight_screened):
+    ref, ref_ev, _ = straight_screened
+    seen = []
+    for cut in (5, 9, 13):  # inside generation 0, then inside evolved generations (3 evaluations each)
+        ev = Scored(batch_size=1)
+        res = run_search(ev, PIX, STEPS, tmp_path, _screened(6), should_stop=lambda: len(seen) + len(ev.seen) >= cut)  # noqa: B023 - used in this iteration
+        assert res.stopped == "cancelled"
+        seen += ev.seen
+    ev = Scored()
+    res = run_search(ev, PIX, STEPS, tmp_path, _screened(6))
+    assert _sig(res) == _sig(ref)
+    assert [b for _, b in seen + ev.seen] == [b for _, b in ref_ev.seen]
+
+
+def test_screening_is_part_of_the_resume_key_and_old_checkpoints_keep_theirs(tmp_path):
+    # checkpoints written before screening existed hold no such fields: at the defaults the key is unchanged
+    assert not {"screening", "evaluated_per_generation", "exploration"} & set(SearchSettings().resume_key())
+    run_search(Scored(), PIX, STEPS, tmp_path, _settings(1))
+    with pytest.raises(CheckpointError, match="screening"):
+        run_search(Scored(), PIX, STEPS, tmp_path, _screened(2))

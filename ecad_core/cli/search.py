@@ -150,6 +150,8 @@ def cmd_evolve(a) -> int:
         mutation_prob=a.mutation_prob,
         crossover_points=a.crossover_points,
         heuristic_seeds=not a.no_heuristic_seeds,
+        screening=a.screening,
+        evaluated_per_generation=a.evaluated_per_generation,
     )
     settings.validate()  # before loading anything heavy
     prompts = prompts_from_args(a)
@@ -322,6 +324,13 @@ def register(subparsers) -> None:
         "--mutation-prob", type=float, default=None, help="per-bit flip probability (default: 1 / units per step)"
     )
     q.add_argument("--crossover-points", type=int, default=4)
+    q.add_argument(
+        "--screening",
+        type=int,
+        default=0,
+        help="surrogate pre-screening: breed this many offspring per evaluated one, evaluate the promising (0: off)",
+    )
+    q.add_argument("--evaluated-per-generation", type=int, default=None, help="new schedules evaluated per generation")
     q.add_argument(
         "--no-heuristic-seeds", action="store_true", help="initial population from warm starts + mutated copies only"
     )

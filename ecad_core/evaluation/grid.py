@@ -21,8 +21,11 @@ PAD = 2
 
 
 def as_display(x: torch.Tensor) -> torch.Tensor:
-    """An output as a [3, H, W] image in [0, 1] (latents: first 3 channels, min-max normalised)."""
+    """An output as a [3, H, W] image in [0, 1] (latents: first 3 channels, min-max normalised; a video's frames
+    side by side)."""
     x = x.detach().float().cpu()
+    if x.ndim == 4:  # a video [C, frames, H, W]: its frames side by side
+        x = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
     if x.ndim != 3:
         raise ValueError(f"grid cells must be [C, H, W], got shape {tuple(x.shape)}")
     if x.shape[0] == 3 and float(x.min()) >= 0.0 and float(x.max()) <= 1.0:

@@ -98,3 +98,25 @@ def remap_steps(
     )
     # measured costs belonged to the original step count
     return schedule.copy(bits=out, provenance=prov, metrics={})
+
+
+def stage_rows(schedule_steps: int, sl: Slice) -> list[int]:
+    """The rows of a ``schedule_steps``-row schedule that the run ``sl`` reads (a stage of a split run: its own
+    steps of the trajectory), by the rule above; in order, each once."""
+    rows: set[int] = set()
+    for j in range(sl.start, sl.start + sl.steps):
+        rows.update(source_steps(schedule_steps, sl.full, j))
+    return sorted(rows)
+
+
+def embed_stage(stage: Schedule, sl: Slice) -> Schedule:
+    """The schedule of the whole trajectory (``sl.full`` rows) whose rows the stage ``sl`` reads carry ``stage``'s
+    bits (one row per stage step) and whose other rows recompute: a search of one stage, as a schedule that the
+    stage's model applies to the whole trajectory unchanged (its other rows are never read by that stage)."""
+    if stage.steps != sl.steps:
+        raise ValueError(f"schedule {stage.name!r} has {stage.steps} rows, the stage {sl.steps} steps")
+    bits = np.ones((sl.full, stage.layout.n_units), bool)
+    bits[stage_rows(sl.full, sl)] = stage.bits
+    prov = copy.deepcopy(stage.provenance)
+    prov["stage"] = {"start": sl.start, "end": sl.start + sl.steps, "trajectory_steps": sl.full}
+    return stage.copy(bits=bits, provenance=prov)

@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..errors import EvaluationError, SearchSettingsError
-from ..metrics import FIDELITY_SPACES, IMAGE_SPACES, LEARNED_METRICS, fidelity_loss, score_drop
+from ..metrics import FIDELITY_SPACES, IMAGE_SPACES, LEARNED_METRICS, per_sample_loss, score_drop
 from ..schedule import Schedule
 
 log = logging.getLogger("ecad.search")
@@ -101,6 +101,9 @@ class LocalEvaluator:
         self.batch_size = batch_size
         self.description = dict(description if description is not None else getattr(generate, "description", {}) or {})
         self.n_generate = 0  # generate() calls, references included
+        # per schedule of the last evaluate() call, each sample's loss (their mean is the schedule's loss): what a
+        # racing scheme over prompts needs; None for a learned metric (its loss is a difference of means)
+        self.last_sample_losses: list[list[float] | None] = []
         self.seconds_generating = 0.0
         self._refs: list[torch.Tensor] | None = None
         self._ref_scores: torch.Tensor | None = None
@@ -159,6 +162,7 @@ class LocalEvaluator:
     def evaluate(self, schedules: list[Schedule]) -> list[float]:
         refs = self.references()
         losses = []
+        self.last_sample_losses = []
         for s in schedules:
             outs = self._comparable(self._run(s))
             if len(outs) != len(refs):
@@ -169,8 +173,11 @@ class LocalEvaluator:
             if self.space in LEARNED_METRICS:
                 # a learned metric has its prompts and reference scores (checked in __init__ / references())
                 loss = score_drop(self.metric, outs, self.prompts or [], typing.cast(torch.Tensor, self._ref_scores))
+                self.last_sample_losses.append(None)
             else:
-                loss = fidelity_loss(outs, refs, self.space)
+                per = per_sample_loss(outs, refs, self.space)
+                loss = float(per.mean())  # as fidelity_loss
+                self.last_sample_losses.append([float(v) for v in per])
             losses.append(loss if math.isfinite(loss) else math.inf)
         return losses
 

@@ -37,13 +37,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..costs.compute import ComputeCost, uniform_cost
 from ..errors import CheckpointError, EvaluationError, SearchSettingsError
-from ..schedule import Layout
+from ..schedule import Layout, Schedule
 from . import checkpoint as ckpt_io
 from .callbacks import SearchCallback, history_record
 from .checkpoint import CHECKPOINT_FILE, EVALUATIONS_FILE, START_OVER, SearchState
@@ -52,6 +52,7 @@ from .front import FrontPoint, hypervolume, pareto_indices, write_front
 from .operators import make_algorithm
 from .problem import HAVE_PYMOO, GenomeSpace, genome_key, tell
 from .sampling import initial_population, load_warm_start
+from .surrogate import screen
 from .termination import CANCELLED, CONVERGED, Termination
 
 FRONT_DIR = "front"
@@ -72,8 +73,14 @@ class SearchSettings:
     mutation_prob: float | None = None  # per-bit flip probability; None: 1 / units per step
     heuristic_seeds: bool = True  # add sampling.py's heuristics to the initial population
     quality_scale: float = 1.0  # loss scale for the hypervolume (reference point (1, 1))
+    # surrogate pre-screening (surrogate.py): breed screening x evaluated offspring, evaluate the promising ones
+    screening: int = 0  # 0: off (every offspring is evaluated)
+    evaluated_per_generation: int | None = None  # new genomes sent to the model per generation; None: population
+    exploration: float = 0.25  # share of them picked at random instead of by the surrogate
 
     RESUME_FREE = ("generations", "time_budget_s")
+    # added after checkpoints existed: left out of the resume key at their defaults, so those still resume
+    LATER: ClassVar[dict] = {"screening": 0, "evaluated_per_generation": None, "exploration": 0.25}
 
     def validate(self) -> None:
         def bad(msg):
@@ -111,12 +118,28 @@ class SearchSettings:
             or not math.isfinite(self.quality_scale)
         ):
             bad(f"quality scale must be a positive number, got {self.quality_scale!r}")
+        if not is_int(self.screening) or self.screening < 0:
+            bad(f"screening (offspring bred per evaluated one) must be an integer >= 0, got {self.screening!r}")
+        if self.evaluated_per_generation is not None and (
+            not is_int(self.evaluated_per_generation) or self.evaluated_per_generation < 1
+        ):
+            bad(f"evaluated per generation must be an integer >= 1, got {self.evaluated_per_generation!r}")
+        if not _prob(self.exploration):
+            bad(f"exploration must be a share in [0, 1], got {self.exploration!r}")
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def resume_key(self) -> dict:
-        return {k: v for k, v in self.to_json().items() if k not in self.RESUME_FREE}
+        return {
+            k: v
+            for k, v in self.to_json().items()
+            if k not in self.RESUME_FREE and not (k in self.LATER and self.LATER[k] == v)
+        }
+
+    def per_generation(self) -> int:
+        """New genomes evaluated per evolved generation (at most)."""
+        return int(self.evaluated_per_generation or self.population)
 
     def bit_prob(self, space: GenomeSpace) -> float:
         return float(self.mutation_prob) if self.mutation_prob is not None else 1.0 / space.n_units
@@ -161,6 +184,7 @@ class SearchRun:
         should_stop: Callable[[], bool] | None = None,
         resume: bool = True,
         write_files: bool = True,
+        save_as: Callable[[Schedule], Schedule] | None = None,
     ):
         if not HAVE_PYMOO:
             raise SearchSettingsError("the schedule search needs the 'pymoo' package (pip install pymoo)")
@@ -169,6 +193,7 @@ class SearchRun:
         if not hasattr(evaluator, "evaluate") or not callable(evaluator.evaluate):
             raise SearchSettingsError("evaluator must have an evaluate(schedules) -> losses method")
         self.evaluator, self.settings, self.model, self.write_files = evaluator, settings, model, write_files
+        self.save_as = save_as  # the front's schedules as saved (a stage's search: the whole trajectory's)
         self.space = space = GenomeSpace(layout, steps)
         self.cost = cost = cost or uniform_cost(layout, space.steps)
         if cost.unit.shape != (space.steps, layout.n_units):
@@ -258,6 +283,9 @@ class SearchRun:
             return CONVERGED
         X = np.asarray(pop.get("X")).astype(bool)
         keys = [genome_key(x) for x in X]
+        if g > 0 and self.settings.screening:
+            sel = self._screen(g, X, keys)
+            pop, X, keys = pop[sel], X[sel], [keys[i] for i in sel]
         new, seen = [], set()
         for k, x in zip(keys, X):
             if k not in state.memo and k not in seen:
@@ -287,9 +315,42 @@ class SearchRun:
         self.callback.generation_done(record, self.termination.total_generations())
         return None
 
+    def _screen(self, g: int, X: np.ndarray, keys: list) -> list[int]:
+        """The offspring to evaluate and tell: those evaluated in earlier generations (free) and the ones the
+        surrogate picks (plus random exploration) among the rest. It sees only the earlier generations, so a
+        generation redone after a cancel (part of it in the memo) picks what the uninterrupted one picked."""
+        space = self.space
+        memo = {k: v for k, v in self.state.memo.items() if v[2] < g}
+        free = [i for i, k in enumerate(keys) if k in memo]
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            if k not in memo:
+                first.setdefault(k, i)
+        cand = list(first.values())
+        if not cand:
+            return free
+        known = list(memo)
+        picks = screen(
+            space,
+            X[cand],
+            np.array([self.cost.fraction(space.bits(X[i])) for i in cand]),
+            np.stack([space.from_key(k) for k in known]),
+            np.array([memo[k][:2] for k in known], np.float64),
+            self.settings.per_generation(),
+            self.settings.exploration,
+            self.settings.quality_scale,
+            self.algorithm.random_state,
+        )
+        return sorted(free + [cand[j] for j in picks])
+
     def _evaluate(self, g: int, new: list) -> bool:
         """Evaluate the ``new`` (key, genome) pairs into the memo, ``batch_size`` per call; False if cancelled."""
         state, space = self.state, self.space
+        # all-recompute is the reference run itself: its loss is 0 by definition, so it never costs a run
+        for k, x in new:
+            if x.all():
+                state.memo[k] = [0.0, self.cost.fraction(space.bits(x)), g]
+        new = [(k, x) for k, x in new if not x.all()]
         batch = getattr(self.evaluator, "batch_size", None)
         step = len(new) if not batch else int(batch)
         done = 0
@@ -330,6 +391,8 @@ class SearchRun:
         state, space, settings, out = self.state, self.space, self.settings, self.out
         layout, cost, describe, model = space.layout, self.cost, self.describe, self.model
         front = _front(state, space, settings, cost, describe, model, self.seed_names)
+        if self.save_as is not None:
+            front = [dataclasses.replace(p, schedule=self.save_as(p.schedule)) for p in front]
         allF = _archive(state)
         hv = hypervolume(allF, quality_scale=settings.quality_scale) if len(allF) else 0.0
         front_dir = None

@@ -40,8 +40,11 @@ def make_algorithm(settings: SearchSettings, space: GenomeSpace, X0: np.ndarray)
 
     from .problem import GenomeProblem
 
+    # with screening, NSGA-II breeds more offspring than are evaluated (nsga.py picks them)
+    n_off = settings.per_generation() * max(1, settings.screening)
     algorithm = NSGA2(
         pop_size=settings.population,
+        n_offsprings=n_off,
         sampling=X0,
         crossover=crossover(settings, space),
         mutation=mutation(settings, space),

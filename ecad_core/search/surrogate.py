@@ -1,0 +1,148 @@
+"""Surrogate pre-screening (issue #19): breed many offspring, send only the promising ones to the model.
+
+In pymoo's vocabulary this is an infill filter between ``ask`` and ``tell``: NSGA-II breeds
+``screening x evaluated`` offspring; a ridge regression of log(loss) on staleness features, fitted on every
+genome evaluated so far (the memo), predicts each one's loss, and the MACs objective is exact and free. The
+offspring whose predicted point adds the most hypervolume to the archive's front are kept (greedily, each
+pick joining the front), plus a share picked at random for exploration (the surrogate is wrong where it has
+seen nothing). Only the kept ones are evaluated and told to NSGA-II, whose survival then works as usual.
+
+Everything is deterministic: the fit depends only on the memo (in its stored order), the random picks draw
+from NSGA-II's own generator, whose state the checkpoint saves, so a resumed search finds the same front.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .front import pareto_indices
+from .problem import GenomeSpace
+
+ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def features(space: GenomeSpace, X: np.ndarray) -> np.ndarray:
+    """Per genome: the reuse bits, each unit's staleness (steps since it was last computed) per step, and per
+    step the summed staleness and its square (the loss grows faster than linearly with a reuse run)."""
+    X = np.asarray(X, bool)
+    n, S, U = len(X), space.steps - 1, space.n_units
+    reuse = ~X.reshape(n, S, U)
+    age = np.zeros((n, S, U), np.float64)
+    a = np.zeros((n, U), np.float64)
+    for t in range(S):
+        a = np.where(reuse[:, t], a + 1.0, 0.0)
+        age[:, t] = a
+    return np.concatenate([reuse.reshape(n, -1), age.reshape(n, -1), age.sum(2), (age**2).sum(2)], 1)
+
+
+def _rank(v: np.ndarray) -> np.ndarray:
+    r = np.empty(len(v))
+    r[np.argsort(v, kind="stable")] = np.arange(len(v))
+    return r
+
+
+class Ridge:
+    """Kernel-form ridge regression (few samples, many features), the penalty picked by leave-one-out error;
+    ``loo_rank`` is the rank correlation of its leave-one-out predictions with ``y``."""
+
+    def __init__(self, F: np.ndarray, y: np.ndarray):
+        self.mu = F.mean(0)
+        sd = F.std(0)
+        self.sd = np.where(sd > 0, sd, 1.0)
+        Z = (F - self.mu) / self.sd
+        self.y0 = float(y.mean())
+        yc = y - self.y0
+        K = Z @ Z.T
+        n = len(y)
+        best = None
+        for alpha in ALPHAS:
+            A = np.linalg.solve(K + alpha * n * np.eye(n), np.eye(n))
+            c = A @ yc
+            loo = c / np.maximum(np.diag(A), 1e-12)  # LOO residuals of kernel ridge: c_i / A_ii
+            err = float(np.mean(loo**2))
+            if best is None or err < best[0]:
+                best = (err, alpha, c, yc - loo)
+        assert best is not None
+        self.loo_mse, self.alpha = best[0], best[1]
+        self.w = Z.T @ best[2]
+        ranks = np.corrcoef(_rank(best[3]), _rank(yc)) if n > 2 else np.ones((2, 2))
+        self.loo_rank = float(np.nan_to_num(ranks[0, 1]))
+
+    def predict(self, F: np.ndarray) -> np.ndarray:
+        return ((F - self.mu) / self.sd) @ self.w + self.y0
+
+
+def predict_loss(F: np.ndarray, loss: np.ndarray, F_new: np.ndarray) -> np.ndarray:
+    """Losses of ``F_new`` from a ridge fit of ``loss`` (positive) on ``F``: of the fits on the loss and on its
+    log, the one whose leave-one-out predictions rank the known losses best (the loss is additive in some
+    regimes, multiplicative in others)."""
+    lin, log = Ridge(F, loss), Ridge(F, np.log(loss))
+    if log.loo_rank >= lin.loo_rank:
+        return np.exp(log.predict(F_new))
+    return np.maximum(lin.predict(F_new), 0.5 * float(loss.min()))  # a linear fit can go below 0
+
+
+def _hv2(P: np.ndarray) -> float:
+    """Hypervolume of points (loss, fraction), both scaled to the (1, 1) reference box."""
+    P = P[(P[:, 0] < 1) & (P[:, 1] < 1)]
+    if not len(P):
+        return 0.0
+    P = P[np.argsort(P[:, 1], kind="stable")]
+    hv, best = 0.0, 1.0
+    for loss, frac in P:  # ascending fraction: each point adds the strip below the best loss so far
+        if loss < best:
+            hv += (best - loss) * (1.0 - frac)
+            best = loss
+    return hv
+
+
+def _gap(front: np.ndarray, p: np.ndarray) -> float:
+    """How much lower ``p``'s loss must be to join ``front`` (0 when it already does)."""
+    ok = front[front[:, 1] <= p[1]]
+    return max(0.0, float(p[0] - ok[:, 0].min())) if len(ok) else 0.0
+
+
+def screen(
+    space: GenomeSpace,
+    cand: np.ndarray,
+    fracs: np.ndarray,
+    known_X: np.ndarray,
+    known_F: np.ndarray,
+    keep: int,
+    explore: float,
+    quality_scale: float,
+    rng: np.random.Generator,
+) -> list[int]:
+    """Indices (in ``cand``) of the ``keep`` offspring to evaluate. ``known_X`` / ``known_F``: the evaluated
+    genomes and their (loss, fraction)."""
+    n = len(cand)
+    if n <= keep:
+        return list(range(n))
+    fit = np.isfinite(known_F[:, 0]) & (known_F[:, 0] > 0)
+    n_rand = min(keep, max(1, math.ceil(explore * keep))) if explore > 0 else 0
+    if fit.sum() < 4:  # nothing to learn from yet: all random
+        n_rand = keep
+    picked: list[int] = []
+    if n_rand < keep:
+        pred = predict_loss(features(space, known_X[fit]), known_F[fit, 0], features(space, cand))
+        scaled = np.stack([pred / quality_scale, fracs], 1)
+        arch = known_F[np.isfinite(known_F[:, 0])].copy()
+        arch[:, 0] = arch[:, 0] / quality_scale
+        front = arch[pareto_indices(arch)] if len(arch) else np.zeros((0, 2))
+        base = _hv2(front)
+        left = list(range(n))
+        for _ in range(keep - n_rand):
+            scores = []
+            for i in left:
+                gain = _hv2(np.vstack([front, scaled[i : i + 1]])) - base
+                scores.append(gain if gain > 0 else -_gap(front, scaled[i]))
+            j = left.pop(int(np.argmax(scores)))  # first of equals: deterministic
+            picked.append(j)
+            front = np.vstack([front, scaled[j : j + 1]])
+            front = front[pareto_indices(front)]
+            base = _hv2(front)
+    rest = [i for i in range(n) if i not in picked]
+    picked += [rest[i] for i in sorted(rng.choice(len(rest), size=keep - len(picked), replace=False))]
+    return sorted(picked)
