@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import models
-from .ceiling import CeilingCache, ComfyFluxCeiling
+from .ceiling import CeilingCache, ComfyFluxCeiling, ComfyPixArtCeiling
 from .common import REPO, SCHEDULES, hardware, resolve_dtype, write_json
 from .runner import Variant, run_variants
 
@@ -218,7 +218,21 @@ class Patcher:
         self.options["patches_replace"] = {}
 
 
-def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, graphs=False, graphs_mod=None):
+def variants(
+    den,
+    presets,
+    adapters,
+    engine_mod,
+    schedule_mod,
+    recompute=True,
+    graphs=False,
+    graphs_mod=None,
+    schedules=(),
+    any_module=True,
+):
+    """No cache, all-recompute, the pack and the ceiling per preset (names), the pack per extra ``schedules``
+    (Schedule objects, no ceiling), and the graph variants."""
+
     class _Run:  # what the adapters' hooks read: the engine of the patched model, FLUX's capture slot
         def __init__(self, engine):
             self.engine = engine
@@ -260,10 +274,10 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, g
 
         return setup
 
-    def ceiling(bits):
+    def ceiling(bits, any_module=False):
         def setup():
             if flux:
-                c = ComfyFluxCeiling(den.model, bits, adapters.flux)
+                c = ComfyFluxCeiling(den.model, bits)
                 options["patches_replace"] = {"dit": c.patches}
 
                 def remove():
@@ -271,7 +285,7 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, g
                     options["patches_replace"] = {}
 
                 return (lambda i: setattr(c, "step", i)), remove, None
-            c = CeilingCache(den.unit_modules, bits)
+            c = CeilingCache(den.unit_modules, bits) if any_module else ComfyPixArtCeiling(den.model, bits)
             return (lambda i: setattr(c, "step", i)), c.remove, None
 
         return setup
@@ -285,6 +299,10 @@ def variants(den, presets, adapters, engine_mod, schedule_mod, recompute=True, g
         vs.append(Variant(f"pack {s}", pack(ps), s, "engine"))
         bits = (ps if ps.steps == den.steps else schedule_mod.remap_steps(ps, den.steps)).effective_bits()
         vs.append(Variant(f"ceiling {s}", ceiling(bits), s, "ceiling"))
+        if any_module and not flux:  # ComfyUI's FLUX has its attention inline: no module computes that unit
+            vs.append(Variant(f"any module cache {s}", ceiling(bits, any_module=True), s, "anymodule"))
+    for sc in schedules:
+        vs.append(Variant(f"pack {sc.name}", pack(sc), None, "engine"))
     if graphs:
         full = schedule_mod.Schedule.full(layout, den.steps, name="all-recompute")
         vs.append(Variant("graphs, no cache", pack(full, graphs=True), None, "graphs", persistent=True))
@@ -333,6 +351,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--graphs", action="store_true", help="also the Apply node's CUDA-graph mode (PixArt)")
     ap.add_argument("--profile", help="folder for profiler tables (ComfyUI and diffusers PixArt, no cache)")
+    ap.add_argument("--no-any-module", action="store_true", help="skip the any-module-cache reference variants")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     dtype = resolve_dtype(a.dtype, a.device)
@@ -367,6 +386,7 @@ def main(argv=None) -> dict:
             schedule_mod,
             graphs=a.graphs,
             graphs_mod=graphs_module() if a.graphs else None,
+            any_module=not a.no_any_module,
         )
         out["variants"] = run_variants(den, vs, rounds=a.rounds, device=a.device)
         if a.out:

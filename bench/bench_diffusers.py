@@ -1,9 +1,9 @@
 """Denoising-loop wall time on the diffusers path: no cache, this project's engine, the zero-overhead ceiling.
 
-For each preset: the engine (``ecad_core.apply``), the ceiling
-(``bench.ceiling.CeilingCache`` replaying the same schedule) and optionally the
-engine with CUDA graphs; plus no cache, the patched model with everything
-recomputed (the engine's pure overhead), and the cost of offloading the cache.
+For each preset: the engine (``ecad_core.apply``), the ceiling (``bench.ceiling``: the same block
+re-statement with no bookkeeping), any module cache (``bench.ceiling.CeilingCache``: unit-module outputs,
+the old ceiling) and optionally the engine with CUDA graphs; plus no cache, the patched model with
+everything recomputed (the engine's pure overhead), and the cost of offloading the cache.
 
     python -m bench.bench_diffusers --model pixart-alpha --res 256 \\
         --presets pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest --graphs --out r.json
@@ -22,7 +22,7 @@ from ecad_core.diffusers.adapters import find_diffusers_units
 from ecad_core.diffusers.api import apply
 
 from . import models
-from .ceiling import CeilingCache
+from .ceiling import CeilingCache, ceiling_for
 from .common import SCHEDULES, hardware, replay_bits, resolve_dtype, write_json
 from .runner import Variant, run_variants
 
@@ -53,17 +53,20 @@ def engine_variant(den, sched: Schedule, kind: str, name: str, preset, **apply_k
     return Variant(name, setup, preset, kind, persistent=kind == "graphs")
 
 
-def ceiling_variant(den, sched: Schedule, name: str, preset) -> Variant:
+def ceiling_variant(den, sched: Schedule, name: str, preset, kind: str = "ceiling") -> Variant:
+    """The ceiling (``kind`` "ceiling") or any module cache ("anymodule") replaying ``sched``."""
     bits = replay_bits(sched, den.steps)
 
     def setup():
-        c = CeilingCache(den.unit_modules, bits)
+        c = ceiling_for(den.model, bits) if kind == "ceiling" else CeilingCache(den.unit_modules, bits)
         return (lambda i: setattr(c, "step", i)), c.remove, None
 
-    return Variant(name, setup, preset, "ceiling")
+    return Variant(name, setup, preset, kind)
 
 
-def variants_for(den, presets: list[Schedule], *, graphs: bool, offload: bool, recompute: bool) -> list[Variant]:
+def variants_for(
+    den, presets: list[Schedule], *, graphs: bool, offload: bool, recompute: bool, any_module: bool = True
+) -> list[Variant]:
     layout = find_diffusers_units(den.model).layout
     full = Schedule.full(layout, den.steps, name="all-recompute")
     vs = [Variant("no cache", lambda: (None, lambda: None, None), None, "nocache")]
@@ -72,6 +75,8 @@ def variants_for(den, presets: list[Schedule], *, graphs: bool, offload: bool, r
     for s in presets:
         vs.append(engine_variant(den, s, "engine", f"engine {s.name}", s.name))
         vs.append(ceiling_variant(den, s, f"ceiling {s.name}", s.name))
+        if any_module:
+            vs.append(ceiling_variant(den, s, f"any module cache {s.name}", s.name, "anymodule"))
     if offload and presets:
         s = presets[0]
         vs.append(engine_variant(den, s, "offload", f"engine+offload {s.name}", s.name, offload_device="cpu"))
@@ -99,6 +104,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--graphs", action="store_true", help="also the engine with CUDA graphs")
     ap.add_argument("--offload", action="store_true", help="also the engine with the cache in CPU memory")
     ap.add_argument("--no-recompute", action="store_true", help="skip the all-recompute overhead variant")
+    ap.add_argument("--no-any-module", action="store_true", help="skip the any-module-cache reference variants")
     ap.add_argument("--out", help="write the results here (JSON)")
     a = ap.parse_args(argv)
     dtype = resolve_dtype(a.dtype, a.device)
@@ -111,7 +117,14 @@ def main(argv=None) -> dict:
         for s in presets:
             s.check_fits(layout, den.name)
         print(f"{den.name} ({'tiny' if a.tiny else 'full-size'}, {dtype}, {a.device}), {a.steps} steps", flush=True)
-        vs = variants_for(den, presets, graphs=a.graphs, offload=a.offload, recompute=not a.no_recompute)
+        vs = variants_for(
+            den,
+            presets,
+            graphs=a.graphs,
+            offload=a.offload,
+            recompute=not a.no_recompute,
+            any_module=not a.no_any_module,
+        )
         res = run_variants(den, vs, rounds=a.rounds, device=a.device)
     out = {
         "bench": "diffusers",

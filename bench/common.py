@@ -70,16 +70,45 @@ def hardware(device) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
     }
+    d.update(gpu=None, driver=None, cuda=None)  # every result names them, None off a GPU
     if torch.device(device).type == "cuda":
         p = torch.cuda.get_device_properties(0)
         d.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        d["driver"] = gpu_driver()
     try:
         import diffusers
 
         d["diffusers"] = diffusers.__version__
     except ImportError:
         pass
+    d["comfyui"] = comfy_version()
     return d
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version (nvidia-smi), None where it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def comfy_version() -> str | None:
+    """The version of the ComfyUI tree the benches import (ECAD_COMFY_DIR, else .cache/ComfyUI), read without
+    importing it; None where there is none."""
+    import re
+
+    p = Path(os.environ.get("ECAD_COMFY_DIR") or REPO / ".cache" / "ComfyUI") / "comfyui_version.py"
+    m = re.search(r"__version__\s*=\s*[\"']([^\"']+)", p.read_text()) if p.is_file() else None
+    return m.group(1) if m else None
 
 
 def write_json(path, data) -> None:

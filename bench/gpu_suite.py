@@ -1,6 +1,13 @@
 """Every GPU bench in one process, most important first; results rewritten to one JSON after each section.
 
     python -m bench.gpu_suite --out DIR [--tiny] [--budget-s 420]
+    python -m bench.gpu_suite --out DIR --only quoted-a --plan     # the plan and its expected time, nothing run
+
+``--only quoted-a`` / ``quoted-b`` (``quoted``: both) re-time every row README.md and docs/performance.md quote
+(``QUOTED``: row -> section), ``quoted-a`` the README's. Each part is sized for one device lease of 15 minutes
+(expected ≤ ``QUOTED_BUDGET_S`` at 2 rounds, without the any-module-cache reference variants); the plan, with
+each section's expected seconds, is printed before anything runs. Every result records the GPU, driver, torch,
+CUDA, diffusers and ComfyUI versions (``hardware``).
 
 A section that fails is recorded with its error and the suite goes on; when the
 time budget is spent the remaining sections are skipped (and listed), so a
@@ -41,6 +48,51 @@ GROUPS = {
         "comfy_flux_1024",
     ]
 }
+
+
+# every row README.md and docs/performance.md quote -> the section that re-times it
+QUOTED = {
+    "README / docs: diffusers PixArt-α 1024² fast/faster/fastest, offload, CUDA graphs": "diffusers_alpha_1024",
+    "README / docs: ComfyUI PixArt-α 1024²": "comfy_alpha_1024",
+    "README / docs: diffusers FLUX.1-dev 1024²": "diffusers_flux_1024",
+    "README / docs: ComfyUI FLUX.1-dev 1024²": "comfy_flux_1024",
+    "README / docs: diffusers PixArt-α 256² eager and CUDA graphs (graph no-cache row)": "diffusers_alpha_256",
+    "README / docs: ComfyUI PixArt-α 512² eager and CUDA graphs": "comfy_alpha_512_graphs",
+    "README / docs: all recompute, PixArt-α 1024², 15 rounds": "overhead_alpha_1024",
+    "docs: diffusers PixArt-Σ 1024²": "diffusers_sigma_1024",
+    "docs: ComfyUI PixArt-Σ 1024²": "comfy_sigma_1024",
+    "docs: diffusers FLUX.1-dev 512²": "diffusers_flux_512",
+    "docs: ComfyUI FLUX.1-dev 512²": "comfy_flux_512",
+    "docs: diffusers PixArt-α 256², 15 rounds": "diffusers_alpha_256_15",
+    "docs: all recompute, PixArt-α 256², 15 rounds": "overhead_alpha_256",
+    "docs: ComfyUI PixArt-α 1024², CUDA graphs": "comfy_alpha_1024_graphs",
+    "docs: ComfyUI CUDA-graph safety checks": "comfy_graphs_check",
+    "docs: ComfyUI PixArt-α 1024² profile": "comfy_alpha_1024_profile",
+}
+QUOTED_A = [
+    "diffusers_alpha_1024",
+    "comfy_alpha_1024",
+    "diffusers_flux_1024",
+    "comfy_flux_1024",
+    "diffusers_alpha_256",
+    "comfy_alpha_512_graphs",
+    "overhead_alpha_1024",
+]
+QUOTED_B = [s for s in dict.fromkeys(QUOTED.values()) if s not in QUOTED_A]
+GROUPS["quoted-a"], GROUPS["quoted-b"] = QUOTED_A, QUOTED_B
+GROUPS["quoted"] = QUOTED_A + QUOTED_B
+QUOTED_ROUNDS = 2
+QUOTED_BUDGET_S = 360.0  # a 15-minute lease: ~3 min to start, this, and room to rerun a failed section
+
+
+def expected_s(est: float, argv: list, rounds: int) -> float:
+    """A section's expected seconds: its H100 estimate (3 rounds; sections of 5+ rounds: theirs) scaled to its
+    rounds, less the any-module variants where they are left out."""
+    own = int(argv[argv.index("--rounds") + 1]) if "--rounds" in argv else rounds
+    scale = (1 + own) / 4 if own < 5 else 1.0  # estimates of sections with 5+ rounds are for their rounds
+    if "--no-any-module" in argv and "--presets" in argv and argv[argv.index("--presets") + 1]:
+        scale *= 0.8  # one variant fewer per preset
+    return round(est * scale, 1)
 
 
 def sections(tiny: bool, rounds: int):
@@ -210,16 +262,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU: a smoke run of every section")
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip sections that would start after this")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", help="comma-separated section names or groups (recheck); default: the first 7")
+    ap.add_argument(
+        "--only",
+        help="comma-separated section names or groups (recheck, quoted-a, quoted-b, quoted); default: the first 7",
+    )
+    ap.add_argument("--plan", action="store_true", help="print and write the plan (plan.json) and stop: a dry run")
     a = ap.parse_args(argv)
+    quoted = bool(a.only) and any(g.startswith("quoted") for g in a.only.split(","))
+    if quoted and "--rounds" not in (argv or sys.argv[1:]):
+        a.rounds = QUOTED_ROUNDS
+    if quoted and "--budget-s" not in (argv or sys.argv[1:]):
+        a.budget_s = QUOTED_BUDGET_S
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = "cpu" if a.tiny else "cuda"
-    if not a.tiny and not torch.cuda.is_available():
-        raise SystemExit("gpu_suite: no CUDA device (use --tiny for the CPU smoke run)")
+    device = "cpu" if a.tiny or a.plan else "cuda"
+    if not a.tiny and not a.plan and not torch.cuda.is_available():
+        raise SystemExit("gpu_suite: no CUDA device (use --tiny for the CPU smoke run, --plan for the plan)")
     start = time.perf_counter()
     suite = {"hardware": hardware(device), "tiny": a.tiny, "sections": {}, "skipped": [], "errors": {}}
     todo = sections(a.tiny, 1 if a.tiny else a.rounds)
+    if quoted:  # the reference variants are not quoted: their time goes to the quoted rows
+        todo = [(n, fn, [*av, "--no-any-module"] if fn in _BENCHES else av, est) for n, fn, av, est in todo]
     if a.only:
         keep = {n for g in a.only.split(",") for n in GROUPS.get(g, [g])}
         unknown = keep - {s[0] for s in todo}
@@ -231,6 +294,15 @@ def main(argv=None) -> dict:
         todo = [s for s in todo if s[0] in keep]
     elif not a.tiny:
         todo = todo[:DEFAULT_SECTIONS]
+    if quoted and a.only:  # in the group's order
+        order = [n for g in a.only.split(",") for n in GROUPS.get(g, [g])]
+        todo.sort(key=lambda s: order.index(s[0]))
+    todo = [(n, fn, av, expected_s(est, av, a.rounds)) for n, fn, av, est in todo]
+    suite["plan"] = plan(todo, a.budget_s)
+    print(format_plan(suite["plan"], a.budget_s), flush=True)
+    if a.plan:
+        write_json(out_dir / "plan.json", suite)
+        return suite
     for name, fn, argv_s, est in todo:
         elapsed = time.perf_counter() - start
         if elapsed + est > a.budget_s:
@@ -258,6 +330,32 @@ def main(argv=None) -> dict:
     print(summary(suite), flush=True)
     write_json(out_dir / "suite.json", suite)
     return suite
+
+
+_BENCHES = (bench_diffusers.main, bench_comfy.main)
+
+
+def plan(todo, budget_s: float) -> list[dict]:
+    """Each section with its argv, expected seconds, the running total and whether it starts within budget."""
+    out, t = [], 0.0
+    for name, _fn, argv_s, est in todo:
+        fits = t + est <= budget_s
+        out.append({"section": name, "argv": list(argv_s), "expected_s": est, "starts_at_s": t, "fits": fits})
+        if fits:
+            t += est
+    return out
+
+
+def format_plan(p: list[dict], budget_s: float) -> str:
+    lines = [f"plan (budget {budget_s:.0f} s; expected seconds from the H100 runs, scaled to the rounds):"]
+    for r in p:
+        lines.append(
+            f"  {r['section']:<28} {r['expected_s']:6.0f} s  from {r['starts_at_s']:5.0f} s"
+            + ("" if r["fits"] else "  (over budget: skipped)")
+        )
+    total = sum(r["expected_s"] for r in p if r["fits"])
+    lines.append(f"  expected total {total:.0f} s of {budget_s:.0f} s")
+    return "\n".join(lines)
 
 
 def summary(suite: dict) -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The device run: install the carried wheels (diffusers is not on the GPU image), then every bench.
-#   run(command="bash bench/gpu_suite.sh", carry=[".whl", ".cache/ComfyUI"], timeout_s=450)
+#   run(command="bash bench/gpu_suite.sh --only quoted-a", carry=[".whl", ".cache/ComfyUI"], timeout_s=450)
+#   (then quoted-b in a later lease; the plan and its expected time are printed first: --plan prints only that)
 # Results: $OUT/suite.json (rewritten after each section), $OUT/log.txt, $OUT/profile_*/ tables.
 # CPU smoke run of the same script: OUT=/tmp/suite bash bench/gpu_suite.sh --tiny
 set -uo pipefail

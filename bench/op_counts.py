@@ -13,6 +13,16 @@ counts are CPU ones; the differences between variants are not.
     python -m bench.op_counts --path diffusers --res 256 --out r.json
     python -m bench.op_counts --path comfy --res 512
     python -m bench.op_counts --model flux-dev --res 1024
+    python -m bench.op_counts --family dit_blocks        # or pixart, flux, any family; 'all': every one
+
+``--family`` counts every tiny test checkpoint of a family on the ComfyUI path (``bench/comfy_family.py``):
+no cache, all recomputed, the family's own search seeds (every-2, attention every 2 where the family record
+names attention components) and the shipped presets whose layout fits; it writes
+``bench/results/cpu-op-counts-comfy-<family>.json`` (the first image of the first patched variant, which runs
+the one-off checks, is counted apart). Adding a family needs nothing here: its adapter in ``nodes/adapters/``
+and its tiny recipe in ``tests/comfy_harness/make_tiny.py`` are enough (see ``bench/comfy_family.py`` for a
+recipe whose conditioning widths have unusual names). Then run it for the family and commit the file:
+``tests/test_op_count_tables.py`` regenerates every ``cpu-op-counts-*.json`` it finds and compares.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .common import write_json
+from .common import REPO, comfy_version, write_json
+
+RESULTS = REPO / "bench" / "results"
 
 PRESETS = {
     "pixart-alpha": "pixart-alpha-256-fast,pixart-alpha-256-faster,pixart-alpha-256-fastest",
@@ -80,6 +92,15 @@ class CopySites(TorchDispatchMode):
             f = frames[-1] if frames else None
             self.sites[f"{name} at {Path(f.filename).name}:{f.lineno} {f.line}" if f else f"{name} (torch)"] += 1
         return func(*args, **(kwargs or {}))
+
+
+def versions(path: str) -> dict:
+    """What the counts depend on besides this repository: torch, and ComfyUI or diffusers (the model code)."""
+    if path == "comfy":
+        return {"torch": torch.__version__, "comfyui": comfy_version()}
+    import diffusers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
 def per_call(den, comfy_gpu_attention: bool = False) -> dict:
@@ -136,10 +157,9 @@ def count_variants(den, variants) -> dict:
     for v in variants:
         r = out[v.name]
         r["vs_no_cache"] = round(r["ops"] / base, 4)
-        if v.kind == "engine":
-            r["vs_ceiling"] = round(
-                r["ops"] / out[v.name.replace("engine", "ceiling", 1).replace("pack", "ceiling", 1)]["ops"], 4
-            )
+        ceiling = v.name.replace("engine", "ceiling", 1).replace("pack", "ceiling", 1)
+        if v.kind == "engine" and ceiling in out:
+            r["vs_ceiling"] = round(r["ops"] / out[ceiling]["ops"], 4)
     return out
 
 
@@ -148,7 +168,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--path", default="diffusers", choices=("diffusers", "comfy"))
     ap.add_argument("--model", default="pixart-alpha", choices=tuple(PRESETS))
     ap.add_argument("--res", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, help="default: 20 (--family: 10, so that CI regenerates it quickly)")
     ap.add_argument("--presets", help="comma-separated shipped presets (default: the model's)")
     ap.add_argument(
         "--per-call",
@@ -156,10 +176,18 @@ def main(argv=None) -> dict:
         help="one no-cache call of ComfyUI's PixArt (GPU attention function) and diffusers': ops and "
         "where copies are made",
     )
+    ap.add_argument(
+        "--family",
+        help="a family the pack's ComfyUI adapters serve (or 'all'), on its tiny test checkpoints: writes "
+        "bench/results/cpu-op-counts-comfy-<family>.json unless --out says otherwise",
+    )
     ap.add_argument("--out")
     a = ap.parse_args(argv)
+    a.steps = a.steps or (10 if a.family else 20)
     if a.per_call:
         return compare_per_call(a)
+    if a.family:
+        return count_family(a, list(argv) if argv is not None else sys.argv[1:])
     kw = dict(tiny=True, device="cpu", dtype=torch.float32, steps=a.steps)
     names = [p for p in (a.presets or PRESETS[a.model]).split(",") if p]
     with torch.no_grad():
@@ -183,7 +211,10 @@ def main(argv=None) -> dict:
             vs = bench_comfy.variants(den, names, adapters, engine_mod, schedule_mod)
         res = {
             "bench": "op_counts",
+            "argv": ["--path", a.path, "--model", a.model, "--res", str(a.res), "--steps", str(a.steps)]
+            + (["--presets", a.presets] if a.presets else []),
             "path": a.path,
+            "versions": versions(a.path),
             "model": a.model,
             "res": a.res,
             "steps": a.steps,
@@ -200,6 +231,69 @@ def main(argv=None) -> dict:
     return res
 
 
+def count_family(a, argv) -> dict:
+    """Op counts of every tiny checkpoint of a family (``bench/comfy_family.py``): no cache, all-recompute, the
+    family's seed schedules and the presets that fit; one result file per family."""
+    from . import bench_comfy, comfy_family
+
+    bench_comfy.import_comfy("cpu")
+    adapters, engine_mod, schedule_mod = bench_comfy.pack_modules()
+    fams = comfy_family.families(adapters) if a.family == "all" else [a.family]
+    if a.family != "all" and a.family not in comfy_family.families(adapters):
+        raise SystemExit(
+            f"op_counts: no ComfyUI adapter serves family {a.family!r}; known: "
+            f"{', '.join(comfy_family.families(adapters))}"
+        )
+    if a.out and len(fams) > 1:
+        raise SystemExit("op_counts: --out names one file; --family all writes one per family")
+    done = {}
+    for fam in fams:
+        names = comfy_family.tiny_models(fam, adapters)
+        if not names:  # still written: a file that had models and lost them (another family took them) shows
+            print(f"{fam}: no tiny checkpoint in tests/comfy_harness/make_tiny.py serves it")
+        res = {
+            "bench": "op_counts",
+            "argv": ["--family", fam, "--steps", str(a.steps)],
+            "path": "comfy",
+            "versions": versions("comfy"),
+            "family": fam,
+            "steps": a.steps,
+            "models": {},
+        }
+        for name in names:
+            with torch.no_grad():
+                den = comfy_family.load(name, steps=a.steps)
+                try:
+                    layout = adapters.adapter_of(den.model).layout
+                except Exception as e:  # noqa: BLE001 - a test checkpoint the pack refuses (PixArt 256 pe)
+                    res["models"][name] = {"model": type(den.model).__name__, "refused": str(e)}
+                    print(f"{fam}: {name}: refused by the pack: {e}")
+                    continue
+                seeds = comfy_family.seed_schedules(layout, a.steps, schedule_mod)
+                presets = comfy_family.fitting_presets(layout, schedule_mod) if a.presets is None else []
+                scheds = seeds + [
+                    schedule_mod.remap_steps(schedule_mod.load_schedule(bench_comfy.SCHEDULES / f"{p}.json"), a.steps)
+                    for p in presets
+                ]
+                vs = bench_comfy.variants(den, [], adapters, engine_mod, schedule_mod, schedules=scheds)
+                r = {
+                    "model": type(den.model).__name__,
+                    "res": den.info["res"],
+                    "layout": layout.describe(),
+                    "variants": count_variants(den, vs),
+                }
+            res["models"][name] = r
+            print(
+                f"{fam}: {name} ({r['model']}, {r['layout']}) {r['res']}², {a.steps} steps: device operations per image"
+            )
+            for k, v in r["variants"].items():
+                extra = f"  (first image {v['first_image_ops']}: checks included)" if "first_image_ops" in v else ""
+                print(f"  {k:44s} {v['ops']:8d}  x{v['vs_no_cache']:.3f} of no cache{extra}")
+        write_json(a.out or RESULTS / f"cpu-op-counts-comfy-{fam}.json", res)
+        done[fam] = res
+    return done[fams[0]] if len(fams) == 1 and done else done
+
+
 def compare_per_call(a) -> dict:
     from . import bench_comfy, models
 
@@ -211,6 +305,8 @@ def compare_per_call(a) -> dict:
     with torch.no_grad():
         res = {
             "bench": "op_counts per call",
+            "argv": ["--per-call", "--model", a.model, "--res", str(a.res)],
+            "versions": {**versions("comfy"), **versions("diffusers")},
             "res": a.res,
             "model": a.model,
             "comfy": per_call(bench_comfy.comfy_pixart(variant, a.res, **kw), comfy_gpu_attention=True),

@@ -236,6 +236,7 @@ def test_bench_diffusers_smoke_writes_results(tmp_path):
         "patched, all recompute",
         "engine pixart-alpha-256-fastest",
         "ceiling pixart-alpha-256-fastest",
+        "any module cache pixart-alpha-256-fastest",
         "graphs, no cache",
         "graphs pixart-alpha-256-fastest",
     }
