@@ -21,9 +21,8 @@ LAYOUTS = {
     "ecad_tiny_pixart_sigma": make_layout("pixart", 2),
     "ecad_tiny_flux_dev": make_layout("flux", 1, 1),
     "ecad_tiny_flux_schnell": make_layout("flux", 1, 1),
-    # block-level adapters (SD3 joint blocks, Wan blocks): one unit per block
-    "ecad_tiny_sd3": make_layout("dit_blocks", 2),
-    "ecad_tiny_wan": make_layout("dit_blocks", 2),
+    "ecad_tiny_sd3": make_layout("sd3", 1, 1),  # one joint block + the last (pre-only) one
+    "ecad_tiny_wan": make_layout("wan", 2),
 }
 
 

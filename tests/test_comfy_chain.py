@@ -19,7 +19,7 @@ STEPS = 4
 LAYOUTS = {
     "ecad_tiny_pixart_alpha": make_layout("pixart", 2),
     "ecad_tiny_flux_dev": make_layout("flux", 1, 1),
-    "ecad_tiny_sd3": make_layout("dit_blocks", 2),
+    "ecad_tiny_sd3": make_layout("sd3", 1, 1),  # one joint block + the last (pre-only) one
 }
 STATS = re.compile(r"ECAD (\S+): (\d+)/(\d+) unit calls reused.*?over (\d+) steps, (\d+) model calls")
 

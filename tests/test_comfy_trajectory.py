@@ -20,7 +20,7 @@ _seeds = itertools.count(17000)
 LAYOUTS = {
     "ecad_tiny_pixart_alpha": make_layout("pixart", 2),
     "ecad_tiny_flux_dev": make_layout("flux", 1, 1),
-    "ecad_tiny_wan": make_layout("dit_blocks", 2),
+    "ecad_tiny_wan": make_layout("wan", 2),
 }
 SCHEDULERS = ["normal", "karras", "simple", "beta", "sgm_uniform"]
 SAMPLERS = ["euler", "heun", "dpmpp_2m", "dpmpp_sde", "uni_pc"]
@@ -287,7 +287,7 @@ def test_wan22_two_experts_each_read_their_stage_rows(comfy_server, schedules):
     # CFG: cond and uncond in one batch, one unit call per unit
     assert r1 == (~a.effective_bits()[:4]).sum(axis=1).tolist()
     assert r2 == [0] + (~b.bits[5:8]).sum(axis=1).tolist()
-    assert sum(r1) > 0 and lay.n_units == 2
+    assert sum(r1) > 0 and lay.n_units == 6
 
 
 @pytest.mark.parametrize("other", ["EasyCache", "LazyCache"])
