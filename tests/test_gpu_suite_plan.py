@@ -40,3 +40,32 @@ def test_plan_skips_what_does_not_fit():
     p = gpu_suite.plan(todo, 200.0)
     assert [r["fits"] for r in p] == [True, False, True]
     assert "over budget" in gpu_suite.format_plan(p, 200.0)
+
+
+def test_missed_targets_names_each_variant_below_its_target_at_1024():
+    def v(kind, **kw):
+        return {"kind": kind, "median_ms": 1.0, "spread_pct": 0.0, **kw}
+
+    suite = {
+        "hardware": {"gpu": "test"},
+        "sections": {
+            "diffusers_alpha_1024": {
+                "variants": {
+                    "engine fast": v("engine", of_ceiling=0.96),
+                    "engine fastest": v("engine", of_ceiling=0.94),
+                    "all-recompute": v("recompute", overhead_pct=1.4),
+                    "graphs fast": v("graphs", of_ceiling=0.5),  # graph rows have their own reference
+                }
+            },
+            "comfy_flux_1024": {"variants": {"all-recompute": v("recompute", overhead_pct=0.6)}},
+            "diffusers_alpha_256": {"variants": {"engine fast": v("engine", of_ceiling=0.5)}},  # launch-bound
+        },
+        "skipped": [],
+        "errors": {},
+    }
+    missed = gpu_suite.missed_targets(suite)
+    assert len(missed) == 2
+    assert "diffusers_alpha_1024: engine fastest at 0.940 of the ceiling" in missed[0]
+    assert "diffusers_alpha_1024: all-recompute +1.4% against no cache" in missed[1]
+    suite["targets_missed"] = missed
+    assert gpu_suite.summary(suite).count("TARGET MISSED") == 2
