@@ -2,8 +2,10 @@
 and the rule-based caches (every-n, first-block residual, TeaCache-like) swept over their knob at equal MACs.
 
 A *search variant* is a function ``variant(ctx: SearchContext) -> None`` that scores schedules only through
-``ctx.evaluator.evaluate(schedules)`` and stops at ``ctx.budget`` model runs; the benchmark records the
-archive after every run, so every variant gets the same curves. Register one with ``@variant("name")`` (or pass
+``ctx.evaluator.evaluate(schedules)`` (or ``evaluate_samples(schedules, indices)``, a subset of the calibration
+samples) and stops at ``ctx.budget`` model runs, counted as images sampled / calibration samples (a run of every
+sample = 1); the benchmark records the archive after every complete evaluation, so every variant gets the same
+curves. Register one with ``@variant("name")`` (or pass
 ``variants={"name": fn}`` to ``run``) and name it with ``--variants``.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m bench.bench_search_efficiency \
@@ -56,13 +58,16 @@ class ShapesGenerate:
         self.last_bits: np.ndarray | None = None
         self.description = {"model": f"shapes-{family}", "prompts": list(prompts), "seeds": list(seeds), "steps": steps}
 
-    def __call__(self, schedule: Schedule | None) -> list[torch.Tensor]:
+    def __call__(self, schedule: Schedule | None, samples: Sequence[int] | None = None) -> list[torch.Tensor]:
+        # samples: run only these (each sample's noise is its own seed's, so a subset gives the same outputs)
+        idx = range(len(self.captions)) if samples is None else samples
+        caps, seeds = [self.captions[i] for i in idx], [self.sample_seeds[i] for i in idx]
         if schedule is None:
-            return list(trained.sample(self.model, self.family, self.captions, self.sample_seeds, self.steps))
+            return list(trained.sample(self.model, self.family, caps, seeds, self.steps))
         handle = apply(self.model, schedule)
         hooks = self.policy.install(handle, self.units) if self.policy is not None else []
         try:
-            out = trained.sample(self.model, self.family, self.captions, self.sample_seeds, self.steps)
+            out = trained.sample(self.model, self.family, caps, seeds, self.steps)
             handle.finish_run()
         finally:
             for h in hooks:
@@ -86,7 +91,7 @@ class SearchContext:
     evaluator: RecordingEvaluator
     space: GenomeSpace
     cost: ComputeCost
-    budget: int  # model runs (sampling runs over all calibration samples), the reference run included
+    budget: int  # model runs (images sampled / calibration samples), the reference run included
     seed: int
     model: str
     options: dict = field(default_factory=dict)
@@ -131,16 +136,36 @@ def surrogate(ctx: SearchContext) -> None:
     run_search(ctx.evaluator, ctx.space.layout, ctx.space.steps, None, settings, cost=ctx.cost, model=ctx.model)
 
 
+@variant("racing")
+def racing(ctx: SearchContext) -> None:
+    """NSGA-II with racing over calibration samples (issue #19 B.3): each candidate of generation >= 1 runs
+    ``racing`` samples first (default a quarter of them) and the rest only if it can still reach the front;
+    generations until the budget (in images) is spent."""
+    pop = int(ctx.options.get("population", 24))
+    n = ctx.evaluator.n_samples
+    settings = SearchSettings(
+        population=pop,
+        generations=ctx.budget,  # the budget in images stops it
+        seed=ctx.seed,
+        racing=int(ctx.options.get("racing", max(1, n // 4))),
+        racing_margin=float(ctx.options.get("racing_margin", 0.1)),
+    )
+    run_search(ctx.evaluator, ctx.space.layout, ctx.space.steps, None, settings, cost=ctx.cost, model=ctx.model)
+
+
 class RecordingEvaluator:
-    """Wraps a ``LocalEvaluator``: scores one schedule per model run and records, after each, the runs so far
-    and the archive's hypervolume (the curve); refuses to run past the budget."""
+    """Wraps a ``LocalEvaluator``: scores one schedule per call of the inner evaluator and records, after each
+    complete evaluation, the model runs so far (images / calibration samples) and the archive's hypervolume (the
+    curve); refuses to sample past the budget. A schedule run on a subset of the samples enters the archive only
+    once all its samples have run."""
 
     def __init__(self, inner: LocalEvaluator, cost: ComputeCost, quality_scale: float, budget: int):
         self.inner, self.cost, self.quality_scale, self.budget = inner, cost, quality_scale, budget
         self.batch_size = inner.batch_size
         self.archive: list[tuple[float, float]] = []
         self.schedules: list[Schedule] = []
-        self.curve: list[tuple[int, float]] = []
+        self.curve: list[tuple[float, float]] = []
+        self._parts: dict[bytes, dict[int, float]] = {}
 
     def describe(self) -> dict:
         return self.inner.describe()
@@ -149,21 +174,53 @@ class RecordingEvaluator:
         self.inner.prepare(out_dir, fingerprint, progress)
 
     @property
-    def runs(self) -> int:
-        return self.inner.n_generate
+    def n_samples(self) -> int:
+        return len(self.inner.references())
+
+    @property
+    def n_images(self) -> int:
+        return self.inner.n_images
+
+    @property
+    def runs(self) -> float:
+        """Model runs: images sampled / calibration samples (the shared reference run counted once)."""
+        n = self.n_samples
+        r = self.inner.n_images / n
+        return int(r) if r == int(r) else round(r, 4)
+
+    def _check(self, need: int) -> None:
+        self.inner.references()
+        if self.inner.n_images + need > self.budget * self.n_samples:
+            raise BudgetSpent
+
+    def _record(self, s: Schedule, loss: float) -> None:
+        self.archive.append((loss, self.cost.fraction(s.effective_bits())))
+        self.schedules.append(s)
+        self.curve.append((self.runs, hypervolume(np.array(self.archive), quality_scale=self.quality_scale)))
 
     def evaluate(self, schedules: list[Schedule]) -> list[float]:
         losses = []
         for s in schedules:
-            self.inner.references()
-            if self.runs >= self.budget:
-                raise BudgetSpent
+            self._check(self.n_samples)
             loss = self.inner.evaluate([s])[0]
             losses.append(loss)
-            self.archive.append((loss, self.cost.fraction(s.effective_bits())))
-            self.schedules.append(s)
-            self.curve.append((self.runs, hypervolume(np.array(self.archive), quality_scale=self.quality_scale)))
+            self._record(s, loss)
         return losses
+
+    def evaluate_samples(self, schedules: list[Schedule], indices: Sequence[int]) -> list[list[float]]:
+        out = []
+        n = self.n_samples
+        for s in schedules:
+            self._check(len(indices))
+            per = self.inner.evaluate_samples([s], indices)[0]
+            out.append(per)
+            key = s.bits.tobytes()
+            part = self._parts.setdefault(key, {})
+            part.update(zip(indices, per))
+            if len(part) == n:
+                del self._parts[key]
+                self._record(s, float(torch.tensor([part[i] for i in range(n)], dtype=torch.float64).mean()))
+        return out
 
     def front(self) -> list[int]:
         return [int(i) for i in pareto_indices(np.array(self.archive))] if self.archive else []
@@ -183,6 +240,7 @@ class Setup:
     fbcache: tuple[float, ...] = (0.02, 0.05, 0.08, 0.12, 0.18, 0.25, 0.35, 0.5)
     teacache: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.2)
     population: int = 24
+    racing: int | None = None  # racing variant: samples run first (None: a quarter of them)
 
 
 QUICK = Setup(
@@ -198,6 +256,19 @@ QUICK = Setup(
     teacache=(0.2, 0.6),
     population=8,
 )
+
+
+def calibration_set(n: int) -> tuple[str, ...]:
+    """``n`` calibration captions: ``trained.CALIBRATION`` first, then others of the shapes caption space spread
+    evenly over it (never a held-out one), so a larger set keeps the small one's prompts."""
+    base = list(trained.CALIBRATION)
+    if n <= len(base):
+        return tuple(base[:n])
+    pool = [c for c in trained.all_captions() if c not in base and c not in trained.HELD_OUT]
+    m = n - len(base)
+    if m > len(pool):
+        raise ValueError(f"at most {len(base) + len(pool)} calibration captions, asked for {n}")
+    return tuple(base + [pool[(i * len(pool)) // m] for i in range(m)])
 
 
 def _front_at(points: list[tuple[float, float]], frac: float) -> float:
@@ -282,10 +353,13 @@ def bench_model(
         for seed in setup.search_seeds:
             t1 = time.perf_counter()
             runs0 = cal.n_generate - 1  # the reference is computed once and shared by every search
-            rec = RecordingEvaluator(_Offset(cal, runs0), cost, scale, setup.budget)
+            images0 = cal.n_images - len(gen_cal.captions)
+            rec = RecordingEvaluator(_Offset(cal, runs0, images0), cost, scale, setup.budget)
             ctx = SearchContext(
                 rec, space, cost, setup.budget, seed, f"shapes-{family}", {"population": setup.population}
             )
+            if setup.racing:
+                ctx.options["racing"] = setup.racing
             try:
                 fn(ctx)
             except BudgetSpent:
@@ -301,7 +375,9 @@ def bench_model(
                 {
                     "seed": seed,
                     "runs": rec.runs,
-                    "images": rec.runs * len(gen_cal.captions),
+                    "images": rec.n_images,
+                    "sampler_calls": rec.inner.n_generate,
+                    "stopped_early": len(rec._parts),  # started on a subset, never finished (raced out)
                     "hv_final": hv_final,
                     "runs_to": {f"{p}%": _runs_to(rec.curve, p / 100 * hv_final) for p in (90, 95, 99)},
                     "curve": curve,
@@ -355,8 +431,8 @@ class _Offset:
     """A LocalEvaluator view whose ``n_generate`` counts from ``base`` (runs of earlier searches left out,
     the shared reference run kept: each search pays it once)."""
 
-    def __init__(self, inner: LocalEvaluator, base: int):
-        self._inner, self._base = inner, base
+    def __init__(self, inner: LocalEvaluator, base: int, base_images: int = 0):
+        self._inner, self._base, self._base_images = inner, base, base_images
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -364,6 +440,10 @@ class _Offset:
     @property
     def n_generate(self) -> int:
         return self._inner.n_generate - self._base
+
+    @property
+    def n_images(self) -> int:
+        return self._inner.n_images - self._base_images
 
 
 def _hv(points: list[tuple[float, float]], scale: float) -> float:
@@ -497,6 +577,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget", type=int, help="model runs per search (default: 265, today's default search)")
     ap.add_argument("--seeds", type=int, help="searches per variant and model (default 3: seeds 0, 1, 2)")
     ap.add_argument("--search-seeds", type=int, nargs="+", help="these search seeds instead (e.g. to add one)")
+    ap.add_argument(
+        "--calibration-size",
+        type=int,
+        help=f"calibration captions (default {len(trained.CALIBRATION)}; more are drawn from the caption space)",
+    )
+    ap.add_argument("--racing", type=int, help="racing variant: samples run first (default a quarter)")
     ap.add_argument("--out", help="result JSON (a PNG plot is written beside it)")
     ap.add_argument(
         "--baselines-from",
@@ -523,6 +609,10 @@ def main(argv=None) -> dict:
         setup = dataclasses.replace(setup, search_seeds=tuple(range(a.seeds)))
     if a.search_seeds:
         setup = dataclasses.replace(setup, search_seeds=tuple(a.search_seeds))
+    if a.calibration_size:
+        setup = dataclasses.replace(setup, calibration=calibration_set(a.calibration_size))
+    if a.racing:
+        setup = dataclasses.replace(setup, racing=a.racing)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def save(result):

@@ -569,6 +569,45 @@ def test_cli_evolve_with_screening(tmp_path, capsys):
     assert cli(args) == 2 and "screening" in capsys.readouterr().out
 
 
+def test_cli_generate_runs_a_subset_of_samples(pixart):
+    from ecad_core.cli.search import SampleSubsets
+
+    lay = make_layout("pixart", 2)
+    gen = SampleSubsets(diffusers_generate_fn(pixart, ["a red cat on a mat", "a blue dog"], [0, 1], 4, 4.5, 64, 64))
+    sched = Schedule.every_n(lay, 4, 2)
+    full = gen(sched)
+    calls = gen.calls
+    sub = gen(sched, samples=[3, 0])  # (blue dog, seed 1), (red cat, seed 0): one pipeline call per seed
+    assert gen.calls == calls + 2 and len(sub) == 2
+    torch.testing.assert_close(sub[0], full[3], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sub[1], full[0], rtol=1e-4, atol=1e-5)
+    assert gen.prompts == ["a red cat on a mat", "a blue dog"] and gen.seeds == [0, 1]  # restored
+    ev = LocalEvaluator(gen)
+    ev.evaluate([sched])
+    per = ev.last_sample_losses[0]
+    assert ev.evaluate_samples([sched], [3]) == [[pytest.approx(per[3], rel=1e-3)]]
+
+
+def test_cli_evolve_with_racing(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat on a mat\na blue dog\n")
+    out = tmp_path / "search"
+    args = ["evolve", "--model", "tiny:pixart-alpha", "--prompts", prompts, "--steps", 4, "--height", 64]
+    args += ["--width", 64, "--population", 4, "--generations", 3, "--out", out, "--quiet", "--seeds-per-prompt", 2]
+    assert cli(args + ["--racing", 1]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (out / "racing.json").is_file()
+    racing = json.loads((out / "racing.json").read_text())
+    # every image counted: 4 per full evaluation, 1 per raced-out one, plus the reference's 4
+    raced = len(racing["raced"])
+    assert summary["raced_out"] == raced
+    assert summary["images_sampled"] == 4 + racing["images"]
+    assert racing["images"] == 4 * len(racing["pairs"]) + raced
+    assert len(summary["front"]) >= 1
+    # a resume with racing off is refused, naming it
+    assert cli(args) == 2 and "racing" in capsys.readouterr().out
+
+
 def test_cli_evolve_and_run(tmp_path, capsys):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([{"id": "1", "prompt": "a red cat on a mat"}, {"id": "2", "prompt": "a dog"}]))

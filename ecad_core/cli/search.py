@@ -20,6 +20,35 @@ from ..metrics.names import FIDELITY_SPACES, LEARNED_METRICS
 from .common import add_model_and_prompt_args, positive_float, prompts_from_args
 
 
+class SampleSubsets:
+    """A ``DiffusersGenerate`` that also runs a subset of its samples (``samples=``: indices in its prompt-major,
+    then seed, order), for racing. Each sample's noise comes from its own seed, so a subset's outputs are the
+    full run's; the text embeddings cache is shared."""
+
+    def __init__(self, gen):
+        self._gen = gen
+
+    def __getattr__(self, name):
+        return getattr(self._gen, name)
+
+    def __call__(self, schedule, samples=None):
+        g = self._gen
+        if samples is None:
+            return g(schedule)
+        prompts, seeds = g.prompts, g.seeds
+        by_seed: dict[int, list[str]] = {}
+        for i in samples:
+            by_seed.setdefault(seeds[i % len(seeds)], []).append(prompts[i // len(seeds)])
+        got = {}
+        try:
+            for seed, ps in by_seed.items():
+                g.prompts, g.seeds = ps, [seed]
+                got.update({(p, seed): o for p, o in zip(ps, g(schedule))})
+        finally:
+            g.prompts, g.seeds = prompts, seeds
+        return [got[(prompts[i // len(seeds)], seeds[i % len(seeds)])] for i in samples]
+
+
 @dataclass(frozen=True)
 class EvolveSpec:
     """How ``evolve`` builds its evaluator. Picklable, so that every Ray worker builds the same one."""
@@ -82,7 +111,7 @@ class EvolveSpec:
         metric = (
             load_metric(self.metric, self.metric_weights, gen.pipe.device) if self.metric in LEARNED_METRICS else None
         )
-        return LocalEvaluator(gen, space=self.metric, metric=metric)
+        return LocalEvaluator(SampleSubsets(gen), space=self.metric, metric=metric)
 
     def search_inputs(self, evaluator, saved_cost=None):
         """(layout, compute cost, model hint for schedules) of the pipeline behind ``evaluator``.
@@ -152,6 +181,8 @@ def cmd_evolve(a) -> int:
         heuristic_seeds=not a.no_heuristic_seeds,
         screening=a.screening,
         evaluated_per_generation=a.evaluated_per_generation,
+        racing=a.racing,
+        racing_margin=a.racing_margin,
     )
     settings.validate()  # before loading anything heavy
     prompts = prompts_from_args(a)
@@ -231,6 +262,8 @@ def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
         "compute_model": cost.source,
         "metric": a.metric,
         "sampling_runs": evaluator.n_generate,
+        "images_sampled": getattr(evaluator, "n_images", None),  # the reference's included
+        "raced_out": res.raced_out,
         "seconds": round(time.monotonic() - t0, 2),
         "front": [
             {
@@ -331,6 +364,19 @@ def register(subparsers) -> None:
         help="surrogate pre-screening: breed this many offspring per evaluated one, evaluate the promising (0: off)",
     )
     q.add_argument("--evaluated-per-generation", type=int, default=None, help="new schedules evaluated per generation")
+    q.add_argument(
+        "--racing",
+        type=int,
+        default=0,
+        help="racing over samples: run this many calibration samples first, the rest only for candidates that "
+        "can still reach the front (0: off; not with --ray or a learned metric)",
+    )
+    q.add_argument(
+        "--racing-margin",
+        type=float,
+        default=0.1,
+        help="racing: shrink the optimistic bound by this share (larger: fewer candidates stopped)",
+    )
     q.add_argument(
         "--no-heuristic-seeds", action="store_true", help="initial population from warm starts + mutated copies only"
     )

@@ -17,11 +17,15 @@ Optional parts of the protocol, used when present:
 * ``describe() -> dict``: JSON-able facts (model, prompts, seeds, metric) kept
   in the checkpoint and in the provenance of found schedules; a resume with a
   different description is refused.
+* ``n_samples`` and ``evaluate_samples(schedules, indices) -> per-sample losses``:
+  scoring on a subset of the calibration samples, which racing (``racing.py``)
+  needs; ``n_images`` counts the samples sampled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -31,6 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from ..errors import EvaluationError, SearchSettingsError
@@ -101,6 +106,14 @@ class LocalEvaluator:
         self.batch_size = batch_size
         self.description = dict(description if description is not None else getattr(generate, "description", {}) or {})
         self.n_generate = 0  # generate() calls, references included
+        self.n_images = 0  # calibration samples sampled (one per output of generate), references included
+        # generate(schedule, samples=[i, ...]) runs only those samples; without it a subset costs a full run
+        # whose other losses are kept for the rest of the same schedule
+        try:
+            self._subsets = "samples" in inspect.signature(generate).parameters
+        except (TypeError, ValueError):
+            self._subsets = False
+        self._spare: dict[bytes, list[float]] = {}
         # per schedule of the last evaluate() call, each sample's loss (their mean is the schedule's loss): what a
         # racing scheme over prompts needs; None for a learned metric (its loss is a difference of means)
         self.last_sample_losses: list[list[float] | None] = []
@@ -181,13 +194,58 @@ class LocalEvaluator:
             losses.append(loss if math.isfinite(loss) else math.inf)
         return losses
 
-    def _run(self, schedule):
+    @property
+    def n_samples(self) -> int:
+        return len(self.references())
+
+    def evaluate_samples(self, schedules: list[Schedule], indices: Sequence[int]) -> list[list[float]]:
+        """Each schedule's losses on the calibration samples ``indices`` (in that order). Runs only those samples
+        when ``generate`` takes ``samples=``; otherwise runs all of them once and answers later subsets of the same
+        schedule from that run."""
+        if self.space in LEARNED_METRICS:
+            raise SearchSettingsError(f"metric {self.space!r} has no per-sample losses: racing needs a fidelity space")
+        refs = self.references()
+        idx = [int(i) for i in indices]
+        if not idx or any(not 0 <= i < len(refs) for i in idx):
+            raise SearchSettingsError(f"sample indices must be in 0..{len(refs) - 1}, got {idx}")
+        out = []
+        for s in schedules:
+            key = np.packbits(s.bits).tobytes() + str(s.bits.shape).encode()
+            if self._subsets:
+                outs = self._comparable(self._run(s, idx))
+                if len(outs) != len(idx):
+                    raise EvaluationError(
+                        f"generate returned {len(outs)} output(s) for {len(idx)} sample(s) of schedule {s.name!r}"
+                    )
+                per = [float(v) for v in per_sample_loss(outs, [refs[i] for i in idx], self.space)]
+            else:
+                if key not in self._spare:
+                    if len(self._spare) > 256:
+                        self._spare.clear()
+                    self._spare[key] = self.evaluate_per_sample(s)
+                per = [self._spare[key][i] for i in idx]
+            out.append([v if math.isfinite(v) else math.inf for v in per])
+        return out
+
+    def evaluate_per_sample(self, schedule: Schedule) -> list[float]:
+        refs = self.references()
+        outs = self._comparable(self._run(schedule))
+        if len(outs) != len(refs):
+            raise EvaluationError(
+                f"generate returned {len(outs)} output(s) for schedule {schedule.name!r} but "
+                f"{len(refs)} for full compute; it must produce the same samples"
+            )
+        return [float(v) for v in per_sample_loss(outs, refs, self.space)]
+
+    def _run(self, schedule, samples: list[int] | None = None):
         t = time.perf_counter()
-        outs = self.generate(schedule)
+        gen: Any = self.generate  # takes samples= when self._subsets (checked in __init__)
+        outs = gen(schedule) if samples is None else gen(schedule, samples=samples)
         self.seconds_generating += time.perf_counter() - t
         self.n_generate += 1
         if isinstance(outs, torch.Tensor):
             outs = list(outs)
+        self.n_images += len(outs)
         return [o.detach().float().cpu() for o in outs]
 
     def _comparable(self, outs):

@@ -26,7 +26,10 @@ the seeded generator of ``sampling.py``: numpy's and Python's global random
 states are never read or changed.
 
 The front (``front.py``) is the non-dominated set of *all* evaluated genomes
-(an archive), so it never gets worse from one generation to the next.
+(an archive), so it never gets worse from one generation to the next. With
+racing (``racing.py``, ``SearchSettings.racing``) a candidate may be stopped
+after a few calibration samples: it is ranked by its partial loss but never
+enters the front or the hypervolume.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from ..costs.compute import ComputeCost, uniform_cost
 from ..errors import CheckpointError, EvaluationError, SearchSettingsError
@@ -51,6 +55,7 @@ from .evaluate import Evaluator, Progress, fingerprint
 from .front import FrontPoint, hypervolume, pareto_indices, write_front
 from .operators import make_algorithm
 from .problem import HAVE_PYMOO, GenomeSpace, genome_key, tell
+from .racing import RACING_FILE, RaceState, can_bound, race_indices, raced_out
 from .sampling import initial_population, load_warm_start
 from .surrogate import screen
 from .termination import CANCELLED, CONVERGED, Termination
@@ -77,10 +82,19 @@ class SearchSettings:
     screening: int = 0  # 0: off (every offspring is evaluated)
     evaluated_per_generation: int | None = None  # new genomes sent to the model per generation; None: population
     exploration: float = 0.25  # share of them picked at random instead of by the surrogate
+    # racing over calibration samples (racing.py): run this many samples first, finish only hopeful candidates
+    racing: int = 0  # 0: off (every candidate runs every sample)
+    racing_margin: float = 0.1  # the optimistic bound is shrunk by this share (larger: fewer raced out)
 
     RESUME_FREE = ("generations", "time_budget_s")
     # added after checkpoints existed: left out of the resume key at their defaults, so those still resume
-    LATER: ClassVar[dict] = {"screening": 0, "evaluated_per_generation": None, "exploration": 0.25}
+    LATER: ClassVar[dict] = {
+        "screening": 0,
+        "evaluated_per_generation": None,
+        "exploration": 0.25,
+        "racing": 0,
+        "racing_margin": 0.1,
+    }
 
     def validate(self) -> None:
         def bad(msg):
@@ -126,6 +140,10 @@ class SearchSettings:
             bad(f"evaluated per generation must be an integer >= 1, got {self.evaluated_per_generation!r}")
         if not _prob(self.exploration):
             bad(f"exploration must be a share in [0, 1], got {self.exploration!r}")
+        if not is_int(self.racing) or self.racing < 0:
+            bad(f"racing (samples run first) must be an integer >= 0, got {self.racing!r}")
+        if not _prob(self.racing_margin) or self.racing_margin == 1:
+            bad(f"racing margin must be a share in [0, 1), got {self.racing_margin!r}")
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -161,7 +179,9 @@ class SearchResult:
     front_dir: Path | None = None
     checkpoint: Path | None = None
     resumed_from: int | None = None  # generation of the checkpoint this run resumed from
-    archive: np.ndarray | None = None  # [n, 2] objectives of every evaluated genome, in evaluation order
+    archive: np.ndarray | None = None  # [n, 2] objectives of every fully evaluated genome, in evaluation order
+    images: int | None = None  # calibration samples sampled by this call's evaluations (None: not counted)
+    raced_out: int = 0  # genomes stopped by racing after part of their samples (never on the front)
 
 
 class SearchRun:
@@ -238,8 +258,18 @@ class SearchRun:
                     f"{self.ckpt}: cannot rebuild the search from this checkpoint ({e}); {START_OVER}"
                 ) from None
         self.state = state
+        self.race = RaceState()
+        if settings.racing:
+            if not callable(getattr(evaluator, "evaluate_samples", None)):
+                raise SearchSettingsError(
+                    "racing needs an evaluator that scores a subset of the calibration samples "
+                    "(evaluate_samples, as LocalEvaluator has); turn racing off"
+                )
+            if self.out is not None and self.resumed_from is not None:
+                self.race = RaceState.load(self.out / RACING_FILE, state.memo)
         self.seed_names = {genome_key(space.encode(s)): s for s in pop0}
         self._elapsed0 = state.elapsed_s
+        self._images0: int | None = None
 
     def _load(self, resume: bool) -> SearchState | None:
         if not resume or self.out is None or self.ckpt is None:
@@ -254,6 +284,8 @@ class SearchRun:
     def save(self) -> None:
         """The checkpoint of everything so far (the wall clock over all sessions included)."""
         self.state.elapsed_s = self._elapsed0 + self.termination.elapsed()
+        if self.ckpt is not None and self.settings.racing and self.out is not None:
+            self.race.save(self.out / RACING_FILE)  # first: it must cover every genome the checkpoint holds
         if self.ckpt is not None:
             ckpt_io.save_checkpoint(self.ckpt, self.state, self.settings, self.fp, self.ident, self.space)
 
@@ -263,6 +295,7 @@ class SearchRun:
         prepare = getattr(self.evaluator, "prepare", None)
         if callable(prepare):
             prepare(self.out, self.fp, self.progress)
+        self._images0 = getattr(self.evaluator, "n_images", None)
         self.termination.start()
         while True:
             g = self.state.next_gen
@@ -304,10 +337,13 @@ class SearchRun:
             g,
             keys,
             state.memo,
-            _archive(state),
+            _archive(state, self.race.raced),
             self.settings.quality_scale,
             self._elapsed0 + self.termination.elapsed(),
         )
+        if self.settings.racing:
+            record["raced_out"] = sum(1 for v in self.race.raced.values() if v[2] == g)
+            record["images_total"] = self.race.images
         state.history.append(record)
         self.save()
         if self.out is not None:
@@ -365,6 +401,11 @@ class SearchRun:
                     origin = self.seed_names.get(k)
                     name = origin.name if (g == 0 and origin is not None) else f"gen{g:03d}-{done + j:03d}"
                     scheds.append(space.decode(x, name=name, model=self.model))
+                if self.settings.racing:
+                    self._race(g, [k for k, _x in chunk], scheds)
+                    done += len(chunk)
+                    self.callback.evaluating(done, len(new))
+                    continue
                 losses = self.evaluator.evaluate(scheds)
                 losses = list(losses) if losses is not None else []
                 if len(losses) != len(scheds):
@@ -386,14 +427,59 @@ class SearchRun:
             raise
         return True
 
+    def _race(self, g: int, keys: list[bytes], scheds: list[Schedule]) -> None:
+        """Racing (racing.py): the race samples first, the rest only for candidates that can still reach the
+        front as it stood after the earlier generations."""
+        state, race = self.state, self.race
+        ev: Any = self.evaluator  # has evaluate_samples / n_samples (checked in __init__)
+        n = int(ev.n_samples)
+        first = race_indices(n, self.settings.racing)
+        rest = [i for i in range(n) if i not in set(first)]
+        fracs = np.array([self.cost.fraction(s.bits) for s in scheds])
+        pairs = [(v[0], v[1]) for v in race.pairs.values() if v[2] < g]
+        racing_now = g > 0 and bool(rest) and can_bound(pairs)
+        if not racing_now:  # nothing can be raced out yet: one run of every sample
+            per_all = ev.evaluate_samples(scheds, list(range(n)))
+            partial = [[p[i] for i in first] for p in per_all]
+        else:
+            partial = ev.evaluate_samples(scheds, first)
+            per_all = [None] * len(scheds)
+        race.images += len(scheds) * len(first) if racing_now else len(scheds) * n
+        means = np.array([_mean(p) for p in partial])
+        out = np.zeros(len(scheds), bool)
+        if racing_now:
+            full = np.array(
+                [[v[0], v[1]] for k, v in state.memo.items() if v[2] < g and k not in race.raced], np.float64
+            ).reshape(-1, 2)
+            out = raced_out(means, fracs, full, pairs, self.settings.racing_margin)
+            go = [j for j in range(len(scheds)) if not out[j]]
+            if go:
+                more = ev.evaluate_samples([scheds[j] for j in go], rest)
+                race.images += len(go) * len(rest)
+                for j, m in zip(go, more):
+                    per = [0.0] * n
+                    for i, v in zip(first, partial[j]):
+                        per[i] = v
+                    for i, v in zip(rest, m):
+                        per[i] = v
+                    per_all[j] = per
+        for j, k in enumerate(keys):
+            if out[j]:
+                loss = float(means[j])
+                race.raced[k] = [loss, len(first), g]
+            else:
+                loss = _mean(per_all[j])
+                race.pairs[k] = [float(means[j]), loss, g]
+            state.memo[k] = [loss if not math.isnan(loss) else math.inf, float(fracs[j]), g]
+
     def finish(self, stopped: str) -> SearchResult:
         """The front of everything evaluated, written with progress.json and evaluations.csv."""
         state, space, settings, out = self.state, self.space, self.settings, self.out
         layout, cost, describe, model = space.layout, self.cost, self.describe, self.model
-        front = _front(state, space, settings, cost, describe, model, self.seed_names)
+        front = _front(state, space, settings, cost, describe, model, self.seed_names, self.race.raced)
         if self.save_as is not None:
             front = [dataclasses.replace(p, schedule=self.save_as(p.schedule)) for p in front]
-        allF = _archive(state)
+        allF = _archive(state, self.race.raced)
         hv = hypervolume(allF, quality_scale=settings.quality_scale) if len(allF) else 0.0
         front_dir = None
         if out is not None and self.write_files:
@@ -432,6 +518,8 @@ class SearchRun:
             checkpoint=ckpt if ckpt is not None and ckpt.is_file() else None,
             resumed_from=self.resumed_from,
             archive=allF,
+            images=(getattr(self.evaluator, "n_images", 0) - self._images0) if self._images0 is not None else None,
+            raced_out=len(self.race.raced),
         )
 
 
@@ -464,10 +552,15 @@ def run_search(
 
 
 # -- helpers -------------------------------------------------------------------------
-def _archive(state: SearchState) -> np.ndarray:
-    if not state.memo:
-        return np.zeros((0, 2))
-    return np.array([[v[0], v[1]] for v in state.memo.values()], np.float64)
+def _archive(state: SearchState, raced: dict | None = None) -> np.ndarray:
+    """Objectives of every fully evaluated genome (``raced``: keys raced out, left out)."""
+    rows = [[v[0], v[1]] for k, v in state.memo.items() if not raced or k not in raced]
+    return np.array(rows, np.float64).reshape(-1, 2)
+
+
+def _mean(per) -> float:
+    # as LocalEvaluator.evaluate: the float64 mean of the per-sample losses, so a finished race equals a full run
+    return float(torch.tensor(per, dtype=torch.float64).mean())
 
 
 def _compact_description(d: dict) -> dict:
@@ -501,9 +594,10 @@ def _front(
     describe: dict,
     model: str | None,
     seed_names: dict,
+    raced: dict | None = None,
 ) -> list[FrontPoint]:
-    keys = list(state.memo)
-    F = _archive(state)
+    keys = [k for k in state.memo if not raced or k not in raced]
+    F = _archive(state, raced)
     metric = describe.get("metric", "quality")
     prov_common = {"settings": settings.to_json(), "cost": cost.describe(), "evaluator": _compact_description(describe)}
     pts = []
