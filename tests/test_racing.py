@@ -115,6 +115,12 @@ def test_evaluate_samples_subset_and_images():
     b = ev2.evaluate_samples([s], [1, 2, 3, 4, 5, 6])[0]
     assert ev2.n_images == 2 * N and ev2.n_generate == 2
     assert a + b == pytest.approx([per[0], per[7], *per[1:7]], rel=1e-12)
+    # checked at each call: a generate swapped in after construction (as a wrapper may be) is used as it is
+    ev3 = LocalEvaluator(Gen())
+    ev3.references()
+    ev3.generate = GenAll()
+    assert ev3.evaluate_samples([s], [3]) == [[pytest.approx(per[3], rel=1e-12)]]
+    assert ev3.n_images == 2 * N
 
 
 def test_racing_stops_hopeless_candidates_after_k_samples():

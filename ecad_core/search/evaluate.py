@@ -107,12 +107,6 @@ class LocalEvaluator:
         self.description = dict(description if description is not None else getattr(generate, "description", {}) or {})
         self.n_generate = 0  # generate() calls, references included
         self.n_images = 0  # calibration samples sampled (one per output of generate), references included
-        # generate(schedule, samples=[i, ...]) runs only those samples; without it a subset costs a full run
-        # whose other losses are kept for the rest of the same schedule
-        try:
-            self._subsets = "samples" in inspect.signature(generate).parameters
-        except (TypeError, ValueError):
-            self._subsets = False
         self._spare: dict[bytes, list[float]] = {}
         # per schedule of the last evaluate() call, each sample's loss (their mean is the schedule's loss): what a
         # racing scheme over prompts needs; None for a learned metric (its loss is a difference of means)
@@ -211,7 +205,7 @@ class LocalEvaluator:
         out = []
         for s in schedules:
             key = np.packbits(s.bits).tobytes() + str(s.bits.shape).encode()
-            if self._subsets:
+            if _takes_samples(self.generate):
                 outs = self._comparable(self._run(s, idx))
                 if len(outs) != len(idx):
                     raise EvaluationError(
@@ -239,7 +233,7 @@ class LocalEvaluator:
 
     def _run(self, schedule, samples: list[int] | None = None):
         t = time.perf_counter()
-        gen: Any = self.generate  # takes samples= when self._subsets (checked in __init__)
+        gen: Any = self.generate  # takes samples= when _takes_samples
         outs = gen(schedule) if samples is None else gen(schedule, samples=samples)
         self.seconds_generating += time.perf_counter() - t
         self.n_generate += 1
@@ -259,3 +253,12 @@ class LocalEvaluator:
             raise SearchSettingsError(
                 f"{n} calibration sample(s) but {len(self.prompts)} prompt(s) given to the learned metric"
             )
+
+
+def _takes_samples(generate) -> bool:
+    """Whether ``generate(schedule, samples=[i, ...])`` runs only those samples (checked at each call: a caller
+    may swap ``generate``). Without it a subset costs a full run whose other losses are kept for the rest."""
+    try:
+        return "samples" in inspect.signature(generate).parameters
+    except (TypeError, ValueError):
+        return False
