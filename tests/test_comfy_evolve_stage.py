@@ -10,8 +10,9 @@ import json
 import re
 
 import pytest
-from test_comfy_wan import LAYOUT, _stats, video_prompt
+from test_comfy_wan import LAYOUT, video_prompt
 
+from comfy_harness.family_prompts import evolve_node, unit_stats
 from comfy_harness.server import PromptExecutionError
 from ecad_core import load_schedule
 
@@ -24,36 +25,9 @@ SPLIT = 2  # the high-noise expert runs steps 0-1, the low-noise one (searched) 
 def _evolve(p: dict, **kw) -> None:
     """Evolve on the low-noise expert (loader "30") with the high-noise one (loader "1") as the other expert."""
     p["30"] = {"class_type": "UNETLoader", "inputs": dict(p["1"]["inputs"])}
-    p["31"] = {
-        "class_type": "EvolveECADSchedule",
-        "inputs": {
-            "model": ["30", 0],
-            "other_model": ["1", 0],
-            "positive": ["2", 0],
-            "negative": ["3", 0],
-            "prompts": "",
-            "steps": STEPS,
-            "cfg": 2.0,
-            "sampler_name": "euler",
-            "scheduler": "simple",
-            "width": 64,
-            "height": 64,
-            "seeds_per_prompt": 1,
-            "first_seed": 5,
-            "population": 6,
-            "generations": 1,
-            "time_budget_minutes": 0.0,
-            "quality_metric": "latent",
-            "compute_objective": "macs",
-            "target_speedup": 1.2,
-            "output_name": "tiny-wan-low-noise",
-            "search_seed": 0,
-            "resume": False,
-            "start_at_step": SPLIT,
-            "end_at_step": 10000,
-            **kw,
-        },
-    }
+    kw = {"other_model": ["1", 0], "start_at_step": SPLIT, "end_at_step": 10000, **kw}
+    name = kw.pop("output_name", "tiny-wan-low-noise")
+    p["31"] = evolve_node(STEPS, name, model="30", first_seed=5, population=6, resume=False, **kw)
 
 
 def test_evolve_searches_the_low_noise_stage_only(comfy_server):
@@ -113,7 +87,7 @@ def test_evolve_searches_the_low_noise_stage_only(comfy_server):
     # the picked schedule in the low-noise expert's stage reads its own rows: its reuse is the rows' reuse
     name = re.search(r"picked: (\S+) - ", report).group(1)
     (picked,) = [s for s in map(load_schedule, files) if s.name == name]
-    (st,) = _stats(text, picked.name)
+    (st,) = unit_stats(text, picked.name)
     assert st["per_step"] == [0] + (~picked.bits[SPLIT + 1 :]).sum(axis=1).tolist(), (st, picked.bits)
     assert st["reused"] > 0
 

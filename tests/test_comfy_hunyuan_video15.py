@@ -12,8 +12,17 @@ import json
 
 import numpy as np
 import pytest
-from test_comfy_wan import _latent, _stats, video_prompt
+from test_comfy_wan import video_prompt
 
+from comfy_harness.family_prompts import (
+    apply_evolved,
+    eval_json,
+    evaluate_node,
+    evolve_node,
+    run_latent,
+    schedule_dir,
+    unit_stats,
+)
 from comfy_harness.server import PromptExecutionError
 from ecad_core import Schedule, load_schedule, make_layout
 
@@ -26,8 +35,7 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def hv_schedules(comfy_server):
-    d = comfy_server.base_dir / "models" / "ecad_schedules"
-    d.mkdir(parents=True, exist_ok=True)
+    d = schedule_dir(comfy_server)
     Schedule.full(LAYOUT, STEPS, name="hv15-e2e-full").save(d / "hv15-e2e-full.json")
     bits = np.random.default_rng(185).random((STEPS, LAYOUT.n_units)) < 0.5
     bits[1:, :3] = False  # block 0 reused from step 1 on: something is surely reused
@@ -43,17 +51,17 @@ def test_hunyuan_video15_all_recompute_exact_mixed_reuses_its_rows(comfy_server,
     srv = comfy_server
     seed = next(_seeds)
     start = len(srv.log_text())
-    ref = _latent(srv, _prompt(seed, prefix="hv15_ref"))
+    ref = run_latent(srv, _prompt(seed, prefix="hv15_ref"))
     assert ref.shape == (1, 32, 2, 4, 4)  # the temporal tokens are there
-    full = _latent(srv, _prompt(seed, "user/hv15-e2e-full", prefix="hv15_full"))
+    full = run_latent(srv, _prompt(seed, "user/hv15-e2e-full", prefix="hv15_full"))
     text = srv.log_text()[start:]
     assert "to ComfyUI HunyuanVideo 1.5 (2 double blocks)" in text, text[-2000:]
-    (st,) = _stats(text, "hv15-e2e-full")
+    (st,) = unit_stats(text, "hv15-e2e-full")
     assert st["reused"] == 0 and st["total"] == STEPS * LAYOUT.n_units
     assert (full == ref).all(), "all-recompute schedule changed the video"
-    mixed = _latent(srv, _prompt(seed, "user/hv15-e2e-mixed", prefix="hv15_mixed"))
+    mixed = run_latent(srv, _prompt(seed, "user/hv15-e2e-mixed", prefix="hv15_mixed"))
     text = srv.log_text()[start:]
-    (st,) = _stats(text, "hv15-e2e-mixed")
+    (st,) = unit_stats(text, "hv15-e2e-mixed")
     s = load_schedule(hv_schedules / "hv15-e2e-mixed.json")
     # CFG: cond and uncond in one batch, one call per unit and step; step 0 computes everything
     assert st["per_step"] == (~s.effective_bits()).sum(axis=1).tolist() and st["reused"] >= 3 * (STEPS - 1)
@@ -68,10 +76,10 @@ def test_hunyuan_video15_offload_and_wrong_family(comfy_server, hv_schedules):
     srv = comfy_server
     seed = next(_seeds)
     start = len(srv.log_text())
-    on_device = _latent(srv, _prompt(seed, "user/hv15-e2e-mixed", prefix="hv15_dev"))
-    offloaded = _latent(srv, _prompt(seed, "user/hv15-e2e-mixed", prefix="hv15_off", offload=True))
+    on_device = run_latent(srv, _prompt(seed, "user/hv15-e2e-mixed", prefix="hv15_dev"))
+    offloaded = run_latent(srv, _prompt(seed, "user/hv15-e2e-mixed", prefix="hv15_off", offload=True))
     assert (offloaded == on_device).all()
-    a, b = _stats(srv.log_text()[start:], "hv15-e2e-mixed", last=2)
+    a, b = unit_stats(srv.log_text()[start:], "hv15-e2e-mixed", last=2)
     assert not a["offloaded"] and b["offloaded"] == "offloaded to cpu"
     assert a["cache_mib"] == b["cache_mib"] > 0 and a["per_step"] == b["per_step"] and a["reused"] > 0
     # a FLUX.1 preset (FLUX's units, another family) is refused naming both
@@ -83,59 +91,17 @@ def test_hunyuan_video15_offload_and_wrong_family(comfy_server, hv_schedules):
 
 def test_hunyuan_video15_evolve_and_evaluate(comfy_server, hv_schedules):
     srv = comfy_server
-    common = {"steps": STEPS, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "width": 64, "height": 64}
     p = _prompt(next(_seeds), prefix="hv15_evolved")
-    p["30"] = {
-        "class_type": "EvolveECADSchedule",
-        "inputs": {
-            "model": ["1", 0],
-            "positive": ["2", 0],
-            "negative": ["3", 0],
-            "prompts": "",
-            **common,
-            "seeds_per_prompt": 1,
-            "first_seed": 3,
-            "population": 6,
-            "generations": 1,
-            "time_budget_minutes": 0.0,
-            "quality_metric": "latent",
-            "compute_objective": "macs",
-            "target_speedup": 1.2,
-            "output_name": "tiny-hv15",
-            "search_seed": 0,
-            "resume": True,
-        },
-    }
-    p["20"] = {
-        "class_type": "ApplyECADSchedule",
-        "inputs": {"model": ["1", 0], "preset": "off", "offload_cache_to_cpu": False, "schedule": ["30", 0]},
-    }
-    p["5"]["inputs"]["model"] = ["20", 0]
+    p["30"] = evolve_node(STEPS, "tiny-hv15", first_seed=3, population=6, resume=True)
+    apply_evolved(p, "30")
     entry = srv.run(p, timeout=600)
     report = "\n".join(entry["outputs"]["30"]["text"])
     assert "generation 1" in report, report
     front = json.loads((srv.base_dir / "models" / "ecad_schedules" / "tiny-hv15" / "front" / "front.json").read_text())
     assert front["cost"]["source"] == "macs", front["cost"]
     q = {k: v for k, v in p.items() if k in ("1", "2")}
-    q["10"] = {
-        "class_type": "EvaluateECADSchedule",
-        "inputs": {
-            "model": ["1", 0],
-            "preset": "user/hv15-e2e-mixed",
-            "prompts": "",
-            **common,
-            "seed": 40,
-            "seeds_per_prompt": 1,
-            "metrics": "psnr, ssim",
-            "grid_rows": 1,
-            "filename_prefix": "ecad_eval/hv15",
-            "positive": ["2", 0],
-            "warmup": False,
-        },
-    }
-    entry = srv.run(q, timeout=600)
-    grids = srv.output_files(entry, "images")
-    rep = json.loads(grids[0].with_name(grids[0].name.replace("_grid.png", "_eval.json")).read_text())
+    q["10"] = evaluate_node("user/hv15-e2e-mixed", STEPS, "ecad_eval/hv15", metrics="psnr, ssim")
+    rep = eval_json(srv, srv.run(q, timeout=600))
     row = rep["rows"][1]
     assert row["label"] == "hv15-e2e-mixed" and rep["outputs"] == "latent"
     assert 0 < row["reuse_fraction"] < 1 and row["cost_model"] == "macs" and row["compute_fraction"] < 1

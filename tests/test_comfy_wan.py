@@ -12,9 +12,19 @@ import re
 
 import numpy as np
 import pytest
-from test_comfy_harness import _read_latent
 
 from comfy_harness import make_tiny
+from comfy_harness.family_prompts import (
+    apply_evolved,
+    apply_schedule,
+    eval_json,
+    evaluate_node,
+    evolve_node,
+    run_latent,
+    sampler_prompt,
+    schedule_dir,
+    unit_stats,
+)
 from comfy_harness.server import PromptExecutionError
 from ecad_core import Schedule, load_schedule, make_layout
 
@@ -24,13 +34,11 @@ MODEL = "ecad_tiny_wan"
 LAYOUT = make_layout("wan", 2)
 STEPS = 4
 FRAMES = 5  # pixel frames: 2 latent frames
-STATS = re.compile(r"ECAD (\S+): (\d+)/(\d+) unit calls reused[^\n]*")
 
 
 @pytest.fixture(scope="module")
 def wan_schedules(comfy_server):
-    d = comfy_server.base_dir / "models" / "ecad_schedules"
-    d.mkdir(parents=True, exist_ok=True)
+    d = schedule_dir(comfy_server)
     Schedule.full(LAYOUT, STEPS, name="wan-e2e-full").save(d / "wan-e2e-full.json")
     bits = np.random.default_rng(18).random((STEPS, LAYOUT.n_units)) < 0.5
     bits[1:, :3] = False  # block 0 reused from step 1 on: something is surely reused
@@ -52,88 +60,33 @@ def video_prompt(
     """Tiny text-to-video: 2 latent frames (Wan: 8x8, HunyuanVideo 1.5: 4x4), random conditioning, CFG batch,
     SaveLatent."""
     dim, pooled, latent = VIDEO_MODELS[model]
-    p = {
-        "1": {
-            "class_type": "UNETLoader",
-            "inputs": {"unet_name": make_tiny.file_name(model), "weight_dtype": "default"},
-        },
-        "2": {
-            "class_type": "TestRandomConditioning",
-            "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": seed, "zero": False},
-        },
-        "3": {
-            "class_type": "TestRandomConditioning",
-            "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": 0, "zero": True},
-        },
-        "4": {
-            "class_type": latent,
-            "inputs": {"width": 64, "height": 64, "length": FRAMES, "batch_size": 1},
-        },
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": seed,
-                "steps": STEPS,
-                "cfg": 2.0,
-                "sampler_name": "euler",
-                "scheduler": "simple",
-                "denoise": 1.0,
-            },
-        },
-        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}},
-    }
-    if preset is not None:
-        p["20"] = {
-            "class_type": "ApplyECADSchedule",
-            "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": offload},
-        }
-        p["5"]["inputs"]["model"] = ["20", 0]
-    return p
-
-
-def _latent(srv, prompt):
-    entry = srv.run(prompt, timeout=300)
-    return _read_latent(srv.output_files(entry, "latents")[0])
-
-
-def _stats(text: str, name: str, last: int = 1) -> list[dict]:
-    """The statistics of the last ``last`` runs of schedule ``name`` in the log."""
-    found = [m for m in STATS.finditer(text) if m.group(1) == name][-last:]
-    assert len(found) == last, text[-3000:]
-    out = []
-    for m in found:
-        line = m.group(0)
-        cache = re.search(r"; cache ([\d.]+) MiB( offloaded to \w+)?", line)
-        out.append(
-            {
-                "reused": int(m.group(2)),
-                "total": int(m.group(3)),
-                "cache_mib": float(cache.group(1)) if cache else 0.0,
-                "offloaded": (cache.group(2) or "").strip() if cache else "",
-                "per_step": [int(n) for n in re.search(r"reused per step ([\d,]+)", line).group(1).split(",")],
-            }
-        )
-    return out
+    p = sampler_prompt(
+        model,
+        seed,
+        dim=dim,
+        pooled_dim=pooled,
+        latent=latent,
+        latent_inputs={"width": 64, "height": 64, "length": FRAMES, "batch_size": 1},
+        steps=STEPS,
+        prefix=prefix,
+    )
+    return apply_schedule(p, preset, offload)
 
 
 def test_wan_video_all_recompute_exact_mixed_reuses_its_rows(comfy_server, wan_schedules):
     srv = comfy_server
     seed = next(_seeds)
     start = len(srv.log_text())
-    ref = _latent(srv, video_prompt(seed, prefix="wan_ref"))
+    ref = run_latent(srv, video_prompt(seed, prefix="wan_ref"))
     assert ref.shape == (1, 16, 2, 8, 8)  # the temporal tokens are there
-    full = _latent(srv, video_prompt(seed, "user/wan-e2e-full", prefix="wan_full"))
+    full = run_latent(srv, video_prompt(seed, "user/wan-e2e-full", prefix="wan_full"))
     text = srv.log_text()[start:]
     assert "to ComfyUI Wan (2 blocks); Wan: module caching" in text, text[-2000:]
-    (st,) = _stats(text, "wan-e2e-full")
+    (st,) = unit_stats(text, "wan-e2e-full")
     assert st["reused"] == 0 and st["total"] == STEPS * LAYOUT.n_units
     assert (full == ref).all(), "all-recompute schedule changed the video"
-    mixed = _latent(srv, video_prompt(seed, "user/wan-e2e-mixed", prefix="wan_mixed"))
-    (st,) = _stats(srv.log_text()[start:], "wan-e2e-mixed")
+    mixed = run_latent(srv, video_prompt(seed, "user/wan-e2e-mixed", prefix="wan_mixed"))
+    (st,) = unit_stats(srv.log_text()[start:], "wan-e2e-mixed")
     s = load_schedule(wan_schedules / "wan-e2e-mixed.json")
     # CFG: cond and uncond in one batch, one call per unit and step; step 0 computes everything
     assert st["per_step"] == (~s.effective_bits()).sum(axis=1).tolist() and st["reused"] >= 3 * (STEPS - 1)
@@ -147,10 +100,10 @@ def test_wan_offload_cache_to_cpu_same_video(comfy_server, wan_schedules):
     srv = comfy_server
     seed = next(_seeds)
     start = len(srv.log_text())
-    on_device = _latent(srv, video_prompt(seed, "user/wan-e2e-mixed", prefix="wan_dev"))
-    offloaded = _latent(srv, video_prompt(seed, "user/wan-e2e-mixed", prefix="wan_off", offload=True))
+    on_device = run_latent(srv, video_prompt(seed, "user/wan-e2e-mixed", prefix="wan_dev"))
+    offloaded = run_latent(srv, video_prompt(seed, "user/wan-e2e-mixed", prefix="wan_off", offload=True))
     assert (offloaded == on_device).all()
-    a, b = _stats(srv.log_text()[start:], "wan-e2e-mixed", last=2)
+    a, b = unit_stats(srv.log_text()[start:], "wan-e2e-mixed", last=2)
     assert not a["offloaded"] and b["offloaded"] == "offloaded to cpu"
     assert a["cache_mib"] == b["cache_mib"] > 0 and a["per_step"] == b["per_step"] and a["reused"] > 0
 
@@ -171,41 +124,9 @@ def test_wrong_family_schedules_are_refused_on_wan_and_wan_on_others(comfy_serve
 
 def test_wan_evolve_and_evaluate(comfy_server, wan_schedules):
     srv = comfy_server
-    common = {
-        "steps": STEPS,
-        "cfg": 2.0,
-        "sampler_name": "euler",
-        "scheduler": "simple",
-        "width": 64,
-        "height": 64,
-        "prompts": "",
-    }
     p = video_prompt(next(_seeds), prefix="wan_evolved")
-    p["30"] = {
-        "class_type": "EvolveECADSchedule",
-        "inputs": {
-            "model": ["1", 0],
-            "positive": ["2", 0],
-            "negative": ["3", 0],
-            **common,
-            "seeds_per_prompt": 1,
-            "first_seed": 3,
-            "population": 6,
-            "generations": 1,
-            "time_budget_minutes": 0.0,
-            "quality_metric": "latent",
-            "compute_objective": "macs",
-            "target_speedup": 1.2,
-            "output_name": "tiny-wan",
-            "search_seed": 0,
-            "resume": True,
-        },
-    }
-    p["20"] = {
-        "class_type": "ApplyECADSchedule",
-        "inputs": {"model": ["1", 0], "preset": "off", "offload_cache_to_cpu": False, "schedule": ["30", 0]},
-    }
-    p["5"]["inputs"]["model"] = ["20", 0]
+    p["30"] = evolve_node(STEPS, "tiny-wan", first_seed=3, population=6, resume=True)
+    apply_evolved(p, "30")
     entry = srv.run(p, timeout=600)
     report = "\n".join(entry["outputs"]["30"]["text"])
     assert "generation 1" in report, report
@@ -215,24 +136,8 @@ def test_wan_evolve_and_evaluate(comfy_server, wan_schedules):
     assert picked and float(picked.group(2)) >= 1.2, report
     # Evaluate: the mixed schedule against no cache, on latents
     q = {k: v for k, v in p.items() if k in ("1", "2")}
-    q["10"] = {
-        "class_type": "EvaluateECADSchedule",
-        "inputs": {
-            "model": ["1", 0],
-            "preset": "user/wan-e2e-mixed",
-            **common,
-            "seed": 40,
-            "seeds_per_prompt": 1,
-            "metrics": "psnr, ssim",
-            "grid_rows": 1,
-            "filename_prefix": "ecad_eval/wan",
-            "positive": ["2", 0],
-            "warmup": False,
-        },
-    }
-    entry = srv.run(q, timeout=600)
-    grids = srv.output_files(entry, "images")
-    rep = json.loads(grids[0].with_name(grids[0].name.replace("_grid.png", "_eval.json")).read_text())
+    q["10"] = evaluate_node("user/wan-e2e-mixed", STEPS, "ecad_eval/wan", metrics="psnr, ssim")
+    rep = eval_json(srv, srv.run(q, timeout=600))
     row = rep["rows"][1]
     assert row["label"] == "wan-e2e-mixed" and rep["outputs"] == "latent"
     assert 0 < row["reuse_fraction"] < 1 and row["cost_model"] == "macs" and row["compute_fraction"] < 1
