@@ -13,6 +13,14 @@ import pytest
 import torch
 
 from bench import bench_comfy
+from comfy_harness.family_prompts import (
+    apply_schedule,
+    evaluate_node,
+    last_stats,
+    run_latent,
+    sampler_prompt,
+    schedule_dir,
+)
 
 STEPS = 3
 DEPTH = 2
@@ -233,32 +241,15 @@ def _qwen_prompt(seed, preset=None, prefix="qwen", edit=False, **apply_inputs):
     reference latent through ComfyUI's ReferenceLatent node."""
     from comfy_harness import make_tiny
 
-    cond = {"tokens": 8, "dim": make_tiny.QWEN_CONTEXT_DIM, "pooled_dim": 0}
-    p = {
-        "1": {
-            "class_type": "UNETLoader",
-            "inputs": {"unet_name": make_tiny.file_name(QWEN), "weight_dtype": "default"},
-        },
-        "2": {"class_type": "TestRandomConditioning", "inputs": {**cond, "seed": seed, "zero": False}},
-        "3": {"class_type": "TestRandomConditioning", "inputs": {**cond, "seed": 0, "zero": True}},
-        "4": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": seed,
-                "steps": E2E_STEPS,
-                "cfg": 2.0,
-                "sampler_name": "euler",
-                "scheduler": "simple",
-                "denoise": 1.0,
-            },
-        },
-        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}},
-    }
+    p = sampler_prompt(
+        QWEN,
+        seed,
+        dim=make_tiny.QWEN_CONTEXT_DIM,
+        latent="EmptySD3LatentImage",
+        latent_inputs={"width": 64, "height": 64, "batch_size": 1},
+        steps=E2E_STEPS,
+        prefix=prefix,
+    )
     if edit:
         # a 5-D latent, as the Wan VAE encodes the reference image
         p["8"] = {
@@ -267,21 +258,14 @@ def _qwen_prompt(seed, preset=None, prefix="qwen", edit=False, **apply_inputs):
         }
         p["7"] = {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["2", 0], "latent": ["8", 0]}}
         p["5"]["inputs"]["positive"] = ["7", 0]
-    if preset is not None:
-        p["20"] = {
-            "class_type": "ApplyECADSchedule",
-            "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": False, **apply_inputs},
-        }
-        p["5"]["inputs"]["model"] = ["20", 0]
-    return p
+    return apply_schedule(p, preset, **apply_inputs)
 
 
 @pytest.fixture(scope="module")
 def qwen_schedules(comfy_server):
     from ecad_core import Schedule, make_layout
 
-    d = comfy_server.base_dir / "models" / "ecad_schedules"
-    d.mkdir(parents=True, exist_ok=True)
+    d = schedule_dir(comfy_server)
     lay = make_layout("qwen_image", 1)  # make_tiny: one block
     Schedule.full(lay, E2E_STEPS, name="qwen-full", model="qwen-image").save(d / "qwen-full.json")
     bits = np.ones((E2E_STEPS, lay.n_units), bool)
@@ -292,18 +276,6 @@ def qwen_schedules(comfy_server):
     return {"mixed_reused": int((~mixed.effective_bits()).sum())}
 
 
-def _latent(srv, prompt):
-    from test_comfy_harness import _read_latent
-
-    return _read_latent(srv.output_files(srv.run(prompt, timeout=300), "latents")[0])
-
-
-def _stats(srv):
-    from test_comfy_apply import _last_stats
-
-    return _last_stats(srv)
-
-
 _seeds = iter(range(7000, 8000))
 
 
@@ -312,13 +284,13 @@ _seeds = iter(range(7000, 8000))
 def test_server_all_recompute_exact_mixed_reuses_expected_units(comfy_server, qwen_schedules, edit):
     srv = comfy_server
     seed = next(_seeds)
-    ref = _latent(srv, _qwen_prompt(seed, prefix=f"q_ref{edit}", edit=edit))
-    full = _latent(srv, _qwen_prompt(seed, "user/qwen-full", prefix=f"q_full{edit}", edit=edit))
-    st = _stats(srv)
+    ref = run_latent(srv, _qwen_prompt(seed, prefix=f"q_ref{edit}", edit=edit))
+    full = run_latent(srv, _qwen_prompt(seed, "user/qwen-full", prefix=f"q_full{edit}", edit=edit))
+    st = last_stats(srv)
     assert st["reused"] == 0 and st["steps"] == E2E_STEPS and st["name"] == "qwen-full"
     assert torch.equal(full, ref), "all-recompute schedule changed the image"
-    mixed = _latent(srv, _qwen_prompt(seed, "user/qwen-mixed", prefix=f"q_mixed{edit}", edit=edit))
-    st = _stats(srv)
+    mixed = run_latent(srv, _qwen_prompt(seed, "user/qwen-mixed", prefix=f"q_mixed{edit}", edit=edit))
+    st = last_stats(srv)
     per_step = st["calls"] // st["steps"]  # cond and uncond: each model call reuses the scheduled units
     assert st["reused"] == qwen_schedules["mixed_reused"] * per_step, st
     assert st["total"] == 3 * E2E_STEPS * per_step
@@ -373,28 +345,7 @@ def test_server_evolve_and_evaluate(comfy_server, qwen_schedules):
     p = _qwen_prompt(6, prefix="q_eval")
     for k in ("4", "5", "6"):
         p.pop(k)
-    p["10"] = {
-        "class_type": "EvaluateECADSchedule",
-        "inputs": {
-            "model": ["1", 0],
-            "positive": ["2", 0],
-            "negative": ["3", 0],
-            "preset": "user/qwen-mixed",
-            "prompts": "",
-            "seed": 40,
-            "seeds_per_prompt": 1,
-            "steps": E2E_STEPS,
-            "cfg": 2.0,
-            "sampler_name": "euler",
-            "scheduler": "simple",
-            "width": 64,
-            "height": 64,
-            "metrics": "psnr",
-            "grid_rows": 1,
-            "filename_prefix": "ecad_eval/qwen",
-            "warmup": False,
-        },
-    }
+    p["10"] = evaluate_node("user/qwen-mixed", E2E_STEPS, "ecad_eval/qwen", metrics="psnr", negative=["3", 0])
     from test_comfy_eval import _report as eval_report
 
     _table, report, _ = eval_report(srv, srv.run(p, timeout=600))
