@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bench import bench_comfy
+from comfy_harness.family_prompts import apply_schedule, last_stats, run_latent, schedule_dir
 
 STEPS = 3
 DEPTH = 3  # two joint blocks + the last (pre-only) one
@@ -300,21 +301,14 @@ def _sd3_prompt(seed, preset=None, prefix="sd3"):
     p["5"]["inputs"]["steps"] = E2E_STEPS
     for k in ("7", "8", "9"):
         p.pop(k)
-    if preset is not None:
-        p["20"] = {
-            "class_type": "ApplyECADSchedule",
-            "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": False},
-        }
-        p["5"]["inputs"]["model"] = ["20", 0]
-    return p
+    return apply_schedule(p, preset)
 
 
 @pytest.fixture(scope="module")
 def sd3_schedules(comfy_server):
     from ecad_core import Schedule, make_layout
 
-    d = comfy_server.base_dir / "models" / "ecad_schedules"
-    d.mkdir(parents=True, exist_ok=True)
+    d = schedule_dir(comfy_server)
     lay = make_layout("sd3", 1, 1)  # make_tiny: depth 2
     Schedule.full(lay, E2E_STEPS, name="sd3-full", model="sd3-medium").save(d / "sd3-full.json")
     bits = np.ones((E2E_STEPS, lay.n_units), bool)
@@ -331,22 +325,19 @@ _seeds = iter(range(8000, 9000))
 
 @pytest.mark.comfy
 def test_server_all_recompute_exact_mixed_reuses_expected_units(comfy_server, sd3_schedules):
-    from test_comfy_apply import _last_stats
-    from test_comfy_harness import _read_latent
-
     srv = comfy_server
 
     def latent(p):
-        return _read_latent(srv.output_files(srv.run(p, timeout=300), "latents")[0])
+        return run_latent(srv, p)
 
     seed = next(_seeds)
     ref = latent(_sd3_prompt(seed, prefix="s_ref"))
     full = latent(_sd3_prompt(seed, "user/sd3-full", prefix="s_full"))
-    st = _last_stats(srv)
+    st = last_stats(srv)
     assert st["reused"] == 0 and st["steps"] == E2E_STEPS and st["name"] == "sd3-full"
     assert torch.equal(full, ref), "all-recompute schedule changed the image"
     mixed = latent(_sd3_prompt(seed, "user/sd3-mixed", prefix="s_mixed"))
-    st = _last_stats(srv)
+    st = last_stats(srv)
     per_step = st["calls"] // st["steps"]  # cond and uncond
     assert st["reused"] == sd3_schedules["mixed_reused"] * per_step, st
     assert st["total"] == 5 * E2E_STEPS * per_step
