@@ -15,6 +15,14 @@ import pytest
 import torch
 
 from comfy_harness import make_tiny
+from comfy_harness.family_prompts import (
+    apply_schedule,
+    evaluate_node,
+    last_stats,
+    run_latent,
+    sampler_prompt,
+    schedule_dir,
+)
 from comfy_harness.server import DEFAULT_COMFY_DIR, PromptExecutionError
 from ecad_core import Schedule, make_layout
 
@@ -37,45 +45,23 @@ def _prompt(model, seed, preset=None, prefix="fc", size=64, **apply_inputs):
     _, latent, _, steps = MODELS[model]
     # ComfyUI 0.3.75's Chroma asks its conditioning for a pooled output (CLIPTextEncode gives one) and ignores it
     pooled = make_tiny.FLUX_POOLED_DIM if model == "ecad_tiny_chroma" else 0
-    cond = {"tokens": 8, "dim": make_tiny.FLUX_CONTEXT_DIM, "pooled_dim": pooled}
-    p = {
-        "1": {
-            "class_type": "UNETLoader",
-            "inputs": {"unet_name": make_tiny.file_name(model), "weight_dtype": "default"},
-        },
-        "2": {"class_type": "TestRandomConditioning", "inputs": {**cond, "seed": seed, "zero": False}},
-        "3": {"class_type": "TestRandomConditioning", "inputs": {**cond, "seed": 0, "zero": True}},
-        "4": {"class_type": latent, "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": seed,
-                "steps": steps,
-                "cfg": 1.0,  # one model call per step (Chroma's approximator is the costly part on the CPU)
-                "sampler_name": "euler",
-                "scheduler": "simple",
-                "denoise": 1.0,
-            },
-        },
-        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}},
-    }
-    if preset is not None:
-        p["20"] = {
-            "class_type": "ApplyECADSchedule",
-            "inputs": {"model": ["1", 0], "preset": preset, "offload_cache_to_cpu": False, **apply_inputs},
-        }
-        p["5"]["inputs"]["model"] = ["20", 0]
-    return p
+    p = sampler_prompt(
+        model,
+        seed,
+        dim=make_tiny.FLUX_CONTEXT_DIM,
+        pooled_dim=pooled,
+        latent=latent,
+        latent_inputs={"width": size, "height": size, "batch_size": 1},
+        steps=steps,
+        cfg=1.0,  # one model call per step (Chroma's approximator is the costly part on the CPU)
+        prefix=prefix,
+    )
+    return apply_schedule(p, preset, **apply_inputs)
 
 
 @pytest.fixture(scope="module")
 def schedules(comfy_server):
-    d = comfy_server.base_dir / "models" / "ecad_schedules"
-    d.mkdir(parents=True, exist_ok=True)
+    d = schedule_dir(comfy_server)
     out = {}
     for model, (family, _, hint, steps) in MODELS.items():
         lay = make_layout(family, 1, 1)  # make_tiny: 1 double + 1 single block
@@ -90,31 +76,19 @@ def schedules(comfy_server):
     return out
 
 
-def _latent(srv, prompt):
-    from test_comfy_harness import _read_latent
-
-    return _read_latent(srv.output_files(srv.run(prompt, timeout=300), "latents")[0])
-
-
-def _stats(srv):
-    from test_comfy_apply import _last_stats
-
-    return _last_stats(srv)
-
-
 @pytest.mark.parametrize("model", list(MODELS))
 def test_all_recompute_exact_mixed_reuses_expected_units(comfy_server, schedules, model):
     _skip_unloadable(model)
     srv = comfy_server
     seed = next(_seeds)
-    ref = _latent(srv, _prompt(model, seed, prefix=f"{model}_ref"))
-    full = _latent(srv, _prompt(model, seed, f"user/{model}-full", prefix=f"{model}_full"))
-    st = _stats(srv)
+    ref = run_latent(srv, _prompt(model, seed, prefix=f"{model}_ref"))
+    full = run_latent(srv, _prompt(model, seed, f"user/{model}-full", prefix=f"{model}_full"))
+    st = last_stats(srv)
     steps = MODELS[model][3]
     assert st["reused"] == 0 and st["steps"] == steps and st["name"] == f"{model}-full"
     assert torch.equal(full, ref), "all-recompute schedule changed the latent"
-    mixed = _latent(srv, _prompt(model, seed, f"user/{model}-mixed", prefix=f"{model}_mixed"))
-    st = _stats(srv)
+    mixed = run_latent(srv, _prompt(model, seed, f"user/{model}-mixed", prefix=f"{model}_mixed"))
+    st = last_stats(srv)
     per_step = st["calls"] // st["steps"]
     assert st["reused"] == schedules[model] * per_step and st["total"] == 6 * steps * per_step, st
     rel = ((mixed.float() - ref.float()).norm() / ref.float().norm()).item()
@@ -202,28 +176,9 @@ def test_evolve_and_evaluate(comfy_server, schedules, model):
     p = _prompt(model, 6, prefix="fc_eval")
     for k in ("4", "5", "6"):
         p.pop(k)
-    p["10"] = {
-        "class_type": "EvaluateECADSchedule",
-        "inputs": {
-            "model": ["1", 0],
-            "positive": ["2", 0],
-            "negative": ["3", 0],
-            "preset": f"user/{model}-mixed",
-            "prompts": "",
-            "seed": 40,
-            "seeds_per_prompt": 1,
-            "steps": steps,
-            "cfg": 1.0,
-            "sampler_name": "euler",
-            "scheduler": "simple",
-            "width": 64,
-            "height": 64,
-            "metrics": "psnr",
-            "grid_rows": 1,
-            "filename_prefix": f"ecad_eval/{family}",
-            "warmup": False,
-        },
-    }
+    p["10"] = evaluate_node(
+        f"user/{model}-mixed", steps, f"ecad_eval/{family}", metrics="psnr", cfg=1.0, negative=["3", 0]
+    )
     _table, report, _ = eval_report(srv, srv.run(p, timeout=600))
     row = report["rows"][1]
     assert row["label"] == f"{model}-mixed" and 0 < row["reuse_fraction"] < 1, row
