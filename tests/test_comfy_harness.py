@@ -15,17 +15,13 @@ import re
 import pytest
 
 from comfy_harness import make_tiny
+from comfy_harness.family_prompts import read_latent as _read_latent  # other test files import it from here
+from comfy_harness.family_prompts import sampler_prompt
 from comfy_harness.server import PromptExecutionError, PromptValidationError, ui_to_api
 
 pytestmark = pytest.mark.comfy
 
 _seeds = itertools.count(1000)
-
-
-def _read_latent(path):
-    from safetensors.torch import load_file
-
-    return load_file(str(path))["latent_tensor"]
 
 
 def ksampler_prompt(model: str, prefix: str, seed: int) -> dict:
@@ -37,47 +33,32 @@ def ksampler_prompt(model: str, prefix: str, seed: int) -> dict:
             dim, pooled = make_tiny.PIXART_COND_DIM, 0
         elif model == "ecad_tiny_sd3":  # pooled as wide as the context (a tiny ComfyUI CLIP's pooled output)
             pooled = make_tiny.FLUX_CONTEXT_DIM
-        latent = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}}
+        latent, size = "EmptySD3LatentImage", {"width": 128, "height": 128, "batch_size": 1}
         cfg, scheduler = (1.0 if is_flux else 2.0), "simple"
     else:
         dim, pooled, vae = make_tiny.PIXART_COND_DIM, 0, "ecad_tiny_taesd_4ch"
         # PixArt: (W+H)/2 >= 272 px and sides multiples of 16 (see the headless recipe).
-        latent = {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 32, "batch_size": 1}}
+        latent, size = "EmptyLatentImage", {"width": 512, "height": 32, "batch_size": 1}
         cfg, scheduler = 2.0, "normal"
-    p = {
-        "1": {
-            "class_type": "UNETLoader",
-            "inputs": {"unet_name": make_tiny.file_name(model), "weight_dtype": "default"},
-        },
-        "2": {
-            "class_type": "TestRandomConditioning",
-            "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": seed, "zero": False},
-        },
-        "3": {
-            "class_type": "TestRandomConditioning",
-            "inputs": {"tokens": 8, "dim": dim, "pooled_dim": pooled, "seed": 0, "zero": True},
-        },
-        "4": latent,
-        "5": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["1", 0],
-                "positive": ["2", 0],
-                "negative": ["3", 0],
-                "latent_image": ["4", 0],
-                "seed": seed,
-                "steps": 3,
-                "cfg": cfg,
-                "sampler_name": "euler",
-                "scheduler": scheduler,
-                "denoise": 1.0,
-            },
-        },
-        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"latents/{prefix}"}},
-        "7": {"class_type": "VAELoader", "inputs": {"vae_name": make_tiny.file_name(vae)}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["7", 0]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
-    }
+    p = sampler_prompt(
+        model,
+        seed,
+        dim=dim,
+        pooled_dim=pooled,
+        latent=latent,
+        latent_inputs=size,
+        steps=3,
+        cfg=cfg,
+        scheduler=scheduler,
+        prefix=prefix,
+    )
+    p.update(
+        {
+            "7": {"class_type": "VAELoader", "inputs": {"vae_name": make_tiny.file_name(vae)}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["7", 0]}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
+        }
+    )
     if model == "ecad_tiny_flux_dev":
         p["10"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["2", 0], "guidance": 3.5}}
         p["5"]["inputs"]["positive"] = ["10", 0]

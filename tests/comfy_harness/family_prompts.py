@@ -39,10 +39,11 @@ def sampler_prompt(
     latent_inputs: dict,
     steps: int,
     cfg: float = 2.0,
+    scheduler: str = "simple",
     prefix: str,
 ) -> dict:
-    """Tiny model -> random conditioning (positive: ``seed``, negative: zeros) -> empty latent -> KSampler (euler,
-    simple) -> SaveLatent under ``latents/<prefix>``. Nodes "1".."6"."""
+    """Tiny model -> random conditioning (positive: ``seed``, negative: zeros) -> empty latent -> KSampler (euler)
+    -> SaveLatent under ``latents/<prefix>``. Nodes "1".."6"."""
     cond = {"tokens": 8, "dim": dim, "pooled_dim": pooled_dim}
     return {
         "1": {
@@ -63,7 +64,7 @@ def sampler_prompt(
                 "steps": steps,
                 "cfg": cfg,
                 "sampler_name": "euler",
-                "scheduler": "simple",
+                "scheduler": scheduler,
                 "denoise": 1.0,
             },
         },
