@@ -5,14 +5,13 @@ end to end on a real server with the tiny stock-detected checkpoint (make_tiny `
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 
 import numpy as np
 import pytest
 import torch
 
-from bench import bench_comfy
+from comfy_harness import inprocess
 from comfy_harness.family_prompts import (
     apply_schedule,
     evaluate_node,
@@ -28,15 +27,7 @@ DEPTH = 2
 
 @pytest.fixture(scope="module")
 def pack(comfy_dir):
-    bench_comfy.import_comfy("cpu")
-    adapters, _, schedule = bench_comfy.pack_modules()
-    importlib.import_module("comfyui_ecad_bench.nodes.adapters.qwen_image")
-    return {
-        "adapters": adapters,
-        "schedule": schedule,
-        "costs": importlib.import_module("comfyui_ecad_bench.ecad_core.costs"),
-        "patching": importlib.import_module("comfyui_ecad_bench.nodes.patching"),
-    }
+    return inprocess.pack_modules("qwen_image")
 
 
 def _model(seed=0):
@@ -52,11 +43,7 @@ def _model(seed=0):
         axes_dims_rope=(4, 6, 6),
         operations=comfy.ops.disable_weight_init,
     )
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in dm.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.ndim > 1 else 0.05) + (p.ndim == 1))
-    return dm.eval()
+    return inprocess.randomize(dm, seed, 0.2)
 
 
 def _inputs(batch=2, h=64, w=96, tt=7, seed=1):
@@ -101,41 +88,15 @@ def test_heuristic_seeds_use_the_roles():
 def _count_macs(dm, run):
     import comfy.ldm.qwen_image.model as qwen
 
-    linear: dict = {}
-    attn: dict = {}
-    hooks = []
-
     def unit_of(name):
         m = re.match(r"transformer_blocks\.(\d+)\.(attn|img_mlp|txt_mlp)(\.|$)", name)
         return (m.group(1), m.group(2)) if m else "fixed"
 
-    for name, mod in dm.named_modules():
-        key = unit_of(name)
-        if isinstance(mod, torch.nn.Linear):
+    def attention_macs(q, k):
+        return 2 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
 
-            def hook(m, inp, out, key=key):
-                linear[key] = linear.get(key, 0) + inp[0].numel() * m.out_features
-
-            hooks.append(mod.register_forward_hook(hook))
-    block = [0]
-    for i, blk in enumerate(dm.transformer_blocks):
-        hooks.append(blk.register_forward_pre_hook(lambda m, a, i=i: block.__setitem__(0, i)))
-    orig = qwen.optimized_attention_masked
-
-    def counting(q, k, v, heads, *a, **kw):
-        key = (str(block[0]), "attn")
-        attn[key] = attn.get(key, 0) + 2 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
-        return orig(q, k, v, heads, *a, **kw)
-
-    qwen.optimized_attention_masked = counting
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        qwen.optimized_attention_masked = orig
-        for h in hooks:
-            h.remove()
-    return linear, attn
+    blocks = dm.transformer_blocks
+    return inprocess.count_macs(dm, run, unit_of, blocks, qwen, "optimized_attention_masked", attention_macs)
 
 
 @pytest.mark.parametrize("edit", [False, True])
@@ -164,31 +125,11 @@ def test_macs_formula_matches_hooked_comfy_modules(pack, edit):
     units = ad.layout.units()
     ecad = costs.step_costs(arch, h, w, batch=batch, text_tokens=tt, mode="ecad")
     full = costs.step_costs(arch, h, w, batch=batch, text_tokens=tt, mode="full")
-    assert set(linear) == set(units) | {"fixed"}
-    assert [linear[u] for u in units] == ecad.unit.tolist()
-    assert linear["fixed"] == ecad.fixed
-    assert [linear[u] + attn.get(u, 0) for u in units] == full.unit.tolist()
+    inprocess.assert_macs_match(linear, attn, units, ecad, full)
 
 
 def _patched_steps(pack, dm, sched, xs, ctx, ref=None):
-    import comfy.model_patcher
-
-    base = torch.nn.Module()
-    base.diffusion_model = dm
-    mp = comfy.model_patcher.ModelPatcher(base, torch.device("cpu"), torch.device("cpu"))
-    m = pack["patching"].patch_model(mp, sched)
-    run = m.model_options["transformer_options"]["ecad"]
-    m.patch_model()
-    try:
-        run.engine.begin_run(len(xs))
-        outs = []
-        with torch.no_grad():
-            for step, x in enumerate(xs):
-                run.engine.set_position(step, ("cond",))
-                outs.append(dm(x, torch.tensor([1.0 - step / len(xs)] * x.shape[0]), ctx, ref_latents=ref))
-        stats = run.engine.end_run()
-    finally:
-        m.unpatch_model()
+    outs, stats, _ = inprocess.patched_steps(pack, dm, sched, xs, lambda x, t: dm(x, t, ctx, ref_latents=ref))
     return outs, stats
 
 
@@ -369,7 +310,7 @@ def test_header_probe_of_the_tiny_checkpoint(comfy_models):
 def test_diffusers_adapter_caches_the_same_units():
     from diffusers import QwenImageTransformer2DModel
 
-    from ecad_core import Schedule, apply, costs, make_layout
+    from ecad_core import costs, make_layout
 
     torch.manual_seed(0)
     tr = QwenImageTransformer2DModel(
@@ -405,12 +346,6 @@ def test_diffusers_adapter_caches_the_same_units():
     bits = np.ones((STEPS, lay.n_units), bool)
     bits[1:, 0] = False
     bits[2, 5] = False
-    with torch.no_grad():
-        ref = sample()
-        with apply(tr, Schedule.full(lay, STEPS)):
-            assert all(torch.equal(a, b) for a, b in zip(ref, sample()))
-        with apply(tr, Schedule(lay, bits, name="mixed")) as h:
-            outs = sample()
-            stats = h.finish_run()
+    ref, outs, stats = inprocess.diffusers_full_and_mixed(tr, lay, STEPS, bits, sample)
     assert torch.equal(outs[0], ref[0]) and not torch.equal(outs[2], ref[2])
     assert stats.total_reused == 3

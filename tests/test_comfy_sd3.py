@@ -5,7 +5,6 @@ fallback when a block no longer matches), and end to end on a real server with t
 
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import bench_comfy
+from comfy_harness import inprocess
 from comfy_harness.family_prompts import apply_schedule, last_stats, run_latent, schedule_dir
 
 STEPS = 3
@@ -23,15 +22,7 @@ CTX, POOLED = 40, 24
 
 @pytest.fixture(scope="module")
 def pack(comfy_dir):
-    bench_comfy.import_comfy("cpu")
-    adapters, _, schedule = bench_comfy.pack_modules()
-    importlib.import_module("comfyui_ecad_bench.nodes.adapters.sd3")
-    return {
-        "adapters": adapters,
-        "schedule": schedule,
-        "costs": importlib.import_module("comfyui_ecad_bench.ecad_core.costs"),
-        "patching": importlib.import_module("comfyui_ecad_bench.nodes.patching"),
-    }
+    return inprocess.pack_modules("sd3")
 
 
 @pytest.fixture(autouse=True)
@@ -68,11 +59,7 @@ def _model(seed=0, dual=False):
         },
         operations=comfy.ops.disable_weight_init,
     )
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in dm.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.1 if p.ndim > 1 else 0.05) + (p.ndim == 1))
-    return dm.eval()
+    return inprocess.randomize(dm, seed, 0.1)
 
 
 def _inputs(batch=2, h=64, w=96, tt=7, seed=1):
@@ -132,43 +119,10 @@ def _count_macs(dm, run):
             return block(i), "ff" if m.group(2) == "x_block" else "ff_context"
         return block(i), "attn"
 
-    linear: dict = {}
-    attn: dict = {}
-    hooks = []
-    for name, mod in dm.named_modules():
-        key = unit_of(name)
-        if isinstance(mod, torch.nn.Linear):
+    def attention_macs(q, k):
+        return 2 * q.shape[0] * q.shape[1] * k.shape[1] * q.shape[2]
 
-            def hook(m, inp, out, key=key):
-                linear[key] = linear.get(key, 0) + inp[0].numel() * m.out_features
-
-            hooks.append(mod.register_forward_hook(hook))
-        elif isinstance(mod, torch.nn.Conv2d):
-
-            def hook(m, inp, out, key=key):
-                k = m.kernel_size[0] * m.kernel_size[1]
-                linear[key] = linear.get(key, 0) + out.numel() * m.in_channels // m.groups * k
-
-            hooks.append(mod.register_forward_hook(hook))
-    cur = [0]
-    for i, blk in enumerate(dm.joint_blocks):
-        hooks.append(blk.register_forward_pre_hook(lambda m, a, i=i: cur.__setitem__(0, i)))
-    orig = mmdit.optimized_attention
-
-    def counting(q, k, v, *a, **kw):
-        key = (block(cur[0]), "attn")
-        attn[key] = attn.get(key, 0) + 2 * q.shape[0] * q.shape[1] * k.shape[1] * q.shape[2]
-        return orig(q, k, v, *a, **kw)
-
-    mmdit.optimized_attention = counting
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        mmdit.optimized_attention = orig
-        for h in hooks:
-            h.remove()
-    return linear, attn
+    return inprocess.count_macs(dm, run, unit_of, dm.joint_blocks, mmdit, "optimized_attention", attention_macs, block)
 
 
 def test_macs_formula_matches_hooked_comfy_modules(pack):
@@ -190,34 +144,13 @@ def test_macs_formula_matches_hooked_comfy_modules(pack):
     units = ad.layout.units()
     ecad = costs.step_costs(arch, h, w, batch=batch, text_tokens=tt, mode="ecad")
     full = costs.step_costs(arch, h, w, batch=batch, text_tokens=tt, mode="full")
-    assert set(linear) == set(units) | {"fixed"}
-    assert [linear[u] for u in units] == ecad.unit.tolist()
-    assert linear["fixed"] == ecad.fixed
-    assert [linear[u] + attn.get(u, 0) for u in units] == full.unit.tolist()
+    inprocess.assert_macs_match(linear, attn, units, ecad, full)
     # SD3.5 Medium's dual attention is not in the cost model: the search costs units uniformly
     assert pack["adapters"].sd3.SD3Comfy(_model(dual=True)).arch("x") is None
 
 
 def _patched_steps(pack, dm, sched, xs, ctx, y):
-    import comfy.model_patcher
-
-    base = torch.nn.Module()
-    base.diffusion_model = dm
-    mp = comfy.model_patcher.ModelPatcher(base, torch.device("cpu"), torch.device("cpu"))
-    m = pack["patching"].patch_model(mp, sched)
-    run = m.model_options["transformer_options"]["ecad"]
-    m.patch_model()
-    try:
-        run.engine.begin_run(len(xs))
-        outs = []
-        with torch.no_grad():
-            for step, x in enumerate(xs):
-                run.engine.set_position(step, ("cond",))
-                outs.append(dm(x, torch.tensor([1.0 - step / len(xs)] * x.shape[0]), context=ctx, y=y))
-        stats = run.engine.end_run()
-    finally:
-        m.unpatch_model()
-    return outs, stats, run
+    return inprocess.patched_steps(pack, dm, sched, xs, lambda x, t: dm(x, t, context=ctx, y=y))
 
 
 @pytest.mark.parametrize("dual", [False, True])
@@ -401,13 +334,7 @@ def test_diffusers_adapter_caches_the_same_units():
     bits = np.ones((STEPS, lay.n_units), bool)
     bits[1:, 0] = False  # block 0's joint attention
     bits[2, 7] = False  # the last block's MLP
-    with torch.no_grad():
-        ref = sample()
-        with apply(tr, Schedule.full(lay, STEPS)):
-            assert all(torch.equal(a, b) for a, b in zip(ref, sample()))
-        with apply(tr, Schedule(lay, bits, name="mixed")) as h:
-            outs = sample()
-            stats = h.finish_run()
+    ref, outs, stats = inprocess.diffusers_full_and_mixed(tr, lay, STEPS, bits, sample)
     assert torch.equal(outs[0], ref[0]) and not torch.equal(outs[2], ref[2])
     assert stats.total_reused == 3
     # SD3.5 Medium's dual attention is refused on diffusers, naming the block
