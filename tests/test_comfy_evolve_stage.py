@@ -12,7 +12,7 @@ import re
 import pytest
 from test_comfy_wan import LAYOUT, video_prompt
 
-from comfy_harness.family_prompts import evolve_node, unit_stats
+from comfy_harness.family_prompts import evolve_node, unit_stats, without_sampler
 from comfy_harness.server import PromptExecutionError
 from ecad_core import load_schedule
 
@@ -109,8 +109,7 @@ def test_evolve_stage_errors_name_the_input(comfy_server, kw, message):
         del p["31"]["inputs"]["other_model"]
         kw = {}
     p["31"]["inputs"].update(kw)
-    for k in ("4", "5", "6"):  # Evolve is an output node: it runs alone
-        p.pop(k)
+    without_sampler(p)  # Evolve is an output node: it runs alone
     with pytest.raises(PromptExecutionError) as e:
         comfy_server.run(p, timeout=300)
     assert message in str(e.value), str(e.value)[:2000]

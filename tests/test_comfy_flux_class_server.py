@@ -18,10 +18,12 @@ from comfy_harness import make_tiny
 from comfy_harness.family_prompts import (
     apply_schedule,
     evaluate_node,
+    evolve_node,
     last_stats,
     run_latent,
     sampler_prompt,
     schedule_dir,
+    without_sampler,
 )
 from comfy_harness.server import DEFAULT_COMFY_DIR, PromptExecutionError
 from ecad_core import Schedule, make_layout
@@ -133,7 +135,7 @@ EVOLVE = {  # tiny model -> (population, text tokens the cost model counts)
 @pytest.mark.parametrize("model", list(EVOLVE))
 def test_evolve_and_evaluate(comfy_server, schedules, model):
     from test_comfy_eval import _report as eval_report
-    from test_comfy_evolve import _evolve_inputs, _report, _search_dir
+    from test_comfy_evolve import _report, _search_dir
 
     _skip_unloadable(model)
     if (
@@ -146,36 +148,15 @@ def test_evolve_and_evaluate(comfy_server, schedules, model):
     family, _, hint, steps = MODELS[model]
     population, text_tokens = EVOLVE[model]
     srv = comfy_server
-    p = _prompt(model, 5, prefix="fc_evolve")
-    for k in ("4", "5", "6"):
-        p.pop(k)
-    p["30"] = {
-        "class_type": "EvolveECADSchedule",
-        "inputs": {
-            "model": ["1", 0],
-            "positive": ["2", 0],
-            "negative": ["3", 0],
-            **_evolve_inputs(
-                steps=steps,
-                cfg=1.0,
-                scheduler="simple",
-                width=64,
-                height=64,
-                population=population,
-                generations=1,
-                target_speedup=0.0,
-                output_name=f"tiny-{family}",
-            ),
-        },
-    }
+    p = without_sampler(_prompt(model, 5, prefix="fc_evolve"))
+    name = f"tiny-{family}"
+    p["30"] = evolve_node(steps, name, first_seed=7, population=population, resume=True, cfg=1.0, target_speedup=0.0)
     entry = srv.run(p, timeout=600)
     front = json.loads((_search_dir(srv, f"tiny-{family}") / "front" / "front.json").read_text())
     assert front["cost"]["source"] == "macs" and front["cost"]["arch"] == hint, front["cost"]
     assert front["cost"]["text_tokens"] == text_tokens, front["cost"]
     assert front["layout"].startswith(family) and "picked:" in _report(entry, "30")
-    p = _prompt(model, 6, prefix="fc_eval")
-    for k in ("4", "5", "6"):
-        p.pop(k)
+    p = without_sampler(_prompt(model, 6, prefix="fc_eval"))
     p["10"] = evaluate_node(
         f"user/{model}-mixed", steps, f"ecad_eval/{family}", metrics="psnr", cfg=1.0, negative=["3", 0]
     )

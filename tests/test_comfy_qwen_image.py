@@ -15,10 +15,12 @@ from comfy_harness import inprocess
 from comfy_harness.family_prompts import (
     apply_schedule,
     evaluate_node,
+    evolve_node,
     last_stats,
     run_latent,
     sampler_prompt,
     schedule_dir,
+    without_sampler,
 )
 
 STEPS = 3
@@ -254,38 +256,17 @@ def test_server_refuses_another_familys_schedule(comfy_server, qwen_schedules):
 def test_server_evolve_and_evaluate(comfy_server, qwen_schedules):
     import json
 
-    from test_comfy_evolve import _evolve_inputs, _report, _search_dir
+    from test_comfy_evolve import _report, _search_dir
 
     srv = comfy_server
-    p = _qwen_prompt(5, prefix="q_evolve")
-    for k in ("4", "5", "6"):
-        p.pop(k)
-    p["30"] = {
-        "class_type": "EvolveECADSchedule",
-        "inputs": {
-            "model": ["1", 0],
-            "positive": ["2", 0],
-            "negative": ["3", 0],
-            **_evolve_inputs(
-                steps=3,
-                scheduler="simple",
-                width=64,
-                height=64,
-                population=3,
-                generations=1,
-                target_speedup=0.0,
-                output_name="tiny-qwen",
-            ),
-        },
-    }
+    p = without_sampler(_qwen_prompt(5, prefix="q_evolve"))
+    p["30"] = evolve_node(3, "tiny-qwen", first_seed=7, population=3, resume=True, target_speedup=0.0)
     entry = srv.run(p, timeout=600)
     front = json.loads((_search_dir(srv, "tiny-qwen") / "front" / "front.json").read_text())
     assert front["cost"]["source"] == "macs" and front["cost"]["arch"] == "qwen-image", front["cost"]
     assert front["layout"].startswith("qwen_image") and "picked:" in _report(entry, "30")
     # Evaluate: the mixed schedule against no cache, same seeds, on the same model
-    p = _qwen_prompt(6, prefix="q_eval")
-    for k in ("4", "5", "6"):
-        p.pop(k)
+    p = without_sampler(_qwen_prompt(6, prefix="q_eval"))
     p["10"] = evaluate_node("user/qwen-mixed", E2E_STEPS, "ecad_eval/qwen", metrics="psnr", negative=["3", 0])
     from test_comfy_eval import _report as eval_report
 

@@ -88,6 +88,13 @@ def apply_evolved(p: dict, evolve: str, node: str = "20") -> dict:
     return apply_schedule(p, "off", node=node, schedule=[evolve, 0])
 
 
+def without_sampler(p: dict) -> dict:
+    """``p`` less its latent, KSampler and SaveLatent ("4".."6"): an output node (Evolve, Evaluate) runs alone."""
+    for k in ("4", "5", "6"):
+        p.pop(k)
+    return p
+
+
 def schedule_dir(srv) -> Path:
     """The server's models/ecad_schedules (``user/<name>`` presets), created."""
     d = srv.base_dir / "models" / "ecad_schedules"
