@@ -10,8 +10,9 @@ KSampler. Run from the repo root: ``python scripts/make_evolve_workflow.py``.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
+
+from ui_workflow import ui_workflow  # scripts/, this file's folder
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "ecad_evolve_pixart_alpha.json"
@@ -169,72 +170,17 @@ NODES = [
     ),
     (13, "Note", [0, 420], [360, 300], [NOTE], [], [], None),
 ]
-OPTIONAL_INPUTS = {"clip", "positive", "negative", "vae", "warm_start", "schedule"}
 
 
 def build() -> dict:
-    nodes, links = [], {}
-    for order, (nid, ntype, pos, size, widgets, inputs, outputs, title) in enumerate(NODES):
-        node = {
-            "id": nid,
-            "type": ntype,
-            "pos": pos,
-            "size": size,
-            "flags": {},
-            "order": order,
-            "mode": 0,
-            "inputs": [],
-            "outputs": [],
-            "properties": {"Node name for S&R": ntype},
-            "widgets_values": widgets,
-        }
-        if title:
-            node["title"] = title
-        for slot, (name, typ, link) in enumerate(inputs):
-            inp = {"name": name, "type": typ, "link": link}
-            if name in OPTIONAL_INPUTS and ntype in ("EvolveECADSchedule", "ApplyECADSchedule"):
-                inp["shape"] = 7  # the frontend's marker for an optional socket
-            node["inputs"].append(inp)
-            if link is not None:
-                links.setdefault(link, {})["to"] = (nid, slot, typ)
-        for slot, (name, typ, out_links) in enumerate(outputs):
-            node["outputs"].append({"name": name, "type": typ, "links": out_links, "slot_index": slot})
-            for link in out_links:
-                links.setdefault(link, {})["from"] = (nid, slot)
-        nodes.append(node)
-    link_rows = []
-    for lid in sorted(links):
-        (fn, fs), (tn, ts, typ) = links[lid]["from"], links[lid]["to"]
-        link_rows.append([lid, fn, fs, tn, ts, typ])
-    return {
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-ecad/" + NAME)),
-        "revision": 0,
-        "last_node_id": max(n["id"] for n in nodes),
-        "last_link_id": max(links),
-        "nodes": nodes,
-        "links": link_rows,
-        "groups": [
-            {
-                "id": 1,
-                "title": "Search a schedule for this model",
-                "bounding": [-20, -80, 860, 760],
-                "color": "#3f789e",
-                "font_size": 24,
-                "flags": {},
-            },
-            {
-                "id": 2,
-                "title": "Generate with the picked schedule",
-                "bounding": [860, -80, 1480, 720],
-                "color": "#8A8",
-                "font_size": 24,
-                "flags": {},
-            },
+    return ui_workflow(
+        NAME,
+        NODES,
+        [
+            ("Search a schedule for this model", [-20, -80, 860, 760]),
+            ("Generate with the picked schedule", [860, -80, 1480, 720]),
         ],
-        "config": {},
-        "extra": {"ds": {"scale": 0.6, "offset": [40, 60]}, "frontendVersion": "1.32.9"},
-        "version": 0.4,
-    }
+    )
 
 
 def main() -> None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+
+from ui_workflow import ui_workflow  # noqa: E402  (scripts/, this file's folder)
 
 from comfy_harness.server import ComfyServer, _widget_layouts  # noqa: E402
 
@@ -31,7 +32,6 @@ PROMPTS = (
 )
 NEGATIVE = "blurry, low quality, static, distorted, watermark, text"
 POSITIVE = "a red fox running through a snowy forest at golden hour, tracking shot, cinematic, highly detailed"
-OPTIONAL = {"clip", "positive", "negative", "vae", "warm_start", "schedule"}
 
 
 def evolve_values(steps, cfg, sampler, scheduler, width, height, name, target):
@@ -442,12 +442,15 @@ WORKFLOWS = {
 def widgets(node_def: dict, values: dict) -> list:
     """``values`` laid out as the frontend stores them (a seed's "control after generate": fixed)."""
     layout = _widget_layouts(node_def)[0]
+    optional = set(node_def.get("input", {}).get("optional", {}))
     out, last = [], None
-    for name in layout:
+    for i, name in enumerate(layout):
         if name is None:
             out.append("fixed" if last in ("seed", "noise_seed") else "")
             continue
         if name not in values:
+            if all(n is None or (n in optional and n not in values) for n in layout[i:]):
+                break  # optional widgets left at their defaults (the frontend fills trailing ones in)
             raise KeyError(f"{node_def['name']}: no value for widget {name!r}")
         out.append(values[name])
         last = name
@@ -455,54 +458,11 @@ def widgets(node_def: dict, values: dict) -> list:
 
 
 def build(name: str, nodes_fn, groups, info: dict) -> dict:
-    nodes, links = [], {}
-    for order, (nid, ntype, pos, size, values, inputs, outputs, title) in enumerate(nodes_fn()):
-        node = {
-            "id": nid,
-            "type": ntype,
-            "pos": pos,
-            "size": size,
-            "flags": {},
-            "order": order,
-            "mode": 0,
-            "inputs": [],
-            "outputs": [],
-            "properties": {"Node name for S&R": ntype},
-            "widgets_values": [values["text"]] if ntype == "Note" else widgets(info[ntype], values),
-        }
-        if title:
-            node["title"] = title
-        for slot, (iname, typ, link) in enumerate(inputs):
-            inp = {"name": iname, "type": typ, "link": link}
-            if iname in OPTIONAL and ntype in ("EvolveECADSchedule", "ApplyECADSchedule"):
-                inp["shape"] = 7  # the frontend's marker for an optional socket
-            node["inputs"].append(inp)
-            if link is not None:
-                links.setdefault(link, {})["to"] = (nid, slot, typ)
-        for slot, (oname, typ, out_links) in enumerate(outputs):
-            node["outputs"].append({"name": oname, "type": typ, "links": out_links, "slot_index": slot})
-            for link in out_links:
-                links.setdefault(link, {})["from"] = (nid, slot)
-        nodes.append(node)
-    rows = []
-    for lid in sorted(links):
-        (fn, fs), (tn, ts, typ) = links[lid]["from"], links[lid]["to"]
-        rows.append([lid, fn, fs, tn, ts, typ])
-    return {
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-ecad/" + name)),
-        "revision": 0,
-        "last_node_id": max(n["id"] for n in nodes),
-        "last_link_id": max(links),
-        "nodes": nodes,
-        "links": rows,
-        "groups": [
-            {"id": i + 1, "title": t, "bounding": b, "color": ("#3f789e", "#8A8")[i % 2], "font_size": 24, "flags": {}}
-            for i, (t, b) in enumerate(groups)
-        ],
-        "config": {},
-        "extra": {"ds": {"scale": 0.6, "offset": [40, 60]}, "frontendVersion": "1.32.9"},
-        "version": 0.4,
-    }
+    nodes = [
+        (nid, ntype, pos, size, [values["text"]] if ntype == "Note" else widgets(info[ntype], values), *rest)
+        for nid, ntype, pos, size, values, *rest in nodes_fn()
+    ]
+    return ui_workflow(name, nodes, groups)
 
 
 def main() -> None:

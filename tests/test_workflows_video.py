@@ -162,3 +162,22 @@ def test_video_workflow_loads_in_browser_without_missing_nodes(browser_results, 
     assert res.missing == [] and res.raw["reported_missing"] == [], res.raw
     assert res.graph_node_count == len(_load(path)["nodes"])
     assert not res.page_errors, res.page_errors
+
+
+def test_generators_rewrite_the_shipped_workflows(object_info):
+    """scripts/make_video_workflows.py and make_evolve_workflow.py (one graph builder, scripts/ui_workflow.py)
+    reproduce the shipped files exactly against today's nodes, Evolve's later optional widgets included."""
+    import importlib
+    import sys
+
+    from test_workflows import REPO
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        video = importlib.import_module("make_video_workflows")
+        pixart = importlib.import_module("make_evolve_workflow")
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    for name, (nodes_fn, groups) in video.WORKFLOWS.items():
+        assert video.build(name, nodes_fn, groups, object_info) == _load(EXAMPLES / name), name
+    assert pixart.build() == _load(EXAMPLES / pixart.NAME)
