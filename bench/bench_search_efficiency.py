@@ -32,6 +32,7 @@ import torch
 from ecad_core.costs.compute import ComputeCost, cost_for_transformer
 from ecad_core.diffusers.adapters import find_diffusers_units
 from ecad_core.diffusers.api import apply
+from ecad_core.engine.probe import record_unit_changes
 from ecad_core.schedule import Schedule
 from ecad_core.search import GenomeSpace, LocalEvaluator, SearchSettings, hypervolume, pareto_indices, run_search
 
@@ -153,6 +154,24 @@ def racing(ctx: SearchContext) -> None:
     run_search(ctx.evaluator, ctx.space.layout, ctx.space.steps, None, settings, cost=ctx.cost, model=ctx.model)
 
 
+@variant("probe")
+def probe(ctx: SearchContext) -> None:
+    """NSGA-II whose initial population starts with the unit probe's step rows (``SearchSettings.probe_seeds``):
+    one all-recompute run through the engine's unit probe (charged to the budget), then the search."""
+    pop = int(ctx.options.get("population", 24))
+    changes = ctx.evaluator.probe(ctx.space)
+    settings = SearchSettings(
+        population=pop,
+        generations=ctx.budget,  # the budget stops it
+        seed=ctx.seed,
+        probe_seeds=int(ctx.options.get("probe_seeds", ctx.space.steps - 1)),
+    )
+    space = ctx.space
+    run_search(
+        ctx.evaluator, space.layout, space.steps, None, settings, cost=ctx.cost, model=ctx.model, unit_changes=changes
+    )
+
+
 class RecordingEvaluator:
     """Wraps a ``LocalEvaluator``: scores one schedule per call of the inner evaluator and records, after each
     complete evaluation, the model runs so far (images / calibration samples) and the archive's hypervolume (the
@@ -166,6 +185,14 @@ class RecordingEvaluator:
         self.schedules: list[Schedule] = []
         self.curve: list[tuple[float, float]] = []
         self._parts: dict[bytes, dict[int, float]] = {}
+        self.probe_images = 0  # the unit probe's run (``probe``), charged like any other
+
+    def probe(self, space: GenomeSpace) -> np.ndarray:
+        """The unit probe's table on the calibration samples (one all-recompute run, counted in ``runs``)."""
+        self._check(self.n_samples)
+        changes = record_unit_changes(self.inner.generate, space.layout, space.steps)
+        self.probe_images += self.n_samples
+        return changes
 
     def describe(self) -> dict:
         return self.inner.describe()
@@ -179,18 +206,18 @@ class RecordingEvaluator:
 
     @property
     def n_images(self) -> int:
-        return self.inner.n_images
+        return self.inner.n_images + self.probe_images
 
     @property
     def runs(self) -> float:
         """Model runs: images sampled / calibration samples (the shared reference run counted once)."""
         n = self.n_samples
-        r = self.inner.n_images / n
+        r = self.n_images / n
         return int(r) if r == int(r) else round(r, 4)
 
     def _check(self, need: int) -> None:
         self.inner.references()
-        if self.inner.n_images + need > self.budget * self.n_samples:
+        if self.n_images + need > self.budget * self.n_samples:
             raise BudgetSpent
 
     def _record(self, s: Schedule, loss: float) -> None:

@@ -598,10 +598,12 @@ def test_cli_evolve_with_racing(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert (out / "racing.json").is_file()
     racing = json.loads((out / "racing.json").read_text())
-    # every image counted: 4 per full evaluation, 1 per raced-out one, plus the reference's 4
+    # every image counted: 4 per full evaluation, 1 per raced-out one, plus the reference's 4 and the unit
+    # probe's 4 (on by default)
     raced = len(racing["raced"])
     assert summary["raced_out"] == raced
-    assert summary["images_sampled"] == 4 + racing["images"]
+    assert summary["probe_images"] == 4
+    assert summary["images_sampled"] == 4 + 4 + racing["images"]
     assert racing["images"] == 4 * len(racing["pairs"]) + raced
     assert len(summary["front"]) >= 1
     # a resume with racing off is refused, naming it

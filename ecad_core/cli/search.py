@@ -151,6 +151,45 @@ class EvolveSpec:
         return layout, cost, hint
 
 
+def _probe_changes(evaluator, steps: int):
+    """The unit probe's table on ``evaluator``'s pipeline (module level: Ray sends it to a worker)."""
+    from ..diffusers.adapters import find_diffusers_units
+    from ..engine.probe import record_unit_changes
+
+    gen = evaluator.generate
+    return record_unit_changes(gen, find_diffusers_units(gen.pipe.transformer).layout, steps)
+
+
+def _probe_seeds_setting(a) -> int:
+    """``--probe-seeds``: a number, or auto (``sensitivity.resolve_probe_seeds``)."""
+    from ..search.sensitivity import resolve_probe_seeds
+
+    requested = None
+    if a.probe_seeds != "auto":
+        try:
+            requested = int(a.probe_seeds)
+        except ValueError:
+            requested = -1
+        if requested < 0:
+            raise SearchSettingsError(f"--probe-seeds must be auto or an integer >= 0, got {a.probe_seeds!r}")
+    return resolve_probe_seeds(requested, a.out, a.population, a.steps)
+
+
+def _unit_changes(a, settings, evaluator, n_samples: int):
+    """(table, images its run sampled): from the search folder on resume, else probed (and kept there)."""
+    from ..search.sensitivity import unit_changes_for
+
+    def run_probe():
+        if not a.quiet:
+            print(f"probing unit changes (one full-compute run of {n_samples} samples)...", file=sys.stderr)
+        if a.ray:
+            return evaluator.on_worker(functools.partial(_probe_changes, steps=a.steps))
+        return _probe_changes(evaluator, a.steps)
+
+    changes, probed = unit_changes_for(a.out, settings.probe_seeds, run_probe)
+    return changes, n_samples if probed else 0
+
+
 def _ray_evaluator(a, spec: EvolveSpec):
     """``--ray``: a RayEvaluator whose workers each build ``spec``'s evaluator."""
     from ..search.ray_backend import RayEvaluator
@@ -183,6 +222,7 @@ def cmd_evolve(a) -> int:
         evaluated_per_generation=a.evaluated_per_generation,
         racing=a.racing,
         racing_margin=a.racing_margin,
+        probe_seeds=_probe_seeds_setting(a),
     )
     settings.validate()  # before loading anything heavy
     prompts = prompts_from_args(a)
@@ -221,6 +261,7 @@ def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
     t0 = time.monotonic()
     quiet = a.quiet
     n_samples = len(spec.prompts) * len(spec.seeds)
+    changes, probe_images = _unit_changes(a, settings, evaluator, n_samples)
 
     def progress(phase, done, total):
         if quiet:
@@ -245,6 +286,7 @@ def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
         warm_start_steps="remap" if a.remap_warm_start else "refuse",
         model=hint,
         progress=progress,
+        unit_changes=changes,
     )
     if not res.front:
         raise EcadError("the search evaluated nothing (cancelled before the first generation)")
@@ -262,7 +304,10 @@ def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
         "compute_model": cost.source,
         "metric": a.metric,
         "sampling_runs": evaluator.n_generate,
-        "images_sampled": getattr(evaluator, "n_images", None),  # the reference's included
+        # the reference's included, and the unit probe's run (probe_images) of this call
+        "images_sampled": (evaluator.n_images + probe_images) if hasattr(evaluator, "n_images") else None,
+        "probe_seeds": settings.probe_seeds,
+        "probe_images": probe_images,
         "raced_out": res.raced_out,
         "seconds": round(time.monotonic() - t0, 2),
         "front": [
@@ -376,6 +421,13 @@ def register(subparsers) -> None:
         type=float,
         default=0.1,
         help="racing: shrink the optimistic bound by this share (larger: fewer candidates stopped)",
+    )
+    q.add_argument(
+        "--probe-seeds",
+        default="auto",
+        help="schedules from the unit probe (one full-compute run that measures how each unit's output changes "
+        "between steps) first in the initial population: a number, 0 (off) or auto (default: steps - 1, at most "
+        "population - 4; a resumed search keeps what it started with)",
     )
     q.add_argument(
         "--no-heuristic-seeds", action="store_true", help="initial population from warm starts + mutated copies only"

@@ -338,7 +338,11 @@ class CacheEngine:
                 )
             sched, src = self._remap_cache[sl], self.schedule.steps
         self._set_active(sched, src, sl)
-        self._use_timer(self._unit_timer if self._unit_timer is not None else _ambient_timer[0])
+        timer = self._unit_timer if self._unit_timer is not None else _ambient_timer[0]
+        self._use_timer(timer)
+        bind = getattr(timer, "bind", None)  # a timer that reads the step and branch (the unit probe)
+        if callable(bind):
+            bind(self)
         self.step, self.branch, self.in_run = 0, 0, True
         self.run_id += 1
 

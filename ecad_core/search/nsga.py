@@ -57,6 +57,7 @@ from .operators import make_algorithm
 from .problem import HAVE_PYMOO, GenomeSpace, genome_key, tell
 from .racing import RACING_FILE, RaceState, can_bound, race_indices, raced_out
 from .sampling import initial_population, load_warm_start
+from .sensitivity import probe_seeds
 from .surrogate import screen
 from .termination import CANCELLED, CONVERGED, Termination
 
@@ -85,6 +86,8 @@ class SearchSettings:
     # racing over calibration samples (racing.py): run this many samples first, finish only hopeful candidates
     racing: int = 0  # 0: off (every candidate runs every sample)
     racing_margin: float = 0.1  # the optimistic bound is shrunk by this share (larger: fewer raced out)
+    # schedules from the unit probe (sensitivity.py) first in the initial population; needs ``unit_changes``
+    probe_seeds: int = 0  # 0: off
 
     RESUME_FREE = ("generations", "time_budget_s")
     # added after checkpoints existed: left out of the resume key at their defaults, so those still resume
@@ -94,6 +97,7 @@ class SearchSettings:
         "exploration": 0.25,
         "racing": 0,
         "racing_margin": 0.1,
+        "probe_seeds": 0,
     }
 
     def validate(self) -> None:
@@ -144,6 +148,8 @@ class SearchSettings:
             bad(f"racing (samples run first) must be an integer >= 0, got {self.racing!r}")
         if not _prob(self.racing_margin) or self.racing_margin == 1:
             bad(f"racing margin must be a share in [0, 1), got {self.racing_margin!r}")
+        if not is_int(self.probe_seeds) or self.probe_seeds < 0:
+            bad(f"probe seeds must be an integer >= 0, got {self.probe_seeds!r}")
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -205,6 +211,7 @@ class SearchRun:
         resume: bool = True,
         write_files: bool = True,
         save_as: Callable[[Schedule], Schedule] | None = None,
+        unit_changes: np.ndarray | None = None,
     ):
         if not HAVE_PYMOO:
             raise SearchSettingsError("the schedule search needs the 'pymoo' package (pip install pymoo)")
@@ -223,8 +230,21 @@ class SearchRun:
             )
         self.out = out = Path(out_dir) if out_dir is not None else None
         warm = load_warm_start(warm_start, space, warm_start_steps)
+        probe: list[Schedule] = []
+        if settings.probe_seeds:
+            if unit_changes is None:
+                raise SearchSettingsError(
+                    "probe seeds need the unit probe's table (unit_changes=, from "
+                    "ecad_core.engine.probe.record_unit_changes on the search's generate function)"
+                )
+            probe = probe_seeds(space, unit_changes, settings.probe_seeds)
         pop0 = initial_population(
-            space, settings.population, seed=settings.seed, warm_start=warm, heuristics=settings.heuristic_seeds
+            space,
+            settings.population,
+            seed=settings.seed,
+            warm_start=warm,
+            heuristics=settings.heuristic_seeds,
+            probe=probe,
         )
         describe_fn = getattr(evaluator, "describe", None)  # optional parts of the Evaluator protocol
         describe = describe_fn() if callable(describe_fn) else {}

@@ -255,12 +255,19 @@ def _expand(item) -> list[tuple[str, Schedule]]:
 
 # -- the population ------------------------------------------------------------
 def initial_population(
-    space: GenomeSpace, size: int, *, seed: int = 0, warm_start: Sequence[Schedule] = (), heuristics: bool = True
+    space: GenomeSpace,
+    size: int,
+    *,
+    seed: int = 0,
+    warm_start: Sequence[Schedule] = (),
+    heuristics: bool = True,
+    probe: Sequence[Schedule] = (),
 ) -> list[Schedule]:
-    """``size`` distinct schedules: warm starts, heuristics, then mutated copies (deterministic by seed)."""
+    """``size`` distinct schedules: warm starts, the unit probe's (``sensitivity.probe_seeds``), heuristics, then
+    mutated copies (deterministic by seed)."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
         raise SearchSettingsError(f"population size must be an integer >= 2, got {size!r}")
-    base = _unique(space, list(warm_start) + (heuristic_seeds(space) if heuristics else []))
+    base = _unique(space, list(warm_start) + list(probe) + (heuristic_seeds(space) if heuristics else []))
     if not base:
         base = [no_cache(space)]
     if len(warm_start) > size:

@@ -1,0 +1,115 @@
+"""The unit probe: how much each unit's output changes between steps on a full-compute run.
+
+Reusing unit u at step t the output it computed at step c < t errs by what that output changed in between,
+``out_u(t) - out_u(c)``. One all-recompute run through the engine's unit-timer seam (``unit_timing``) records
+every unit's outputs, and ``UnitChangeProbe.changes()`` gives ``E[u, t, c] = ||out_u(t) - out_u(c)||^2``
+(summed over the CFG branches the host calls separately). ``ecad_core.search.sensitivity`` turns that table into
+schedules without running the model.
+
+Outputs larger than ``max_coords`` elements are recorded at a fixed random subset of their elements (the same for
+every step of a unit), the squared change scaled by numel / kept: an unbiased estimate whose memory is
+``units x steps x max_coords`` floats on the CPU whatever the image size or batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import EvaluationError
+from ..schedule import Layout, Schedule
+from .engine import _tree_map, unit_timing
+
+log = logging.getLogger("ecad")
+
+MAX_COORDS = 4096
+
+
+class UnitChangeProbe:
+    """A unit timer that records each unit's output at each step (and CFG branch) of the runs it sees."""
+
+    def __init__(self, n_units: int, steps: int, *, max_coords: int = MAX_COORDS, seed: int = 0):
+        if max_coords < 1:
+            raise ValueError(f"max_coords must be >= 1, got {max_coords}")
+        self.n_units, self.steps, self.max_coords, self.seed = n_units, steps, max_coords, seed
+        self.engine = None
+        self.records: dict[tuple[int, object], dict[int, torch.Tensor]] = {}  # (unit, branch) -> step -> values
+        self.scales: dict[tuple[int, object], float] = {}  # (unit, branch) -> numel / kept
+        self._picks: dict[tuple[int, int], tuple[torch.Tensor | None, float]] = {}  # (unit, numel) -> (index, scale)
+
+    def bind(self, engine) -> None:
+        """Called by the engine at the start of each run: the step and branch are read from it."""
+        self.engine = engine
+
+    def __call__(self, unit: int, compute: Callable):
+        out = compute()
+        eng = self.engine
+        if eng is None or not 0 <= eng.step < self.steps:
+            return out
+        parts: list[torch.Tensor] = []
+        _tree_map(lambda t: parts.append(t.detach().reshape(-1)), out)
+        if not parts:
+            return out
+        flat = parts[0] if len(parts) == 1 else torch.cat([p.to(parts[0].dtype) for p in parts])
+        idx, scale = self._pick(unit, flat.numel())
+        kept = flat if idx is None else flat[idx.to(flat.device)]
+        self.records.setdefault((unit, eng.branch), {})[int(eng.step)] = kept.float().cpu()
+        self.scales[(unit, eng.branch)] = scale
+        return out
+
+    def _pick(self, unit: int, numel: int) -> tuple[torch.Tensor | None, float]:
+        key = (unit, numel)
+        if key not in self._picks:
+            if numel <= self.max_coords:
+                self._picks[key] = (None, 1.0)
+            else:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + unit)
+                idx = torch.randperm(numel, generator=g)[: self.max_coords]
+                self._picks[key] = (idx, numel / self.max_coords)
+        return self._picks[key]
+
+    def units_seen(self) -> list[int]:
+        return sorted({u for u, _ in self.records})
+
+    def changes(self) -> np.ndarray:
+        """float64 [units, steps, steps]: E[u, t, c] for c < t (0 elsewhere, and for units or steps not seen)."""
+        E = np.zeros((self.n_units, self.steps, self.steps))
+        for (u, branch), by_step in self.records.items():
+            steps = sorted(by_step)
+            X = torch.stack([by_step[s] for s in steps]).double()  # [seen steps, kept]
+            d = torch.cdist(X, X, compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy() * self.scales[(u, branch)]
+            ii = np.array(steps)
+            E[u][np.ix_(ii, ii)] += np.tril(d, -1)
+        return E
+
+
+def record_unit_changes(
+    generate: Callable[[Schedule], Sequence[torch.Tensor]],
+    layout: Layout,
+    steps: int,
+    *,
+    max_coords: int = MAX_COORDS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Run ``generate`` once with every unit computed and return the probe's table [units, steps, steps]
+    (``UnitChangeProbe.changes``). ``generate(schedule)`` must sample through the pack's engine, as the search's
+    generate functions do (``LocalEvaluator``'s)."""
+    probe = UnitChangeProbe(layout.n_units, steps, max_coords=max_coords, seed=seed)
+    with torch.no_grad(), unit_timing(probe):
+        generate(Schedule.full(layout, steps, name="unit-probe"))
+    seen = probe.units_seen()
+    if not seen:
+        raise EvaluationError(
+            "the unit probe saw no unit computation: this generate function does not sample through the ECAD "
+            "engine, so the probe cannot measure anything"
+        )
+    if len(seen) < layout.n_units:
+        log.warning(
+            "ECAD unit probe: %d of %d units computed through the engine's unit calls; the others count as unchanged",
+            len(seen),
+            layout.n_units,
+        )
+    return probe.changes()
