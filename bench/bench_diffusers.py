@@ -2,7 +2,8 @@
 
 For each preset: the engine (``ecad_core.apply``), the ceiling (``bench.ceiling``: the same block
 re-statement with no bookkeeping), any module cache (``bench.ceiling.CeilingCache``: unit-module outputs,
-the old ceiling) and optionally the engine with CUDA graphs; plus no cache, the patched model with
+the old ceiling) and optionally (``--graphs``) the engine with CUDA graphs and the ceiling in CUDA graphs
+(``bench.ceiling.CeilingGraphs``, the reference of the graph rows); plus no cache, the patched model with
 everything recomputed (the engine's pure overhead), and the cost of offloading the cache.
 
     python -m bench.bench_diffusers --model pixart-alpha --res 256 \\
@@ -22,7 +23,7 @@ from ecad_core.diffusers.adapters import find_diffusers_units
 from ecad_core.diffusers.api import apply
 
 from . import models
-from .ceiling import CeilingCache, ceiling_for
+from .ceiling import CeilingCache, CeilingGraphs, ceiling_for
 from .common import SCHEDULES, hardware, replay_bits, resolve_dtype, write_json
 from .runner import Variant, run_variants
 
@@ -64,6 +65,24 @@ def ceiling_variant(den, sched: Schedule, name: str, preset, kind: str = "ceilin
     return Variant(name, setup, preset, kind)
 
 
+def graph_ceiling_variant(den, sched: Schedule, name: str, preset) -> Variant:
+    """The ceiling in static buffers, captured in CUDA graphs (``CeilingGraphs``); without CUDA it runs eagerly
+    and its stats say why, as the engine's graph rows do."""
+    bits = replay_bits(sched, den.steps)
+
+    def setup():
+        c = ceiling_for(den.model, bits, static=True)
+        g = CeilingGraphs(den.model, c)
+
+        def remove():
+            g.remove()
+            c.remove()
+
+        return (lambda i: setattr(c, "step", i)), remove, (lambda: {"cuda_graphs": g.status()})
+
+    return Variant(name, setup, preset, "graphs-ceiling", persistent=True)
+
+
 def variants_for(
     den, presets: list[Schedule], *, graphs: bool, offload: bool, recompute: bool, any_module: bool = True
 ) -> list[Variant]:
@@ -84,6 +103,7 @@ def variants_for(
         vs.append(engine_variant(den, full, "graphs", "graphs, no cache", None, cuda_graphs=True))
         for s in presets:
             vs.append(engine_variant(den, s, "graphs", f"graphs {s.name}", s.name, cuda_graphs=True))
+            vs.append(graph_ceiling_variant(den, s, f"graphs ceiling {s.name}", s.name))
     return vs
 
 
@@ -101,7 +121,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="auto", help="fp16, bf16, fp32 or auto (fp16 on CUDA, fp32 on CPU)")
     ap.add_argument("--tiny", action="store_true", help="tiny widths (same block counts): a CPU smoke run")
-    ap.add_argument("--graphs", action="store_true", help="also the engine with CUDA graphs")
+    ap.add_argument("--graphs", action="store_true", help="also the engine and the ceiling in CUDA graphs")
     ap.add_argument("--offload", action="store_true", help="also the engine with the cache in CPU memory")
     ap.add_argument("--no-recompute", action="store_true", help="skip the all-recompute overhead variant")
     ap.add_argument("--no-any-module", action="store_true", help="skip the any-module-cache reference variants")

@@ -610,6 +610,7 @@ def main(argv=None) -> dict:
         help=f"calibration captions (default {len(trained.CALIBRATION)}; more are drawn from the caption space)",
     )
     ap.add_argument("--racing", type=int, help="racing variant: samples run first (default a quarter)")
+    ap.add_argument("--population", type=int, help="population of the NSGA-II variants (default 24, the paper's 72)")
     ap.add_argument("--out", help="result JSON (a PNG plot is written beside it)")
     ap.add_argument(
         "--baselines-from",
@@ -640,6 +641,8 @@ def main(argv=None) -> dict:
         setup = dataclasses.replace(setup, calibration=calibration_set(a.calibration_size))
     if a.racing:
         setup = dataclasses.replace(setup, racing=a.racing)
+    if a.population:
+        setup = dataclasses.replace(setup, population=a.population)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def save(result):

@@ -14,6 +14,10 @@
   (a reused unit's input). The engine's re-statements skip that, so it is not a bound any more, only a
   reference (the "ceiling" of the H100/H200 tables before issue #21).
 
+* **ceiling in CUDA graphs** (``ceiling_for(..., static=True)`` run by ``CeilingGraphs``; diffusers only): the
+  reference of the engine's graph rows. The ceiling's outputs live in static buffers (as the engine's
+  ``keep_store`` mode) and each distinct (schedule row, input signature) is one captured graph, replayed.
+
 The bench sets ``step`` itself before each model call.
 """
 
@@ -23,6 +27,9 @@ import sys
 
 import numpy as np
 import torch
+from torch.utils import _pytree as pytree
+
+from ecad_core.engine.engine import _tree_copy_, _tree_map
 
 
 class CeilingCache:
@@ -77,12 +84,15 @@ class CeilingCache:
 AnyModuleCache = CeilingCache  # the name the tables use
 
 
-def ceiling_for(model, bits: np.ndarray) -> _Replay:
-    """The ceiling of a bench model: diffusers PixArt / FLUX.1 transformer, ComfyUI PixArtMS / Flux."""
+def ceiling_for(model, bits: np.ndarray, *, static: bool = False) -> _Replay:
+    """The ceiling of a bench model: diffusers PixArt / FLUX.1 transformer, ComfyUI PixArtMS / Flux.
+    ``static``: outputs in static buffers (``_Replay._put_static``), for ``CeilingGraphs``; diffusers only."""
     if hasattr(model, "single_transformer_blocks"):
-        return FluxCeiling(model, bits)
+        return FluxCeiling(model, bits, static=static)
     if hasattr(model, "transformer_blocks"):
-        return PixArtCeiling(model, bits)
+        return PixArtCeiling(model, bits, static=static)
+    if static:
+        raise ValueError("ceiling_for: static buffers (CUDA graphs) are built for the diffusers ceilings only")
     if hasattr(model, "double_blocks"):
         return ComfyFluxCeiling(model, bits)
     return ComfyPixArtCeiling(model, bits)
@@ -91,18 +101,44 @@ def ceiling_for(model, bits: np.ndarray) -> _Replay:
 class _Replay:
     """Precomputed bits: ``rows[step][unit]`` (compute), ``keep[step][unit]`` (store: the next step reuses it)."""
 
-    def __init__(self, bits: np.ndarray, n_units: int, what: str):
+    def __init__(self, bits: np.ndarray, n_units: int, what: str, static: bool = False):
         bits = np.array(bits, dtype=bool)
         if bits.ndim != 2 or bits.shape[1] != n_units:
             raise ValueError(f"{what}: bits must be [steps, {n_units}], got shape {bits.shape}")
         bits[0] = True  # step 0 always computes
         keep = np.zeros_like(bits)
         keep[:-1] = ~bits[1:]
+        if static:
+            # one graph per distinct row serves every step with that row, so a row keeps what any of its steps keeps
+            for r in np.unique(bits, axis=0):
+                same = (bits == r).all(axis=1)
+                keep[same] = keep[same].any(axis=0)
         self.rows, self.keep = [r.tolist() for r in bits], [r.tolist() for r in keep]
         self.step = 0
+        self.static = static
         self.out: list = [None] * n_units
+        # put(unit, output or None): a list slot (None frees it), or in static mode a buffer written in place
+        self.put = self._put_static if static else self.out.__setitem__
         self.patched: list[torch.nn.Module] = []
         self.patches: dict = {}
+
+    def _put_static(self, u: int, a) -> None:
+        """Static-buffer mode (``static=True``, for CUDA graphs as ``CacheEngine.keep_store``): a kept output is
+        copied into its unit's buffer, allocated at the first store and never replaced, so a graph that reads
+        it sees what the last graph that computed the unit wrote; an output not kept leaves the buffer alone.
+        A first store inside a capture allocates from the graphs' pool: held until ``remove``, never reused."""
+        if a is None:
+            return
+        b = self.out[u]
+        if b is None:
+            self.out[u] = _tree_map(lambda t: t.detach().clone(), a)
+            return
+        if _tree_shapes(b) != _tree_shapes(a):  # copy_ would broadcast a smaller batch silently
+            raise ValueError(
+                f"{type(self).__name__}: unit {u} output shape changed ({_tree_shapes(b)} -> "
+                f"{_tree_shapes(a)}); static buffers serve one input signature"
+            )
+        _tree_copy_(b, a)
 
     def _set_forward(self, m: torch.nn.Module, fn) -> None:
         if "forward" in m.__dict__:
@@ -124,6 +160,10 @@ class _Replay:
         self.remove()
 
 
+def _tree_shapes(x):
+    return tuple(t.shape for t in x) if isinstance(x, tuple) else x.shape
+
+
 def _compact(t: torch.Tensor) -> torch.Tensor:
     """A stored part of a fused tensor as its own copy (a view would keep the whole fused tensor alive)."""
     if t.untyped_storage().nbytes() > t.numel() * t.element_size():
@@ -134,14 +174,14 @@ def _compact(t: torch.Tensor) -> torch.Tensor:
 class PixArtCeiling(_Replay):
     """diffusers PixArt: ``BasicTransformerBlock.forward`` (``ada_norm_single``) of each block re-stated."""
 
-    def __init__(self, model, bits: np.ndarray):
+    def __init__(self, model, bits: np.ndarray, static: bool = False):
         blocks = list(model.transformer_blocks)
-        super().__init__(bits, 3 * len(blocks), "PixArtCeiling")
+        super().__init__(bits, 3 * len(blocks), "PixArtCeiling", static)
         for i, blk in enumerate(blocks):
             self._set_forward(blk, self._block(blk, 3 * i))
 
     def _block(self, blk, u):
-        rows, keep, out, this = self.rows, self.keep, self.out, self
+        rows, keep, out, put, this = self.rows, self.keep, self.out, self.put, self
 
         def forward(
             hidden_states,
@@ -162,7 +202,7 @@ class PixArtCeiling(_Replay):
                 n = blk.norm1(hidden_states)
                 n = n * (1 + scale_msa) + shift_msa
                 a = blk.attn1(n, encoder_hidden_states=None, attention_mask=attention_mask, **kw)
-                out[u] = a if kp[u] else None
+                put(u, a if kp[u] else None)
             else:
                 a = out[u]
             hidden_states = gate_msa * a + hidden_states
@@ -173,7 +213,7 @@ class PixArtCeiling(_Replay):
                     attention_mask=encoder_attention_mask,
                     **kw,
                 )
-                out[u + 1] = a if kp[u + 1] else None
+                put(u + 1, a if kp[u + 1] else None)
             else:
                 a = out[u + 1]
             hidden_states = a + hidden_states
@@ -181,7 +221,7 @@ class PixArtCeiling(_Replay):
                 n = blk.norm2(hidden_states)
                 n = n * (1 + scale_mlp) + shift_mlp
                 a = blk.ff(n)
-                out[u + 2] = a if kp[u + 2] else None
+                put(u + 2, a if kp[u + 2] else None)
             else:
                 a = out[u + 2]
             return gate_mlp * a + hidden_states
@@ -192,16 +232,16 @@ class PixArtCeiling(_Replay):
 class FluxCeiling(_Replay):
     """diffusers FLUX.1: ``FluxTransformerBlock`` and ``FluxSingleTransformerBlock`` forwards re-stated."""
 
-    def __init__(self, model, bits: np.ndarray):
+    def __init__(self, model, bits: np.ndarray, static: bool = False):
         double, single = list(model.transformer_blocks), list(model.single_transformer_blocks)
-        super().__init__(bits, 3 * (len(double) + len(single)), "FluxCeiling")
+        super().__init__(bits, 3 * (len(double) + len(single)), "FluxCeiling", static)
         for i, blk in enumerate(double):
             self._set_forward(blk, self._double(blk, 3 * i))
         for j, blk in enumerate(single):
             self._set_forward(blk, self._single(blk, 3 * (len(double) + j)))
 
     def _double(self, blk, u):
-        rows, keep, out, this = self.rows, self.keep, self.out, self
+        rows, keep, out, put, this = self.rows, self.keep, self.out, self.put, self
         n1, n1c = blk.norm1, blk.norm1_context
 
         def forward(hidden_states, encoder_hidden_states, temb, image_rotary_emb=None, joint_attention_kwargs=None):
@@ -219,7 +259,7 @@ class FluxCeiling(_Replay):
                     image_rotary_emb=image_rotary_emb,
                     **(joint_attention_kwargs or {}),
                 )
-                out[u] = a if kp[u] else None
+                put(u, a if kp[u] else None)
             else:
                 a = out[u]
             attn_output, context_attn_output = a
@@ -228,7 +268,7 @@ class FluxCeiling(_Replay):
                 n = blk.norm2(hidden_states)
                 n = n * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
                 f = blk.ff(n)
-                out[u + 1] = f if kp[u + 1] else None
+                put(u + 1, f if kp[u + 1] else None)
             else:
                 f = out[u + 1]
             hidden_states = hidden_states + gate_mlp.unsqueeze(1) * f
@@ -237,7 +277,7 @@ class FluxCeiling(_Replay):
                 n = blk.norm2_context(encoder_hidden_states)
                 n = n * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
                 f = blk.ff_context(n)
-                out[u + 2] = f if kp[u + 2] else None
+                put(u + 2, f if kp[u + 2] else None)
             else:
                 f = out[u + 2]
             encoder_hidden_states = encoder_hidden_states + c_gate_mlp.unsqueeze(1) * f
@@ -248,7 +288,7 @@ class FluxCeiling(_Replay):
         return forward
 
     def _single(self, blk, u):
-        rows, keep, out, this = self.rows, self.keep, self.out, self
+        rows, keep, out, put, this = self.rows, self.keep, self.out, self.put, self
         n = blk.norm
 
         def forward(hidden_states, encoder_hidden_states, temb, image_rotary_emb=None, joint_attention_kwargs=None):
@@ -261,17 +301,17 @@ class FluxCeiling(_Replay):
                 normed = n.norm(hidden_states) * (1 + scale_msa[:, None]) + shift_msa[:, None]
             if row[u + 1]:
                 mlp = blk.proj_mlp(normed)
-                out[u + 1] = mlp if kp[u + 1] else None
+                put(u + 1, mlp if kp[u + 1] else None)
             else:
                 mlp = out[u + 1]
             if row[u]:
                 a = blk.attn(hidden_states=normed, image_rotary_emb=image_rotary_emb, **(joint_attention_kwargs or {}))
-                out[u] = a if kp[u] else None
+                put(u, a if kp[u] else None)
             else:
                 a = out[u]
             if row[u + 2]:
                 proj = blk.proj_out(torch.cat([a, blk.act_mlp(mlp)], dim=2))
-                out[u + 2] = proj if kp[u + 2] else None
+                put(u + 2, proj if kp[u + 2] else None)
             else:
                 proj = out[u + 2]
             hidden_states = hidden_states + gate.unsqueeze(1) * proj
@@ -462,3 +502,123 @@ class ComfyFluxCeiling(_Replay):
             return {"img": x}
 
         return patch
+
+
+# -- the ceiling in CUDA graphs ---------------------------------------------------------------------------------
+
+
+class CudaGraphCapture:
+    """The capture primitive of ``CeilingGraphs`` on CUDA: ``warm(fn)`` runs ``fn`` eagerly on a side stream
+    (lazy library set-up must not be captured), ``capture(fn) -> (graph, out)`` records it into a graph of the
+    shared pool (``graph.replay()`` reruns its kernels, writing ``out``) — as ``GraphMode._eager_warm`` and
+    ``GraphMode._capture``."""
+
+    def __init__(self):
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def warm(self, fn):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            out = fn()
+        torch.cuda.current_stream().wait_stream(s)
+        return out
+
+    def capture(self, fn):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = fn()
+        return graph, out
+
+
+class CeilingGraphs:
+    """A static-buffer ceiling (``ceiling_for(..., static=True)``) in CUDA graphs, as the engine's graph mode
+    runs the engine: one graph per distinct (schedule row, input signature), captured at the row's first call
+    once the signature is warm and replayed afterwards, the inputs copied into the graph's static inputs and a
+    copy of its static output returned; the first call at a new signature runs eagerly (warm-up). The bench's
+    diffusers calls carry CFG as one batch, so there is no branch in the key.
+
+    Not ``ecad_core.engine.cuda_graphs.GraphMode`` itself: that reads a ``CacheEngine`` (step, branch, bits,
+    the fresh-output set, its counters) and calls ``torch.cuda`` directly; this keeps only what the ceiling
+    needs, with the capture primitive injectable (``capture``: ``CudaGraphCapture`` by default) so that the
+    bookkeeping is tested on the CPU. It shares GraphMode's refusal reasons (``unsupported_reason``): where
+    graphs cannot run, ``reason`` says why and the ceiling runs eagerly, still in static buffers."""
+
+    def __init__(self, model: torch.nn.Module, ceiling: _Replay, *, capture=None, max_graphs: int = 64):
+        from ecad_core.engine.cuda_graphs import unsupported_reason
+
+        if not ceiling.static:
+            raise ValueError("CeilingGraphs: the ceiling must keep its outputs in static buffers (static=True)")
+        self.model, self.ceiling, self.max_graphs = model, ceiling, int(max_graphs)
+        self.keys = [bytes(r) for r in ceiling.rows]
+        self.graphs: dict = {}
+        self.warm: set = set()
+        self.captures = self.replays = self.eager_calls = 0
+        self._original = None
+        # an injected primitive stands in for the device (CPU tests)
+        self.reason = None if capture is not None else unsupported_reason(model, _NoOffload)
+        if self.reason is not None:
+            print(f"  graph ceiling: CUDA graphs off: {self.reason}", flush=True)
+            return
+        self.prim = capture if capture is not None else CudaGraphCapture()
+        self._original = model.forward
+        model.forward = self.forward
+
+    def forward(self, *args, **kwargs):
+        from ecad_core.engine.cuda_graphs import _hashable
+
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        sig = (
+            tuple((t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else _hashable(t) for t in leaves),
+            str(spec),
+        )
+        key = (self.keys[self.ceiling.step], sig)
+        g = self.graphs.get(key)
+        if g is None:
+            if sig not in self.warm:
+                self.warm.add(sig)
+                self.eager_calls += 1
+                return self.prim.warm(lambda: self._original(*args, **kwargs))
+            if len(self.graphs) >= self.max_graphs:
+                raise RuntimeError(f"CeilingGraphs: more than {self.max_graphs} graphs (input signatures vary)")
+            static = [t.clone() if isinstance(t, torch.Tensor) else None for t in leaves]
+            sargs, skwargs = pytree.tree_unflatten([s if s is not None else t for s, t in zip(static, leaves)], spec)
+            try:
+                graph, out = self.prim.capture(lambda: self._original(*sargs, **skwargs))
+            except Exception as e:  # noqa: BLE001 - as GraphMode: say why, run eagerly from here
+                original = self._original
+                self.remove()
+                self.reason = f"capture failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); running eagerly"
+                print(f"  graph ceiling: CUDA graphs off: {self.reason}", flush=True)
+                self.eager_calls += 1
+                return original(*args, **kwargs)
+            g = self.graphs[key] = (graph, static, out)
+            self.captures += 1  # capturing executes nothing: the replay below computes this call
+        graph, static, out = g
+        for s, t in zip(static, leaves):
+            if s is not None and s.data_ptr() != t.data_ptr():
+                s.copy_(t)
+        graph.replay()
+        self.replays += 1
+        # the static output is overwritten by the next replay: the caller gets its own copy (as GraphMode)
+        return pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, out)
+
+    def status(self) -> dict:
+        return {
+            "active": self.reason is None,
+            "reason": self.reason,
+            "graphs": len(self.graphs),
+            "captures": self.captures,
+            "replays": self.replays,
+            "eager_calls": self.eager_calls,
+        }
+
+    def remove(self) -> None:
+        if self._original is not None and self.model.__dict__.get("forward") == self.forward:
+            del self.model.forward
+        self._original = None
+        self.graphs.clear()
+
+
+class _NoOffload:  # what unsupported_reason reads of an engine: the ceiling never offloads
+    offload_device = None

@@ -23,7 +23,9 @@ class Variant:
     name: str
     setup: Setup
     preset: str | None = None
-    kind: str = "eager"  # "nocache", "engine", "ceiling", "graphs", "offload", "recompute"
+    kind: str = (
+        "eager"  # "nocache", "engine", "ceiling", "anymodule", "graphs", "graphs-ceiling", "offload", "recompute"
+    )
     persistent: bool = False  # set up once for all its rounds (CUDA graphs)
     info: dict = field(default_factory=dict)
 
@@ -94,11 +96,15 @@ def _derive(res: dict, outs: dict) -> None:
             r["speedup"] = base / r["median_ms"]
         ref = None
         if r["kind"] in ("engine", "offload", "graphs") and r["preset"] is not None:
-            ref = by_kind_preset.get(("ceiling", r["preset"]))
+            # graph rows against the ceiling in graphs (none: no ratio), never against the eager one
+            ceiling = "graphs-ceiling" if r["kind"] == "graphs" else "ceiling"
+            ref = by_kind_preset.get((ceiling, r["preset"]))
             if ref and res[ref]["median_ms"]:
                 r["of_ceiling"] = res[ref]["median_ms"] / r["median_ms"]
         if r["kind"] in ("graphs", "offload") and r["preset"] is not None:
             ref = by_kind_preset.get(("engine", r["preset"])) or ref
+        if r["kind"] == "graphs-ceiling":
+            ref = by_kind_preset.get(("ceiling", r["preset"]))
         if r["kind"] == "recompute" or (r["kind"] == "graphs" and r["preset"] is None):
             ref = "no cache"
         if ref and ref in outs and name in outs:

@@ -15,6 +15,7 @@ same settings resumes from it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -32,6 +33,7 @@ import torch
 
 from ..ecad_core.costs import LATENCY_COST_FILE, ComputeCost
 from ..ecad_core.costs.latency import measured_latency_cost
+from ..ecad_core.engine.probe import record_unit_changes
 from ..ecad_core.errors import EcadError
 from ..ecad_core.metrics import FIDELITY_SPACES, IMAGE_SPACES
 from ..ecad_core.schedule import Schedule, remap_steps
@@ -47,6 +49,7 @@ from ..ecad_core.search import (
 )
 from ..ecad_core.search.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES
 from ..ecad_core.search.front import FRONT_PLOT
+from ..ecad_core.search.sensitivity import resolve_probe_seeds, unit_changes_for
 from . import library
 from .adapters import adapter_for
 from .library import SCHEDULE_TYPE
@@ -116,6 +119,7 @@ class EvolveInputs(SamplerSettings):
     start_at_step: int = 0
     end_at_step: int = 10000
     other_model: Any = None
+    probe_seeds: int = -1  # -1: auto (sensitivity.resolve_probe_seeds)
 
     def stage(self) -> Slice:
         """The steps the connected model runs, checked: the whole trajectory, or one stage of it with the other
@@ -490,6 +494,18 @@ class EvolveECADSchedule:
                 "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
                 "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
                 "other_model": ("MODEL",),
+                "probe_seeds": (
+                    "INT",
+                    {
+                        "default": -1,
+                        "min": -1,
+                        "max": 1000,
+                        "tooltip": "Schedules from the unit probe first in the initial population: one full-compute "
+                        "run measures how each unit's output changes between steps, and the best step rows for "
+                        "each number of computed steps are derived from it without running them. -1: auto (steps "
+                        "- 1 of them, at most population - 4; a resumed search keeps what it started with), 0: off.",
+                    },
+                ),
             },
         }
 
@@ -535,6 +551,15 @@ def evolve(inp: EvolveInputs):
     if not inp.resume and any((out / f).exists() for f in (CHECKPOINT_FILE, *LEGACY_CHECKPOINT_FILES)):
         log.info("ECAD search: resume is off: starting %s over", out)
         shutil.rmtree(out)
+    probe = _probe_seeds(inp, out, stage)
+    if probe:
+        settings = dataclasses.replace(settings, probe_seeds=probe)
+        settings.validate()
+    changes, probed = unit_changes_for(out, probe, lambda: record_unit_changes(gen, adapter.layout, inp.steps))
+    if probed:
+        log.info(
+            "ECAD search %r: unit probe ran (one full-compute run of %d sample(s))", inp.output_name, len(gen.samples)
+        )
     if inp.compute_objective == "latency":
         if not stage.whole:
             raise SearchSettingsError(
@@ -582,6 +607,7 @@ def evolve(inp: EvolveInputs):
             should_stop=comfy.model_management.processing_interrupted,
             resume=True,
             save_as=None if stage.whole else (lambda s: embed_stage(s, stage)),
+            unit_changes=changes,
         )
         progress.attach(search)
         result = search.run()
@@ -601,6 +627,10 @@ def evolve(inp: EvolveInputs):
             f"{stage.start}..{stage.start + stage.steps - 1}; the others recompute); other_model: "
             f"{gen.other_runs} sampler call(s), uncached; the steps before the stage ran once per sample group"
         )
+    if settings.probe_seeds:
+        report += f"\nunit probe: {settings.probe_seeds} seed(s) from its step rows (" + (
+            "probed here: one full-compute run)" if probed else "read from the search folder)"
+        )
     if progress.first_estimate_s is not None:
         report += f"\nestimated after the first generation: {progress.first_estimate_s / 60:.1f} min in all"
     log.info("%s", report)
@@ -616,6 +646,20 @@ def evolve(inp: EvolveInputs):
     except Exception as e:  # noqa: BLE001 - the preview is a convenience; outputs still flow
         log.warning("ECAD: cannot preview the front plot (%s)", e)
     return {"ui": ui, "result": (chosen.schedule, img, report)}
+
+
+def _probe_seeds(inp: EvolveInputs, out: Path, stage: Slice) -> int:
+    """The probe seeds of this search (``probe_seeds`` -1: auto); a stage's search takes none (the probe
+    measures whole runs)."""
+    requested = None if inp.probe_seeds < 0 else int(inp.probe_seeds)
+    if not stage.whole:
+        if requested:
+            raise SearchSettingsError(
+                "probe_seeds: the unit probe measures a whole run of the model; with start_at_step / end_at_step "
+                "searching one stage, set probe_seeds to 0 or -1"
+            )
+        return 0
+    return resolve_probe_seeds(requested, out, inp.population, stage.steps)
 
 
 def _latency_cost(adapter, model, gen, steps, out: Path) -> ComputeCost:

@@ -5,11 +5,14 @@ next step reuses (issue #21's memory target, measured with ``CacheEngine.cache_b
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from torch.utils import _pytree as pytree
 
-from bench import bench_comfy, models
-from bench.ceiling import ceiling_for
+from bench import bench_comfy, bench_diffusers, models
+from bench.ceiling import CeilingGraphs, ceiling_for
 from bench.common import SCHEDULES, replay_bits
 from ecad_core import load_schedule, remap_steps
 from ecad_core.diffusers.api import apply
@@ -197,3 +200,199 @@ def test_ceiling_refuses_bits_of_another_layout(diffusers_models):
     with pytest.raises(ValueError, match=r"bits must be \[steps, 84\]"):
         ceiling_for(diffusers_models["alpha"].model, np.ones((STEPS, 83), bool))
     assert "forward" not in diffusers_models["alpha"].model.transformer_blocks[0].__dict__
+
+
+# -- the ceiling in static buffers and in CUDA graphs (bench.ceiling.CeilingGraphs) -------------------------------
+
+
+def _other_start(den):
+    """A second image from another starting latent: a graph replayed with its capture-time inputs would show."""
+    return dataclasses.replace(den, x0=den.x0.flip(-1) * 0.9)
+
+
+def _static_ceiling_loop(den, bits, images=1, capture=None):
+    """Images of the static-buffer ceiling (through ``CeilingGraphs`` with ``capture``, if given; images after the
+    first from ``_other_start``), the ceiling, the runner's status."""
+    xs, status = [], None
+    with torch.no_grad(), ceiling_for(den.model, bits, static=True) as c:
+        g = CeilingGraphs(den.model, c, capture=capture(c)) if capture else None
+        try:
+            for k in range(images):
+                xs.append((_other_start(den) if k else den).loop(lambda i: setattr(c, "step", i)))
+            status = g and g.status()
+        finally:
+            if g is not None:
+                g.remove()
+    assert "forward" not in den.model.__dict__
+    return xs, c, status
+
+
+@pytest.mark.parametrize("model,preset", CASES)
+def test_static_buffer_ceiling_equals_list_ceiling_and_engine(diffusers_models, model, preset):
+    den = diffusers_models[model]
+    sched = remap_steps(load_schedule(SCHEDULES / f"{preset}.json"), STEPS)
+    bits = replay_bits(sched, STEPS)
+    engine, _ = _diffusers_engine_loop(den, sched)
+    listed, _ = _ceiling_loop(den, bits)
+    (static, again), c, _ = _static_ceiling_loop(den, bits, images=2)
+    assert torch.equal(static, listed) and torch.equal(static, engine)
+    # the buffers persist between images and are overwritten before each read
+    assert torch.equal(again, _ceiling_loop(_other_start(den), bits)[0])
+    assert c.static and c.out == [None] * len(c.out)  # freed on removal
+    assert "forward" not in den.model.transformer_blocks[0].__dict__
+
+
+def test_static_keep_rows_cover_every_step_of_a_row():
+    """One graph per distinct row serves each step with that row: a row keeps what any of its steps keeps."""
+    import numpy as np
+
+    from bench.ceiling import _Replay
+
+    bits = np.array([[1, 1], [1, 0], [0, 1], [1, 0], [1, 1]], bool)  # steps 1 and 3 alike, 0 and 4 alike
+    F, T = False, True
+    assert _Replay(bits, 2, "t").keep == [[F, T], [T, F], [F, T], [F, F], [F, F]]  # what the next step reuses
+    # steps 3 and 4 keep what steps 1 and 0 keep: their graphs are the same
+    assert _Replay(bits, 2, "t", static=True).keep == [[F, T], [T, F], [F, T], [T, F], [F, T]]
+
+
+class _Recorder:
+    """A stand-in for ``CudaGraphCapture`` on the CPU: ``warm`` and ``capture`` run the function (recorded with
+    the ceiling's step), a graph's ``replay`` reruns it at the step it was captured at (a CUDA graph replays the
+    row it recorded, whatever the current step) and copies the result into the static output it returned."""
+
+    def __init__(self, c):
+        self.c, self.events, self.replayed = c, [], []
+
+    def warm(self, fn):
+        self.events.append(("warm", self.c.step))
+        return fn()
+
+    def capture(self, fn):
+        rec, at = self, self.c.step
+        rec.events.append(("capture", at))
+        out = fn()
+
+        class Graph:
+            def replay(self):
+                rec.events.append(("replay", at, rec.c.step))
+                now, rec.c.step = rec.c.step, at
+                try:
+                    new = fn()
+                finally:
+                    rec.c.step = now
+                for o, n in zip(pytree.tree_leaves(out), pytree.tree_leaves(new), strict=True):
+                    o.copy_(n)
+                rec.replayed.append((out, [t.clone() for t in pytree.tree_leaves(out)]))
+
+        return Graph(), out
+
+
+def _repeated_rows(n_units):
+    """Rows that recur with different keep bits: R (unit 0 reused) at steps 1, 3, 7; only step 3's next step (X)
+    reuses unit 5, so the graph captured at step 1 must write unit 5 too when step 3 replays it."""
+    import numpy as np
+
+    a, r, x = np.ones(n_units, bool), np.ones(n_units, bool), np.ones(n_units, bool)
+    r[0] = x[5] = False
+    return np.stack([a, r, a, r, x, a, a, r])
+
+
+@pytest.mark.parametrize(
+    "model,preset",
+    [("alpha", "pixart-alpha-256-fastest"), ("flux", "flux-dev-256-faster"), ("alpha", None), ("flux", None)],
+)
+def test_graph_ceiling_captures_each_row_once_replays_it_and_equals_eager(diffusers_models, model, preset, monkeypatch):
+    den = diffusers_models[model]
+    if preset is None:
+        bits = _repeated_rows(len(den.unit_modules))
+    else:
+        bits = replay_bits(remap_steps(load_schedule(SCHEDULES / f"{preset}.json"), STEPS), STEPS)
+    listed, _ = _ceiling_loop(den, bits)
+    listed2, _ = _ceiling_loop(_other_start(den), bits)
+    assert not torch.equal(listed2, listed)
+    recorders = []
+
+    def capture(c):
+        recorders.append(_Recorder(c))
+        return recorders[-1]
+
+    returned = []
+    real_forward = CeilingGraphs.forward
+
+    def spy(self, *a, **k):
+        returned.append(real_forward(self, *a, **k))
+        return returned[-1]
+
+    monkeypatch.setattr(CeilingGraphs, "forward", spy)
+    (first, second), c, st = _static_ceiling_loop(den, bits, images=2, capture=capture)
+    # a wrong graph for a row or a stale input (the stand-in replays what was captured) would change the image
+    assert torch.equal(first, listed) and torch.equal(second, listed2)
+    ev = recorders[0].events
+    rows = [bytes(r) for r in c.rows]
+    distinct = list(dict.fromkeys(rows[1:]))
+    assert len(distinct) > 2  # the schedule has rows to confuse
+    assert ev[0] == ("warm", 0)  # the first call at a new signature: eager
+    first_seen = [s for s in range(1, STEPS) if rows[s] not in rows[1:s]]
+    image1 = [e for s in range(1, STEPS) for e in ([("capture", s)] if s in first_seen else [])]
+    assert [e for e in ev if e[0] == "capture"][: len(image1)] == image1  # each row captured at its first call
+    replays = [e for e in ev if e[0] == "replay"]
+    assert len(replays) == 2 * STEPS - 1  # every call but the warm-up replays
+    assert all(rows[at] == rows[now] for _, at, now in replays)  # the graph of the call's own row
+    captured_in_2 = [e for e in ev[STEPS + len(image1) :] if e[0] == "capture"]
+    assert captured_in_2 == ([] if rows[0] in distinct else [("capture", 0)])  # only step 0's row was new
+    assert st == {
+        "active": True,
+        "reason": None,
+        "graphs": len(set(rows)),
+        "captures": len(set(rows)),
+        "replays": 2 * STEPS - 1,
+        "eager_calls": 1,
+    }
+    # each replay's result is a copy of the static output of the graph it replayed
+    for r, (out, after) in zip(returned[1:], recorders[0].replayed, strict=True):
+        assert torch.equal(r[0], after[0]) and r[0].data_ptr() != pytree.tree_leaves(out)[0].data_ptr()
+
+
+def test_graph_ceiling_refused_without_cuda_runs_eagerly_with_the_reason(diffusers_models):
+    den = diffusers_models["alpha"]
+    sched = remap_steps(load_schedule(SCHEDULES / "pixart-alpha-256-fast.json"), STEPS)
+    bits = replay_bits(sched, STEPS)
+    with ceiling_for(den.model, bits, static=True) as c:
+        g = CeilingGraphs(den.model, c)
+        assert g.status()["active"] is False and "CUDA" in g.status()["reason"]
+        assert "forward" not in den.model.__dict__  # the model is left alone
+    with pytest.raises(ValueError, match="static buffers"):
+        with ceiling_for(den.model, bits) as c:
+            CeilingGraphs(den.model, c)
+    v = bench_diffusers.graph_ceiling_variant(den, sched, "graphs ceiling x", "x")
+    assert v.kind == "graphs-ceiling" and v.persistent
+    pre, remove, stats = v.setup()
+    try:
+        with torch.no_grad():
+            x = den.loop(pre)
+        assert stats()["cuda_graphs"]["active"] is False and "CUDA" in stats()["cuda_graphs"]["reason"]
+    finally:
+        remove()
+    listed, _ = _ceiling_loop(den, bits)
+    assert torch.equal(x, listed)
+
+
+def test_graph_rows_are_divided_by_the_graph_ceiling():
+    from bench.runner import _derive
+
+    def v(kind, preset, ms):
+        return {"kind": kind, "preset": preset, "median_ms": ms}
+
+    res = {
+        "no cache": v("nocache", None, 100.0),
+        "engine p": v("engine", "p", 50.0),
+        "ceiling p": v("ceiling", "p", 40.0),
+        "graphs p": v("graphs", "p", 20.0),
+        "graphs ceiling p": v("graphs-ceiling", "p", 19.0),
+        "graphs q": v("graphs", "q", 10.0),  # no graph ceiling for q: no ratio
+        "ceiling q": v("ceiling", "q", 8.0),
+    }
+    _derive(res, {})
+    assert res["engine p"]["of_ceiling"] == 40.0 / 50.0
+    assert res["graphs p"]["of_ceiling"] == 19.0 / 20.0
+    assert "of_ceiling" not in res["graphs q"] and "of_ceiling" not in res["graphs ceiling p"]

@@ -93,6 +93,32 @@ def test_evolve_writes_front_lists_it_and_feeds_apply(comfy_server):
     assert re.search(rf"ECAD {re.escape(picked.group(1))}: (\d+)/\d+ unit calls reused", srv.log_text())
 
 
+def test_unit_probe_seeds_the_search_and_is_kept(comfy_server):
+    srv = comfy_server
+    name = "tiny-pixart-probe"
+    entry = srv.run(_pixart_evolve_prompt(output_name=name, prefix="p0"), timeout=600)
+    report = _report(entry)
+    # auto: steps - 1 rows, at most population - 4 (6 - 4 = 2)
+    assert "unit probe: 2 seed(s) from its step rows (probed here: one full-compute run)" in report, report
+    d = _search_dir(srv, name)
+    assert (d / "unit_probe.safetensors").is_file()
+    assert "unit probe ran" in srv.log_text()
+    front = json.loads((d / "front" / "front.json").read_text())
+    assert front["settings"]["probe_seeds"] == 2, front["settings"]
+    # a resume reads the table back instead of probing again
+    entry = srv.run(_pixart_evolve_prompt(output_name=name, generations=2, prefix="p1"), timeout=600)
+    report = _report(entry)
+    assert "resumed from generation 1" in report and "(read from the search folder)" in report, report
+    # off: no probe, and a resume of it that asks for probe seeds is refused as another setting
+    entry = srv.run(_pixart_evolve_prompt(output_name=name + "-off", probe_seeds=0, prefix="p2"), timeout=600)
+    assert "unit probe" not in _report(entry)
+    assert not (_search_dir(srv, name + "-off") / "unit_probe.safetensors").exists()
+    again = _pixart_evolve_prompt(output_name=name + "-off", probe_seeds=2, generations=2, prefix="p3")
+    with pytest.raises(PromptExecutionError) as e:
+        srv.run(again, timeout=600)
+    assert "other settings" in str(e.value) and "probe_seeds" in str(e.value), str(e.value)[:2000]
+
+
 @pytest.mark.slow
 def test_rerun_resumes_and_cancel_keeps_checkpoint(comfy_server):
     srv = comfy_server
@@ -190,6 +216,7 @@ def test_flux_search_costs_analytic_macs(comfy_server):
     front = json.loads((_search_dir(srv, "tiny-flux") / "front" / "front.json").read_text())
     assert front["cost"]["source"] == "macs" and front["cost"]["arch"] == "flux-dev", front["cost"]
     assert front["model"] == "flux-dev" and "picked:" in _report(entry)
+    assert "unit probe: 1 seed(s) from its step rows (probed here" in _report(entry), _report(entry)
 
 
 def test_latency_objective_measured_once_and_kept(comfy_server):

@@ -239,10 +239,15 @@ def test_bench_diffusers_smoke_writes_results(tmp_path):
         "any module cache pixart-alpha-256-fastest",
         "graphs, no cache",
         "graphs pixart-alpha-256-fastest",
+        "graphs ceiling pixart-alpha-256-fastest",
     }
     assert v["patched, all recompute"]["diff_vs_ref"] == 0.0
     assert v["graphs pixart-alpha-256-fastest"]["diff_vs_ref"] == 0.0  # the fallback is the eager engine
     assert v["graphs pixart-alpha-256-fastest"]["stats"]["cuda_graphs"]["active"] is False
+    # the graph ceiling is refused alike (eager, static buffers): equal to the eager ceiling, the reason recorded
+    gc = v["graphs ceiling pixart-alpha-256-fastest"]
+    assert gc["diff_vs_ref"] == 0.0 and gc["ref"] == "ceiling pixart-alpha-256-fastest"
+    assert gc["stats"]["cuda_graphs"]["active"] is False and "CUDA" in gc["stats"]["cuda_graphs"]["reason"]
     assert out.is_file() and "of_ceiling" in v["engine pixart-alpha-256-fastest"]
 
 
