@@ -158,6 +158,16 @@ def racing(ctx: SearchContext) -> None:
 def probe(ctx: SearchContext) -> None:
     """NSGA-II whose initial population starts with the unit probe's step rows (``SearchSettings.probe_seeds``):
     one all-recompute run through the engine's unit probe (charged to the budget), then the search."""
+    _probe_search(ctx, racing=0)
+
+
+@variant("probe-racing")
+def probe_racing(ctx: SearchContext) -> None:
+    """``probe`` with racing over calibration samples (``racing``'s settings) in the evolved generations."""
+    _probe_search(ctx, racing=int(ctx.options.get("racing", max(1, ctx.evaluator.n_samples // 4))))
+
+
+def _probe_search(ctx: SearchContext, racing: int) -> None:
     pop = int(ctx.options.get("population", 24))
     changes = ctx.evaluator.probe(ctx.space)
     settings = SearchSettings(
@@ -165,6 +175,8 @@ def probe(ctx: SearchContext) -> None:
         generations=ctx.budget,  # the budget stops it
         seed=ctx.seed,
         probe_seeds=int(ctx.options.get("probe_seeds", ctx.space.steps - 1)),
+        racing=racing,
+        racing_margin=float(ctx.options.get("racing_margin", 0.1)),
     )
     space = ctx.space
     run_search(
@@ -442,6 +454,15 @@ def summarise(out: dict) -> dict:
             k: statistics.median(s["runs_to"][k] if s["runs_to"][k] is not None else math.inf for s in seeds)
             for k in seeds[0]["runs_to"]
         }
+    for v in out["variants"].values():
+        # runs each search needed to reach another variant's median final HV (from the stored curves: exact up to
+        # 60 runs, then to the thinning), median over seeds; inf if not reached
+        v["median_runs_to_final_of"] = {
+            w: statistics.median(
+                next((r for r, h in s["curve"] if h >= other["median_hv_final"] - 1e-12), math.inf) for s in v["seeds"]
+            )
+            for w, other in out["variants"].items()
+        }
     out["hv_cal_baselines"] = {
         k: _hv([(r["loss_cal"], r["fraction_cal"]) for r in rows], scales["calibration"])
         for k, rows in baselines.items()
@@ -477,11 +498,14 @@ def _hv(points: list[tuple[float, float]], scale: float) -> float:
     return hypervolume(np.array(points), quality_scale=scale) if points else 0.0
 
 
-def _thin(curve: list[tuple[int, float]], n: int = 60) -> list[list]:
-    if len(curve) <= n:
-        return [[r, round(h, 6)] for r, h in curve]
-    idx = sorted({round(i * (len(curve) - 1) / (n - 1)) for i in range(n)})
-    return [[curve[i][0], round(curve[i][1], 6)] for i in idx]
+def _thin(curve: list[tuple[int, float]], n: int = 60, whole_until: float = 60) -> list[list]:
+    """Every point up to ``whole_until`` runs (where the variants differ), then ``n`` points spread over the rest."""
+    head = [p for p in curve if p[0] <= whole_until]
+    tail = curve[len(head) :]
+    if len(tail) > n:
+        idx = sorted({round(i * (len(tail) - 1) / (n - 1)) for i in range(n)})
+        tail = [tail[i] for i in idx]
+    return [[r, round(h, 6)] for r, h in head + tail]
 
 
 def _runs_to(curve: list[tuple[int, float]], target: float) -> int | None:

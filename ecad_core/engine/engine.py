@@ -240,6 +240,7 @@ class CacheEngine:
         self._fresh: set = set()
         self._unit_timer: UnitTimer | None = None  # set by the user (``unit_timer``)
         self._timer_in_use: UnitTimer | None = None  # installed now (the user's or ``unit_timing``'s)
+        self._observer: Any = None  # the timer when it also observes outputs (``begin_run``)
 
     @property
     def unit_timer(self) -> UnitTimer | None:
@@ -340,9 +341,12 @@ class CacheEngine:
         self._set_active(sched, src, sl)
         timer = self._unit_timer if self._unit_timer is not None else _ambient_timer[0]
         self._use_timer(timer)
-        bind = getattr(timer, "bind", None)  # a timer that reads the step and branch (the unit probe)
-        if callable(bind):
-            bind(self)
+        # a timer that observes outputs (the unit probe): it reads the step and branch here, and sees the outputs
+        # adapters store themselves (units computed inside a host's block), which are all kept for it
+        self._observer = timer if callable(getattr(timer, "observe", None)) else None
+        if self._observer is not None:
+            self._observer.bind(self)
+            self._keep = [[True] * len(row) for row in self._keep]
         self.step, self.branch, self.in_run = 0, 0, True
         self.run_id += 1
 
@@ -471,6 +475,8 @@ class CacheEngine:
     def store(self, unit: int, sig: tuple, out) -> None:
         """Record a freshly computed output of ``unit`` (dropped when no later call can reuse it)."""
         self.n_computed[self.step] += 1
+        if self._observer is not None:
+            self._observer.observe(unit, out)
         key = (unit, self.branch)
         if not self.keeps(unit):
             self._store.pop(key, None)

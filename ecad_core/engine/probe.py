@@ -2,9 +2,10 @@
 
 Reusing unit u at step t the output it computed at step c < t errs by what that output changed in between,
 ``out_u(t) - out_u(c)``. One all-recompute run through the engine's unit-timer seam (``unit_timing``) records
-every unit's outputs, and ``UnitChangeProbe.changes()`` gives ``E[u, t, c] = ||out_u(t) - out_u(c)||^2``
-(summed over the CFG branches the host calls separately). ``ecad_core.search.sensitivity`` turns that table into
-schedules without running the model.
+every unit's outputs, and ``UnitChangeProbe.changes()`` gives ``E[u, t, c] = ||out_u(t) - out_u(c)||^2`` (summed
+over the CFG branches the host calls separately). The engine keeps every output in that run, so adapters that
+compute units inside a host's own block (ComfyUI's FLUX) capture and store them, and the engine hands those to
+``observe``. ``ecad_core.search.sensitivity`` turns the table into schedules without running the model.
 
 Outputs larger than ``max_coords`` elements are recorded at a fixed random subset of their elements (the same for
 every step of a unit), the squared change scaled by numel / kept: an unbiased estimate whose memory is
@@ -46,19 +47,24 @@ class UnitChangeProbe:
 
     def __call__(self, unit: int, compute: Callable):
         out = compute()
+        self.observe(unit, out)
+        return out
+
+    def observe(self, unit: int, out) -> None:
+        """Record ``out`` as ``unit``'s output at the bound engine's step and branch (the engine calls this for
+        the outputs adapters store themselves; ``__call__`` for the units it runs)."""
         eng = self.engine
-        if eng is None or not 0 <= eng.step < self.steps:
-            return out
+        if eng is None or not 0 <= eng.step < self.steps or out is None:
+            return
         parts: list[torch.Tensor] = []
         _tree_map(lambda t: parts.append(t.detach().reshape(-1)), out)
         if not parts:
-            return out
+            return
         flat = parts[0] if len(parts) == 1 else torch.cat([p.to(parts[0].dtype) for p in parts])
         idx, scale = self._pick(unit, flat.numel())
         kept = flat if idx is None else flat[idx.to(flat.device)]
         self.records.setdefault((unit, eng.branch), {})[int(eng.step)] = kept.float().cpu()
         self.scales[(unit, eng.branch)] = scale
-        return out
 
     def _pick(self, unit: int, numel: int) -> tuple[torch.Tensor | None, float]:
         key = (unit, numel)
