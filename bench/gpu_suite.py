@@ -58,7 +58,9 @@ QUOTED = {
     "README / docs: ComfyUI PixArt-α 1024²": "comfy_alpha_1024",
     "README / docs: diffusers FLUX.1-dev 1024²": "diffusers_flux_1024",
     "README / docs: ComfyUI FLUX.1-dev 1024²": "comfy_flux_1024",
-    "README / docs: diffusers PixArt-α 256² eager and CUDA graphs (graph no-cache row)": "diffusers_alpha_256",
+    "README / docs: diffusers PixArt-α 256² eager and CUDA graphs (graph no-cache and graph-ceiling rows)": (
+        "diffusers_alpha_256"
+    ),
     "README / docs: ComfyUI PixArt-α 512² eager and CUDA graphs": "comfy_alpha_512_graphs",
     "README / docs: all recompute, PixArt-α 1024², 15 rounds": "overhead_alpha_1024",
     "docs: diffusers PixArt-Σ 1024²": "diffusers_sigma_1024",
@@ -147,13 +149,16 @@ def sections(tiny: bool, rounds: int):
             ),
         ]
     flux = "flux-dev-1024-fast,flux-dev-256-faster"
+    # G: diffusers sections with --graphs also run the ceiling in CUDA graphs per preset
+    # (bench.ceiling.CeilingGraphs), estimated as a graph engine row costs: its H100 ms × (rounds + 2 warm-ups)
+    # + one capture per distinct row, scaled like the rest of the section's estimate (estimated, not measured)
     r5 = ["--rounds", str(max(rounds, 5))]  # more rounds where the all-recompute overhead is judged
     return [
         (
             "diffusers_alpha_1024",
             bench_diffusers.main,
             ["--model", "pixart-alpha", "--res", "1024", "--presets", ALPHA, "--offload", "--graphs", *r5],
-            80,
+            93,  # 80 before the graph-ceiling rows (G above): +8 s on the H100 (×1.6 as the rest)
         ),
         ("comfy_alpha_1024", bench_comfy.main, ["--variant", "alpha", "--res", "1024", "--presets", ALPHA, *r5], 60),
         (
@@ -172,7 +177,7 @@ def sections(tiny: bool, rounds: int):
             "diffusers_alpha_256",
             bench_diffusers.main,
             ["--model", "pixart-alpha", "--res", "256", "--presets", ALPHA, "--graphs", *r],
-            45,
+            54,  # 45 + G: +2.2 s (×4 as the rest: launch-bound, noisy)
         ),
         (
             "comfy_sigma_1024",
@@ -247,13 +252,13 @@ def sections(tiny: bool, rounds: int):
             "diffusers_alpha_512",
             bench_diffusers.main,
             ["--model", "pixart-alpha", "--res", "512", "--presets", ALPHA, "--graphs", *r],
-            30,
+            36,  # 30 + G
         ),
         (
             "diffusers_sigma_256",
             bench_diffusers.main,
             ["--model", "pixart-sigma", "--res", "256", "--presets", "pixart-sigma-256-fast", "--graphs", *r],
-            20,
+            22,  # 20 + G
         ),
     ]
 
@@ -372,7 +377,8 @@ MAX_RECOMPUTE_OVERHEAD_PCT = 1.0
 def missed_targets(suite: dict) -> list[str]:
     """Each variant that misses a target, in words. The targets hold at 1024² (the sizes issue #21 names: smaller
     images are launch-bound and their spreads exceed the margins); a section without "1024" in its name is not
-    judged."""
+    judged. Graph rows (``of_ceiling`` against the ceiling in CUDA graphs) are printed, not judged: the targets
+    name the eager presets."""
     missed = []
     for name, sec in suite["sections"].items():
         if "1024" not in name:
