@@ -409,3 +409,29 @@ def test_evolve_sizes_flux2_latents_at_one_sixteenth(comfy):
     bm = supported_models.Flux2(unet).get_model({}, device="cpu")
     mp = model_patcher.ModelPatcher(bm, torch.device("cpu"), torch.device("cpu"))
     assert sampling.latent_ratio(mp) == 16
+
+
+# -- the unit probe (issue #19): the units ComfyUI's blocks compute inside their own forward are stored by the
+# adapters, not run through the engine's unit calls; the probe must see every one, and its run must give the
+# uncached output bit for bit
+@pytest.mark.parametrize("path", ["restated", "module fallback"])
+@pytest.mark.parametrize("kind", ["flux1", "flux2", "chroma"])
+def test_probe_sees_every_unit_of_comfyuis_flux_blocks(comfy, kind, path, monkeypatch):
+    if path == "module fallback":
+        _switch_off(monkeypatch, comfy)
+    probe_mod = importlib.import_module("comfyui_ecad_bench.ecad_core.engine.probe")
+    engine_mod = importlib.import_module("comfyui_ecad_bench.ecad_core.engine")
+    d = _den(kind)
+    plain = d.loop()
+    layout = comfy[0].adapter_of(d.model).layout
+    probe = probe_mod.UnitChangeProbe(layout.n_units, STEPS, max_coords=10**9)
+    with engine_mod.unit_timing(probe):
+        out, stats, _ = _pack_loop(comfy, d, comfy[2].Schedule.full(layout, STEPS))
+    assert torch.equal(out, plain) and stats.total_reused == 0
+    assert probe.units_seen() == list(range(layout.n_units)), (kind, path)
+    E = probe.changes()
+    low = np.tril_indices(STEPS, -1)
+    assert all((E[u][low] > 0).all() for u in range(layout.n_units)), (kind, path)
+    # without the probe, all recompute keeps nothing (the probe's keeping is its own run's)
+    _, stats, run = _pack_loop(comfy, d, comfy[2].Schedule.full(layout, STEPS))
+    assert run.engine.cache_bytes() == 0
