@@ -152,6 +152,11 @@ class _Engine:
         self.step, self.branch = 0, 0
 
 
+def _one_branch(probe, outs, b) -> float:
+    idx, scale = probe._picks[(0, 1000)]
+    return float(((outs[(2, b)] - outs[(0, b)])[idx] ** 2).sum()) * scale
+
+
 def test_probe_subsamples_large_outputs_and_sums_branches():
     probe = UnitChangeProbe(1, 3, max_coords=100, seed=0)
     eng = _Engine()
@@ -164,6 +169,13 @@ def test_probe_subsamples_large_outputs_and_sums_branches():
             out = outs[(t, b)]
             assert probe(0, lambda out=out: out) is out  # the output passes through unchanged
     E = probe.changes()
+    # a second run (another batch of samples) adds its changes
+    probe.bind(eng)
+    for t in range(3):
+        eng.step, eng.branch = t, 0
+        probe(0, lambda t=t: outs[(t, 0)] * 2)
+    E2 = probe.changes()
+    assert E2[0, 2, 0] == pytest.approx(E[0, 2, 0] + 4 * (E[0, 2, 0] - _one_branch(probe, outs, 1)), rel=1e-6)
     idx, scale = probe._picks[(0, 1000)]
     assert scale == 10.0 and len(idx) == 100
     for t in range(3):

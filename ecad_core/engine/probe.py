@@ -37,13 +37,16 @@ class UnitChangeProbe:
             raise ValueError(f"max_coords must be >= 1, got {max_coords}")
         self.n_units, self.steps, self.max_coords, self.seed = n_units, steps, max_coords, seed
         self.engine = None
-        self.records: dict[tuple[int, object], dict[int, torch.Tensor]] = {}  # (unit, branch) -> step -> values
-        self.scales: dict[tuple[int, object], float] = {}  # (unit, branch) -> numel / kept
+        # (run, unit, branch) -> step -> values; a host that samples in several runs (batches) adds them up
+        self.records: dict[tuple[int, int, object], dict[int, torch.Tensor]] = {}
+        self.scales: dict[tuple[int, int, object], float] = {}  # numel / kept
+        self.runs = 0
         self._picks: dict[tuple[int, int], tuple[torch.Tensor | None, float]] = {}  # (unit, numel) -> (index, scale)
 
     def bind(self, engine) -> None:
         """Called by the engine at the start of each run: the step and branch are read from it."""
         self.engine = engine
+        self.runs += 1
 
     def __call__(self, unit: int, compute: Callable):
         out = compute()
@@ -63,8 +66,9 @@ class UnitChangeProbe:
         flat = parts[0] if len(parts) == 1 else torch.cat([p.to(parts[0].dtype) for p in parts])
         idx, scale = self._pick(unit, flat.numel())
         kept = flat if idx is None else flat[idx.to(flat.device)]
-        self.records.setdefault((unit, eng.branch), {})[int(eng.step)] = kept.float().cpu()
-        self.scales[(unit, eng.branch)] = scale
+        key = (self.runs, unit, eng.branch)
+        self.records.setdefault(key, {})[int(eng.step)] = kept.float().cpu()
+        self.scales[key] = scale
 
     def _pick(self, unit: int, numel: int) -> tuple[torch.Tensor | None, float]:
         key = (unit, numel)
@@ -78,15 +82,17 @@ class UnitChangeProbe:
         return self._picks[key]
 
     def units_seen(self) -> list[int]:
-        return sorted({u for u, _ in self.records})
+        return sorted({u for _, u, _ in self.records})
 
     def changes(self) -> np.ndarray:
-        """float64 [units, steps, steps]: E[u, t, c] for c < t (0 elsewhere, and for units or steps not seen)."""
+        """float64 [units, steps, steps]: E[u, t, c] for c < t, summed over runs and branches (0 elsewhere, and for
+        units or steps not seen)."""
         E = np.zeros((self.n_units, self.steps, self.steps))
-        for (u, branch), by_step in self.records.items():
+        for key, by_step in self.records.items():
             steps = sorted(by_step)
             X = torch.stack([by_step[s] for s in steps]).double()  # [seen steps, kept]
-            d = torch.cdist(X, X, compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy() * self.scales[(u, branch)]
+            d = torch.cdist(X, X, compute_mode="donot_use_mm_for_euclid_dist").pow(2).numpy() * self.scales[key]
+            u = key[1]
             ii = np.array(steps)
             E[u][np.ix_(ii, ii)] += np.tril(d, -1)
         return E
