@@ -120,7 +120,7 @@ def record_unit_changes(
         )
     if len(seen) < layout.n_units:
         log.warning(
-            "ECAD unit probe: %d of %d units computed through the engine's unit calls; the others count as unchanged",
+            "ECAD unit probe: saw %d of %d units (the others computed outside the engine); they count as unchanged",
             len(seen),
             layout.n_units,
         )
