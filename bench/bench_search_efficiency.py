@@ -32,6 +32,7 @@ import torch
 from ecad_core.costs.compute import ComputeCost, cost_for_transformer
 from ecad_core.diffusers.adapters import find_diffusers_units
 from ecad_core.diffusers.api import apply
+from ecad_core.engine import Step0Memo
 from ecad_core.engine.probe import record_unit_changes
 from ecad_core.schedule import Schedule
 from ecad_core.search import GenomeSpace, LocalEvaluator, SearchSettings, hypervolume, pareto_indices, run_search
@@ -47,10 +48,25 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class ShapesGenerate:
     """``generate(schedule_or_None)`` for ``LocalEvaluator`` on a trained shapes model: every prompt x seed in
     one batched Euler run. ``policy`` (a ``rule_caches.Policy``) drives the engine at run time instead of the
-    schedule's rows; ``last_bits`` holds the realised bits of the last cached run."""
+    schedule's rows; ``last_bits`` holds the realised bits of the last cached run.
 
-    def __init__(self, model, family: str, prompts: Sequence[str], seeds: Sequence[int], steps: int):
+    ``step0_memo`` (on by default: this is a search's generate): the cached runs share their step-0 model call
+    (``ecad_core.engine.step0``; one step-0 output per unit per sample subset run, kept for this object's life);
+    ``step0_shared`` counts the step-0 transformer calls served from it (a policy run never uses it: its hooks
+    watch step 0)."""
+
+    def __init__(
+        self,
+        model,
+        family: str,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int,
+        *,
+        step0_memo: bool = True,
+    ):
         self.model, self.family, self.steps = model, family, steps
+        self.step0_memo = Step0Memo() if step0_memo else None
         self.units = find_diffusers_units(model)
         self.captions = [p for p in prompts for _ in seeds]
         self.sample_seeds = [s for _ in prompts for s in seeds]
@@ -65,7 +81,7 @@ class ShapesGenerate:
         caps, seeds = [self.captions[i] for i in idx], [self.sample_seeds[i] for i in idx]
         if schedule is None:
             return list(trained.sample(self.model, self.family, caps, seeds, self.steps))
-        handle = apply(self.model, schedule)
+        handle = apply(self.model, schedule, step0_memo=self.step0_memo if self.policy is None else None)
         hooks = self.policy.install(handle, self.units) if self.policy is not None else []
         try:
             out = trained.sample(self.model, self.family, caps, seeds, self.steps)
@@ -80,6 +96,11 @@ class ShapesGenerate:
         else:
             self.last_bits = schedule.effective_bits()
         return list(out)
+
+    @property
+    def step0_shared(self) -> int:
+        """Step-0 transformer calls served from the memo (each one a transformer call saved)."""
+        return self.step0_memo.shared if self.step0_memo is not None else 0
 
 
 # -- the search variants -----------------------------------------------------------------------
@@ -456,10 +477,11 @@ def summarise(out: dict) -> dict:
         }
     for v in out["variants"].values():
         # runs each search needed to reach another variant's median final HV (from the stored curves: exact up to
-        # 60 runs, then to the thinning), median over seeds; inf if not reached
+        # 60 runs, then to the thinning; their 6 decimals), median over seeds; inf if not reached
         v["median_runs_to_final_of"] = {
             w: statistics.median(
-                next((r for r, h in s["curve"] if h >= other["median_hv_final"] - 1e-12), math.inf) for s in v["seeds"]
+                next((r for r, h in s["curve"] if h >= round(other["median_hv_final"], 6)), math.inf)
+                for s in v["seeds"]
             )
             for w, other in out["variants"].items()
         }

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..engine import CacheEngine, RunStats
+from ..engine import CacheEngine, RunStats, Step0Memo
 from ..engine.compiling import outside_compile
 from ..hooks import UnitHook
 from ..schedule import Schedule, load_schedule
@@ -165,6 +165,8 @@ class EcadHandle:
         self._scheduler = scheduler
         self.removed = False
         self.graph_mode: Any = None  # ecad_core.cuda_graphs.GraphMode when apply(..., cuda_graphs=True)
+        self.step0_memo: Step0Memo | None = None  # apply(..., step0_memo=...): its forward is ours until remove()
+        self._step0_forward: Any = None
 
     @property
     def cuda_graphs(self) -> dict | None:
@@ -191,6 +193,11 @@ class EcadHandle:
             return
         if self.graph_mode is not None:
             self.graph_mode.detach()
+        if self._step0_forward is not None and self.transformer.__dict__.get("forward") is self._step0_forward[0]:
+            if self._step0_forward[1] is None:
+                del self.transformer.forward
+            else:
+                self.transformer.forward = self._step0_forward[1]
         for h in self._hooks:
             h.detach()
         for h in self._handles:
@@ -241,7 +248,13 @@ def _attach_hooks(units, engine: CacheEngine) -> list:
 
 
 def apply(
-    target, schedule: Schedule | str | Path, *, offload_device=None, cuda_graphs: bool = False, max_graphs: int = 64
+    target,
+    schedule: Schedule | str | Path,
+    *,
+    offload_device=None,
+    cuda_graphs: bool = False,
+    max_graphs: int = 64,
+    step0_memo: Step0Memo | None = None,
 ) -> EcadHandle:
     """Attach ``schedule`` to a diffusers pipeline (with ``.transformer``) or a transformer.
 
@@ -249,8 +262,13 @@ def apply(
     ``cuda_graphs=True`` captures each schedule row's forward once as a CUDA graph and replays it
     (``ecad_core.cuda_graphs``); where that is impossible it runs eagerly and
     ``handle.cuda_graphs["reason"]`` (and the log) says why.
+    ``step0_memo``: a search's ``Step0Memo`` (``ecad_core.engine.step0``), shared by its runs: a step-0
+    transformer call with exactly the inputs of a recorded one is served from it instead of run (same output,
+    same statistics). For a search's generate function only; not with ``cuda_graphs``.
     Raises ModelMismatchError when the schedule is for another family or block count.
     """
+    if step0_memo is not None and cuda_graphs:
+        raise ValueError("ECAD: step0_memo and cuda_graphs exclude each other (graph mode keeps its own buffers)")
     if not isinstance(schedule, Schedule):
         schedule = load_schedule(schedule)
     transformer = getattr(target, "transformer", None)
@@ -300,11 +318,29 @@ def apply(
     else:
         scheduler = None
     handle = EcadHandle(transformer, schedule, engine, hooks, tracker, handles, scheduler)
+    if step0_memo is not None:
+        handle.step0_memo = step0_memo
+        handle._step0_forward = (_step0_forward(transformer, engine, step0_memo), transformer.__dict__.get("forward"))
+        transformer.forward = handle._step0_forward[0]
     if cuda_graphs:
         from ..engine.cuda_graphs import GraphMode
 
         handle.graph_mode = GraphMode(transformer, engine, max_graphs=max_graphs)
     return handle
+
+
+def _step0_forward(transformer, engine: CacheEngine, memo: Step0Memo):
+    """The transformer's forward with its step-0 calls routed through ``memo`` (the step pre-hook has already
+    told the engine the call's step and branch when the module calls it)."""
+    own = transformer.forward
+
+    @functools.wraps(own)
+    def forward(*args, **kwargs):
+        if engine.step or not engine.in_run:
+            return own(*args, **kwargs)
+        return memo.call(engine, lambda: own(*args, **kwargs), (args, kwargs))
+
+    return forward
 
 
 @contextlib.contextmanager

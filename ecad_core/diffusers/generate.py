@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..engine import Step0Memo
 from ..errors import SearchSettingsError
 from ..schedule import Schedule
 from .api import apply
@@ -21,6 +22,13 @@ class DiffusersGenerate:
     Text embeddings of PixArt and FLUX pipelines are computed once and reused.
     ``last_stats`` holds the engine's RunStats of each pipeline call of the
     last cached run.
+
+    ``step0_memo=True`` (a search's generate; off by default: evaluation and ``run`` time their runs or run
+    once): the cached runs share their step-0 transformer calls through one ``Step0Memo``
+    (``self.step0_memo``; ``ecad_core.engine.step0``): the first cached run of each batch computes and
+    records them, later runs are served (the same outputs bit for bit, the same statistics). It holds one
+    step-0 output per unit per pipeline call (every seed x prompt chunk, and each racing subset's chunks), on
+    the model's device, for the life of this object.
     """
 
     def __init__(
@@ -38,6 +46,7 @@ class DiffusersGenerate:
         extra_kwargs: dict | None = None,
         encode_once: bool = True,
         model_name: str | None = None,
+        step0_memo: bool = False,
     ):
         prompts = [str(p) for p in prompts]
         if not prompts:
@@ -61,6 +70,7 @@ class DiffusersGenerate:
         self.kind = type(pipe).__name__
         self.calls = 0
         self.last_stats: list = []
+        self.step0_memo = Step0Memo() if step0_memo else None
         self._embeds: dict[tuple, dict] = {}
         self.encode_once = encode_once and (self.kind.startswith("PixArt") or self.kind.startswith("Flux"))
         params = inspect.signature(pipe.__call__).parameters
@@ -128,7 +138,7 @@ class DiffusersGenerate:
         return dict(self._embeds[chunk])
 
     def __call__(self, schedule: Schedule | None) -> list[torch.Tensor]:
-        handle = apply(self.pipe, schedule) if schedule is not None else None
+        handle = apply(self.pipe, schedule, step0_memo=self.step0_memo) if schedule is not None else None
         results: dict[tuple[int, int, int], torch.Tensor] = {}
         chunks = list(self._chunks())
         stats = []

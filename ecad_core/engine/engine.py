@@ -252,6 +252,11 @@ class CacheEngine:
         self._unit_timer = timer
         self._use_timer(timer)
 
+    @property
+    def timer_in_use(self) -> UnitTimer | None:
+        """The timer of this run (this engine's or ``unit_timing``'s), or None: unit computations run plain."""
+        return self._timer_in_use
+
     def _use_timer(self, timer: UnitTimer | None) -> None:
         if timer is self._timer_in_use:
             return
@@ -491,6 +496,25 @@ class CacheEngine:
         elif self.offload_device is not None:
             out = _tree_map(lambda t: t.detach().to(self.offload_device, non_blocking=True), out)
         self._store[key] = (sig, out)
+
+    @contextlib.contextmanager
+    def keeping_outputs(self) -> Iterator[dict]:
+        """Within (one model call): every unit output computed at the current step and branch is stored; on exit
+        the dict yielded holds them (unit -> (signature, output)) and those this run's schedule would not keep are
+        dropped again, so the run goes on exactly as without (the step-0 memo copies them)."""
+        step, branch, row = self.step, self.branch, self._keep[self.step]
+        before = {k: v for k, v in self._store.items() if k[1] == branch}
+        got: dict = {}
+        self._keep[step] = [True] * len(row)
+        try:
+            yield got
+        finally:
+            self._keep[step] = row
+            for (unit, b), entry in list(self._store.items()):
+                if b == branch and before.get((unit, b)) is not entry:
+                    got[unit] = entry
+                    if not (self.keep_store or row[unit]):
+                        del self._store[(unit, b)]
 
     # -- memory ----------------------------------------------------------------
     def cache_bytes(self) -> int:
