@@ -15,9 +15,13 @@ from typing import Any
 
 import torch
 
+from ..ecad_core.engine import Step0Memo
 from ..ecad_core.schedule import Schedule
 from ..ecad_core.schedule.remap import Slice, embed_stage
-from .patching import patch_model
+from .adapters import is_ecad_patch
+from .patching import WRAPPER_KEY, patch_model
+
+STEP0_KEY = "ecad_step0"  # the key of the step-0 memo's APPLY_MODEL wrapper (inside ECAD's own, added after it)
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,10 @@ class Sampler:
     experts run), ``other`` the steps before and after it, uncached; the schedules given have one row per stage
     step and are applied as the whole trajectory's (``embed_stage``). The steps before the stage are the same
     for every schedule: they run once per sample group (``other_runs`` counts ``other``'s sampler calls).
+    ``step0_memo=True`` (a search's generate; off by default, Evaluate times its runs): the scheduled runs share
+    their step-0 model calls through one ``Step0Memo`` (``ecad_core.engine.step0``; ``self.step0_memo``, which
+    may also be set after construction): one step-0 output per unit per sampler call's model call is kept for
+    the life of this object, and later runs with exactly the same step-0 inputs skip the model there.
     """
 
     def __init__(
@@ -89,8 +97,10 @@ class Sampler:
         batch_size: int = 1,
         stage: Slice | None = None,
         other=None,
+        step0_memo: bool = False,
     ):
         self.model, self.settings, self.samples = model, settings, list(samples)
+        self.step0_memo: Step0Memo | None = Step0Memo() if step0_memo else None
         self.batch_size = max(1, int(batch_size))
         self.offload, self.decode, self.preview, self.on_sample = offload, decode, preview, on_sample
         fmt = model.get_model_object("latent_format")
@@ -108,7 +118,12 @@ class Sampler:
             return self.model
         if self._patched is None or self._patched[0] is not schedule:
             whole = schedule if self.stage is None else embed_stage(schedule, self.stage)
-            self._patched = (schedule, patch_model(self.model, whole, self.offload))
+            m = patch_model(self.model, whole, self.offload)
+            if self.step0_memo is not None:
+                import comfy.patcher_extension as pe
+
+                m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, STEP0_KEY, step0_wrapper(self.step0_memo))
+            self._patched = (schedule, m)
         return self._patched[1]
 
     def sample(self, model, s: Sample) -> torch.Tensor:
@@ -241,6 +256,40 @@ class Sampler:
         reused = sum(e["reused"] for e in self._last_run)
         total = reused + sum(e["computed"] for e in self._last_run)
         return reused / total if total else None
+
+
+def step0_wrapper(memo: Step0Memo):
+    """An APPLY_MODEL wrapper that routes step-0 model calls through ``memo``. Added after ECAD's own wrapper, so
+    it runs inside it: the run's engine already knows the call's step and branch."""
+
+    def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, *a, **kw):
+        def compute():
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, *a, **kw)
+
+        eng = getattr((transformer_options or {}).get("ecad"), "engine", None)
+        if eng is None or eng.step or not eng.in_run:
+            return compute()
+        inputs = (x, t, c_concat, c_crossattn, control, a, kw, _step0_options(transformer_options or {}))
+        return memo.call(eng, compute, inputs)
+
+    return wrapper
+
+
+def _step0_options(topts: dict) -> dict:
+    """What of ``transformer_options`` the model call's output depends on, to compare across runs: all but ECAD's
+    own run, wrappers and block patches (each patched clone has its own) and the conditionings' uuids (new at
+    every sampler call; they only name the branch). Other nodes' objects stay, compared by identity."""
+    out = {k: v for k, v in topts.items() if k not in ("ecad", "uuids", "wrappers", "callbacks", "patches_replace")}
+    for k in ("wrappers", "callbacks"):
+        if k in topts:
+            out[k] = {
+                kind: {n: f for n, f in d.items() if n not in (WRAPPER_KEY, STEP0_KEY)} for kind, d in topts[k].items()
+            }
+    if "patches_replace" in topts:
+        out["patches_replace"] = {
+            kind: {n: f for n, f in d.items() if not is_ecad_patch(f)} for kind, d in topts["patches_replace"].items()
+        }
+    return out
 
 
 _PLAIN = (int, float, str, bool, type(None))
