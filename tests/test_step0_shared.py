@@ -208,3 +208,37 @@ def test_shapes_generate_shares_step0():
     forwards.n = 0
     shared(Schedule.full(layout, steps))
     assert forwards.n == steps and shared.step0_shared == 2
+
+
+def _split_cfg_run(transformer, handle_fn, steps: int = 3):
+    """A sampling loop calling the transformer twice per step (cond, then uncond), as split CFG does."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    cond, uncond = torch.randn(1, 6, 32, generator=g), torch.zeros(1, 6, 32)  # the tiny model: captions 32 wide
+    kw = {"added_cond_kwargs": {"resolution": None, "aspect_ratio": None}, "return_dict": False}
+    with handle_fn() as h, torch.no_grad():
+        for i in range(steps):
+            t = torch.full((1,), 900.0 - 300 * i)
+            c = transformer(x, encoder_hidden_states=cond, timestep=t, **kw)[0]
+            u = transformer(x, encoder_hidden_states=uncond, timestep=t, **kw)[0]
+            eps = (u + 2.0 * (c - u))[:, :4]
+            x = x - 0.2 * eps
+        stats = h.finish_run().as_dict()
+    return x, stats
+
+
+@pytest.mark.parametrize("offload", [None, "cpu"])
+def test_split_cfg_branches_and_offload(pixart, offload):
+    pipe, layout, forwards = pixart
+    t = pipe.transformer
+    memo = Step0Memo()
+    runs = []
+    for sched in _schedules(layout, 3):
+        forwards.n = 0
+        got = _split_cfg_run(t, lambda s=sched: apply(t, s, step0_memo=memo, offload_device=offload))
+        served = forwards.n
+        want = _split_cfg_run(t, lambda s=sched: apply(t, s, offload_device=offload))
+        assert torch.equal(got[0], want[0]) and got[1] == want[1], sched.name
+        runs.append(served)
+    # each branch's step-0 call is its own entry: both served from the second run on
+    assert runs == [6] + [4] * (len(runs) - 1) and memo.shared == 2 * (len(runs) - 1) and len(memo) == 2
