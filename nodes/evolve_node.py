@@ -223,7 +223,14 @@ def calibration_sampler(
         raise EcadError(f"width {inp.width} and height {inp.height} must be multiples of {ratio} for this model")
     samples = [Sample(pos, neg, seed) for pos, neg in zip(positives, negatives) for seed in seeds]
     staged = stage is not None and not stage.whole
-    gen = Sampler(inp.model, inp, samples, stage=stage if staged else None, other=inp.other_model if staged else None)
+    gen = Sampler(
+        inp.model,
+        inp,
+        samples,
+        stage=stage if staged else None,
+        other=inp.other_model if staged else None,
+        step0_memo=not staged,  # candidates' step 0 served from the first run's (a stage's search: not tested)
+    )
     gen.batch_size = samples_per_call(inp.model, gen.latent_shape)
     gen.description = {
         "model": _model_digest(inp.model),
@@ -627,6 +634,8 @@ def evolve(inp: EvolveInputs):
             f"{stage.start}..{stage.start + stage.steps - 1}; the others recompute); other_model: "
             f"{gen.other_runs} sampler call(s), uncached; the steps before the stage ran once per sample group"
         )
+    if gen.step0_memo is not None and gen.step0_memo.shared:
+        report += f"\nstep 0 served from the first run of its batch: {gen.step0_memo.shared} model call(s) saved"
     if settings.probe_seeds:
         report += f"\nunit probe: {settings.probe_seeds} seed(s) from its step rows (" + (
             "probed here: one full-compute run)" if probed else "read from the search folder)"

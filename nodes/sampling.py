@@ -100,7 +100,8 @@ class Sampler:
         step0_memo: bool = False,
     ):
         self.model, self.settings, self.samples = model, settings, list(samples)
-        self.step0_memo: Step0Memo | None = Step0Memo() if step0_memo else None
+        device = getattr(model, "load_device", "cpu")
+        self.step0_memo: Step0Memo | None = Step0Memo.for_search(device) if step0_memo else None
         self.batch_size = max(1, int(batch_size))
         self.offload, self.decode, self.preview, self.on_sample = offload, decode, preview, on_sample
         fmt = model.get_model_object("latent_format")

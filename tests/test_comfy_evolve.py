@@ -75,6 +75,10 @@ def test_evolve_writes_front_lists_it_and_feeds_apply(comfy_server):
     entry = srv.run(_pixart_evolve_prompt(), timeout=600)
     report = _report(entry)
     assert "generation 1" in report and "stopped: generations" in report, report
+    # candidates after the first get step 0 from it (one sampler call per candidate here: one sample)
+    served = re.search(r"step 0 served from the first run of its batch: (\d+) model call\(s\) saved", report)
+    runs = re.search(r"\((\d+) sampling runs here\)", report)
+    assert served and runs and int(served.group(1)) == int(runs.group(1)) - 2 > 0, report
     d = _search_dir(srv, "tiny-pixart")
     front = json.loads((d / "front" / "front.json").read_text())
     assert front["points"] and front["generation"] == 1 and front["steps"] == STEPS

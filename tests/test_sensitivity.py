@@ -255,6 +255,8 @@ def test_cli_evolve_probes_once_and_resumes_with_it(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["probe_seeds"] == 4 and summary["probe_images"] == 1  # auto: every row (steps - 1)
     assert summary["images_sampled"] == summary["sampling_runs"] + 1  # one image per run here, plus the probe's
+    # every candidate run after the first got its step 0 from the first one (the reference runs without the pack)
+    assert summary["step0_shared"] == summary["sampling_runs"] - 2 > 0
     _, n = load_unit_changes(out / "unit_probe.safetensors")
     assert n == 4
     seeds = [json.loads(p.read_text())["provenance"]["search"] for p in (out / "front").glob("[0-9]*-x*.json")]

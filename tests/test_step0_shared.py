@@ -178,6 +178,18 @@ def test_apply_restores_the_forward_and_refuses_graphs(pixart):
         with apply(pipe, Schedule.every_n(layout, 3, 2), step0_memo=memo):
             pipe("a cat", num_inference_steps=3, height=64, width=64, output_type="latent")
     assert (memo.shared, memo.recorded, memo.computed) == (0, 0, 2)
+    # once an entry did not fit, no later call copies its outputs for nothing
+    assert memo.full
+
+    def no_record(*a, **k):
+        raise AssertionError("recorded after the memo was full")
+
+    memo._record = no_record
+    with apply(pipe, Schedule.every_n(layout, 3, 2), step0_memo=memo):
+        pipe("a dog", num_inference_steps=3, height=64, width=64, output_type="latent")
+    assert memo.computed == 3
+    # a search's memo: a quarter of a CUDA device's memory, 4 GiB elsewhere
+    assert Step0Memo.for_search("cpu").max_bytes == 4 * 2**30
 
 
 def test_shapes_generate_shares_step0():

@@ -107,6 +107,7 @@ class EvolveSpec:
             batch_size=self.batch_size,
             output=output,
             model_name=self.model,
+            step0_memo=True,  # every candidate's step 0 equals the first run's: served from it
         )
         metric = (
             load_metric(self.metric, self.metric_weights, gen.pipe.device) if self.metric in LEARNED_METRICS else None
@@ -188,6 +189,12 @@ def _unit_changes(a, settings, evaluator, n_samples: int):
 
     changes, probed = unit_changes_for(a.out, settings.probe_seeds, run_probe)
     return changes, n_samples if probed else 0
+
+
+def _step0_shared(evaluator) -> int | None:
+    """Step-0 model calls the local evaluator's memo served (None on Ray: each worker has its own)."""
+    memo = getattr(getattr(evaluator, "generate", None), "step0_memo", None)
+    return memo.shared if memo is not None else None
 
 
 def _ray_evaluator(a, spec: EvolveSpec):
@@ -308,6 +315,8 @@ def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
         "images_sampled": (evaluator.n_images + probe_images) if hasattr(evaluator, "n_images") else None,
         "probe_seeds": settings.probe_seeds,
         "probe_images": probe_images,
+        # step-0 model calls served from the first run of the same batch (ecad_core.engine.step0), this call's
+        "step0_shared": _step0_shared(evaluator),
         "raced_out": res.raced_out,
         "seconds": round(time.monotonic() - t0, 2),
         "front": [

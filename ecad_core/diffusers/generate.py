@@ -70,7 +70,7 @@ class DiffusersGenerate:
         self.kind = type(pipe).__name__
         self.calls = 0
         self.last_stats: list = []
-        self.step0_memo = Step0Memo() if step0_memo else None
+        self.step0_memo = Step0Memo.for_search(pipe.device) if step0_memo else None
         self._embeds: dict[tuple, dict] = {}
         self.encode_once = encode_once and (self.kind.startswith("PixArt") or self.kind.startswith("Flux"))
         params = inspect.signature(pipe.__call__).parameters

@@ -108,6 +108,11 @@ class Step0Memo:
     (entries made), ``computed`` (step-0 model calls that ran while the memo was in use).
     """
 
+    @classmethod
+    def for_search(cls, device) -> Step0Memo:
+        """A search's memo on ``device`` (its ``generate`` functions make one), capped at ``default_max_bytes``."""
+        return cls(max_bytes=default_max_bytes(device))
+
     def __init__(self, *, enabled: bool = True, max_bytes: int | None = None):
         self.enabled = enabled
         self.max_bytes = max_bytes
@@ -116,6 +121,7 @@ class Step0Memo:
         self.shared = 0
         self.recorded = 0
         self.computed = 0
+        self.full = False  # an entry did not fit in max_bytes: nothing more is recorded (no clones for nothing)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._entries.values())
@@ -144,6 +150,9 @@ class Step0Memo:
         for e in self._entries.get(key, ()):
             if _equal(e.inputs, inputs):
                 return self._serve(engine, e)
+        if self.full:
+            self.computed += 1
+            return compute()
         return self._record(engine, key, compute, inputs)
 
     def _serve(self, engine: CacheEngine, e: _Entry):
@@ -171,11 +180,28 @@ class Step0Memo:
         entry = _Entry(inputs_copy, _clone(out), units, 0)
         entry.nbytes = tree_nbytes(entry.output) + tree_nbytes([o for _, _, o in units]) + _input_bytes(inputs_copy)
         if self.max_bytes is not None and self.nbytes + entry.nbytes > self.max_bytes:
+            self.full = True
+            log.info(
+                "ECAD step-0 memo: a %.0f MiB entry does not fit in %.0f MiB (%.0f MiB held); step 0 of the other "
+                "calibration batches runs as usual",
+                entry.nbytes / 2**20,
+                self.max_bytes / 2**20,
+                self.nbytes / 2**20,
+            )
             return out
         self._entries.setdefault(key, []).append(entry)
         self.nbytes += entry.nbytes
         self.recorded += 1
         return out
+
+
+def default_max_bytes(device) -> int:
+    """The memory a search's memo may hold by default: a quarter of a CUDA device's total memory (the entries live
+    where they were computed), else 4 GiB."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).total_memory // 4
+    return 4 * 2**30
 
 
 def _input_bytes(x) -> int:
