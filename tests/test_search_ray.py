@@ -6,6 +6,7 @@ the tiny random-weight PixArt-Î± (``tiny:pixart-alpha``), 1 prompt, 4 steps, 64Â
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -18,8 +19,9 @@ import pytest
 import torch
 from test_search import cli  # the main CLI's error handling around the search subcommands
 
-from ecad_core.cli.search import EvolveSpec
+from ecad_core.cli.search import EvolveSpec, _probe_changes
 from ecad_core.search import EvaluationError, SearchSettings, SearchSettingsError, run_search
+from ecad_core.search.sensitivity import default_probe_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a red cat on a mat"
@@ -195,7 +197,10 @@ def test_killed_workers_lose_no_evaluation(ray_cluster, local_search, tmp_path):
         t.start()
         layout, cost, hint = ev.on_worker(spec.search_inputs)
         out = tmp_path / "search"
-        res = run_search(ev, layout, 4, out, SearchSettings(population=6, generations=2, seed=3), cost=cost, model=hint)
+        # as the CLI runs it: the unit probe on a worker, its default number of seeds
+        changes = ev.on_worker(functools.partial(_probe_changes, steps=4))
+        settings = SearchSettings(population=6, generations=2, seed=3, probe_seeds=default_probe_seeds(6, 4))
+        res = run_search(ev, layout, 4, out, settings, cost=cost, model=hint, unit_changes=changes)
         t.join(timeout=5)
         assert killed and [p.name for p in faults.glob("hit-*")] == ["hit-gen001-001"]
         assert ev.lost_workers == 1 and ev.reruns == 1
