@@ -8,7 +8,7 @@ import importlib
 import pytest
 import torch
 
-from bench import bench_comfy
+from comfy_harness import inprocess
 
 pytestmark = pytest.mark.comfy
 # float32 on the CPU: batched matmuls may round differently from batch-1 ones
@@ -17,12 +17,9 @@ RTOL = 1e-4
 
 @pytest.fixture(scope="module")
 def env(comfy_dir, comfy_models):
-    bench_comfy.import_comfy("cpu")
-    bench_comfy.pack_modules()
+    sampling, schedule = inprocess.sampling_modules()
     import comfy.sd
 
-    sampling = importlib.import_module("comfyui_ecad_bench.nodes.sampling")
-    schedule = importlib.import_module("comfyui_ecad_bench.ecad_core.schedule")
     model = comfy.sd.load_diffusion_model(str(comfy_models["ecad_tiny_pixart_alpha"]))
     return sampling, schedule, model
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import bench_comfy
+from comfy_harness import inprocess
 
 pytestmark = pytest.mark.comfy
 STEPS = 4
@@ -17,12 +17,9 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def env(comfy_dir, comfy_models):
-    bench_comfy.import_comfy("cpu")
-    bench_comfy.pack_modules()
+    sampling, schedule = inprocess.sampling_modules()
     import comfy.sd
 
-    sampling = importlib.import_module("comfyui_ecad_bench.nodes.sampling")
-    schedule = importlib.import_module("comfyui_ecad_bench.ecad_core.schedule")
     adapters = importlib.import_module("comfyui_ecad_bench.nodes.adapters")
     return sampling, schedule, adapters, comfy.sd, comfy_models
 

@@ -27,6 +27,19 @@ def pack_modules(adapter: str) -> dict:
     }
 
 
+def sampling_modules():
+    """ComfyUI imported for the CPU and the pack's ``nodes.sampling`` and ``ecad_core.schedule`` (as bench_comfy
+    imports the pack): what the in-process Evolve sampler tests drive."""
+    from bench import bench_comfy
+
+    bench_comfy.import_comfy("cpu")
+    bench_comfy.pack_modules()
+    return (
+        importlib.import_module("comfyui_ecad_bench.nodes.sampling"),
+        importlib.import_module("comfyui_ecad_bench.ecad_core.schedule"),
+    )
+
+
 def randomize(dm, seed: int, scale: float):
     """Seeded random weights: matrices N(0, scale), vectors 1 + N(0, 0.05); eval mode."""
     g = torch.Generator().manual_seed(seed)
