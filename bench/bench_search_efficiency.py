@@ -188,7 +188,14 @@ def probe_racing(ctx: SearchContext) -> None:
     _probe_search(ctx, racing=int(ctx.options.get("racing", max(1, ctx.evaluator.n_samples // 4))))
 
 
-def _probe_search(ctx: SearchContext, racing: int) -> None:
+@variant("probe-surrogate")
+def probe_surrogate(ctx: SearchContext) -> None:
+    """``probe`` with surrogate pre-screening (``surrogate``'s settings) in the evolved generations."""
+    per = int(ctx.options.get("per_generation", 8))
+    _probe_search(ctx, racing=0, screening=int(ctx.options.get("screening", 8)), per_generation=per)
+
+
+def _probe_search(ctx: SearchContext, racing: int, screening: int = 0, per_generation: int | None = None) -> None:
     pop = int(ctx.options.get("population", 24))
     changes = ctx.evaluator.probe(ctx.space)
     settings = SearchSettings(
@@ -198,6 +205,10 @@ def _probe_search(ctx: SearchContext, racing: int) -> None:
         probe_seeds=int(ctx.options.get("probe_seeds", ctx.space.steps - 1)),
         racing=racing,
         racing_margin=float(ctx.options.get("racing_margin", 0.1)),
+        screening=screening,
+        evaluated_per_generation=per_generation,
+        exploration=float(ctx.options.get("exploration", 0.25)),
+        quality_scale=ctx.evaluator.quality_scale,
     )
     space = ctx.space
     run_search(

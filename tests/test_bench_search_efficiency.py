@@ -55,6 +55,21 @@ def test_quick_mode_writes_curves_fronts_and_baselines(tmp_path, monkeypatch):
     assert {c["baseline"] for c in cmp_rows} == {"every-n", "fbcache", "teacache"}
 
 
+def test_probe_variant_charges_its_run_and_beats_nsga2_on_the_trained_pixart(tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "p.json"
+    bse.main(["--quick", "--families", "pixart", "--variants", "nsga2", "probe", "--out", str(out)])
+    (m,) = json.loads(out.read_text())["models"]
+    (plain,) = m["variants"]["nsga2"]["seeds"]
+    (probe,) = m["variants"]["probe"]["seeds"]
+    # the first schedule is recorded after the reference run (nsga2), after the reference and the probe's run (probe)
+    assert plain["curve"][0][0] == 2 and probe["curve"][0][0] == 3
+    assert probe["runs"] <= 25 and probe["images"] == 2 * probe["runs"]  # 2 calibration samples per run
+    # deterministic here: the probe's rows beat today's search at its full (quick) budget, within it
+    assert probe["hv_final"] > plain["hv_final"] + 0.02
+    assert m["variants"]["probe"]["median_runs_to_final_of"]["nsga2"] < plain["runs"]
+
+
 def test_unknown_variant_is_refused(capsys):
     with pytest.raises(SystemExit):
         bse.main(["--quick", "--variants", "nope"])
