@@ -556,6 +556,8 @@ def run_search(
     ``evaluator``: anything with ``evaluate(list[Schedule]) -> list[float]``. The keyword ``options``
     (``SearchRun``'s, all optional):
     ``cost``: the compute objective (default: every unit costs the same).
+    ``unit_changes``: the unit probe's table (``ecad_core.engine.probe.record_unit_changes``), needed when
+    ``settings.probe_seeds`` > 0: its step rows go first into the initial population (``sensitivity.py``).
     ``warm_start``: schedule files, folders (e.g. an earlier ``front/``) or
     Schedules put first into the initial population; a step count other than
     ``steps`` is refused unless ``warm_start_steps="remap"``.
