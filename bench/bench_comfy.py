@@ -9,7 +9,9 @@ adapter's own ``install`` (object patches applied as ModelPatcher applies them,
 FLUX block hooks passed in ``transformer_options["patches_replace"]``), driven
 per step as the APPLY_MODEL wrapper drives them. ``--profile`` also writes
 torch.profiler tables of one no-cache loop here and on diffusers' PixArt at the
-same size.
+same size. ``--graphs`` (PixArt) adds the Apply node's CUDA-graph mode (``nodes/comfy_graphs``)
+with no cache and per preset, and per preset the ceiling in CUDA graphs
+(``bench.ceiling.CeilingGraphs``, ``graphs ceiling <preset>``): the graph rows' reference.
 
     python -m bench.bench_comfy --res 1024 --presets pixart-alpha-256-fast,... --out r.json
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from . import models
+from . import bench_diffusers, models
 from .ceiling import CeilingCache, ComfyFluxCeiling, ComfyPixArtCeiling
 from .common import REPO, SCHEDULES, hardware, resolve_dtype, write_json
 from .runner import Variant, run_variants
@@ -231,7 +233,8 @@ def variants(
     any_module=True,
 ):
     """No cache, all-recompute, the pack and the ceiling per preset (names), the pack per extra ``schedules``
-    (Schedule objects, no ceiling), and the graph variants."""
+    (Schedule objects, no ceiling), and the graph variants: no cache, and per preset the pack and the ceiling
+    in CUDA graphs (as ``bench_diffusers --graphs``; its variant, on the preset remapped here)."""
 
     class _Run:  # what the adapters' hooks read: the engine of the patched model, FLUX's capture slot
         def __init__(self, engine):
@@ -309,6 +312,11 @@ def variants(
         for s in presets:
             ps = schedule_mod.load_schedule(SCHEDULES / f"{s}.json")
             vs.append(Variant(f"graphs {s}", pack(ps, graphs=True), s, "graphs", persistent=True))
+            if flux:  # no graph mode for ComfyUI's FLUX (its graph rows run eagerly): no graph ceiling
+                continue
+            # the pack's Schedule is its own copy of ecad_core's: remapped here, so replay_bits only reads its bits
+            rs = ps if ps.steps == den.steps else schedule_mod.remap_steps(ps, den.steps)
+            vs.append(bench_diffusers.graph_ceiling_variant(den, rs, f"graphs ceiling {s}", s))
     return vs
 
 
@@ -349,7 +357,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--graphs", action="store_true", help="also the Apply node's CUDA-graph mode (PixArt)")
+    ap.add_argument(
+        "--graphs", action="store_true", help="also the Apply node's CUDA-graph mode and the ceiling in graphs (PixArt)"
+    )
     ap.add_argument("--profile", help="folder for profiler tables (ComfyUI and diffusers PixArt, no cache)")
     ap.add_argument("--no-any-module", action="store_true", help="skip the any-module-cache reference variants")
     ap.add_argument("--out")

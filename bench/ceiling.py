@@ -14,9 +14,10 @@
   (a reused unit's input). The engine's re-statements skip that, so it is not a bound any more, only a
   reference (the "ceiling" of the H100/H200 tables before issue #21).
 
-* **ceiling in CUDA graphs** (``ceiling_for(..., static=True)`` run by ``CeilingGraphs``; diffusers only): the
-  reference of the engine's graph rows. The ceiling's outputs live in static buffers (as the engine's
-  ``keep_store`` mode) and each distinct (schedule row, input signature) is one captured graph, replayed.
+* **ceiling in CUDA graphs** (``ceiling_for(..., static=True)`` run by ``CeilingGraphs``; diffusers PixArt and
+  FLUX.1, ComfyUI PixArt: the families with a graph mode): the reference of the graph rows. The ceiling's
+  outputs live in static buffers (as the engine's ``keep_store`` mode) and each distinct (schedule row, input
+  signature) is one captured graph, replayed.
 
 The bench sets ``step`` itself before each model call.
 """
@@ -86,16 +87,17 @@ AnyModuleCache = CeilingCache  # the name the tables use
 
 def ceiling_for(model, bits: np.ndarray, *, static: bool = False) -> _Replay:
     """The ceiling of a bench model: diffusers PixArt / FLUX.1 transformer, ComfyUI PixArtMS / Flux.
-    ``static``: outputs in static buffers (``_Replay._put_static``), for ``CeilingGraphs``; diffusers only."""
+    ``static``: outputs in static buffers (``_Replay._put_static``), for ``CeilingGraphs``; not for ComfyUI's FLUX
+    (the pack offers no graph mode there: its forward reads ``transformer_options``)."""
     if hasattr(model, "single_transformer_blocks"):
         return FluxCeiling(model, bits, static=static)
     if hasattr(model, "transformer_blocks"):
         return PixArtCeiling(model, bits, static=static)
-    if static:
-        raise ValueError("ceiling_for: static buffers (CUDA graphs) are built for the diffusers ceilings only")
     if hasattr(model, "double_blocks"):
+        if static:
+            raise ValueError("ceiling_for: no static buffers (CUDA graphs) for ComfyUI's FLUX (no graph mode there)")
         return ComfyFluxCeiling(model, bits)
-    return ComfyPixArtCeiling(model, bits)
+    return ComfyPixArtCeiling(model, bits, static=static)
 
 
 class _Replay:
@@ -325,16 +327,16 @@ class FluxCeiling(_Replay):
 class ComfyPixArtCeiling(_Replay):
     """ComfyUI's PixArt (``PixArtMSBlock.forward``) re-stated per block, its residual stream contiguous (ComfyUI
     carries it in the transposed layout of its patch embedding; ``cross_attn`` still gets that layout, in which
-    its ``q_linear`` rounds as in ComfyUI's block)."""
+    its ``q_linear`` rounds as in ComfyUI's block). ``static``: as the diffusers ceilings, for ``CeilingGraphs``."""
 
-    def __init__(self, dm, bits: np.ndarray):
-        super().__init__(bits, 3 * len(dm.blocks), "ComfyPixArtCeiling")
+    def __init__(self, dm, bits: np.ndarray, static: bool = False):
+        super().__init__(bits, 3 * len(dm.blocks), "ComfyPixArtCeiling", static)
         self.stride = None
         for i, blk in enumerate(dm.blocks):
             self._set_forward(blk, self._block(blk, 3 * i, i == 0))
 
     def _block(self, blk, u, first):
-        rows, keep, out, this = self.rows, self.keep, self.out, self
+        rows, keep, out, put, this = self.rows, self.keep, self.out, self.put, self
         modulate = sys.modules[type(blk).__module__].t2i_modulate
 
         def forward(x, y, t, mask=None, HW=None, **kwargs):
@@ -349,7 +351,7 @@ class ComfyPixArtCeiling(_Replay):
             ).chunk(6, dim=1)
             if row[u]:
                 a = blk.attn(modulate(blk.norm1(x), shift_msa, scale_msa), HW=HW)
-                out[u] = a if kp[u] else None
+                put(u, a if kp[u] else None)
             else:
                 a = out[u]
             x = x + (gate_msa * a)
@@ -360,13 +362,13 @@ class ComfyPixArtCeiling(_Replay):
                     else torch.empty_strided(x.shape, stride, dtype=x.dtype, device=x.device).copy_(x)
                 )
                 a = blk.cross_attn(xl, y, mask)
-                out[u + 1] = a if kp[u + 1] else None
+                put(u + 1, a if kp[u + 1] else None)
             else:
                 a = out[u + 1]
             x = x + a
             if row[u + 2]:
                 a = blk.mlp(modulate(blk.norm2(x), shift_mlp, scale_mlp))
-                out[u + 2] = a if kp[u + 2] else None
+                put(u + 2, a if kp[u + 2] else None)
             else:
                 a = out[u + 2]
             return x + (gate_mlp * a)
@@ -535,8 +537,11 @@ class CeilingGraphs:
     """A static-buffer ceiling (``ceiling_for(..., static=True)``) in CUDA graphs, as the engine's graph mode
     runs the engine: one graph per distinct (schedule row, input signature), captured at the row's first call
     once the signature is warm and replayed afterwards, the inputs copied into the graph's static inputs and a
-    copy of its static output returned; the first call at a new signature runs eagerly (warm-up). The bench's
-    diffusers calls carry CFG as one batch, so there is no branch in the key.
+    copy of its static output returned; the first call at a new signature runs eagerly (warm-up). The benches'
+    calls carry CFG as one batch, so there is no branch in the key. Every argument is a graph input (its tensor
+    leaves copied in, anything else in the key): the bench's ComfyUI PixArt call ``dm(x, timesteps, context=,
+    c_size=, c_ar=, transformer_options={})`` has only tensors and an empty dict, the same five tensors the
+    pack's graph mode copies (its ``graph_kwargs``).
 
     Not ``ecad_core.engine.cuda_graphs.GraphMode`` itself: that reads a ``CacheEngine`` (step, branch, bits,
     the fresh-output set, its counters) and calls ``torch.cuda`` directly; this keeps only what the ceiling

@@ -61,7 +61,9 @@ QUOTED = {
     "README / docs: diffusers PixArt-α 256² eager and CUDA graphs (graph no-cache and graph-ceiling rows)": (
         "diffusers_alpha_256"
     ),
-    "README / docs: ComfyUI PixArt-α 512² eager and CUDA graphs": "comfy_alpha_512_graphs",
+    "README / docs: ComfyUI PixArt-α 512² eager and CUDA graphs (graph no-cache and graph-ceiling rows)": (
+        "comfy_alpha_512_graphs"
+    ),
     "README / docs: all recompute, PixArt-α 1024², 15 rounds": "overhead_alpha_1024",
     "docs: diffusers PixArt-Σ 1024²": "diffusers_sigma_1024",
     "docs: ComfyUI PixArt-Σ 1024²": "comfy_sigma_1024",
@@ -69,7 +71,7 @@ QUOTED = {
     "docs: ComfyUI FLUX.1-dev 512²": "comfy_flux_512",
     "docs: diffusers PixArt-α 256², 15 rounds": "diffusers_alpha_256_15",
     "docs: all recompute, PixArt-α 256², 15 rounds": "overhead_alpha_256",
-    "docs: ComfyUI PixArt-α 1024², CUDA graphs": "comfy_alpha_1024_graphs",
+    "docs: ComfyUI PixArt-α 1024², CUDA graphs (and graph-ceiling rows)": "comfy_alpha_1024_graphs",
     "docs: ComfyUI CUDA-graph safety checks": "comfy_graphs_check",
     "docs: ComfyUI PixArt-α 1024² profile": "comfy_alpha_1024_profile",
 }
@@ -152,6 +154,8 @@ def sections(tiny: bool, rounds: int):
     # G: diffusers sections with --graphs also run the ceiling in CUDA graphs per preset
     # (bench.ceiling.CeilingGraphs), estimated as a graph engine row costs: its H100 ms × (rounds + 2 warm-ups)
     # + one capture per distinct row, scaled like the rest of the section's estimate (estimated, not measured)
+    # G-comfy: bench_comfy --graphs also runs the ComfyUI ceiling in CUDA graphs per preset, estimated the same way
+    # from the H100 ComfyUI graph rows (512²: 153/138/132 ms, 1024²: 569/498/469 ms; a capture ≈ one eager call)
     r5 = ["--rounds", str(max(rounds, 5))]  # more rounds where the all-recompute overhead is judged
     return [
         (
@@ -198,13 +202,13 @@ def sections(tiny: bool, rounds: int):
             "comfy_alpha_512_graphs",
             bench_comfy.main,
             ["--variant", "alpha", "--res", "512", "--presets", ALPHA, "--graphs", "--rounds", "5"],
-            40,
+            48,  # 40 + G-comfy: 3 × 7 loops ≈ 3 s + captures ≈ 1 s on the H100, ×2 as the rest
         ),
         (
             "comfy_alpha_1024_graphs",
             bench_comfy.main,
             ["--variant", "alpha", "--res", "1024", "--presets", ALPHA, "--graphs", *r],
-            50,
+            62,  # 50 + G-comfy: 3 × 5 loops ≈ 7.7 s + captures ≈ 2 s on the H100, ×1.25 as the rest
         ),
         (
             "diffusers_alpha_256_15",

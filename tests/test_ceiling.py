@@ -307,6 +307,12 @@ def test_graph_ceiling_captures_each_row_once_replays_it_and_equals_eager(diffus
         bits = _repeated_rows(len(den.unit_modules))
     else:
         bits = replay_bits(remap_steps(load_schedule(SCHEDULES / f"{preset}.json"), STEPS), STEPS)
+    _check_graph_ceiling(den, bits, monkeypatch)
+
+
+def _check_graph_ceiling(den, bits, monkeypatch):
+    """``CeilingGraphs`` with the recording stand-in over two images: each row captured once, every call but the
+    warm-up a replay of its own row's graph, the images equal to the list ceiling's."""
     listed, _ = _ceiling_loop(den, bits)
     listed2, _ = _ceiling_loop(_other_start(den), bits)
     assert not torch.equal(listed2, listed)
@@ -350,6 +356,7 @@ def test_graph_ceiling_captures_each_row_once_replays_it_and_equals_eager(diffus
     }
     # each replay's result is a copy of the static output of the graph it replayed
     for r, (out, after) in zip(returned[1:], recorders[0].replayed, strict=True):
+        r = pytree.tree_leaves(r)  # diffusers: a tuple, ComfyUI: a tensor
         assert torch.equal(r[0], after[0]) and r[0].data_ptr() != pytree.tree_leaves(out)[0].data_ptr()
 
 
@@ -396,3 +403,105 @@ def test_graph_rows_are_divided_by_the_graph_ceiling():
     assert res["engine p"]["of_ceiling"] == 40.0 / 50.0
     assert res["graphs p"]["of_ceiling"] == 19.0 / 20.0
     assert "of_ceiling" not in res["graphs q"] and "of_ceiling" not in res["graphs ceiling p"]
+
+
+# -- ComfyUI PixArt in static buffers and in CUDA graphs (bench_comfy --graphs: the pack's graph rows' reference) ---
+
+COMFY_ALPHA = ["pixart-alpha-256-fast", "pixart-alpha-256-faster", "pixart-alpha-256-fastest"]
+
+
+def _comfy_bits(schedule_mod, preset, steps=STEPS):
+    return schedule_mod.remap_steps(schedule_mod.load_schedule(SCHEDULES / f"{preset}.json"), steps)
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("preset", COMFY_ALPHA)
+def test_static_comfy_ceiling_equals_list_ceiling_and_pack(comfy, preset):
+    dens, adapters, engine_mod, schedule_mod = comfy
+    den = dens["alpha"]
+    sched = _comfy_bits(schedule_mod, preset)
+    bits = sched.effective_bits()
+    pack, _ = _comfy_engine_loop(den, sched, adapters, engine_mod)
+    listed, _ = _ceiling_loop(den, bits)
+    (static, again), c, _ = _static_ceiling_loop(den, bits, images=2)
+    assert type(c).__name__ == "ComfyPixArtCeiling" and c.static
+    assert torch.equal(static, listed) and torch.equal(static, pack)
+    # the buffers persist between images and are overwritten before each read
+    assert torch.equal(again, _ceiling_loop(_other_start(den), bits)[0])
+    assert c.out == [None] * len(c.out)
+    assert "forward" not in den.model.blocks[0].__dict__
+    # static: each unit's buffer, once stored, is the same storage at every later step (graphs read it there)
+    slots = []
+    with torch.no_grad(), ceiling_for(den.model, bits, static=True) as c:
+
+        def pre(i):
+            slots.append([None if t is None else t.data_ptr() for t in c.out])
+            c.step = i
+
+        den.loop(pre)
+        slots.append([None if t is None else t.data_ptr() for t in c.out])
+    stored = [[p for p in col if p is not None] for col in zip(*slots, strict=True)]
+    assert any(stored)
+    for col, ptrs in zip(zip(*slots, strict=True), stored, strict=True):
+        assert len(set(ptrs)) <= 1 and col[len(col) - len(ptrs) :] == tuple(ptrs)  # never replaced, never freed
+
+
+@pytest.mark.comfy
+@pytest.mark.parametrize("preset", ["pixart-alpha-256-fastest", None])
+def test_comfy_graph_ceiling_captures_each_row_once_and_equals_eager(comfy, preset, monkeypatch):
+    # ComfyUI's call (x, timesteps, context=, c_size=, c_ar=, transformer_options={}) through CeilingGraphs
+    dens, _, _, schedule_mod = comfy
+    den = dens["alpha"]
+    bits = _repeated_rows(84) if preset is None else _comfy_bits(schedule_mod, preset).effective_bits()
+    _check_graph_ceiling(den, bits, monkeypatch)
+
+
+def _comfy_graph_variants(comfy, den, presets, **kw):
+    _, adapters, engine_mod, schedule_mod = comfy
+    return bench_comfy.variants(
+        den, presets, adapters, engine_mod, schedule_mod, graphs=True, graphs_mod=bench_comfy.graphs_module(), **kw
+    )
+
+
+@pytest.mark.comfy
+def test_comfy_graph_ceiling_variant_refused_without_cuda_runs_eagerly(comfy):
+    dens, _, _, schedule_mod = comfy
+    den, preset = dens["alpha"], "pixart-alpha-256-fast"
+    vs = {v.name: v for v in _comfy_graph_variants(comfy, den, [preset])}
+    v = vs[f"graphs ceiling {preset}"]
+    assert v.kind == "graphs-ceiling" and v.persistent and v.preset == preset
+    pre, remove, stats = v.setup()
+    try:
+        with torch.no_grad():
+            x = den.loop(pre)
+        st = stats()["cuda_graphs"]
+        assert st["active"] is False and "CUDA" in st["reason"]
+    finally:
+        remove()
+    assert "forward" not in den.model.__dict__ and "forward" not in den.model.blocks[0].__dict__
+    listed, _ = _ceiling_loop(den, _comfy_bits(schedule_mod, preset).effective_bits())
+    assert torch.equal(x, listed)
+    # ComfyUI's FLUX has no graph mode: no static ceiling, no graph-ceiling row
+    flux = dens["flux"]
+    with pytest.raises(ValueError, match="FLUX"):
+        ceiling_for(flux.model, _comfy_bits(schedule_mod, "flux-dev-1024-fast").effective_bits(), static=True)
+    names = [v.name for v in _comfy_graph_variants(comfy, flux, ["flux-dev-1024-fast"], any_module=False)]
+    assert "graphs flux-dev-1024-fast" in names and not any(n.startswith("graphs ceiling") for n in names)
+
+
+@pytest.mark.comfy
+def test_comfy_graph_rows_are_divided_by_the_graph_ceiling(comfy):
+    from bench.runner import run_variants
+
+    dens = comfy[0]
+    den = dataclasses.replace(dens["alpha"], steps=3)  # a short run: the rule, not a timing
+    p = "pixart-alpha-256-fastest"
+    vs = _comfy_graph_variants(comfy, den, [p], recompute=False, any_module=False)
+    with torch.no_grad():
+        res = run_variants(den, vs, rounds=1, log=lambda *a: None)
+    g, gc = res[f"graphs {p}"], res[f"graphs ceiling {p}"]
+    assert gc["kind"] == "graphs-ceiling" and gc["preset"] == p
+    assert g["of_ceiling"] == gc["median_ms"] / g["median_ms"]  # never the eager ceiling's
+    assert res[f"pack {p}"]["of_ceiling"] == res[f"ceiling {p}"]["median_ms"] / res[f"pack {p}"]["median_ms"]
+    assert gc["ref"] == f"ceiling {p}" and gc["diff_vs_ref"] == 0.0  # eager here, in static buffers
+    assert g["diff_vs_ref"] == 0.0 and "of_ceiling" not in res["graphs, no cache"]
