@@ -204,6 +204,7 @@ def test_a_search_folder_lists_its_schedules_only(lib, caplog, tmp_path, capsys)
         "evaluations.csv",
         "references.pt",
         "latency_cost.json",
+        "unit_probe.safetensors",
         "picked.json",
         "front/front.json",
         "front/front.png",
