@@ -268,7 +268,7 @@ def step0_wrapper(memo: Step0Memo):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, *a, **kw)
 
         eng = getattr((transformer_options or {}).get("ecad"), "engine", None)
-        if eng is None or eng.step or not eng.in_run:
+        if eng is None or not memo.usable(eng):  # every step but 0: no inputs to gather
             return compute()
         inputs = (x, t, c_concat, c_crossattn, control, a, kw, _step0_options(transformer_options or {}))
         return memo.call(eng, compute, inputs)

@@ -336,7 +336,7 @@ def _step0_forward(transformer, engine: CacheEngine, memo: Step0Memo):
 
     @functools.wraps(own)
     def forward(*args, **kwargs):
-        if engine.step or not engine.in_run:
+        if not memo.usable(engine):  # every step but 0: no inputs to gather
             return own(*args, **kwargs)
         return memo.call(engine, lambda: own(*args, **kwargs), (args, kwargs))
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .engine import CacheEngine, tree_nbytes
+from .engine import CacheEngine, _tree_map, tree_nbytes
 
 log = logging.getLogger("ecad")
 
@@ -45,19 +45,6 @@ def _sig(x) -> Any:
     if isinstance(x, _SCALARS):
         return ("V", type(x).__name__, x)
     return ("O", id(x))
-
-
-def _copy(x):
-    """The input structure with its tensors cloned (the host may change them in place later)."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().clone()
-    if isinstance(x, tuple):
-        return tuple(_copy(v) for v in x)
-    if isinstance(x, list):
-        return [_copy(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _copy(v) for k, v in x.items()}
-    return x  # a plain value, or an object compared by identity (kept alive by the entry)
 
 
 def _equal(a, b) -> bool:
@@ -166,7 +153,8 @@ class Step0Memo:
         self.computed += 1
         step = engine.step
         before = engine.n_computed[step], engine.n_reused[step], engine.n_fallback[step]
-        inputs_copy = _copy(inputs)
+        # the inputs with their tensors cloned (the host may change them in place later); other objects kept
+        inputs_copy = _tree_map(lambda t: t.detach().clone(), inputs)
         with engine.keeping_outputs() as got:
             out = compute()
         after = engine.n_computed[step], engine.n_reused[step], engine.n_fallback[step]
@@ -178,7 +166,7 @@ class Step0Memo:
             return out
         units = [(u, sig, _clone(o)) for u, (sig, o) in got.items()]
         entry = _Entry(inputs_copy, _clone(out), units, 0)
-        entry.nbytes = tree_nbytes(entry.output) + tree_nbytes([o for _, _, o in units]) + _input_bytes(inputs_copy)
+        entry.nbytes = tree_nbytes(entry.output) + tree_nbytes([o for _, _, o in units]) + tree_nbytes(inputs_copy)
         if self.max_bytes is not None and self.nbytes + entry.nbytes > self.max_bytes:
             self.full = True
             log.info(
@@ -202,13 +190,3 @@ def default_max_bytes(device) -> int:
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_properties(device).total_memory // 4
     return 4 * 2**30
-
-
-def _input_bytes(x) -> int:
-    if isinstance(x, torch.Tensor):
-        return x.numel() * x.element_size()
-    if isinstance(x, (tuple, list)):
-        return sum(_input_bytes(v) for v in x)
-    if isinstance(x, dict):
-        return sum(_input_bytes(v) for v in x.values())
-    return 0
