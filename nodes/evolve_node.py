@@ -33,7 +33,7 @@ import torch
 
 from ..ecad_core.costs import LATENCY_COST_FILE, ComputeCost
 from ..ecad_core.costs.latency import measured_latency_cost
-from ..ecad_core.engine.probe import record_unit_changes
+from ..ecad_core.engine.probe import probe_unit_changes
 from ..ecad_core.errors import EcadError
 from ..ecad_core.metrics import FIDELITY_SPACES, IMAGE_SPACES
 from ..ecad_core.schedule import Schedule, remap_steps
@@ -49,9 +49,10 @@ from ..ecad_core.search import (
 )
 from ..ecad_core.search.checkpoint import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILES
 from ..ecad_core.search.front import FRONT_PLOT
-from ..ecad_core.search.sensitivity import resolve_probe_seeds, unit_changes_for
+from ..ecad_core.search.sensitivity import parse_probe_seeds, resolve_probe_seeds, unit_changes_for
 from . import library
 from .adapters import adapter_for
+from .adapters.base import comfy_version
 from .library import SCHEDULE_TYPE
 from .patching import refuse_applied_model
 from .preview_node import schedule_image
@@ -558,12 +559,16 @@ def evolve(inp: EvolveInputs):
     if not inp.resume and any((out / f).exists() for f in (CHECKPOINT_FILE, *LEGACY_CHECKPOINT_FILES)):
         log.info("ECAD search: resume is off: starting %s over", out)
         shutil.rmtree(out)
-    probe = _probe_seeds(inp, out, stage)
-    if probe:
-        settings = dataclasses.replace(settings, probe_seeds=probe)
+    probe = unit_changes_for(
+        out,
+        _probe_seeds(inp, out, stage),
+        lambda: probe_unit_changes(gen, adapter.layout, inp.steps),
+        host=f"ComfyUI {comfy_version()}, {adapter.kind}",
+    )
+    if probe.probe_seeds:
+        settings = dataclasses.replace(settings, probe_seeds=probe.probe_seeds)
         settings.validate()
-    changes, probed = unit_changes_for(out, probe, lambda: record_unit_changes(gen, adapter.layout, inp.steps))
-    if probed:
+    if probe.probed:
         log.info(
             "ECAD search %r: unit probe ran (one full-compute run of %d sample(s))", inp.output_name, len(gen.samples)
         )
@@ -614,7 +619,7 @@ def evolve(inp: EvolveInputs):
             should_stop=comfy.model_management.processing_interrupted,
             resume=True,
             save_as=None if stage.whole else (lambda s: embed_stage(s, stage)),
-            unit_changes=changes,
+            unit_changes=probe.changes,
         )
         progress.attach(search)
         result = search.run()
@@ -638,8 +643,10 @@ def evolve(inp: EvolveInputs):
         report += f"\nstep 0 served from the first run of its batch: {gen.step0_memo.shared} model call(s) saved"
     if settings.probe_seeds:
         report += f"\nunit probe: {settings.probe_seeds} seed(s) from its step rows (" + (
-            "probed here: one full-compute run)" if probed else "read from the search folder)"
+            "probed here: one full-compute run)" if probe.probed else "read from the search folder)"
         )
+    elif probe.skipped:
+        report += f"\nunit probe skipped: {probe.skipped}; the search ran without probe seeds"
     if progress.first_estimate_s is not None:
         report += f"\nestimated after the first generation: {progress.first_estimate_s / 60:.1f} min in all"
     log.info("%s", report)
@@ -660,15 +667,14 @@ def evolve(inp: EvolveInputs):
 def _probe_seeds(inp: EvolveInputs, out: Path, stage: Slice) -> int:
     """The probe seeds of this search (``probe_seeds`` -1: auto); a stage's search takes none (the probe
     measures whole runs)."""
-    requested = None if inp.probe_seeds < 0 else int(inp.probe_seeds)
     if not stage.whole:
-        if requested:
+        if parse_probe_seeds(inp.probe_seeds, "probe_seeds"):
             raise SearchSettingsError(
                 "probe_seeds: the unit probe measures a whole run of the model; with start_at_step / end_at_step "
                 "searching one stage, set probe_seeds to 0 or -1"
             )
         return 0
-    return resolve_probe_seeds(requested, out, inp.population, stage.steps)
+    return resolve_probe_seeds(inp.probe_seeds, out, inp.population, stage.steps, input_name="probe_seeds")
 
 
 def _latency_cost(adapter, model, gen, steps, out: Path) -> ComputeCost:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -276,3 +277,96 @@ def test_cli_evolve_probes_once_and_resumes_with_it(tmp_path, capsys):
     assert summary["probe_images"] == 0 and not (out2 / "unit_probe.safetensors").exists()
     assert cli(["--generations", 1, "--probe-seeds", "lots"]) == 2
     assert "--probe-seeds must be auto or an integer" in capsys.readouterr().out
+
+
+def test_probe_seeds_forms_of_the_cli_and_the_node(tmp_path):
+    from ecad_core.search.sensitivity import parse_probe_seeds, resolve_probe_seeds
+
+    for auto in (None, "auto", " AUTO ", -1, "-1"):
+        assert parse_probe_seeds(auto) is None
+        assert resolve_probe_seeds(auto, tmp_path / "new", 24, 20) == 19  # default_probe_seeds
+    assert parse_probe_seeds("3") == 3 and parse_probe_seeds(0) == 0 and parse_probe_seeds(np.int64(2)) == 2
+    assert resolve_probe_seeds("5", None, 24, 20) == 5
+    for bad, name in (("lots", "--probe-seeds"), ("-2", "--probe-seeds"), (-3, "probe_seeds"), (True, "probe_seeds")):
+        with pytest.raises(SearchSettingsError, match=f"^{name} must be auto or an integer >= 0") as e:
+            resolve_probe_seeds(bad, None, 24, 20, input_name=name)
+        assert repr(bad) in str(e.value)
+
+
+def _blocks_that_bypass_their_modules(monkeypatch):
+    """A diffusers release whose ``BasicTransformerBlock`` computes attention and MLP without calling the modules'
+    forward (as a fused kernel would) and dropped ``added_cond_kwargs`` (so the PixArt re-statement is unfit and
+    the units are hooked at their modules, which then see no call): the model runs uncached, its image the same."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    original = BasicTransformerBlock.forward
+
+    def forward(
+        self,
+        hidden_states,
+        attention_mask=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        timestep=None,
+        cross_attention_kwargs=None,
+        class_labels=None,
+    ):
+        names = ("attn1", "attn2", "ff")
+        for n in names:
+            m = self._modules[n]
+            self.__dict__[n] = lambda *a, m=m, **k: type(m).forward(m, *a, **k)
+        try:
+            return original(
+                self,
+                hidden_states,
+                attention_mask=attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                encoder_attention_mask=encoder_attention_mask,
+                timestep=timestep,
+                cross_attention_kwargs=cross_attention_kwargs,
+                class_labels=class_labels,
+            )
+        finally:
+            for n in names:
+                del self.__dict__[n]
+
+    monkeypatch.setattr(BasicTransformerBlock, "forward", forward)
+
+
+def test_cli_evolve_without_units_through_the_engine_runs_without_probe_seeds(tmp_path, capsys, caplog, monkeypatch):
+    from ecad_core.cli import build_parser
+
+    _blocks_that_bypass_their_modules(monkeypatch)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat on a mat\n")
+    out = tmp_path / "search"
+    args = ["evolve", "--model", "tiny:pixart-alpha", "--prompts", prompts, "--steps", 5, "--height", 64]
+    args += ["--width", 64, "--population", 8, "--out", out, "--quiet"]
+
+    def cli(extra):
+        a = build_parser().parse_args([str(x) for x in args + extra])
+        with caplog.at_level(logging.WARNING, logger="ecad"):
+            return a.fn(a)
+
+    def skipped():
+        return [r.getMessage() for r in caplog.records if "measured no unit through the ECAD engine" in r.getMessage()]
+
+    # asked for explicitly: not the user's error (they cannot know), so the same fallback
+    assert cli(["--generations", 1, "--probe-seeds", 3]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["probe_seeds"] == 0 and summary["probe_images"] == 1  # the probe's run was sampled
+    assert "measured no unit" in summary["probe_skipped"], summary
+    warned = skipped()
+    assert len(warned) == 1, caplog.text  # what, where, which host
+    assert (
+        str(out) in warned[0] and "diffusers, model tiny:pixart-alpha" in warned[0] and "3 probe seed(s)" in warned[0]
+    )
+    assert not (out / "unit_probe.safetensors").exists()
+    front = json.loads((out / "front" / "front.json").read_text())
+    assert front["points"] and front["settings"]["probe_seeds"] == 0
+    # a resume on auto keeps the search as it started: no probe run, no warning
+    caplog.clear()
+    assert cli(["--generations", 2]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["resumed_from_generation"] == 1 and summary["probe_images"] == 0 and summary["probe_skipped"] is None
+    assert not skipped()

@@ -6,6 +6,7 @@ prints one line and exits 2).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -153,31 +154,18 @@ class EvolveSpec:
 
 
 def _probe_changes(evaluator, steps: int):
-    """The unit probe's table on ``evaluator``'s pipeline (module level: Ray sends it to a worker)."""
+    """The unit probe's table on ``evaluator``'s pipeline, None if it saw no unit (module level: Ray sends it to a
+    worker)."""
     from ..diffusers.adapters import find_diffusers_units
-    from ..engine.probe import record_unit_changes
+    from ..engine.probe import probe_unit_changes
 
     gen = evaluator.generate
-    return record_unit_changes(gen, find_diffusers_units(gen.pipe.transformer).layout, steps)
-
-
-def _probe_seeds_setting(a) -> int:
-    """``--probe-seeds``: a number, or auto (``sensitivity.resolve_probe_seeds``)."""
-    from ..search.sensitivity import resolve_probe_seeds
-
-    requested = None
-    if a.probe_seeds != "auto":
-        try:
-            requested = int(a.probe_seeds)
-        except ValueError:
-            requested = -1
-        if requested < 0:
-            raise SearchSettingsError(f"--probe-seeds must be auto or an integer >= 0, got {a.probe_seeds!r}")
-    return resolve_probe_seeds(requested, a.out, a.population, a.steps)
+    return probe_unit_changes(gen, find_diffusers_units(gen.pipe.transformer).layout, steps)
 
 
 def _unit_changes(a, settings, evaluator, n_samples: int):
-    """(table, images its run sampled): from the search folder on resume, else probed (and kept there)."""
+    """``sensitivity.unit_changes_for`` on this search: from the search folder on resume, else probed (and kept
+    there), or skipped with a warning when the probe sees no unit."""
     from ..search.sensitivity import unit_changes_for
 
     def run_probe():
@@ -187,8 +175,7 @@ def _unit_changes(a, settings, evaluator, n_samples: int):
             return evaluator.on_worker(functools.partial(_probe_changes, steps=a.steps))
         return _probe_changes(evaluator, a.steps)
 
-    changes, probed = unit_changes_for(a.out, settings.probe_seeds, run_probe)
-    return changes, n_samples if probed else 0
+    return unit_changes_for(a.out, settings.probe_seeds, run_probe, host=f"diffusers, model {a.model}")
 
 
 def _step0_shared(evaluator) -> int | None:
@@ -214,6 +201,7 @@ def _ray_evaluator(a, spec: EvolveSpec):
 
 def cmd_evolve(a) -> int:
     from ..search import SearchSettings
+    from ..search.sensitivity import resolve_probe_seeds
 
     if a.seeds_per_prompt < 1:
         raise SearchSettingsError(f"--seeds-per-prompt must be >= 1, got {a.seeds_per_prompt}")
@@ -229,7 +217,7 @@ def cmd_evolve(a) -> int:
         evaluated_per_generation=a.evaluated_per_generation,
         racing=a.racing,
         racing_margin=a.racing_margin,
-        probe_seeds=_probe_seeds_setting(a),
+        probe_seeds=resolve_probe_seeds(a.probe_seeds, a.out, a.population, a.steps, input_name="--probe-seeds"),
     )
     settings.validate()  # before loading anything heavy
     prompts = prompts_from_args(a)
@@ -268,7 +256,9 @@ def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
     t0 = time.monotonic()
     quiet = a.quiet
     n_samples = len(spec.prompts) * len(spec.seeds)
-    changes, probe_images = _unit_changes(a, settings, evaluator, n_samples)
+    probe = _unit_changes(a, settings, evaluator, n_samples)
+    settings = dataclasses.replace(settings, probe_seeds=probe.probe_seeds)  # 0 when the probe was skipped
+    probe_images = n_samples if probe.probed else 0
 
     def progress(phase, done, total):
         if quiet:
@@ -293,7 +283,7 @@ def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
         warm_start_steps="remap" if a.remap_warm_start else "refuse",
         model=hint,
         progress=progress,
-        unit_changes=changes,
+        unit_changes=probe.changes,
     )
     if not res.front:
         raise EcadError("the search evaluated nothing (cancelled before the first generation)")
@@ -315,6 +305,7 @@ def _evolve(a, settings, spec, evaluator, layout, cost, hint) -> int:
         "images_sampled": (evaluator.n_images + probe_images) if hasattr(evaluator, "n_images") else None,
         "probe_seeds": settings.probe_seeds,
         "probe_images": probe_images,
+        "probe_skipped": probe.skipped,  # why the search ran without probe seeds (None: it did not)
         # step-0 model calls served from the first run of the same batch (ecad_core.engine.step0), this call's
         "step0_shared": _step0_shared(evaluator),
         "raced_out": res.raced_out,

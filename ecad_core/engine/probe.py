@@ -84,6 +84,11 @@ class UnitChangeProbe:
     def units_seen(self) -> list[int]:
         return sorted({u for _, u, _ in self.records})
 
+    def units_measured(self) -> list[int]:
+        """Units seen at two steps or more of one run: those whose changes the table holds (a host that stops
+        running the model through the engine after step 0, as ComfyUI's fallback to no cache does, leaves none)."""
+        return sorted({u for (_, u, _), by_step in self.records.items() if len(by_step) >= 2})
+
     def changes(self) -> np.ndarray:
         """float64 [units, steps, steps]: E[u, t, c] for c < t, summed over runs and branches (0 elsewhere, and for
         units or steps not seen)."""
@@ -98,6 +103,35 @@ class UnitChangeProbe:
         return E
 
 
+def probe_unit_changes(
+    generate: Callable[[Schedule], Sequence[torch.Tensor]],
+    layout: Layout,
+    steps: int,
+    *,
+    max_coords: int = MAX_COORDS,
+    seed: int = 0,
+) -> np.ndarray | None:
+    """Run ``generate`` once with every unit computed and return the probe's table [units, steps, steps]
+    (``UnitChangeProbe.changes``), or None when the run computed no unit through the engine at two steps or more
+    (a host whose pack fell back to running the model uncached, or units that run outside the engine): nothing
+    was measured, and ``sensitivity.unit_changes_for`` falls back to a search without probe seeds.
+    ``generate(schedule)`` must sample through the pack's engine, as the search's generate functions do
+    (``LocalEvaluator``'s)."""
+    probe = UnitChangeProbe(layout.n_units, steps, max_coords=max_coords, seed=seed)
+    with torch.no_grad(), unit_timing(probe):
+        generate(Schedule.full(layout, steps, name="unit-probe"))
+    seen = probe.units_measured()
+    if not seen:
+        return None
+    if len(seen) < layout.n_units:
+        log.warning(
+            "ECAD unit probe: saw %d of %d units (the others computed outside the engine); they count as unchanged",
+            len(seen),
+            layout.n_units,
+        )
+    return probe.changes()
+
+
 def record_unit_changes(
     generate: Callable[[Schedule], Sequence[torch.Tensor]],
     layout: Layout,
@@ -106,22 +140,12 @@ def record_unit_changes(
     max_coords: int = MAX_COORDS,
     seed: int = 0,
 ) -> np.ndarray:
-    """Run ``generate`` once with every unit computed and return the probe's table [units, steps, steps]
-    (``UnitChangeProbe.changes``). ``generate(schedule)`` must sample through the pack's engine, as the search's
-    generate functions do (``LocalEvaluator``'s)."""
-    probe = UnitChangeProbe(layout.n_units, steps, max_coords=max_coords, seed=seed)
-    with torch.no_grad(), unit_timing(probe):
-        generate(Schedule.full(layout, steps, name="unit-probe"))
-    seen = probe.units_seen()
-    if not seen:
+    """``probe_unit_changes``, with EvaluationError when the run computed no unit through the engine (for callers
+    that cannot search without the table)."""
+    changes = probe_unit_changes(generate, layout, steps, max_coords=max_coords, seed=seed)
+    if changes is None:
         raise EvaluationError(
             "the unit probe saw no unit computation: this generate function does not sample through the ECAD "
             "engine, so the probe cannot measure anything"
         )
-    if len(seen) < layout.n_units:
-        log.warning(
-            "ECAD unit probe: saw %d of %d units (the others computed outside the engine); they count as unchanged",
-            len(seen),
-            layout.n_units,
-        )
-    return probe.changes()
+    return changes

@@ -14,14 +14,18 @@ hypervolume than NSGA-II without them after 265 model runs; the probe costs one 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import CheckpointError, SearchSettingsError
 from ..schedule import Schedule
 from .problem import GenomeSpace
+
+log = logging.getLogger("ecad.search")
 
 # the probe's table kept in a search folder, so that a resume seeds exactly as the first call did
 UNIT_PROBE_FILE = "unit_probe.safetensors"
@@ -63,16 +67,40 @@ def load_unit_changes(path: str | Path) -> tuple[np.ndarray, int]:
     return changes, n
 
 
-def resolve_probe_seeds(requested: int | None, out_dir: str | Path | None, population: int, steps: int) -> int:
-    """The probe seeds a search takes: ``requested`` if given (>= 0), else *auto*: what a search in ``out_dir``
-    started with (its probe file), 0 for one started without the probe (its checkpoint resumes as it was), and
-    ``default_probe_seeds`` for a new search."""
+def parse_probe_seeds(value: int | str | None, input_name: str = "probe seeds") -> int | None:
+    """A requested number of probe seeds as the user gave it: None for auto (None, the CLI's ``"auto"``, the node's
+    -1), else the number (an int, or its string from the command line). SearchSettingsError naming ``input_name``
+    (``--probe-seeds``, ``probe_seeds``) for anything else."""
+    n: object = value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            n = None if text == "auto" else int(text)
+        except ValueError:
+            n = "bad"
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < -1:  # a bool is no number here
+        raise SearchSettingsError(f"{input_name} must be auto or an integer >= 0 (-1: auto), got {value!r}")
+    return None if n == -1 else int(n)
+
+
+def resolve_probe_seeds(
+    requested: int | str | None,
+    out_dir: str | Path | None,
+    population: int,
+    steps: int,
+    *,
+    input_name: str = "probe seeds",
+) -> int:
+    """The probe seeds a search takes: ``requested`` if a number (>= 0; ``parse_probe_seeds``'s forms), else
+    *auto*: what a search in ``out_dir`` started with (its probe file), 0 for one started without the probe (its
+    checkpoint resumes as it was), and ``default_probe_seeds`` for a new search."""
     from .checkpoint import CHECKPOINT_FILE
 
-    if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
-            raise SearchSettingsError(f"probe seeds must be an integer >= 0 (or auto), got {requested!r}")
-        return requested
+    n = parse_probe_seeds(requested, input_name)
+    if n is not None:
+        return n
     if out_dir is not None:
         out = Path(out_dir)
         if (out / UNIT_PROBE_FILE).is_file():
@@ -82,20 +110,53 @@ def resolve_probe_seeds(requested: int | None, out_dir: str | Path | None, popul
     return default_probe_seeds(population, steps)
 
 
+class UnitChanges(NamedTuple):
+    """What ``unit_changes_for`` found: the table for ``run_search(unit_changes=)`` (None: no probe seeds), the
+    probe seeds the search takes (the requested ones, or 0 when skipped), whether the probe's run ran here (its
+    images were sampled) and why the probe was skipped (None: it was not)."""
+
+    changes: np.ndarray | None
+    probe_seeds: int
+    probed: bool
+    skipped: str | None = None
+
+
 def unit_changes_for(
-    out_dir: str | Path | None, probe_seeds: int, run_probe: Callable[[], np.ndarray]
-) -> tuple[np.ndarray | None, bool]:
-    """(the probe's table, whether ``run_probe()`` ran): None when ``probe_seeds`` is 0; read from ``out_dir`` if
-    an earlier call kept it there, else probed and kept (a resume must seed exactly as the first call did)."""
+    out_dir: str | Path | None,
+    probe_seeds: int,
+    run_probe: Callable[[], np.ndarray | None],
+    *,
+    host: str = "this model",
+) -> UnitChanges:
+    """The probe's table for a search that takes ``probe_seeds`` (none when 0): read from ``out_dir`` if an earlier
+    call kept it there, else probed by ``run_probe()`` and kept (a resume must seed exactly as the first call did).
+
+    ``run_probe()`` returns None when its run computed no unit through the engine (the pack fell back to running
+    the model uncached, or its units run outside the engine): the probe cannot measure anything, which is not the
+    user's error (they cannot know). Then one warning says what, where and on which ``host``, the search runs
+    without probe seeds (0, also when asked for explicitly) and nothing is kept, so a resume does the same."""
     if not probe_seeds:
-        return None, False
+        return UnitChanges(None, 0, False)
     path = Path(out_dir) / UNIT_PROBE_FILE if out_dir is not None else None
     if path is not None and path.is_file():
-        return load_unit_changes(path)[0], False
+        return UnitChanges(load_unit_changes(path)[0], probe_seeds, False)
     changes = run_probe()
+    if changes is None:
+        why = (
+            "the unit probe measured no unit through the ECAD engine (the model ran uncached: the pack fell back "
+            "to no cache, or its units run outside the engine)"
+        )
+        log.warning(
+            "ECAD search in %s on %s: %s; the search runs without its %d probe seed(s)",
+            out_dir if out_dir is not None else "(no search folder)",
+            host,
+            why,
+            probe_seeds,
+        )
+        return UnitChanges(None, 0, True, why)
     if path is not None:
         save_unit_changes(path, changes, probe_seeds)
-    return changes, True
+    return UnitChanges(changes, probe_seeds, True)
 
 
 def check_changes(changes, space: GenomeSpace) -> np.ndarray:
@@ -169,9 +230,11 @@ def probe_seeds(space: GenomeSpace, changes, n: int) -> list[Schedule]:
 
 __all__ = [
     "UNIT_PROBE_FILE",
+    "UnitChanges",
     "check_changes",
     "default_probe_seeds",
     "load_unit_changes",
+    "parse_probe_seeds",
     "probe_seeds",
     "resolve_probe_seeds",
     "save_unit_changes",
