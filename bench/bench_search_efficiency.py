@@ -36,12 +36,36 @@ from ecad_core.engine import Step0Memo
 from ecad_core.engine.probe import record_unit_changes
 from ecad_core.schedule import Schedule
 from ecad_core.search import GenomeSpace, LocalEvaluator, SearchSettings, hypervolume, pareto_indices, run_search
+from ecad_core.search.sensitivity import default_probe_seeds
 
 from . import trained
 from .common import hardware, write_json
 from .rule_caches import POLICIES, Policy
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# -- projected H100 cost of a run at the paper's size (issue #19's measured per-image times) ----------------
+# PixArt-α 256², batch 100 with CFG, H100 (issue #19): 33.7 ms per image without cache (MACs fraction 1) ...
+H100_MS_NO_CACHE = 33.7
+# ... and 14.2 ms with the fastest preset, schedules/pixart-alpha-256-fastest.json, whose MACs fraction is its
+# 1.175355260928 T over no cache's 5.713796136960 T ("ecad" mode, exact: docs/cost-model.md) = 0.2057
+H100_MS_FASTEST = 14.2
+FASTEST_FRACTION = 1.175355260928 / 5.713796136960
+PAPER_IMAGES = 100  # images per run of a paper-size search (100 prompts x 1 image)
+H100_HOUR_S = 3600.0
+
+
+def h100_seconds(fraction: float, images: float = PAPER_IMAGES) -> float:
+    """Projected H100 seconds of one paper-size run of a schedule with MACs fraction ``fraction``: per-image time
+    linear in the fraction through (FASTEST_FRACTION, 14.2 ms) and (1, 33.7 ms), the only two measured points
+    (a fixed per-image part, launches and the rest, stays as the fraction falls)."""
+    f = min(max(float(fraction), 0.0), 1.0)
+    slope = (H100_MS_NO_CACHE - H100_MS_FASTEST) / (1.0 - FASTEST_FRACTION)
+    return images * (H100_MS_FASTEST + slope * (f - FASTEST_FRACTION)) / 1000.0
+
+
+# runs of a paper-size search in one H100-hour when every run is charged as no cache: the conservative bound
+FLAT_BOUND_RUNS = int(H100_HOUR_S // h100_seconds(1.0))
 
 
 # -- sampling the trained models -------------------------------------------------------------
@@ -136,7 +160,7 @@ def nsga2(ctx: SearchContext) -> None:
     """Today's search: ``run_search`` (NSGA-II, heuristic seeds), generations to fill the budget."""
     pop = int(ctx.options.get("population", 24))
     gens = max(1, (ctx.budget - 1 - pop) // pop)
-    settings = SearchSettings(population=pop, generations=gens, seed=ctx.seed)
+    settings = SearchSettings(population=pop, generations=gens, seed=ctx.seed, **_mutation(ctx, ecad=True))
     run_search(ctx.evaluator, ctx.space.layout, ctx.space.steps, None, settings, cost=ctx.cost, model=ctx.model)
 
 
@@ -154,6 +178,7 @@ def surrogate(ctx: SearchContext) -> None:
         evaluated_per_generation=per,
         exploration=float(ctx.options.get("exploration", 0.25)),
         quality_scale=ctx.evaluator.quality_scale,
+        **_mutation(ctx, ecad=True),
     )
     run_search(ctx.evaluator, ctx.space.layout, ctx.space.steps, None, settings, cost=ctx.cost, model=ctx.model)
 
@@ -164,15 +189,34 @@ def racing(ctx: SearchContext) -> None:
     ``racing`` samples first (default a quarter of them) and the rest only if it can still reach the front;
     generations until the budget (in images) is spent."""
     pop = int(ctx.options.get("population", 24))
-    n = ctx.evaluator.n_samples
     settings = SearchSettings(
         population=pop,
         generations=ctx.budget,  # the budget in images stops it
         seed=ctx.seed,
-        racing=int(ctx.options.get("racing", max(1, n // 4))),
+        racing=_racing(ctx),
         racing_margin=float(ctx.options.get("racing_margin", 0.1)),
+        **_mutation(ctx, ecad=True),
     )
     run_search(ctx.evaluator, ctx.space.layout, ctx.space.steps, None, settings, cost=ctx.cost, model=ctx.model)
+
+
+def _mutation(ctx: SearchContext, ecad: bool = False) -> dict:
+    """The mutation settings: ``mutation_prob`` (per bit) if given, ``mutation_flips`` (bits per child; 0: ECAD's
+    one bit per step), else the search's default (``ecad``: ECAD's, for the variants that stand for the search
+    before the probe, so their earlier results still reproduce)."""
+    out: dict = {}
+    if ctx.options.get("mutation_prob") is not None:
+        out["mutation_prob"] = float(ctx.options["mutation_prob"])
+    if "mutation_flips" in ctx.options:
+        out["mutation_flips"] = float(ctx.options["mutation_flips"]) or None
+    elif ecad:
+        out["mutation_flips"] = None
+    return out
+
+
+def _racing(ctx: SearchContext) -> int:
+    """Samples a racing variant runs first: ``racing`` if given, else a quarter of the calibration samples."""
+    return int(ctx.options.get("racing", max(1, ctx.evaluator.n_samples // 4)))
 
 
 @variant("probe")
@@ -185,7 +229,7 @@ def probe(ctx: SearchContext) -> None:
 @variant("probe-racing")
 def probe_racing(ctx: SearchContext) -> None:
     """``probe`` with racing over calibration samples (``racing``'s settings) in the evolved generations."""
-    _probe_search(ctx, racing=int(ctx.options.get("racing", max(1, ctx.evaluator.n_samples // 4))))
+    _probe_search(ctx, racing=_racing(ctx))
 
 
 @variant("probe-surrogate")
@@ -202,13 +246,14 @@ def _probe_search(ctx: SearchContext, racing: int, screening: int = 0, per_gener
         population=pop,
         generations=ctx.budget,  # the budget stops it
         seed=ctx.seed,
-        probe_seeds=int(ctx.options.get("probe_seeds", ctx.space.steps - 1)),
+        probe_seeds=int(ctx.options.get("probe_seeds", default_probe_seeds(pop, ctx.space.steps))),
         racing=racing,
         racing_margin=float(ctx.options.get("racing_margin", 0.1)),
         screening=screening,
         evaluated_per_generation=per_generation,
         exploration=float(ctx.options.get("exploration", 0.25)),
         quality_scale=ctx.evaluator.quality_scale,
+        **_mutation(ctx),
     )
     space = ctx.space
     run_search(
@@ -222,20 +267,33 @@ class RecordingEvaluator:
     curve); refuses to sample past the budget. A schedule run on a subset of the samples enters the archive only
     once all its samples have run."""
 
-    def __init__(self, inner: LocalEvaluator, cost: ComputeCost, quality_scale: float, budget: int):
+    def __init__(
+        self,
+        inner: LocalEvaluator,
+        cost: ComputeCost,
+        quality_scale: float,
+        budget: int,
+        h100_budget_s: float | None = None,
+    ):
         self.inner, self.cost, self.quality_scale, self.budget = inner, cost, quality_scale, budget
+        self.h100_budget_s = h100_budget_s
         self.batch_size = inner.batch_size
         self.archive: list[tuple[float, float]] = []
         self.schedules: list[Schedule] = []
         self.curve: list[tuple[float, float]] = []
+        # projected H100 seconds at the paper's size (h100_seconds) and the HV against them; the shared reference
+        # run is charged at no-cache cost, as in ``runs``
+        self.h100_s = h100_seconds(1.0)
+        self.curve_h100: list[tuple[float, float]] = []
         self._parts: dict[bytes, dict[int, float]] = {}
         self.probe_images = 0  # the unit probe's run (``probe``), charged like any other
 
     def probe(self, space: GenomeSpace) -> np.ndarray:
         """The unit probe's table on the calibration samples (one all-recompute run, counted in ``runs``)."""
-        self._check(self.n_samples)
+        self._check(self.n_samples, 1.0)
         changes = record_unit_changes(self.inner.generate, space.layout, space.steps)
         self.probe_images += self.n_samples
+        self.h100_s += h100_seconds(1.0)
         return changes
 
     def describe(self) -> dict:
@@ -259,21 +317,30 @@ class RecordingEvaluator:
         r = self.n_images / n
         return int(r) if r == int(r) else round(r, 4)
 
-    def _check(self, need: int) -> None:
+    def _check(self, need: int, fraction: float) -> float:
+        """The projected H100 seconds of sampling ``need`` samples at MACs ``fraction``; BudgetSpent past a
+        budget."""
         self.inner.references()
+        sec = h100_seconds(fraction) * need / self.n_samples
         if self.n_images + need > self.budget * self.n_samples:
             raise BudgetSpent
+        if self.h100_budget_s is not None and self.h100_s + sec > self.h100_budget_s + 1e-9:
+            raise BudgetSpent
+        return sec
 
     def _record(self, s: Schedule, loss: float) -> None:
         self.archive.append((loss, self.cost.fraction(s.effective_bits())))
         self.schedules.append(s)
-        self.curve.append((self.runs, hypervolume(np.array(self.archive), quality_scale=self.quality_scale)))
+        hv = hypervolume(np.array(self.archive), quality_scale=self.quality_scale)
+        self.curve.append((self.runs, hv))
+        self.curve_h100.append((round(self.h100_s, 3), hv))
 
     def evaluate(self, schedules: list[Schedule]) -> list[float]:
         losses = []
         for s in schedules:
-            self._check(self.n_samples)
+            sec = self._check(self.n_samples, self.cost.fraction(s.effective_bits()))
             loss = self.inner.evaluate([s])[0]
+            self.h100_s += sec
             losses.append(loss)
             self._record(s, loss)
         return losses
@@ -282,8 +349,9 @@ class RecordingEvaluator:
         out = []
         n = self.n_samples
         for s in schedules:
-            self._check(len(indices))
+            sec = self._check(len(indices), self.cost.fraction(s.effective_bits()))
             per = self.inner.evaluate_samples([s], indices)[0]
+            self.h100_s += sec
             out.append(per)
             key = s.bits.tobytes()
             part = self._parts.setdefault(key, {})
@@ -312,6 +380,8 @@ class Setup:
     teacache: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.2)
     population: int = 24
     racing: int | None = None  # racing variant: samples run first (None: a quarter of them)
+    h100_budget_s: float | None = None  # also stop a search at these projected H100 seconds (h100_seconds)
+    options: dict = field(default_factory=dict)  # the variants' options (``--option``), e.g. screening=16
 
 
 QUICK = Setup(
@@ -425,12 +495,13 @@ def bench_model(
             t1 = time.perf_counter()
             runs0 = cal.n_generate - 1  # the reference is computed once and shared by every search
             images0 = cal.n_images - len(gen_cal.captions)
-            rec = RecordingEvaluator(_Offset(cal, runs0, images0), cost, scale, setup.budget)
+            rec = RecordingEvaluator(_Offset(cal, runs0, images0), cost, scale, setup.budget, setup.h100_budget_s)
             ctx = SearchContext(
                 rec, space, cost, setup.budget, seed, f"shapes-{family}", {"population": setup.population}
             )
             if setup.racing:
                 ctx.options["racing"] = setup.racing
+            ctx.options.update(setup.options)
             try:
                 fn(ctx)
             except BudgetSpent:
@@ -452,6 +523,10 @@ def bench_model(
                     "hv_final": hv_final,
                     "runs_to": {f"{p}%": _runs_to(rec.curve, p / 100 * hv_final) for p in (90, 95, 99)},
                     "curve": curve,
+                    "h100_s": round(rec.h100_s, 1),
+                    "hv_h100_hour": _hv_within(rec.curve_h100, H100_HOUR_S),
+                    "hv_flat_bound": _hv_within(rec.curve, FLAT_BOUND_RUNS),
+                    "curve_h100": _thin(rec.curve_h100, n=120, whole_until=0),
                     "front": sorted(pts, key=lambda p: p["fraction"]),
                     "seconds": round(time.perf_counter() - t1, 1),
                 }
@@ -482,6 +557,9 @@ def summarise(out: dict) -> dict:
         seeds = v["seeds"]
         v["median_hv_final"] = statistics.median(s["hv_final"] for s in seeds)
         v["median_hv_held"] = statistics.median(s["hv_held"] for s in seeds)
+        for k in ("hv_h100_hour", "hv_flat_bound"):
+            if all(k in s for s in seeds):  # files from before the H100 accounting lack them
+                v[f"median_{k}"] = statistics.median(s[k] for s in seeds)
         v["median_runs_to"] = {
             k: statistics.median(s["runs_to"][k] if s["runs_to"][k] is not None else math.inf for s in seeds)
             for k in seeds[0]["runs_to"]
@@ -539,6 +617,11 @@ def _thin(curve: list[tuple[int, float]], n: int = 60, whole_until: float = 60) 
         idx = sorted({round(i * (len(tail) - 1) / (n - 1)) for i in range(n)})
         tail = [tail[i] for i in idx]
     return [[r, round(h, 6)] for r, h in head + tail]
+
+
+def _hv_within(curve: list[tuple[float, float]], limit: float) -> float:
+    """The HV of the last point of ``curve`` (x, hv) with x <= ``limit`` (0 before any)."""
+    return next((h for x, h in reversed(curve) if x <= limit + 1e-9), 0.0)
 
 
 def _runs_to(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -651,6 +734,27 @@ def run(
     return result
 
 
+def _merge(results: list[dict], out: Path) -> dict:
+    """The first result with every later one's search seeds added (same models and variants, seeds in order)."""
+    first = results[0]
+    by_family = {m["family"]: m for m in first["models"]}
+    for r in results[1:]:
+        for m in r["models"]:
+            for vname, v in m["variants"].items():
+                by_family[m["family"]]["variants"].setdefault(vname, {"seeds": []})["seeds"].extend(v["seeds"])
+    for m in first["models"]:
+        for v in m["variants"].values():
+            v["seeds"].sort(key=lambda s: s["seed"])
+    first["setup"]["search_seeds"] = sorted(
+        {s["seed"] for m in first["models"] for v in m["variants"].values() for s in v["seeds"]}
+    )
+    first["merged_wall_s"] = [r.get("wall_s") for r in results]
+    first["models"] = [summarise(m) for m in first["models"]]
+    write_json(out, first)
+    plot(first, out.with_suffix(".png"))
+    return first
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny settings: checks the benchmark works (about a minute)")
@@ -667,7 +771,19 @@ def main(argv=None) -> dict:
         help=f"calibration captions (default {len(trained.CALIBRATION)}; more are drawn from the caption space)",
     )
     ap.add_argument("--racing", type=int, help="racing variant: samples run first (default a quarter)")
+    ap.add_argument(
+        "--h100-budget",
+        type=float,
+        help="also stop each search at these projected H100 seconds of a paper-size run (3600: one H100-hour)",
+    )
     ap.add_argument("--population", type=int, help="population of the NSGA-II variants (default 24, the paper's 72)")
+    ap.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a variant option (screening, per_generation, exploration, mutation_flips, probe_seeds, ...)",
+    )
     ap.add_argument("--out", help="result JSON (a PNG plot is written beside it)")
     ap.add_argument(
         "--baselines-from",
@@ -677,7 +793,18 @@ def main(argv=None) -> dict:
         help="earlier result files at the same setup: their rule-based sweeps are reused, not rerun",
     )
     ap.add_argument("--summarise", metavar="JSON", help="recompute the summaries and the plot of a result file")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="result files of the same setup but other search seeds (e.g. one process per seed): their seeds "
+        "joined per model and variant into --out, summaries and plot recomputed",
+    )
     a = ap.parse_args(argv)
+    if a.merge:
+        if not a.out:
+            ap.error("--merge needs --out")
+        return _merge([json.loads(Path(p).read_text()) for p in a.merge], Path(a.out))
     if a.summarise:
         result = json.loads(Path(a.summarise).read_text())
         result["models"] = [summarise(m) for m in result["models"]]
@@ -700,6 +827,16 @@ def main(argv=None) -> dict:
         setup = dataclasses.replace(setup, racing=a.racing)
     if a.population:
         setup = dataclasses.replace(setup, population=a.population)
+    if a.h100_budget:
+        setup = dataclasses.replace(setup, h100_budget_s=a.h100_budget)
+    if a.option:
+        opts = {}
+        for kv in a.option:
+            k, sep, v = kv.partition("=")
+            if not sep:
+                ap.error(f"--option wants KEY=VALUE, got {kv!r}")
+            opts[k] = float(v) if "." in v else int(v)
+        setup = dataclasses.replace(setup, options=opts)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def save(result):

@@ -35,6 +35,7 @@ enters the front or the hypervolume.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -57,7 +58,7 @@ from .operators import make_algorithm
 from .problem import HAVE_PYMOO, GenomeSpace, genome_key, tell
 from .racing import RACING_FILE, RaceState, can_bound, race_indices, raced_out
 from .sampling import initial_population, load_warm_start
-from .sensitivity import probe_seeds
+from .sensitivity import check_changes, probe_seeds
 from .surrogate import screen
 from .termination import CANCELLED, CONVERGED, Termination
 
@@ -76,7 +77,11 @@ class SearchSettings:
     seed: int = 0
     crossover_points: int = 4
     crossover_prob: float = 0.9
-    mutation_prob: float | None = None  # per-bit flip probability; None: 1 / units per step
+    mutation_prob: float | None = None  # per-bit flip probability; None: from mutation_flips
+    # bits flipped per child on average (2 / genome length per bit) when mutation_prob is None and the search
+    # starts from the probe's rows (probe_seeds): their children are refined, not scattered. Otherwise, or None:
+    # ECAD's 1 / units per step (the default before; searches started then resume with it)
+    mutation_flips: float | None = 2.0
     heuristic_seeds: bool = True  # add sampling.py's heuristics to the initial population
     quality_scale: float = 1.0  # loss scale for the hypervolume (reference point (1, 1))
     # surrogate pre-screening (surrogate.py): breed screening x evaluated offspring, evaluate the promising ones
@@ -98,6 +103,7 @@ class SearchSettings:
         "racing": 0,
         "racing_margin": 0.1,
         "probe_seeds": 0,
+        "mutation_flips": None,
     }
 
     def validate(self) -> None:
@@ -150,6 +156,13 @@ class SearchSettings:
             bad(f"racing margin must be a share in [0, 1), got {self.racing_margin!r}")
         if not is_int(self.probe_seeds) or self.probe_seeds < 0:
             bad(f"probe seeds must be an integer >= 0, got {self.probe_seeds!r}")
+        if self.mutation_flips is not None and (
+            isinstance(self.mutation_flips, bool)
+            or not isinstance(self.mutation_flips, (int, float))
+            or not math.isfinite(self.mutation_flips)
+            or self.mutation_flips <= 0
+        ):
+            bad(f"mutation flips (bits flipped per child) must be a positive number, got {self.mutation_flips!r}")
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -166,7 +179,11 @@ class SearchSettings:
         return int(self.evaluated_per_generation or self.population)
 
     def bit_prob(self, space: GenomeSpace) -> float:
-        return float(self.mutation_prob) if self.mutation_prob is not None else 1.0 / space.n_units
+        if self.mutation_prob is not None:
+            return float(self.mutation_prob)
+        if self.mutation_flips is not None and self.probe_seeds:
+            return min(1.0, float(self.mutation_flips) / space.length)
+        return 1.0 / space.n_units
 
 
 def _prob(v) -> bool:
@@ -217,6 +234,8 @@ class SearchRun:
             raise SearchSettingsError("the schedule search needs the 'pymoo' package (pip install pymoo)")
         settings = settings or SearchSettings()
         settings.validate()
+        if resume and out_dir is not None:
+            settings = _as_started(settings, Path(out_dir) / CHECKPOINT_FILE)
         if not hasattr(evaluator, "evaluate") or not callable(evaluator.evaluate):
             raise SearchSettingsError("evaluator must have an evaluate(schedules) -> losses method")
         self.evaluator, self.settings, self.model, self.write_files = evaluator, settings, model, write_files
@@ -231,6 +250,9 @@ class SearchRun:
         self.out = out = Path(out_dir) if out_dir is not None else None
         warm = load_warm_start(warm_start, space, warm_start_steps)
         probe: list[Schedule] = []
+        # the probe's table also gives the surrogate its per-unit error features (surrogate.probe_features)
+        use = unit_changes is not None and (settings.screening or settings.probe_seeds)
+        self.unit_changes = check_changes(unit_changes, space) if use else None
         if settings.probe_seeds:
             if unit_changes is None:
                 raise SearchSettingsError(
@@ -396,6 +418,7 @@ class SearchRun:
             self.settings.exploration,
             self.settings.quality_scale,
             self.algorithm.random_state,
+            changes=self.unit_changes,
         )
         return sorted(free + [cand[j] for j in picks])
 
@@ -578,6 +601,23 @@ def _archive(state: SearchState, raced: dict | None = None) -> np.ndarray:
     """Objectives of every fully evaluated genome (``raced``: keys raced out, left out)."""
     rows = [[v[0], v[1]] for k, v in state.memo.items() if not raced or k not in raced]
     return np.array(rows, np.float64).reshape(-1, 2)
+
+
+def _as_started(settings: SearchSettings, ckpt: Path) -> SearchSettings:
+    """``settings`` as a search in ``ckpt`` started: one written before ``mutation_flips`` existed mutated one
+    bit per step (``mutation_flips=None``) and resumes so. Anything unreadable is left to the checkpoint loader."""
+    if settings.mutation_flips is None or not ckpt.is_file():
+        return settings
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(ckpt), framework="np") as f:
+            stored = json.loads((f.metadata() or {})[ckpt_io._META_KEY])["ident"]["settings"]
+    except Exception:  # noqa: BLE001 - a damaged or legacy file: the loader names the problem
+        return settings
+    if isinstance(stored, dict) and "mutation_flips" not in stored:
+        return dataclasses.replace(settings, mutation_flips=None)
+    return settings
 
 
 def _mean(per) -> float:

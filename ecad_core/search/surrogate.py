@@ -1,8 +1,9 @@
 """Surrogate pre-screening (issue #19): breed many offspring, send only the promising ones to the model.
 
 In pymoo's vocabulary this is an infill filter between ``ask`` and ``tell``: NSGA-II breeds
-``screening x evaluated`` offspring; a ridge regression of log(loss) on staleness features, fitted on every
-genome evaluated so far (the memo), predicts each one's loss, and the MACs objective is exact and free. The
+``screening x evaluated`` offspring; a ridge regression of log(loss) on staleness features (and, when the search
+has the unit probe's table, each unit's probe-estimated reuse error per step), fitted on every genome evaluated so
+far (the memo), predicts each one's loss, and the MACs objective is exact and free. The
 offspring whose predicted point adds the most hypervolume to the archive's front are kept (greedily, each
 pick joining the front), plus a share picked at random for exploration (the surrogate is wrong where it has
 seen nothing). Only the kept ones are evaluated and told to NSGA-II, whose survival then works as usual.
@@ -37,6 +38,32 @@ def features(space: GenomeSpace, X: np.ndarray) -> np.ndarray:
     return np.concatenate([reuse.reshape(n, -1), age.reshape(n, -1), age.sum(2), (age**2).sum(2)], 1)
 
 
+def probe_features(space: GenomeSpace, X: np.ndarray, changes: np.ndarray) -> np.ndarray:
+    """Per genome, from the unit probe's table ``changes`` (E[u, t, c], sensitivity.py): each unit's estimated
+    reuse error at each step, E[u, t, c] with c its last computed step <= t (0 where it computes), per step the
+    sum over units, and the total. The ridge then weighs each unit's error by its effect on the loss (a unit's
+    output change is not its effect on the image)."""
+    X = np.asarray(X, bool)
+    E = np.asarray(changes, np.float64)
+    n, S, U = len(X), space.steps - 1, space.n_units
+    computed = X.reshape(n, S, U)
+    last = np.zeros((n, U), np.int64)  # step 0 always computes
+    err = np.zeros((n, S, U), np.float64)
+    units = np.arange(U)[None, :]
+    for t in range(1, S + 1):
+        last = np.where(computed[:, t - 1], t, last)
+        err[:, t - 1] = np.where(computed[:, t - 1], 0.0, E[units, t, last])
+    per_step = err.sum(2)
+    return np.concatenate([err.reshape(n, -1), per_step, per_step.sum(1, keepdims=True)], 1)
+
+
+def screen_features(space: GenomeSpace, X: np.ndarray, changes: np.ndarray | None = None) -> np.ndarray:
+    """The surrogate's features: ``features``, and beside them ``probe_features`` when the probe's table is
+    given."""
+    F = features(space, X)
+    return F if changes is None else np.concatenate([F, probe_features(space, X, changes)], 1)
+
+
 def _rank(v: np.ndarray) -> np.ndarray:
     r = np.empty(len(v))
     r[np.argsort(v, kind="stable")] = np.arange(len(v))
@@ -54,19 +81,35 @@ class Ridge:
         Z = (F - self.mu) / self.sd
         self.y0 = float(y.mean())
         yc = y - self.y0
-        K = Z @ Z.T
-        n = len(y)
+        n, p = Z.shape
+        # one eigendecomposition for every penalty, of the smaller of Z Z^T (n x n) and Z^T Z (p x p): a long
+        # search's archive outgrows the features
+        if n <= p:
+            lam, Q = np.linalg.eigh(Z @ Z.T)
+            Qy = Q.T @ yc
+            Q2 = Q**2
+        else:
+            lam, V = np.linalg.eigh(Z.T @ Z)
+            ZV = Z @ V
+            Zy = ZV.T @ yc
+            ZV2 = ZV**2
+        lam = np.maximum(lam, 0.0)
         best = None
         for alpha in ALPHAS:
-            A = np.linalg.solve(K + alpha * n * np.eye(n), np.eye(n))
-            c = A @ yc
-            loo = c / np.maximum(np.diag(A), 1e-12)  # LOO residuals of kernel ridge: c_i / A_ii
+            d = 1.0 / (lam + alpha * n)
+            if n <= p:  # A = (K + alpha n I)^-1; LOO residuals of kernel ridge: c_i / A_ii
+                c = Q @ (d * Qy)
+                loo = c / np.maximum(Q2 @ d, 1e-12)
+            else:  # the same through the hat matrix H = Z (Z^T Z + alpha n I)^-1 Z^T: r_i / (1 - H_ii)
+                wv = d * Zy
+                loo = (yc - ZV @ wv) / np.maximum(1.0 - ZV2 @ d, 1e-12)
             err = float(np.mean(loo**2))
             if best is None or err < best[0]:
-                best = (err, alpha, c, yc - loo)
+                w = Z.T @ c if n <= p else V @ wv
+                best = (err, alpha, w, yc - loo)
         assert best is not None
         self.loo_mse, self.alpha = best[0], best[1]
-        self.w = Z.T @ best[2]
+        self.w = best[2]
         ranks = np.corrcoef(_rank(best[3]), _rank(yc)) if n > 2 else np.ones((2, 2))
         self.loo_rank = float(np.nan_to_num(ranks[0, 1]))
 
@@ -114,9 +157,10 @@ def screen(
     explore: float,
     quality_scale: float,
     rng: np.random.Generator,
+    changes: np.ndarray | None = None,
 ) -> list[int]:
     """Indices (in ``cand``) of the ``keep`` offspring to evaluate. ``known_X`` / ``known_F``: the evaluated
-    genomes and their (loss, fraction)."""
+    genomes and their (loss, fraction); ``changes``: the unit probe's table (its features join the fit)."""
     n = len(cand)
     if n <= keep:
         return list(range(n))
@@ -126,7 +170,8 @@ def screen(
         n_rand = keep
     picked: list[int] = []
     if n_rand < keep:
-        pred = predict_loss(features(space, known_X[fit]), known_F[fit, 0], features(space, cand))
+        F_known, F_cand = (screen_features(space, x, changes) for x in (known_X[fit], cand))
+        pred = predict_loss(F_known, known_F[fit, 0], F_cand)
         scaled = np.stack([pred / quality_scale, fracs], 1)
         arch = known_F[np.isfinite(known_F[:, 0])].copy()
         arch[:, 0] = arch[:, 0] / quality_scale
