@@ -11,6 +11,11 @@ curves. Register one with ``@variant("name")`` (or pass
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m bench.bench_search_efficiency \
         --out bench/results/cpu-search-efficiency.json
     .venv/bin/python -m bench.bench_search_efficiency --quick   # a minute: the CI check of this file
+
+Every run is also charged its projected H100 seconds at the paper's size (``h100_seconds``: 100 images, per-image
+time linear in the schedule's MACs fraction through issue #19's two measured points); ``--h100-budget 3600`` stops
+each search at one H100-hour, and each search records its HV within the hour and within the flat bound (1,068
+runs at no-cache cost). ``--option KEY=VALUE`` sets a variant's option; ``--merge`` joins seeds run apart.
 """
 
 from __future__ import annotations
