@@ -125,6 +125,14 @@ def test_run_search_hands_the_probe_table_to_screening(monkeypatch):
     res_plain = run_search(_Loss(), LAYOUT, steps, None, st)  # no table: the raw features, as before
     assert seen and all(c is None for c in seen)
     assert res.evaluations == res_plain.evaluations
+    seen.clear()
+    off = SearchSettings(
+        population=6, generations=3, seed=1, screening=4, evaluated_per_generation=3, probe_features=False
+    )
+    run_search(_Loss(), LAYOUT, steps, None, off, unit_changes=E)  # the table given, its features not wanted
+    assert seen and all(c is None for c in seen)
+    with pytest.raises(SearchSettingsError, match="probe features"):
+        SearchSettings(probe_features=1).validate()
     # a table of the wrong shape is refused when screening would use it
     with pytest.raises(SearchSettingsError, match="units x steps x steps"):
         run_search(_Loss(), LAYOUT, steps, None, st, unit_changes=E[:, :-1, :-1])
@@ -167,13 +175,16 @@ def test_mutation_flips_two_bits_per_child_by_default_and_old_searches_resume_wi
 
     E = _table(steps, 3)
 
+    screened = dict(population=6, seed=3, probe_seeds=3, screening=3, evaluated_per_generation=3)
+
     def today(gens):
-        return SearchSettings(population=6, generations=gens, seed=3, probe_seeds=3)
+        return SearchSettings(generations=gens, **screened)
 
-    def old(gens):  # a probe search started before mutation_flips existed: its checkpoint's settings lack the key
-        return SearchSettings(population=6, generations=gens, seed=3, probe_seeds=3, mutation_flips=None)
+    def old(gens):  # a screened probe search started before mutation_flips / probe_features existed
+        return SearchSettings(generations=gens, mutation_flips=None, probe_features=False, **screened)
 
-    assert "mutation_flips" not in old(2).resume_key() and "mutation_flips" in today(2).resume_key()
+    for k in ("mutation_flips", "probe_features"):  # its checkpoint's settings lack the keys
+        assert k not in old(2).resume_key() and k in today(2).resume_key()
     whole = run_search(_Loss(), LAYOUT, steps, tmp_path / "a", old(4), unit_changes=E)
     run_search(_Loss(), LAYOUT, steps, tmp_path / "b", old(2), unit_changes=E)
     # resumed with today's defaults (as the CLI and the node pass them): it goes on as it started

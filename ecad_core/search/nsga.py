@@ -82,6 +82,8 @@ class SearchSettings:
     # starts from the probe's rows (probe_seeds): their children are refined, not scattered. Otherwise, or None:
     # ECAD's 1 / units per step (the default before; searches started then resume with it)
     mutation_flips: float | None = 2.0
+    # the surrogate also learns from the probe's per-unit errors when the search has the table (surrogate.py)
+    probe_features: bool = True
     heuristic_seeds: bool = True  # add sampling.py's heuristics to the initial population
     quality_scale: float = 1.0  # loss scale for the hypervolume (reference point (1, 1))
     # surrogate pre-screening (surrogate.py): breed screening x evaluated offspring, evaluate the promising ones
@@ -104,6 +106,7 @@ class SearchSettings:
         "racing_margin": 0.1,
         "probe_seeds": 0,
         "mutation_flips": None,
+        "probe_features": False,
     }
 
     def validate(self) -> None:
@@ -156,6 +159,8 @@ class SearchSettings:
             bad(f"racing margin must be a share in [0, 1), got {self.racing_margin!r}")
         if not is_int(self.probe_seeds) or self.probe_seeds < 0:
             bad(f"probe seeds must be an integer >= 0, got {self.probe_seeds!r}")
+        if not isinstance(self.probe_features, bool):
+            bad(f"probe features must be true or false, got {self.probe_features!r}")
         if self.mutation_flips is not None and (
             isinstance(self.mutation_flips, bool)
             or not isinstance(self.mutation_flips, (int, float))
@@ -418,7 +423,7 @@ class SearchRun:
             self.settings.exploration,
             self.settings.quality_scale,
             self.algorithm.random_state,
-            changes=self.unit_changes,
+            changes=self.unit_changes if self.settings.probe_features else None,
         )
         return sorted(free + [cand[j] for j in picks])
 
@@ -603,10 +608,15 @@ def _archive(state: SearchState, raced: dict | None = None) -> np.ndarray:
     return np.array(rows, np.float64).reshape(-1, 2)
 
 
+# settings added with a new default: a checkpoint whose settings lack the key started with the value before
+_BEFORE: dict[str, Any] = {"mutation_flips": None, "probe_features": False}
+
+
 def _as_started(settings: SearchSettings, ckpt: Path) -> SearchSettings:
-    """``settings`` as a search in ``ckpt`` started: one written before ``mutation_flips`` existed mutated one
-    bit per step (``mutation_flips=None``) and resumes so. Anything unreadable is left to the checkpoint loader."""
-    if settings.mutation_flips is None or not ckpt.is_file():
+    """``settings`` as a search in ``ckpt`` started: one written before ``mutation_flips`` / ``probe_features``
+    existed mutated one bit per step / screened on the raw features, and resumes so. Anything unreadable is left
+    to the checkpoint loader."""
+    if all(getattr(settings, k) == v for k, v in _BEFORE.items()) or not ckpt.is_file():
         return settings
     try:
         from safetensors import safe_open
@@ -615,8 +625,8 @@ def _as_started(settings: SearchSettings, ckpt: Path) -> SearchSettings:
             stored = json.loads((f.metadata() or {})[ckpt_io._META_KEY])["ident"]["settings"]
     except Exception:  # noqa: BLE001 - a damaged or legacy file: the loader names the problem
         return settings
-    if isinstance(stored, dict) and "mutation_flips" not in stored:
-        return dataclasses.replace(settings, mutation_flips=None)
+    if isinstance(stored, dict):
+        return dataclasses.replace(settings, **{k: v for k, v in _BEFORE.items() if k not in stored})
     return settings
 
 
