@@ -399,7 +399,10 @@ def register(subparsers) -> None:
         help="MAC counting: ecad (linear layers, as ECAD measured) or full (with attention products)",
     )
     q.add_argument(
-        "--mutation-prob", type=float, default=None, help="per-bit flip probability (default: 1 / units per step)"
+        "--mutation-prob",
+        type=float,
+        default=None,
+        help="per-bit flip probability (default: 2 / genome length with probe seeds, else 1 / units per step)",
     )
     q.add_argument("--crossover-points", type=int, default=4)
     q.add_argument(
