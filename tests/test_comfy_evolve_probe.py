@@ -13,7 +13,7 @@ import logging
 import pytest
 import torch
 
-from comfy_harness import inprocess
+from comfy_harness import family_prompts, inprocess
 
 pytestmark = pytest.mark.comfy
 STEPS = 4
@@ -46,50 +46,17 @@ def _conditioning(seed: int) -> list:
 
 
 def _inputs(node, model, **kw):
-    d = {
-        "model": model,
-        "prompts": "",
-        "seeds_per_prompt": 1,
-        "first_seed": 7,
-        "steps": STEPS,
-        "cfg": 2.0,
-        "sampler_name": "euler",
-        "scheduler": "normal",
-        "width": 512,
-        "height": 32,
-        "population": 6,
-        "generations": 1,
-        "time_budget_minutes": 0.0,
-        "quality_metric": "latent",
-        "compute_objective": "macs",
-        "target_speedup": 0.0,
-        "output_name": "probe-test",
-        "search_seed": 0,
-        "resume": False,
-        "positive": _conditioning(1),
-        "negative": [[torch.zeros(1, 8, 4096), {"pooled_output": None}]],
-    }
+    d = family_prompts.evolve_node(STEPS, "probe-test", first_seed=7, population=6, resume=False)["inputs"]
+    d.update(width=512, height=32, scheduler="normal", target_speedup=0.0)
+    d.update(model=model, positive=_conditioning(1), negative=[[torch.zeros(1, 8, 4096), {"pooled_output": None}]])
     d.update(kw)
     return node.EvolveInputs(**d)
 
 
 def _blocks_that_stop_calling_attn(monkeypatch, model):
-    """A future ComfyUI PixArt block that computes its attention without calling the ``attn`` module (and differs a
-    little), as tests/test_comfy_upstream_changes.py simulates: the re-statement's check fails, module caching sees
-    no attn call at step 0, so the pack runs the model uncached from then on."""
-    blocks = model.model.diffusion_model.blocks
-    cls = type(blocks[0])
-    original = cls.forward
-
-    def forward(self, x, y, t, mask=None, HW=None, **k):
-        attn = self.attn
-        self.__dict__["attn"] = lambda v, HW=None: type(attn).forward(attn, v, HW=HW) * 1.0001
-        try:
-            return original(self, x, y, t, mask, HW, **k)
-        finally:
-            del self.__dict__["attn"]
-
-    monkeypatch.setattr(cls, "forward", forward)
+    """A future ComfyUI PixArt block that no longer calls ``attn``, as tests/test_comfy_upstream_changes.py simulates:
+    module caching sees no attn call at step 0, so the pack runs the model uncached from then on."""
+    inprocess.pixart_blocks_stop_calling_attn(monkeypatch, type(model.model.diffusion_model.blocks[0]))
 
 
 @pytest.mark.parametrize("probe_seeds", [-1, 2])

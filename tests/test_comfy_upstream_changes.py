@@ -19,6 +19,7 @@ import torch
 
 from bench import bench_comfy
 from bench.ceiling import CeilingCache
+from comfy_harness import inprocess
 
 STEPS = 3
 
@@ -152,18 +153,7 @@ def test_pixart_block_that_stops_calling_its_modules_runs_uncached(comfy, pixart
     # re-statement's check fails, module caching sees no unit calls, so the model runs uncached - never a failed
     # run, never a different image
     adapters, _, schedule_mod = comfy
-    cls = type(pixart.model.blocks[0])
-    original = cls.forward
-
-    def forward(self, x, y, t, mask=None, HW=None, **k):
-        attn = self.attn
-        self.__dict__["attn"] = lambda v, HW=None: type(attn).forward(attn, v, HW=HW) * 1.0001
-        try:
-            return original(self, x, y, t, mask, HW, **k)
-        finally:
-            del self.__dict__["attn"]
-
-    monkeypatch.setattr(cls, "forward", forward)
+    inprocess.pixart_blocks_stop_calling_attn(monkeypatch, type(pixart.model.blocks[0]))
     layout = adapters.adapter_of(pixart.model).layout
     plain = _plain(pixart)
     with caplog.at_level(logging.WARNING, logger="ecad"):
