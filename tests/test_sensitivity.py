@@ -235,14 +235,19 @@ def test_record_unit_changes_refuses_a_generate_without_the_engine():
         record_unit_changes(generate, PIX, 4)
 
 
+def _evolve_args(tmp_path, out):
+    """``ecad evolve`` on the tiny PixArt-α: one prompt, 5 steps, 64x64, population 8, into ``out``."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cat on a mat\n")
+    args = ["evolve", "--model", "tiny:pixart-alpha", "--prompts", prompts, "--steps", 5, "--height", 64]
+    return args + ["--width", 64, "--population", 8, "--out", out, "--quiet"]
+
+
 def test_cli_evolve_probes_once_and_resumes_with_it(tmp_path, capsys):
     from ecad_core.cli import build_parser
 
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red cat on a mat\n")
     out = tmp_path / "search"
-    args = ["evolve", "--model", "tiny:pixart-alpha", "--prompts", prompts, "--steps", 5, "--height", 64]
-    args += ["--width", 64, "--population", 8, "--out", out, "--quiet"]
+    args = _evolve_args(tmp_path, out)
 
     def cli(extra):
         a = build_parser().parse_args([str(x) for x in args + extra])
@@ -337,11 +342,8 @@ def test_cli_evolve_without_units_through_the_engine_runs_without_probe_seeds(tm
     from ecad_core.cli import build_parser
 
     _blocks_that_bypass_their_modules(monkeypatch)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red cat on a mat\n")
     out = tmp_path / "search"
-    args = ["evolve", "--model", "tiny:pixart-alpha", "--prompts", prompts, "--steps", 5, "--height", 64]
-    args += ["--width", 64, "--population", 8, "--out", out, "--quiet"]
+    args = _evolve_args(tmp_path, out)
 
     def cli(extra):
         a = build_parser().parse_args([str(x) for x in args + extra])
