@@ -138,6 +138,20 @@ def test_run_search_hands_the_probe_table_to_screening(monkeypatch):
         run_search(_Loss(), LAYOUT, steps, None, st, unit_changes=E[:, :-1, :-1])
 
 
+def _whole_and_resumed(tmp_path, steps, E, started, resumed_with):
+    """A 4-generation search run whole, and one stopped after 2 generations (``started(gens)``'s settings) then
+    resumed to 4 with ``resumed_with(4)``."""
+    whole = run_search(_Loss(), LAYOUT, steps, tmp_path / "a", started(4), unit_changes=E)
+    run_search(_Loss(), LAYOUT, steps, tmp_path / "b", started(2), unit_changes=E)
+    resumed = run_search(_Loss(), LAYOUT, steps, tmp_path / "b", resumed_with(4), unit_changes=E)
+    assert resumed.resumed_from == 2
+    return whole, resumed
+
+
+def _front_sig(r):
+    return [(p.quality_loss, p.compute_fraction, p.schedule.bits.tobytes()) for p in r.front]
+
+
 def test_a_search_with_probe_features_resumes_to_the_uninterrupted_front(tmp_path):
     steps = 6
     E = _table(steps, 3)
@@ -151,15 +165,8 @@ def test_a_search_with_probe_features_resumes_to_the_uninterrupted_front(tmp_pat
             evaluated_per_generation=3,
         )
 
-    whole = run_search(_Loss(), LAYOUT, steps, tmp_path / "a", settings(4), unit_changes=E)
-    run_search(_Loss(), LAYOUT, steps, tmp_path / "b", settings(2), unit_changes=E)
-    resumed = run_search(_Loss(), LAYOUT, steps, tmp_path / "b", settings(4), unit_changes=E)
-    assert resumed.resumed_from == 2
-
-    def sig(r):
-        return [(p.quality_loss, p.compute_fraction, p.schedule.bits.tobytes()) for p in r.front]
-
-    assert sig(resumed) == sig(whole) and resumed.evaluations == whole.evaluations
+    whole, resumed = _whole_and_resumed(tmp_path, steps, E, settings, settings)
+    assert _front_sig(resumed) == _front_sig(whole) and resumed.evaluations == whole.evaluations
 
 
 def test_mutation_flips_two_bits_per_child_by_default_and_old_searches_resume_with_one_per_step(tmp_path):
@@ -185,15 +192,8 @@ def test_mutation_flips_two_bits_per_child_by_default_and_old_searches_resume_wi
 
     for k in ("mutation_flips", "probe_features"):  # its checkpoint's settings lack the keys
         assert k not in old(2).resume_key() and k in today(2).resume_key()
-    whole = run_search(_Loss(), LAYOUT, steps, tmp_path / "a", old(4), unit_changes=E)
-    run_search(_Loss(), LAYOUT, steps, tmp_path / "b", old(2), unit_changes=E)
     # resumed with today's defaults (as the CLI and the node pass them): it goes on as it started
-    resumed = run_search(_Loss(), LAYOUT, steps, tmp_path / "b", today(4), unit_changes=E)
-    assert resumed.resumed_from == 2
-
-    def sig(r):
-        return [(p.quality_loss, p.compute_fraction, p.schedule.bits.tobytes()) for p in r.front]
-
-    assert sig(resumed) == sig(whole)
+    whole, resumed = _whole_and_resumed(tmp_path, steps, E, old, today)
+    assert _front_sig(resumed) == _front_sig(whole)
     new = run_search(_Loss(), LAYOUT, steps, tmp_path / "c", today(4), unit_changes=E)
     assert new.archive.tolist() != whole.archive.tolist()  # a new search flips fewer bits
