@@ -163,6 +163,19 @@ class _Damaged(Exception):
     pass
 
 
+def stored_settings(path: Path) -> dict | None:
+    """The search settings a checkpoint was written with (its JSON part only, no tensors); None when the file is
+    missing, damaged or of another format: ``load_checkpoint`` names those problems."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as f:
+            stored = json.loads((f.metadata() or {})[_META_KEY])["ident"]["settings"]
+    except Exception:  # noqa: BLE001 - any damage: left to load_checkpoint's message
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
 def load_checkpoint(path: Path, fp: str, ident: dict, space: GenomeSpace) -> SearchState:
     """The checkpoint's state; CheckpointError naming ``path`` for anything unusable. Reads data only."""
     try:

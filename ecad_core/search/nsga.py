@@ -35,7 +35,6 @@ enters the front or the hypervolume.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -618,16 +617,10 @@ def _as_started(settings: SearchSettings, ckpt: Path) -> SearchSettings:
     to the checkpoint loader."""
     if all(getattr(settings, k) == v for k, v in _BEFORE.items()) or not ckpt.is_file():
         return settings
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(ckpt), framework="np") as f:
-            stored = json.loads((f.metadata() or {})[ckpt_io._META_KEY])["ident"]["settings"]
-    except Exception:  # noqa: BLE001 - a damaged or legacy file: the loader names the problem
+    stored = ckpt_io.stored_settings(ckpt)
+    if stored is None:
         return settings
-    if isinstance(stored, dict):
-        return dataclasses.replace(settings, **{k: v for k, v in _BEFORE.items() if k not in stored})
-    return settings
+    return dataclasses.replace(settings, **{k: v for k, v in _BEFORE.items() if k not in stored})
 
 
 def _mean(per) -> float:
