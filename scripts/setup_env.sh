@@ -16,7 +16,8 @@
 #              sha256-checked; absent: skipped with the reason (the 0.33 test pass then skips, and fails
 #              under ECAD_REQUIRE_COMFY=1)
 #   comfy033venv  .cache/comfy033/venv: its requirements.txt and the pack's with torch==2.14.1
-#              torchvision==0.29.1 torchaudio==2.11.1 (0.33 does not start without torchaudio)
+#              torchvision==0.29.1 torchaudio==2.11.1 (0.33 does not start without torchaudio); the files it
+#              shares with .venv (torch's wheels) become hard links to .venv's (scripts/link_identical.py)
 #   chromium   Debian chromium (only when /usr/bin/chromium is missing)
 #   playwright playwright-core via npm into .cache/node (only when missing)
 #   check      torch is 2.14.1
@@ -203,6 +204,7 @@ stage_comfy033venv() {
     want="$( (cat "$dir/requirements.txt" "$ROOT/requirements.txt"; echo "$pins") | sha)"
     if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ] && [ -x "$venv/bin/python" ]; then
         log "ComfyUI $COMFY033_VERSION venv already built"
+        link_venvs "$venv"
         return 0
     fi
     if [ ! -x "$venv/bin/python" ]; then
@@ -218,6 +220,12 @@ stage_comfy033venv() {
     "$venv/bin/python" -m pip install -q -r "$dir/requirements.txt" -r "$ROOT/requirements.txt" $pins
     "$venv/bin/python" -c 'import importlib.metadata as m, sys; got = m.version("torch").split("+")[0]; assert got == sys.argv[1], f"torch is {got} in the ComfyUI 0.33 venv, expected {sys.argv[1]}"' "$TORCH_VERSION"
     echo "$want" > "$marker"
+    link_venvs "$venv"
+}
+
+# the two venvs install the same torch wheels: one copy on disk (hard links), not two
+link_venvs() {
+    "$PY" "$ROOT/scripts/link_identical.py" "$VENV/lib" "$1/lib" | while read -r line; do log "$line"; done
 }
 
 stage_chromium() {

@@ -93,6 +93,15 @@ def test_tiny_models_are_cached(comfy_models):
     assert meta[make_tiny.RECIPE_KEY] == make_tiny.recipe_hash("ecad_tiny_flux_dev")
 
 
+def test_tiny_model_builds_with_the_default_interpreter(comfy_dir, tmp_path):
+    # callers outside the fixture (the benches) name no interpreter: the build runs in the one ECAD_COMFY_PYTHON
+    # names, as ComfyUI 0.33 needs its own venv's packages (comfy_aimdo)
+    root = tmp_path / "comfy-test"
+    path = make_tiny.ensure_models(root, names=["ecad_tiny_sd3"], comfy_dir=comfy_dir)["ecad_tiny_sd3"]
+    assert make_tiny.is_current(root, "ecad_tiny_sd3", comfy_dir)
+    assert path.stat().st_size > 1_000_000
+
+
 # ----------------------------------------------------------------------------- stock KSampler
 
 

@@ -54,8 +54,10 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -81,6 +83,10 @@ def comfy_version_of(comfy_dir: os.PathLike | str) -> str:
 
 # one folder per ComfyUI version: the key names of a checkpoint come from that version's classes
 DEFAULT_MODELS_ROOT = REPO_ROOT / ".cache" / "tiny-models" / f"comfy-{comfy_version_of(DEFAULT_COMFY_DIR)}"
+# ECAD_COMFY_PYTHON: the interpreter that imports that ComfyUI to build (ComfyUI 0.33 has its own venv)
+DEFAULT_PYTHON = os.environ.get("ECAD_COMFY_PYTHON") or sys.executable
+# kept free beyond the files being built (the estimate counts tensor bytes only)
+DISK_HEADROOM = 256 * 2**20
 
 # Conditioning sizes the tiny models expect (used by tests and workflows).
 PIXART_COND_DIM = 4096
@@ -443,7 +449,7 @@ def ensure_models(
     """Make sure the named tiny models exist (all by default); return name -> path.
 
     Missing or outdated files are built in a subprocess running ``python``
-    (default: this interpreter) unless ``in_process`` is true.
+    (default: ``DEFAULT_PYTHON``) unless ``in_process`` is true.
     """
     names = list(SPECS) if names is None else list(names)
     for n in names:
@@ -455,7 +461,7 @@ def ensure_models(
             build(comfy_dir, models_root, todo)
         else:
             cmd = [
-                python or sys.executable,
+                python or DEFAULT_PYTHON,
                 str(Path(__file__).resolve()),
                 "--comfy-dir",
                 str(comfy_dir),
@@ -583,16 +589,62 @@ def random_state_dict(module, seed: int, dtype):
     return out
 
 
+def _built_by_us(path: Path) -> bool:
+    return path.is_file() and RECIPE_KEY in read_safetensors_metadata(path)
+
+
+def make_room(models_root: os.PathLike | str, need: int, free=lambda p: shutil.disk_usage(p).free) -> None:
+    """Have ``need`` bytes free beside ``models_root``, deleting other ComfyUI versions' tiny models if short.
+
+    Those are a cache (rebuilt in seconds when their version's tests run); only files this module built (with
+    its recipe key) in the sibling ``comfy-*`` folders go. Still short: a RuntimeError saying how much is missing,
+    before safetensors fails halfway with "No space left on device".
+    """
+    root = Path(models_root)
+    root.mkdir(parents=True, exist_ok=True)
+    if free(root) >= need:
+        return
+    others = sorted(p for p in root.parent.glob("comfy-*") if p.is_dir() and p.resolve() != root.resolve())
+    for other in others:
+        files = [p for sub in sorted({s["subdir"] for s in SPECS.values()}) for p in sorted((other / sub).glob("*"))]
+        gone = 0
+        for p in files:
+            if _built_by_us(p):
+                gone += p.stat().st_size
+                p.unlink()
+        if gone:
+            print(f"[make_tiny] deleted {other}'s tiny models ({gone / 1e9:.1f} GB) to make room", flush=True)
+        if free(root) >= need:
+            return
+    raise RuntimeError(
+        f"not enough disk for the tiny models in {root}: {free(root) / 1e9:.1f} GB free, about {need / 1e9:.1f} GB"
+        " needed (other ComfyUI versions' tiny models already deleted)"
+    )
+
+
+def _state_bytes(module, spec) -> int:
+    """Bytes of the tensors a recipe's file will hold (from the ``meta`` module: nothing is allocated)."""
+    import torch
+
+    itemsize = getattr(torch, spec["dtype"]).itemsize
+    shapes = [tuple(t.shape) for t in module.state_dict().values()] + [tuple(s) for s in spec.get("extra", {}).values()]
+    return sum(math.prod(s) for s in shapes) * itemsize
+
+
 def build(comfy_dir, models_root, names):
     """Build the named models in this process (imports ComfyUI from ``comfy_dir``)."""
     _import_comfy(comfy_dir)
     import torch
     from safetensors.torch import save_file
 
+    modules = {name: _meta_module(SPECS[name]) for name in names}
+    new = sum(_state_bytes(modules[n], SPECS[n]) for n in names)
+    old = sum(model_path(models_root, n).stat().st_size for n in names if model_path(models_root, n).is_file())
+    make_room(models_root, max(new - old, 0) + DISK_HEADROOM)
     for name in names:
         spec = SPECS[name]
         t0 = time.time()
-        module = _meta_module(spec)
+        module = modules.pop(name)
         sd = random_state_dict(module, spec["seed"], getattr(torch, spec["dtype"]))
         for key, shape in spec.get("extra", {}).items():  # stored tensors the module itself does not have
             sd[key] = torch.zeros(shape, dtype=getattr(torch, spec["dtype"]))
@@ -619,7 +671,7 @@ def main(argv=None):
     ap.add_argument("names", nargs="*", help=f"default: all of {list(SPECS)}")
     a = ap.parse_args(argv)
     names = a.names or list(SPECS)
-    todo = names if a.force else [n for n in names if not is_current(a.models_root, n)]
+    todo = names if a.force else [n for n in names if not is_current(a.models_root, n, a.comfy_dir)]
     if todo:
         build(a.comfy_dir, a.models_root, todo)
     for n in names:
