@@ -511,7 +511,9 @@ class EvolveECADSchedule:
                         "tooltip": "Schedules from the unit probe first in the initial population: one full-compute "
                         "run measures how each unit's output changes between steps, and the best step rows for "
                         "each number of computed steps are derived from it without running them. -1: auto (steps "
-                        "- 1 of them, at most population - 4; a resumed search keeps what it started with), 0: off.",
+                        "- 1 of them, at most population - 4; a resumed search keeps what it started with), 0: off. "
+                        "Where the probe measures no unit (the model runs a path the pack cannot cache), the search "
+                        "runs without them and the report says so.",
                     },
                 ),
             },

@@ -3,6 +3,8 @@ screen() from run_search, and the mutation rate of a search from the probe's row
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -169,7 +171,7 @@ def test_a_search_with_probe_features_resumes_to_the_uninterrupted_front(tmp_pat
     assert _front_sig(resumed) == _front_sig(whole) and resumed.evaluations == whole.evaluations
 
 
-def test_mutation_flips_two_bits_per_child_by_default_and_old_searches_resume_with_one_per_step(tmp_path):
+def test_mutation_flips_two_bits_per_child_by_default_and_old_searches_resume_with_one_per_step(tmp_path, caplog):
     space = GenomeSpace(LAYOUT, 6)  # 15 bits, 3 per step
     assert SearchSettings(probe_seeds=5).bit_prob(space) == pytest.approx(2 / 15)
     assert SearchSettings().bit_prob(space) == pytest.approx(1 / 3)  # without the probe's rows: ECAD's
@@ -192,8 +194,14 @@ def test_mutation_flips_two_bits_per_child_by_default_and_old_searches_resume_wi
 
     for k in ("mutation_flips", "probe_features"):  # its checkpoint's settings lack the keys
         assert k not in old(2).resume_key() and k in today(2).resume_key()
-    # resumed with today's defaults (as the CLI and the node pass them): it goes on as it started
-    whole, resumed = _whole_and_resumed(tmp_path, steps, E, old, today)
+    # resumed with today's defaults (as the CLI and the node pass them): it goes on as it started, and says so
+    with caplog.at_level(logging.WARNING, logger="ecad.search"):
+        whole, resumed = _whole_and_resumed(tmp_path, steps, E, old, today)
     assert _front_sig(resumed) == _front_sig(whole)
-    new = run_search(_Loss(), LAYOUT, steps, tmp_path / "c", today(4), unit_changes=E)
+    said = [r.getMessage() for r in caplog.records if "was started before" in r.getMessage()]
+    assert len(said) == 1 and "mutation_flips and probe_features" in said[0] and "mutation_flips=None" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ecad.search"):
+        new = run_search(_Loss(), LAYOUT, steps, tmp_path / "c", today(4), unit_changes=E)
     assert new.archive.tolist() != whole.archive.tolist()  # a new search flips fewer bits
+    assert not [r for r in caplog.records if "was started before" in r.getMessage()]  # nothing to say

@@ -35,6 +35,7 @@ enters the front or the hypervolume.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -60,6 +61,8 @@ from .sampling import initial_population, load_warm_start
 from .sensitivity import check_changes, probe_seeds
 from .surrogate import screen
 from .termination import CANCELLED, CONVERGED, Termination
+
+log = logging.getLogger("ecad.search")
 
 FRONT_DIR = "front"
 # what NSGA-II sees for a schedule whose outputs were not finite (NaN/inf)
@@ -620,7 +623,17 @@ def _as_started(settings: SearchSettings, ckpt: Path) -> SearchSettings:
     stored = ckpt_io.stored_settings(ckpt)
     if stored is None:
         return settings
-    return dataclasses.replace(settings, **{k: v for k, v in _BEFORE.items() if k not in stored})
+    old = {k: v for k, v in _BEFORE.items() if k not in stored and getattr(settings, k) != v}
+    if old:
+        # not silent: a value asked for now (even today's default) gives way to how the search started
+        log.warning(
+            "ECAD search: %s was started before %s existed; it resumes as it started (%s). For today's settings, %s",
+            ckpt.parent,
+            " and ".join(old),
+            ", ".join(f"{k}={v}" for k, v in old.items()),
+            ckpt_io.START_OVER,
+        )
+    return dataclasses.replace(settings, **old)
 
 
 def _mean(per) -> float:
