@@ -43,6 +43,16 @@ def test_probe_features_read_each_units_error_from_its_last_computed_step():
     raw = screen_features(space, bits.reshape(1, -1))
     both = screen_features(space, bits.reshape(1, -1), E)
     assert both.shape[1] == raw.shape[1] + 13 and np.array_equal(both[:, : raw.shape[1]], raw)
+    # the raw ones: reuse bits, then each unit's staleness (steps since its last computed step), its per-step sum
+    # and sum of squares
+    reuse, age = raw[0, :9].reshape(3, 3), raw[0, 9:18].reshape(3, 3)
+    np.testing.assert_array_equal(reuse, ~bits)
+    want_age = np.zeros((3, 3))
+    want_age[0, 0], want_age[1, 0], want_age[2, 2] = 1, 2, 1
+    np.testing.assert_array_equal(age, want_age)
+    np.testing.assert_array_equal(raw[0, 18:21], want_age.sum(1))
+    np.testing.assert_array_equal(raw[0, 21:24], (want_age**2).sum(1))
+    assert raw.shape[1] == 24
 
 
 @pytest.mark.parametrize("n, p", [(20, 60), (80, 12)])

@@ -24,18 +24,27 @@ from .problem import GenomeSpace
 ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 
 
+def _last_computed(space: GenomeSpace, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(computed [n, S, U], last [n, S, U]): for steps 1..S, whether each unit computes and the last step <= it at
+    which the unit computed (step 0 always computes)."""
+    X = np.asarray(X, bool)
+    n, S, U = len(X), space.steps - 1, space.n_units
+    computed = X.reshape(n, S, U)
+    last = np.zeros((n, S, U), np.int64)
+    c = np.zeros((n, U), np.int64)
+    for t in range(1, S + 1):
+        c = np.where(computed[:, t - 1], t, c)
+        last[:, t - 1] = c
+    return computed, last
+
+
 def features(space: GenomeSpace, X: np.ndarray) -> np.ndarray:
     """Per genome: the reuse bits, each unit's staleness (steps since it was last computed) per step, and per
     step the summed staleness and its square (the loss grows faster than linearly with a reuse run)."""
-    X = np.asarray(X, bool)
-    n, S, U = len(X), space.steps - 1, space.n_units
-    reuse = ~X.reshape(n, S, U)
-    age = np.zeros((n, S, U), np.float64)
-    a = np.zeros((n, U), np.float64)
-    for t in range(S):
-        a = np.where(reuse[:, t], a + 1.0, 0.0)
-        age[:, t] = a
-    return np.concatenate([reuse.reshape(n, -1), age.reshape(n, -1), age.sum(2), (age**2).sum(2)], 1)
+    computed, last = _last_computed(space, X)
+    n, S = computed.shape[:2]
+    age = (np.arange(1, S + 1)[None, :, None] - last).astype(np.float64)
+    return np.concatenate([(~computed).reshape(n, -1), age.reshape(n, -1), age.sum(2), (age**2).sum(2)], 1)
 
 
 def probe_features(space: GenomeSpace, X: np.ndarray, changes: np.ndarray) -> np.ndarray:
@@ -43,16 +52,11 @@ def probe_features(space: GenomeSpace, X: np.ndarray, changes: np.ndarray) -> np
     reuse error at each step, E[u, t, c] with c its last computed step <= t (0 where it computes), per step the
     sum over units, and the total. The ridge then weighs each unit's error by its effect on the loss (a unit's
     output change is not its effect on the image)."""
-    X = np.asarray(X, bool)
     E = np.asarray(changes, np.float64)
-    n, S, U = len(X), space.steps - 1, space.n_units
-    computed = X.reshape(n, S, U)
-    last = np.zeros((n, U), np.int64)  # step 0 always computes
-    err = np.zeros((n, S, U), np.float64)
-    units = np.arange(U)[None, :]
-    for t in range(1, S + 1):
-        last = np.where(computed[:, t - 1], t, last)
-        err[:, t - 1] = np.where(computed[:, t - 1], 0.0, E[units, t, last])
+    computed, last = _last_computed(space, X)
+    n, S, U = computed.shape
+    steps = np.arange(1, S + 1)[None, :, None]
+    err = np.where(computed, 0.0, E[np.arange(U)[None, None, :], steps, last])
     per_step = err.sum(2)
     return np.concatenate([err.reshape(n, -1), per_step, per_step.sum(1, keepdims=True)], 1)
 
