@@ -35,24 +35,32 @@ def _free(total: int, tmp_path):
 
 def test_room_enough_deletes_nothing(roots, tmp_path):
     new, tiny, user = roots
-    make_tiny.make_room(new, 1000, free=_free(100_000, tmp_path))
+    make_tiny.make_room(new, 1000, headroom=1000, free=_free(100_000, tmp_path))
     assert tiny.is_file() and user.is_file() and new.is_dir()
 
 
 def test_short_of_room_deletes_other_versions_tiny_models_only(roots, tmp_path, capsys):
     new, tiny, user = roots
     used = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
-    # 3,000 bytes free before: the 4,000-byte tiny model has to go, the user's file stays
-    make_tiny.make_room(new, 6000, free=_free(used + 3000, tmp_path))
+    # 3,000 bytes free before, 2,000 needed + 4,000 headroom: the 4,000-byte tiny model goes, the user's file stays
+    make_tiny.make_room(new, 2000, headroom=4000, free=_free(used + 3000, tmp_path))
     assert not tiny.exists()
     assert user.is_file()
     assert "comfy-0.3.75's tiny models" in capsys.readouterr().out
+
+
+def test_short_of_headroom_only_still_builds(roots, tmp_path):
+    new, tiny, user = roots
+    used = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    # the headroom is a wish: with the cache gone and the files themselves fitting, no error
+    make_tiny.make_room(new, 5000, headroom=10**9, free=_free(used + 3000, tmp_path))
+    assert not tiny.exists() and user.is_file()
 
 
 def test_still_short_says_how_much(roots, tmp_path):
     new, tiny, user = roots
     used = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
     with pytest.raises(RuntimeError, match=r"not enough disk for the tiny models in .*comfy-0\.33\.0: .* GB free"):
-        make_tiny.make_room(new, 10**9, free=_free(used + 3000, tmp_path))
+        make_tiny.make_room(new, 10**9, headroom=0, free=_free(used + 3000, tmp_path))
     assert not tiny.exists()  # the cache went first
     assert user.is_file()  # never a user's file, even when still short

@@ -85,8 +85,8 @@ def comfy_version_of(comfy_dir: os.PathLike | str) -> str:
 DEFAULT_MODELS_ROOT = REPO_ROOT / ".cache" / "tiny-models" / f"comfy-{comfy_version_of(DEFAULT_COMFY_DIR)}"
 # ECAD_COMFY_PYTHON: the interpreter that imports that ComfyUI to build (ComfyUI 0.33 has its own venv)
 DEFAULT_PYTHON = os.environ.get("ECAD_COMFY_PYTHON") or sys.executable
-# kept free beyond the files being built (the estimate counts tensor bytes only)
-DISK_HEADROOM = 256 * 2**20
+# what the tests themselves write beside the models (images, searches): other versions' tiny models go first
+DISK_HEADROOM = 2 * 2**30
 
 # Conditioning sizes the tiny models expect (used by tests and workflows).
 PIXART_COND_DIM = 4096
@@ -593,19 +593,25 @@ def _built_by_us(path: Path) -> bool:
     return path.is_file() and RECIPE_KEY in read_safetensors_metadata(path)
 
 
-def make_room(models_root: os.PathLike | str, need: int, free=lambda p: shutil.disk_usage(p).free) -> None:
-    """Have ``need`` bytes free beside ``models_root``, deleting other ComfyUI versions' tiny models if short.
+def make_room(
+    models_root: os.PathLike | str,
+    need: int,
+    headroom: int = DISK_HEADROOM,
+    free=lambda p: shutil.disk_usage(p).free,
+) -> None:
+    """Have ``need`` + ``headroom`` bytes free beside ``models_root``, deleting other ComfyUI versions' tiny models
+    while short.
 
     Those are a cache (rebuilt in seconds when their version's tests run); only files this module built (with
-    its recipe key) in the sibling ``comfy-*`` folders go. Still short: a RuntimeError saying how much is missing,
-    before safetensors fails halfway with "No space left on device".
+    its recipe key) in the sibling ``comfy-*`` folders go. Short of ``need`` itself after that: a RuntimeError
+    saying how much is missing, before safetensors fails halfway with "No space left on device".
     """
     root = Path(models_root)
     root.mkdir(parents=True, exist_ok=True)
-    if free(root) >= need:
-        return
     others = sorted(p for p in root.parent.glob("comfy-*") if p.is_dir() and p.resolve() != root.resolve())
     for other in others:
+        if free(root) >= need + headroom:
+            return
         files = [p for sub in sorted({s["subdir"] for s in SPECS.values()}) for p in sorted((other / sub).glob("*"))]
         gone = 0
         for p in files:
@@ -614,12 +620,11 @@ def make_room(models_root: os.PathLike | str, need: int, free=lambda p: shutil.d
                 p.unlink()
         if gone:
             print(f"[make_tiny] deleted {other}'s tiny models ({gone / 1e9:.1f} GB) to make room", flush=True)
-        if free(root) >= need:
-            return
-    raise RuntimeError(
-        f"not enough disk for the tiny models in {root}: {free(root) / 1e9:.1f} GB free, about {need / 1e9:.1f} GB"
-        " needed (other ComfyUI versions' tiny models already deleted)"
-    )
+    if free(root) < need:
+        raise RuntimeError(
+            f"not enough disk for the tiny models in {root}: {free(root) / 1e9:.1f} GB free, about "
+            f"{need / 1e9:.1f} GB needed (other ComfyUI versions' tiny models already deleted)"
+        )
 
 
 def _state_bytes(module, spec) -> int:
@@ -640,7 +645,7 @@ def build(comfy_dir, models_root, names):
     modules = {name: _meta_module(SPECS[name]) for name in names}
     new = sum(_state_bytes(modules[n], SPECS[n]) for n in names)
     old = sum(model_path(models_root, n).stat().st_size for n in names if model_path(models_root, n).is_file())
-    make_room(models_root, max(new - old, 0) + DISK_HEADROOM)
+    make_room(models_root, max(new - old, 0))
     for name in names:
         spec = SPECS[name]
         t0 = time.time()
