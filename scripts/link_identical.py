@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def link_identical(source: Path, target: Path, min_bytes: int = MIN_BYTES) -> tu
                 ts, ss = t.lstat(), s.lstat()
             except FileNotFoundError:
                 continue
-            if not (t.is_file() and s.is_file()) or t.is_symlink() or s.is_symlink():
+            if not (stat.S_ISREG(ts.st_mode) and stat.S_ISREG(ss.st_mode)):  # lstat: a symlink is not regular
                 continue
             if (ts.st_dev, ts.st_ino) == (ss.st_dev, ss.st_ino) or ts.st_size != ss.st_size or ts.st_size < min_bytes:
                 continue
