@@ -28,9 +28,13 @@ def roots(tmp_path):
     return tmp_path / "comfy-0.33.0", tiny, user
 
 
+def _used(tmp_path) -> int:
+    return sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+
+
 def _free(total: int, tmp_path):
     """Free bytes on a pretend disk of ``total`` bytes that holds the files under ``tmp_path``."""
-    return lambda _p: total - sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    return lambda _p: total - _used(tmp_path)
 
 
 def test_room_enough_deletes_nothing(roots, tmp_path):
@@ -41,7 +45,7 @@ def test_room_enough_deletes_nothing(roots, tmp_path):
 
 def test_short_of_room_deletes_other_versions_tiny_models_only(roots, tmp_path, capsys):
     new, tiny, user = roots
-    used = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    used = _used(tmp_path)
     # 3,000 bytes free before, 2,000 needed + 4,000 headroom: the 4,000-byte tiny model goes, the user's file stays
     make_tiny.make_room(new, 2000, headroom=4000, free=_free(used + 3000, tmp_path))
     assert not tiny.exists()
@@ -51,7 +55,7 @@ def test_short_of_room_deletes_other_versions_tiny_models_only(roots, tmp_path, 
 
 def test_short_of_headroom_only_still_builds(roots, tmp_path):
     new, tiny, user = roots
-    used = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    used = _used(tmp_path)
     # the headroom is a wish: with the cache gone and the files themselves fitting, no error
     make_tiny.make_room(new, 5000, headroom=10**9, free=_free(used + 3000, tmp_path))
     assert not tiny.exists() and user.is_file()
@@ -59,7 +63,7 @@ def test_short_of_headroom_only_still_builds(roots, tmp_path):
 
 def test_still_short_says_how_much(roots, tmp_path):
     new, tiny, user = roots
-    used = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    used = _used(tmp_path)
     with pytest.raises(RuntimeError, match=r"not enough disk for the tiny models in .*comfy-0\.33\.0: .* GB free"):
         make_tiny.make_room(new, 10**9, headroom=0, free=_free(used + 3000, tmp_path))
     assert not tiny.exists()  # the cache went first

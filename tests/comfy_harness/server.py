@@ -41,8 +41,7 @@ except ImportError:  # loaded as a top-level module (folder on sys.path)
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
-# ECAD_COMFY_DIR overrides where ComfyUI is (default: .cache/ComfyUI from scripts/setup_env.sh)
-DEFAULT_COMFY_DIR = Path(os.environ.get("ECAD_COMFY_DIR") or REPO_ROOT / ".cache" / "ComfyUI")
+DEFAULT_COMFY_DIR = make_tiny.DEFAULT_COMFY_DIR  # ECAD_COMFY_DIR, or .cache/ComfyUI
 # ECAD_COMFY_PYTHON: the interpreter that runs that ComfyUI (default: the repo's .venv; ComfyUI 0.33 has its own
 # venv, scripts/setup_env.sh)
 DEFAULT_PYTHON = Path(os.environ.get("ECAD_COMFY_PYTHON") or REPO_ROOT / ".venv" / "bin" / "python")
